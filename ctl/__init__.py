@@ -1,0 +1,1 @@
+"""mattermailctl: the admin command line."""

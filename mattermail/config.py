@@ -1,0 +1,218 @@
+"""The one TOML config file, loaded once into frozen, typed dataclasses.
+
+Path: ``--config`` on the command line, else ``$MATTERMAIL_CONFIG``, else
+``/etc/mattermail/mattermail.toml``. Unknown keys and values of the wrong type
+or out of range are errors that name the key and the file; daemons turn such
+an error into one log line and exit status 78 (EX_CONFIG).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PATH = Path("/etc/mattermail/mattermail.toml")
+ENV_VAR = "MATTERMAIL_CONFIG"
+EX_CONFIG = 78
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; the message names the file and key."""
+
+
+def _socket_spec(value: str) -> str:
+    """Check a socket spec: ``unix:/path``, ``inet:HOST:PORT`` or ``HOST:PORT``."""
+    if value.startswith("unix:"):
+        if not value[5:].startswith("/"):
+            raise ValueError("unix socket path must be absolute")
+        return value
+    rest = value[5:] if value.startswith("inet:") else value
+    host, sep, port = rest.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("expected unix:/path or inet:HOST:PORT")
+    return value
+
+
+def _network(value: str) -> str:
+    ipaddress.ip_network(value, strict=False)
+    return value
+
+
+@dataclass(frozen=True)
+class General:
+    hostname: str = "localhost"
+    # authserv-id of our Authentication-Results headers; defaults to hostname.
+    authserv_id: str = ""
+    sending_domains: tuple[str, ...] = ()
+    catchall_domains: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Milter:
+    socket: str = "unix:/run/mattermail/milter.sock"
+    timeout: int = 60
+    trusted_networks: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
+
+    _validators = {"socket": _socket_spec, "trusted_networks": _network}
+
+
+@dataclass(frozen=True)
+class Router:
+    # LMTP listeners: unix:/path and/or HOST:PORT (several edges may deliver over TCP).
+    listen: tuple[str, ...] = ("unix:/run/mattermail/lmtp.sock",)
+
+    _validators = {"listen": _socket_spec}
+
+
+@dataclass(frozen=True)
+class Store:
+    path: Path = Path("/var/lib/mattermail/store.sqlite")
+    messages_dir: Path = Path("/var/lib/mattermail/messages")
+
+
+@dataclass(frozen=True)
+class Auth:
+    # passwd-file that Dovecot's passdb reads; mattermailctl user rewrites it.
+    passwd_file: Path = Path("/var/lib/mattermail/dovecot-users")
+
+
+@dataclass(frozen=True)
+class DNS:
+    # Empty: the system resolver's nameservers (from /etc/resolv.conf).
+    nameservers: tuple[str, ...] = ()
+    port: int = 53
+    timeout: float = 5.0
+
+    _validators = {
+        "nameservers": lambda v: str(ipaddress.ip_address(v)),
+        "port": lambda v: v if 0 < v < 65536 else _bad("a port number 1-65535"),
+    }
+
+
+@dataclass(frozen=True)
+class Log:
+    level: str = "info"
+
+    _validators = {
+        "level": lambda v: v if v in ("debug", "info", "warning", "error") else _bad("one of debug, info, warning, error")
+    }
+
+
+def _bad(expected: str) -> typing.NoReturn:
+    raise ValueError(f"expected {expected}")
+
+
+@dataclass(frozen=True)
+class Config:
+    general: General = field(default_factory=General)
+    milter: Milter = field(default_factory=Milter)
+    router: Router = field(default_factory=Router)
+    store: Store = field(default_factory=Store)
+    auth: Auth = field(default_factory=Auth)
+    dns: DNS = field(default_factory=DNS)
+    log: Log = field(default_factory=Log)
+    source: Path | None = None
+
+    @property
+    def authserv_id(self) -> str:
+        return self.general.authserv_id or self.general.hostname
+
+
+def resolve_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get(ENV_VAR)
+    return Path(env) if env else DEFAULT_PATH
+
+
+def load(path: str | os.PathLike[str] | None = None) -> Config:
+    """Load and check the config file; raise ConfigError naming the file and key."""
+    p = resolve_path(path)
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found (set --config or ${ENV_VAR})") from None
+    except PermissionError:
+        raise ConfigError(f"{p}: permission denied reading config file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: not valid TOML: {e}") from None
+    return from_dict(raw, source=p)
+
+
+def from_dict(raw: dict[str, Any], source: Path | None = None) -> Config:
+    where = str(source) if source else "<config>"
+    sections: dict[str, Any] = {}
+    hints = typing.get_type_hints(Config)
+    for key, value in raw.items():
+        if key not in hints or key == "source":
+            raise ConfigError(f"{where}: unknown section [{key}] (known: {', '.join(_sections())})")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: [{key}] must be a table")
+        sections[key] = _build(hints[key], value, key, where)
+    return Config(**sections, source=source)
+
+
+def _sections() -> list[str]:
+    return [f.name for f in dataclasses.fields(Config) if f.name != "source"]
+
+
+def _build(cls: type, raw: dict[str, Any], section: str, where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    validators: dict[str, Any] = getattr(cls, "_validators", {})
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = f"{section}.{key}"
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key {name} (known: {', '.join(sorted(known))})")
+        try:
+            kwargs[key] = _coerce(hints[key], value, validators.get(key))
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{where}: bad value for {name}: {e}") from None
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, check: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise TypeError(f"expected a list, got {type(value).__name__}")
+        (item,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
+        return tuple(_coerce(item, v, check) for v in value)
+    if origin in (types.UnionType, typing.Union):
+        raise TypeError("unsupported")  # pragma: no cover - no optional keys yet
+    if hint is Path:
+        if not isinstance(value, str) or not value:
+            raise TypeError("expected a path string")
+        return Path(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise TypeError(f"expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"expected an integer, got {value!r}")
+        if value < 0:
+            raise ValueError("must not be negative")
+    elif hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"expected a number, got {value!r}")
+        if value <= 0:
+            raise ValueError("must be positive")
+        value = float(value)
+    elif hint is str:
+        if not isinstance(value, str):
+            raise TypeError(f"expected a string, got {value!r}")
+    if check is not None:
+        try:
+            value = check(value)
+        except ValueError as e:
+            raise ValueError(f"{value!r}: {e}") from None
+    return value

@@ -1,0 +1,359 @@
+"""mattermail-devstack: the dev/test stack — a real Postfix calling the real milter.
+
+Everything runs on loopback with its state in one directory (``var/`` for
+``make run``; a temp directory per test session): a private Postfix instance
+(inbound SMTP and STARTTLS+SASL submission), an auth-only Dovecot, the
+milter, the router (LMTP), a sink standing for "the internet", and a DNS
+server serving ``<var>/dns/*.zone``. ``start`` is idempotent: parts already
+running are left alone. It returns when every part answers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TEMPLATES = REPO / "postfix" / "dev"
+BIN = Path(sys.executable).parent
+
+
+class StackError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Ports:
+    smtp: int = 2525
+    submission: int = 5870
+    milter: int = 8894
+    lmtp: int = 2424
+    sink: int = 2526
+    dns: int = 5353
+
+    @classmethod
+    def free(cls) -> "Ports":
+        """Ports nobody listens on now (TCP, and UDP too for DNS)."""
+        socks, ports = [], []
+        for i in range(6):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+            ports.append(s.getsockname()[1])
+        dns_port = ports[5]
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.bind(("127.0.0.1", dns_port))
+        socks.append(u)
+        for s in socks:
+            s.close()
+        return cls(*ports)
+
+
+def _render(name: str, dest: Path, **values: object) -> None:
+    text = (TEMPLATES / name).read_text(encoding="utf-8").format(**values)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if not dest.exists() or dest.read_text(encoding="utf-8") != text:
+        dest.write_text(text, encoding="utf-8")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is not alive
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def _smtp_banner(port: int, timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            return s.recv(512).startswith(b"220")
+    except OSError:
+        return False
+
+
+def _tcp_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def _dns_answers(port: int) -> bool:
+    import dns.message
+    import dns.query
+
+    try:
+        q = dns.message.make_query("lawfirm.test.", "SOA")
+        dns.query.udp(q, "127.0.0.1", port=port, timeout=0.5)
+        return True
+    except Exception:
+        return False
+
+
+class Stack:
+    def __init__(self, var: Path, ports: Ports = Ports()) -> None:
+        self.var = Path(var).resolve()
+        self.ports = ports
+        self.name = "postfix-mm-" + hashlib.sha1(str(self.var).encode()).hexdigest()[:8]
+        self.etc = self.var / "postfix" / "etc"
+        self.spool = self.var / "postfix" / "spool"
+        self.dovecot_conf = self.var / "dovecot" / "dovecot.conf"
+        self.config = self.var / "mattermail.toml"
+        self.passwd_file = self.var / "dovecot-users"
+        self.sink_dir = self.var / "sink"
+        self.dns_dir = self.var / "dns"
+        self.logs = self.var / "log"
+        self.run_dir = self.var / "run"
+
+    # -- preparation -------------------------------------------------------------
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "MATTERMAIL_CONFIG": str(self.config)}
+
+    def prepare(self) -> None:
+        for d in (self.var, self.logs, self.run_dir, self.sink_dir, self.dns_dir, self.var / "tls",
+                  self.var / "dovecot" / "run", self.var / "dovecot" / "state", self.var / "postfix" / "data", self.spool):
+            d.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.var, 0o755)
+        values = dict(var=self.var, etc=self.etc, syslog_name=self.name, passwd_file=self.passwd_file,
+                      smtp_port=self.ports.smtp, submission_port=self.ports.submission,
+                      milter_port=self.ports.milter, lmtp_port=self.ports.lmtp, sink_port=self.ports.sink,
+                      dns_port=self.ports.dns)
+        _render("main.cf.in", self.etc / "main.cf", **values)
+        _render("master.cf.in", self.etc / "master.cf", **values)
+        _render("transport.in", self.etc / "transport", **values)
+        _render("dovecot.conf.in", self.dovecot_conf, **values)
+        if not self.config.exists():
+            _render("mattermail.toml.in", self.config, **values)
+        for zone in (TEMPLATES / "zones").glob("*.zone"):
+            if not (self.dns_dir / zone.name).exists():
+                shutil.copy(zone, self.dns_dir / zone.name)
+        if not self.passwd_file.exists():
+            from mattermail.passwords import write_passwd_file
+
+            write_passwd_file(self.passwd_file, [], group="dovecot")
+        self._make_cert()
+        pd = self.var / "postfix" / "data"
+        shutil.chown(pd, "postfix", "postfix")
+
+    def _make_cert(self) -> None:
+        cert, key = self.var / "tls" / "cert.pem", self.var / "tls" / "key.pem"
+        if cert.exists() and key.exists():
+            return
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        k = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mx.lawfirm.test")])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        c = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(k.public_key())
+             .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+             .not_valid_after(now + datetime.timedelta(days=3650))
+             .add_extension(x509.SubjectAlternativeName([x509.DNSName("mx.lawfirm.test"), x509.DNSName("localhost")]), False)
+             .sign(k, hashes.SHA256()))
+        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption()))
+        cert.write_bytes(c.public_bytes(serialization.Encoding.PEM))
+
+    # -- our own daemons --------------------------------------------------------------
+    def _pidfile(self, name: str) -> Path:
+        return self.run_dir / f"{name}.pid"
+
+    def _running(self, name: str) -> int | None:
+        try:
+            pid = int(self._pidfile(name).read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        return pid if _pid_alive(pid) else None
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        if self._running(name):
+            return
+        with open(self.logs / f"{name}.log", "ab") as log:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    env=self.env(), start_new_session=True, cwd=self.var)
+        self._pidfile(name).write_text(str(proc.pid))
+
+    def _kill(self, name: str, timeout: float = 10.0) -> None:
+        pid = self._running(name)
+        if pid:
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while _pid_alive(pid) and time.monotonic() < deadline:
+                try:
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+                time.sleep(0.05)
+            if _pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        self._pidfile(name).unlink(missing_ok=True)
+
+    def start_milter(self) -> None:
+        self._spawn("milter", [str(BIN / "mattermail-milter"), "--config", str(self.config)])
+        self._wait("milter", lambda: _tcp_open(self.ports.milter))
+
+    def stop_milter(self) -> None:
+        self._kill("milter")
+
+    def start_router(self) -> None:
+        self._spawn("router", [str(BIN / "mattermail-router"), "--config", str(self.config)])
+        self._wait("router", lambda: _smtp_banner(self.ports.lmtp))
+
+    def stop_router(self) -> None:
+        self._kill("router")
+
+    def start_dns(self) -> None:
+        self._spawn("dns", [str(BIN / "mattermail-devdns"), "--zones", str(self.dns_dir), "--port", str(self.ports.dns)])
+        self._wait("dns", lambda: _dns_answers(self.ports.dns))
+
+    def stop_dns(self) -> None:
+        self._kill("dns")
+
+    def start_sink(self) -> None:
+        self._spawn("sink", [str(BIN / "mattermail-sink"), "--dir", str(self.sink_dir), "--port", str(self.ports.sink)])
+        self._wait("sink", lambda: _smtp_banner(self.ports.sink))
+
+    # -- Postfix and Dovecot ------------------------------------------------------------
+    def postfix(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["postfix", "-c", str(self.etc), *args], capture_output=True, text=True, check=check)
+
+    def postfix_running(self) -> bool:
+        return self.postfix("status", check=False).returncode == 0
+
+    def start_postfix(self) -> None:
+        if not self.postfix_running():
+            r = self.postfix("start", check=False)
+            if r.returncode != 0:
+                raise StackError(f"postfix start failed:\n{r.stdout}{r.stderr}{self._tail('postfix')}")
+        self._wait("postfix", lambda: _smtp_banner(self.ports.smtp) and _smtp_banner(self.ports.submission))
+
+    def stop_postfix(self) -> None:
+        if self.postfix_running():
+            self.postfix("stop", check=False)
+
+    def _dovecot_pid(self) -> int | None:
+        try:
+            pid = int((self.var / "dovecot" / "run" / "master.pid").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        return pid if _pid_alive(pid) else None
+
+    def start_dovecot(self) -> None:
+        if not self._dovecot_pid():
+            r = subprocess.run(["dovecot", "-c", str(self.dovecot_conf)], capture_output=True, text=True)
+            if r.returncode != 0:
+                raise StackError(f"dovecot failed to start:\n{r.stdout}{r.stderr}{self._tail('dovecot')}")
+        auth = self.spool / "private" / "auth"
+        self._wait("dovecot", auth.exists)
+
+    def stop_dovecot(self) -> None:
+        pid = self._dovecot_pid()
+        if pid:
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while _pid_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+    # -- the whole stack -----------------------------------------------------------------
+    def start(self) -> None:
+        self.prepare()
+        self.start_dns()
+        self.start_sink()
+        self.start_router()
+        self.start_milter()
+        # Postfix first creates the spool (with private/), where Dovecot puts its auth socket.
+        self.start_postfix()
+        self.start_dovecot()
+
+    def stop(self) -> None:
+        self.stop_postfix()
+        self.stop_dovecot()
+        for name in ("milter", "router", "sink", "dns"):
+            self._kill(name)
+
+    def _tail(self, name: str, lines: int = 20) -> str:
+        p = self.logs / f"{name}.log"
+        if not p.exists():
+            return ""
+        return f"\n--- last lines of {p} ---\n" + "\n".join(p.read_text(errors="replace").splitlines()[-lines:])
+
+    def _wait(self, name: str, ready, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if ready():
+                return
+            if name in ("milter", "router", "dns", "sink") and not self._running(name):
+                raise StackError(f"{name} exited during start-up{self._tail(name)}")
+            time.sleep(0.05)
+        raise StackError(f"{name} did not answer within {timeout:.0f}s{self._tail(name)}")
+
+    def summary(self) -> str:
+        p = self.ports
+        return f"""mattermail dev stack is up (state in {self.var})
+
+  Postfix inbound MX            127.0.0.1:{p.smtp}
+  Postfix submission (587-like) 127.0.0.1:{p.submission}   STARTTLS + AUTH required
+  milter                        inet:127.0.0.1:{p.milter}
+  router (LMTP)                 127.0.0.1:{p.lmtp}
+  sink ("the internet")         127.0.0.1:{p.sink}   -> {self.sink_dir}/*.eml
+  DNS (zones in {self.dns_dir}) 127.0.0.1:{p.dns} udp+tcp
+  logs                          {self.logs}/
+
+Try:
+  export MATTERMAIL_CONFIG={self.config}
+  echo 'correct-horse-battery' | .venv/bin/mattermailctl user add alice@lawfirm.test
+  swaks --server 127.0.0.1:{p.submission} --tls --auth LOGIN \\
+        --auth-user alice@lawfirm.test --auth-password correct-horse-battery \\
+        --from alice@lawfirm.test --to someone@example.test
+  swaks --server 127.0.0.1:{p.smtp} --local-interface 127.0.0.2 \\
+        --from bob@example.test --to 1234@matters.lawfirm.test
+  ls {self.sink_dir} ; tail {self.logs}/milter.log
+Stop it with: make stop"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="mattermail-devstack", description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=["start", "stop", "status"])
+    parser.add_argument("--var", type=Path, default=Path("var"))
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        sys.exit("mattermail-devstack: must run as root (it starts a private Postfix instance)")
+    stack = Stack(args.var)
+    try:
+        if args.action == "start":
+            stack.start()
+            print(stack.summary())
+        elif args.action == "stop":
+            stack.stop()
+            print("mattermail dev stack stopped")
+        else:
+            print({"postfix": stack.postfix_running(), "dovecot": bool(stack._dovecot_pid()),
+                   **{n: bool(stack._running(n)) for n in ("milter", "router", "sink", "dns")}})
+            print(asdict(stack.ports))
+    except StackError as e:
+        sys.exit(f"mattermail-devstack: {e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Password hashing for SMTP users, in a scheme Dovecot verifies natively.
+
+ARGON2ID through argon2-cffi, with parallelism 1: Dovecot checks ARGON2ID with
+libsodium, which only accepts p=1. The hash goes into Dovecot's passwd-file as
+``{ARGON2ID}$argon2id$...``. Clear-text passwords are never stored or logged.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from argon2 import PasswordHasher
+from argon2.exceptions import VerificationError
+
+SCHEME = "{ARGON2ID}"
+_hasher = PasswordHasher(time_cost=3, memory_cost=65536, parallelism=1)
+MIN_LENGTH = 8
+
+
+class PasswordError(ValueError):
+    pass
+
+
+def hash_password(password: str) -> str:
+    if len(password) < MIN_LENGTH:
+        raise PasswordError(f"password: must be at least {MIN_LENGTH} characters")
+    if "\n" in password or "\r" in password:
+        raise PasswordError("password: must not contain line breaks")
+    return SCHEME + _hasher.hash(password)
+
+
+def verify_password(stored: str, password: str) -> bool:
+    if not stored.startswith(SCHEME):
+        return False
+    try:
+        return _hasher.verify(stored[len(SCHEME):], password)
+    except VerificationError:
+        return False
+
+
+def write_passwd_file(path: Path, entries: Iterable[tuple[str, str]], group: str | None = None) -> None:
+    """Atomically rewrite Dovecot's passwd-file (``login:{SCHEME}hash``), mode 0640."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".passwd-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for login, pw_hash in entries:
+                if ":" in login:
+                    raise PasswordError(f"login: {login!r} must not contain ':'")
+                f.write(f"{login}:{pw_hash}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o640)
+        if group is not None:
+            import grp
+
+            try:
+                os.chown(tmp, -1, grp.getgrnam(group).gr_gid)
+            except (KeyError, PermissionError):
+                pass  # group absent (dev machine without Dovecot) or not root: keep ours
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

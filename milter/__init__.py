@@ -1,0 +1,1 @@
+"""The milter: inbound and outbound pipelines at the SMTP layer."""

@@ -1,0 +1,1 @@
+"""The router: resolves recipients to matters and persons and files messages into the store."""

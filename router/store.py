@@ -1,0 +1,256 @@
+"""The store: one SQLite file (WAL) plus raw messages as files named by SHA-256.
+
+Every reader and writer goes through this module, so the database can be
+replaced later without touching the router, the milter or the CLI.
+
+Durability order for a delivery (see DESIGN.md "Store"): the raw message is
+written to a temp file, fsynced, renamed to ``<sha256[:2]>/<sha256>.eml`` and
+the directory fsynced; only then is the database row committed, and only
+after the commit does the LMTP server answer ``250``. A message delivered
+twice (Postfix retrying after a crash) is stored once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from email.parser import BytesHeaderParser
+from email import policy
+from pathlib import Path
+
+import sqlite_utils
+
+# Numbered migrations, each applied once in its own transaction.
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = []
+
+
+def migration(fn: Callable[[sqlite_utils.Database], None]) -> Callable[[sqlite_utils.Database], None]:
+    MIGRATIONS.append(fn)
+    return fn
+
+
+@migration
+def _m001_initial(db: sqlite_utils.Database) -> None:
+    db["users"].create(
+        {"login": str, "password_hash": str, "created": float},
+        pk="login",
+    )
+    db["user_addresses"].create(
+        {"login": str, "address": str},
+        pk=("login", "address"),
+        foreign_keys=[("login", "users", "login")],
+    )
+    db["user_addresses"].create_index(["address"])
+    db["messages"].create(
+        {
+            "id": int,
+            "sha256": str,
+            "size": int,
+            "message_id": str,
+            "subject": str,
+            "header_from": str,
+            "date": str,
+            "received": float,
+        },
+        pk="id",
+    )
+    db["messages"].create_index(["sha256"], unique=True)
+    db["messages"].create_index(["message_id"])
+    db["deliveries"].create(
+        {
+            "id": int,
+            "message": int,
+            "recipient": str,
+            "envelope_from": str,
+            "queue_id": str,
+            "delivered": float,
+        },
+        pk="id",
+        foreign_keys=[("message", "messages", "id")],
+    )
+    # Postfix retrying a delivery must not record it twice.
+    db["deliveries"].create_index(["message", "recipient", "queue_id"], unique=True)
+
+
+def normalise_address(address: str) -> str:
+    """Lower-case the domain (local parts are case-sensitive in theory, not in practice)."""
+    return address.strip().strip("<>").lower()
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    id: int
+    sha256: str
+    path: Path
+    new: bool
+
+
+class Store:
+    def __init__(self, path: Path, messages_dir: Path) -> None:
+        self.path = Path(path)
+        self.messages_dir = Path(messages_dir)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        self.db = sqlite_utils.Database(conn)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self.migrate()
+
+    # -- schema ------------------------------------------------------------
+    def schema_version(self) -> int:
+        return self.db.execute("PRAGMA user_version").fetchone()[0]
+
+    def migrate(self) -> None:
+        for number, fn in enumerate(MIGRATIONS, start=1):
+            if self.schema_version() >= number:
+                continue
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                if self.schema_version() < number:  # another process may have won the race
+                    fn(self.db)
+                    self.db.execute(f"PRAGMA user_version = {number}")
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- raw messages --------------------------------------------------------
+    def blob_path(self, sha256: str) -> Path:
+        return self.messages_dir / sha256[:2] / f"{sha256}.eml"
+
+    def write_blob(self, raw: bytes) -> tuple[str, Path]:
+        """Write ``raw`` durably under its SHA-256 (tmp, fsync, rename, fsync dir)."""
+        sha = hashlib.sha256(raw).hexdigest()
+        dest = self.blob_path(sha)
+        if dest.exists():
+            return sha, dest
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-", suffix=".eml")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(raw)
+                f.flush()
+                os.fsync(f.fileno())
+            os.rename(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        dfd = os.open(dest.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        return sha, dest
+
+    def deliver(self, raw: bytes, envelope_from: str, recipients: Iterable[str], queue_id: str = "") -> StoredMessage:
+        """Store ``raw`` once and record one delivery per recipient, all in one commit."""
+        sha, path = self.write_blob(raw)
+        hdr = BytesHeaderParser(policy=policy.compat32).parsebytes(raw)
+        now = time.time()
+
+        def h(name: str) -> str:
+            return str(hdr.get(name, "") or "")[:998]
+
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            row = self.db.execute("SELECT id FROM messages WHERE sha256 = ?", [sha]).fetchone()
+            new = row is None
+            if new:
+                cur = self.db.execute(
+                    "INSERT INTO messages (sha256, size, message_id, subject, header_from, date, received)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [sha, len(raw), h("Message-ID"), h("Subject"), h("From"), h("Date"), now],
+                )
+                msg_id = cur.lastrowid
+            else:
+                msg_id = row[0]
+            for rcpt in recipients:
+                self.db.execute(
+                    "INSERT OR IGNORE INTO deliveries (message, recipient, envelope_from, queue_id, delivered)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    [msg_id, normalise_address(rcpt), envelope_from, queue_id, now],
+                )
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        return StoredMessage(id=msg_id, sha256=sha, path=path, new=new)
+
+    def count(self, table: str) -> int:
+        return self.db[table].count
+
+
+# -- SMTP users ------------------------------------------------------------------
+
+
+class UserError(Exception):
+    """A user operation that cannot be done; the message names the field."""
+
+
+@dataclass(frozen=True)
+class User:
+    login: str
+    addresses: tuple[str, ...]
+
+
+def list_users(store: Store) -> list[User]:
+    rows = store.db.execute(
+        "SELECT u.login, a.address FROM users u LEFT JOIN user_addresses a ON a.login = u.login ORDER BY u.login, a.address"
+    ).fetchall()
+    out: dict[str, list[str]] = {}
+    for login, address in rows:
+        out.setdefault(login, [])
+        if address:
+            out[login].append(address)
+    return [User(login, tuple(addrs)) for login, addrs in out.items()]
+
+
+def add_user(store: Store, login: str, password_hash: str, send_as: Iterable[str] = ()) -> User:
+    login = normalise_address(login)
+    addresses = sorted({login, *(normalise_address(a) for a in send_as)})
+    store.db.execute("BEGIN IMMEDIATE")
+    try:
+        if store.db.execute("SELECT 1 FROM users WHERE login = ?", [login]).fetchone():
+            raise UserError(f"user {login} already exists")
+        store.db.execute("INSERT INTO users (login, password_hash, created) VALUES (?, ?, ?)", [login, password_hash, time.time()])
+        for a in addresses:
+            store.db.execute("INSERT INTO user_addresses (login, address) VALUES (?, ?)", [login, a])
+        store.db.execute("COMMIT")
+    except BaseException:
+        store.db.execute("ROLLBACK")
+        raise
+    return User(login, tuple(addresses))
+
+
+def set_password(store: Store, login: str, password_hash: str) -> None:
+    login = normalise_address(login)
+    cur = store.db.execute("UPDATE users SET password_hash = ? WHERE login = ?", [password_hash, login])
+    if cur.rowcount == 0:
+        raise UserError(f"no such user: {login}")
+
+
+def remove_user(store: Store, login: str) -> None:
+    login = normalise_address(login)
+    store.db.execute("BEGIN IMMEDIATE")
+    try:
+        store.db.execute("DELETE FROM user_addresses WHERE login = ?", [login])
+        cur = store.db.execute("DELETE FROM users WHERE login = ?", [login])
+        if cur.rowcount == 0:
+            raise UserError(f"no such user: {login}")
+        store.db.execute("COMMIT")
+    except BaseException:
+        store.db.execute("ROLLBACK")
+        raise
+
+
+def password_hashes(store: Store) -> list[tuple[str, str]]:
+    return [tuple(r) for r in store.db.execute("SELECT login, password_hash FROM users ORDER BY login")]
