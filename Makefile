@@ -1,0 +1,25 @@
+# mattermail — the quick start is `make run` then `make test` (as root, on Debian).
+VENV := .venv
+DEVSTACK := $(VENV)/bin/mattermail-devstack
+# Never let the repo root shadow pymilter's C extension "milter" (see DESIGN.md).
+export PYTHONSAFEPATH := 1
+
+.PHONY: deps run stop status test bench clean
+
+deps:
+	@bash packaging/dev-deps.sh
+
+run: deps
+	@$(DEVSTACK) start --var var
+
+stop:
+	@if [ -x $(DEVSTACK) ]; then $(DEVSTACK) stop --var var; fi
+
+status: deps
+	@$(DEVSTACK) status --var var
+
+test: deps
+	$(VENV)/bin/pytest
+
+clean: stop
+	rm -rf var build *.egg-info

@@ -1,0 +1,73 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mattermail import config
+
+BIN = Path(sys.executable).parent
+
+
+def test_defaults_and_values(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('[milter]\nsocket = "inet:127.0.0.1:8894"\ntrusted_networks = ["10.0.0.0/8"]\n'
+                 '[dns]\nnameservers = ["127.0.0.1"]\nport = 5353\ntimeout = 2\n[general]\nhostname = "mx.x.test"\n')
+    cfg = config.load(p)
+    assert cfg.milter.socket == "inet:127.0.0.1:8894"
+    assert cfg.milter.trusted_networks == ("10.0.0.0/8",)
+    assert cfg.dns.port == 5353 and cfg.dns.timeout == 2.0
+    assert cfg.router.listen == ("unix:/run/mattermail/lmtp.sock",)
+    assert cfg.authserv_id == "mx.x.test"
+    with pytest.raises(Exception):
+        cfg.milter.socket = "x"  # frozen
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("[milter]\nsokcet = 'unix:/x'\n", ["milter.sokcet", "unknown key"]),
+        ("[miltr]\nsocket = 'unix:/x'\n", ["[miltr]", "unknown section"]),
+        ("[dns]\nport = 'fiftythree'\n", ["dns.port", "integer"]),
+        ("[dns]\nport = 70000\n", ["dns.port", "1-65535"]),
+        ("[dns]\ntimeout = 0\n", ["dns.timeout", "positive"]),
+        ("[dns]\nnameservers = ['not-an-ip']\n", ["dns.nameservers"]),
+        ("[milter]\nsocket = 'unix:relative'\n", ["milter.socket", "absolute"]),
+        ("[milter]\ntrusted_networks = '127.0.0.1'\n", ["milter.trusted_networks", "list"]),
+        ("[milter]\ntrusted_networks = ['300.1.1.1/8']\n", ["milter.trusted_networks"]),
+        ("[log]\nlevel = 'loud'\n", ["log.level", "debug, info"]),
+        ("[milter\n", ["not valid TOML"]),
+    ],
+)
+def test_bad_config_names_key_and_file(tmp_path, text, words):
+    p = tmp_path / "bad.toml"
+    p.write_text(text)
+    with pytest.raises(config.ConfigError) as e:
+        config.load(p)
+    msg = str(e.value)
+    assert str(p) in msg
+    for w in words:
+        assert w in msg
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(config.ConfigError, match="not found"):
+        config.load(tmp_path / "nope.toml")
+
+
+def test_env_var_selects_file(tmp_path, monkeypatch):
+    p = tmp_path / "env.toml"
+    p.write_text("[general]\nhostname = 'from-env'\n")
+    monkeypatch.setenv(config.ENV_VAR, str(p))
+    assert config.load().general.hostname == "from-env"
+
+
+@pytest.mark.parametrize("daemon", ["mattermail-milter", "mattermail-router"])
+def test_daemon_with_broken_config_exits_78_with_one_line(tmp_path, daemon):
+    p = tmp_path / "broken.toml"
+    p.write_text("[router]\nlisten = 'not-a-list'\n")
+    r = subprocess.run([str(BIN / daemon), "--config", str(p)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 78
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert "router.listen" in lines[0] and str(p) in lines[0]

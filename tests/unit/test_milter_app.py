@@ -1,0 +1,87 @@
+"""The milter class driven through pymilter's TestCtx (no sockets)."""
+
+import io
+import logging
+
+import Milter
+import pytest
+from Milter import testctx
+
+from mattermail import config
+from mattermail.milter.app import MatterMilter, _guard
+
+MSG = b"From: alice@lawfirm.test\nTo: bob@example.test\nSubject: hi\n\nhello\n"
+
+
+class Ctx(testctx.TestCtx):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def milter_config(monkeypatch):
+    # Negotiate no skipped steps, so TestCtx (which stops on NOREPLY) feeds every callback.
+    monkeypatch.setattr(testctx.TestCtx, "default_opts", [Milter.CURR_ACTS, 0, 0, 0])
+    MatterMilter.config = config.from_dict({"milter": {"trusted_networks": ["127.0.0.1/32"]}})
+    Milter.factory = MatterMilter
+
+
+def feed(ip: str, auth: str | None = None, queue_id: str = "4QX1Y2") -> Ctx:
+    ctx = Ctx()
+    ctx._setsymval("i", queue_id)
+    if auth:
+        ctx._setsymval("{auth_authen}", auth)
+    assert ctx._connect(ip=ip) == Milter.CONTINUE
+    ctx.rc = ctx._feedFile(io.BytesIO(MSG), "alice@lawfirm.test", "bob@example.test", "carol@example.test")
+    return ctx
+
+
+def test_inbound_is_accepted_and_logged(caplog):
+    caplog.set_level(logging.INFO, "mattermail.milter")
+    ctx = feed("192.0.2.7")
+    assert ctx.rc == Milter.ACCEPT
+    line = caplog.messages[-1]
+    assert line.startswith("4QX1Y2: inbound ") and "nrcpt=2" in line and "verdict=accept" in line
+
+
+def test_authenticated_submission_is_outbound(caplog):
+    caplog.set_level(logging.INFO, "mattermail.milter")
+    ctx = feed("192.0.2.7", auth="alice@lawfirm.test")
+    assert ctx.rc == Milter.CONTINUE
+    assert "4QX1Y2: outbound " in caplog.messages[-1] and "sasl_username=alice@lawfirm.test" in caplog.messages[-1]
+
+
+def test_exception_becomes_451_with_traceback(caplog, monkeypatch):
+    caplog.set_level(logging.INFO, "mattermail.milter")
+
+    def broken(*args):
+        raise RuntimeError("boom in direction")
+
+    monkeypatch.setattr("mattermail.milter.app.direction", broken)
+    ctx = feed("192.0.2.7")
+    assert ctx.rc == Milter.TEMPFAIL
+    assert ctx._reply[:2] == ("451", "4.3.0")
+    assert any("boom in direction" in (r.exc_text or "") or r.exc_info for r in caplog.records)
+    assert caplog.records[-1].getMessage().startswith("4QX1Y2: eom failed")
+
+
+def test_failure_in_passive_callback_defers_at_eom(monkeypatch):
+    def broken(self, rcpt, *params):
+        raise ValueError("bad rcpt handling")
+
+    broken.__name__ = "envrcpt"
+    monkeypatch.setattr(MatterMilter, "envrcpt", Milter.noreply(_guard(broken)))
+    ctx = feed("192.0.2.7")
+    assert ctx.rc == Milter.TEMPFAIL and ctx._reply[0] == "451"
+
+
+def test_negotiation_skips_unneeded_callbacks():
+    """Protocol hygiene: Postfix is told not to wait for passive callbacks or send unused ones."""
+    opts = [Milter.CURR_ACTS, 0x1FFFFF, 0, 0]
+    m = MatterMilter()
+    m._setctx(Ctx())
+    assert m.negotiate(opts) == Milter.CONTINUE
+    p = opts[1]
+    for bit in (Milter.P_NR_CONN, Milter.P_NR_MAIL, Milter.P_NR_RCPT):
+        assert p & bit, hex(bit)
+    for bit in (Milter.P_NOHELO, Milter.P_NOHDRS, Milter.P_NOEOH, Milter.P_NOBODY, Milter.P_NODATA, Milter.P_NOUNKNOWN):
+        assert p & bit, hex(bit)

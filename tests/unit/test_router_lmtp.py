@@ -1,0 +1,76 @@
+"""The router's LMTP server over a real loopback socket."""
+
+import asyncio
+import smtplib
+import threading
+
+import pytest
+
+from mattermail.router import lmtp
+from mattermail.router.store import Store
+
+MSG = (b"Received: from mx.lawfirm.test by mx.lawfirm.test (Postfix) with ESMTP id 4ABCDEF12\r\n"
+       b"\tfor <1234@matters.lawfirm.test>; Mon, 23 Nov 2026 12:00:00 +0000\r\n"
+       b"From: bob@example.test\r\nSubject: filing\r\n\r\nbody\r\n")
+
+
+@pytest.fixture
+def server(tmp_path):
+    store = Store(tmp_path / "s.sqlite", tmp_path / "m")
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    holder = {}
+
+    async def start():
+        holder["servers"] = await lmtp.serve(("127.0.0.1:0",), store)
+        started.set()
+
+    t = threading.Thread(target=lambda: (loop.run_until_complete(start()), loop.run_forever()), daemon=True)
+    t.start()
+    assert started.wait(10)
+    port = holder["servers"][0].sockets[0].getsockname()[1]
+    yield store, port
+    loop.call_soon_threadsafe(loop.stop)
+    t.join(5)
+    store.close()
+
+
+def lmtp_send(port, rcpts):
+    """Send MSG and read one reply per recipient (smtplib.LMTP.sendmail reads only one)."""
+    with smtplib.LMTP("127.0.0.1", port) as c:
+        c.ehlo()  # smtplib.LMTP sends LHLO
+        c.mail("bob@example.test")
+        for r in rcpts:
+            assert c.rcpt(r)[0] == 250
+        c.putcmd("data")
+        assert c.getreply()[0] == 354
+        c.send(MSG + b".\r\n")
+        return [c.getreply() for _ in rcpts]
+
+
+def test_one_reply_per_recipient_after_commit(server):
+    store, port = server
+    replies = lmtp_send(port, ["1234@matters.lawfirm.test", "alice+5@matters.lawfirm.test"])
+    assert [code for code, _ in replies] == [250, 250]
+    assert b"<1234@matters.lawfirm.test>" in replies[0][1] and b"<alice+5@" in replies[1][1]
+    assert store.count("messages") == 1 and store.count("deliveries") == 2
+    rows = store.db.execute("SELECT recipient, queue_id FROM deliveries ORDER BY recipient").fetchall()
+    assert rows == [("1234@matters.lawfirm.test", "4ABCDEF12"), ("alice+5@matters.lawfirm.test", "4ABCDEF12")]
+
+
+def test_store_failure_defers_every_recipient(server, monkeypatch):
+    store, port = server
+
+    def fail(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(store, "deliver", fail)
+    replies = lmtp_send(port, ["a@matters.lawfirm.test", "b@matters.lawfirm.test"])
+    assert [r[0] for r in replies] == [451, 451]
+    assert b"try again later" in replies[0][1]
+    assert store.count("messages") == 0
+
+
+def test_queue_id_from_received():
+    assert lmtp.queue_id_of(MSG) == "4ABCDEF12"
+    assert lmtp.queue_id_of(b"Subject: x\r\n\r\nno received\r\n") == ""
