@@ -261,9 +261,12 @@ class Stack:
 
     def start_dovecot(self) -> None:
         if not self._dovecot_pid():
-            r = subprocess.run(["dovecot", "-c", str(self.dovecot_conf)], capture_output=True, text=True)
+            # Dovecot daemonizes with our stdout still open: give it the log file, not a pipe.
+            with open(self.logs / "dovecot.log", "ab") as log:
+                r = subprocess.run(["dovecot", "-c", str(self.dovecot_conf)], stdin=subprocess.DEVNULL,
+                                   stdout=log, stderr=subprocess.STDOUT)
             if r.returncode != 0:
-                raise StackError(f"dovecot failed to start:\n{r.stdout}{r.stderr}{self._tail('dovecot')}")
+                raise StackError(f"dovecot failed to start (exit {r.returncode}){self._tail('dovecot')}")
         auth = self.spool / "private" / "auth"
         self._wait("dovecot", auth.exists)
 
