@@ -97,6 +97,44 @@ class DNS:
 
 
 @dataclass(frozen=True)
+class DKIM:
+    # Keys as <keys_dir>/<domain>/<selector>.<rsa|ed25519>.pem (see mattermail.dkimkeys).
+    keys_dir: Path = Path("/etc/mattermail/dkim")
+    # Sign mail from sub.firm.example with firm.example's key (aligns under relaxed DMARC).
+    sign_subdomains: bool = True
+
+
+def _pattern(value: str) -> str:
+    import re
+
+    try:
+        re.compile(value)
+    except re.error as e:
+        raise ValueError(f"not a regular expression: {e}") from None
+    return value
+
+
+@dataclass(frozen=True)
+class Capture:
+    # Every outbound message gets this extra envelope recipient ("" disables capture).
+    address: str = ""
+    # Secret for the HMAC that signs the envelope reference in the capture address.
+    secret_file: Path = Path("/etc/mattermail/capture.key")
+    # When capture is impossible: "tempfail" (nothing leaves uncaptured) or "accept".
+    on_failure: str = "tempfail"
+    # Regular expressions (case-insensitive, searched) for senders / recipients never captured.
+    exclude_senders: tuple[str, ...] = ()
+    exclude_recipients: tuple[str, ...] = ()
+
+    _validators = {
+        "on_failure": lambda v: v if v in ("tempfail", "accept") else _bad("tempfail or accept"),
+        "exclude_senders": _pattern,
+        "exclude_recipients": _pattern,
+        "address": lambda v: v if v == "" or v.count("@") == 1 else _bad("an email address"),
+    }
+
+
+@dataclass(frozen=True)
 class Log:
     level: str = "info"
 
@@ -117,6 +155,8 @@ class Config:
     store: Store = field(default_factory=Store)
     auth: Auth = field(default_factory=Auth)
     dns: DNS = field(default_factory=DNS)
+    dkim: DKIM = field(default_factory=DKIM)
+    capture: Capture = field(default_factory=Capture)
     log: Log = field(default_factory=Log)
     source: Path | None = None
 

@@ -77,6 +77,24 @@ def _m001_initial(db: sqlite_utils.Database) -> None:
     db["deliveries"].create_index(["message", "recipient", "queue_id"], unique=True)
 
 
+@migration
+def _m002_disclaimers_and_envelopes(db: sqlite_utils.Database) -> None:
+    # scope: "default" (key ""), "domain" (key = domain) or "sender" (key = address).
+    db["disclaimers"].create(
+        {"scope": str, "key": str, "text": str, "html": str, "updated": float},
+        pk=("scope", "key"),
+        not_null={"text"},
+    )
+    # The complete envelope of an outbound message, written by the milter before
+    # it adds the capture recipient; the capture address carries ``ref`` (signed).
+    db["envelopes"].create(
+        {"ref": str, "queue_id": str, "mail_from": str, "recipients": str, "login": str,
+         "client": str, "created": float},
+        pk="ref",
+    )
+    db["envelopes"].create_index(["queue_id"])
+
+
 def normalise_address(address: str) -> str:
     """Lower-case the domain (local parts are case-sensitive in theory, not in practice)."""
     return address.strip().strip("<>").lower()
@@ -254,3 +272,98 @@ def remove_user(store: Store, login: str) -> None:
 
 def password_hashes(store: Store) -> list[tuple[str, str]]:
     return [tuple(r) for r in store.db.execute("SELECT login, password_hash FROM users ORDER BY login")]
+
+
+# -- disclaimers -----------------------------------------------------------------
+
+DISCLAIMER_SCOPES = ("default", "domain", "sender")
+
+
+@dataclass(frozen=True)
+class DisclaimerRow:
+    scope: str
+    key: str
+    text: str
+    html: str | None
+    updated: float
+
+
+def set_disclaimer(store: Store, scope: str, key: str, text: str, html: str | None) -> None:
+    if scope not in DISCLAIMER_SCOPES:
+        raise UserError(f"scope: must be one of {', '.join(DISCLAIMER_SCOPES)}")
+    if not text.strip():
+        raise UserError("text: the disclaimer text is empty")
+    key = "" if scope == "default" else normalise_address(key)
+    store.db.execute(
+        "INSERT INTO disclaimers (scope, key, text, html, updated) VALUES (?, ?, ?, ?, ?)"
+        " ON CONFLICT (scope, key) DO UPDATE SET text = excluded.text, html = excluded.html, updated = excluded.updated",
+        [scope, key, text, html, time.time()],
+    )
+
+
+def remove_disclaimer(store: Store, scope: str, key: str) -> None:
+    key = "" if scope == "default" else normalise_address(key)
+    if store.db.execute("DELETE FROM disclaimers WHERE scope = ? AND key = ?", [scope, key]).rowcount == 0:
+        raise UserError(f"no {scope} disclaimer{' for ' + key if key else ''}")
+
+
+def list_disclaimers(store: Store) -> list[DisclaimerRow]:
+    rows = store.db.execute(
+        "SELECT scope, key, text, html, updated FROM disclaimers"
+        " ORDER BY CASE scope WHEN 'default' THEN 0 WHEN 'domain' THEN 1 ELSE 2 END, key"
+    ).fetchall()
+    return [DisclaimerRow(*r) for r in rows]
+
+
+def disclaimer_for(rows: Iterable[DisclaimerRow], sender: str) -> DisclaimerRow | None:
+    """The most specific disclaimer for ``sender``: per sender, then per domain (or parent domain), then default."""
+    sender = normalise_address(sender)
+    domain = sender.rpartition("@")[2]
+    by_key = {(r.scope, r.key): r for r in rows}
+    if ("sender", sender) in by_key:
+        return by_key[("sender", sender)]
+    labels = domain.split(".")
+    for i in range(len(labels) - 1):
+        hit = by_key.get(("domain", ".".join(labels[i:])))
+        if hit:
+            return hit
+    return by_key.get(("default", ""))
+
+
+def data_version(store: Store) -> int:
+    """Changes whenever another connection commits: a cheap "reload?" check for the milter."""
+    return store.db.execute("PRAGMA data_version").fetchone()[0]
+
+
+# -- envelopes of captured messages ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EnvelopeRecord:
+    ref: str
+    queue_id: str
+    mail_from: str
+    recipients: tuple[str, ...]
+    login: str
+    client: str
+    created: float
+
+
+def record_envelope(store: Store, env: EnvelopeRecord) -> None:
+    import json
+
+    store.db.execute(
+        "INSERT INTO envelopes (ref, queue_id, mail_from, recipients, login, client, created) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [env.ref, env.queue_id, env.mail_from, json.dumps(list(env.recipients)), env.login, env.client, env.created],
+    )
+
+
+def get_envelope(store: Store, ref: str) -> EnvelopeRecord | None:
+    import json
+
+    row = store.db.execute(
+        "SELECT ref, queue_id, mail_from, recipients, login, client, created FROM envelopes WHERE ref = ?", [ref]
+    ).fetchone()
+    if row is None:
+        return None
+    return EnvelopeRecord(row[0], row[1], row[2], tuple(json.loads(row[3])), row[4], row[5], row[6])

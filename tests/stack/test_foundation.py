@@ -7,7 +7,7 @@ import sqlite3
 
 import pytest
 
-from .conftest import PASSWORD, wait_for
+from .conftest import PASSWORD
 
 
 def test_authenticated_submission_reaches_the_internet(stack):

@@ -1,0 +1,109 @@
+"""mattermailctl user: SMTP users for port 587 and the addresses each may send as."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from mattermail import passwords
+from mattermail.ctl.base import Context, UserFacingError, cli, json_option, pass_ctx, user_errors, valid_address
+from mattermail.router import store as storemod
+
+def _read_password(confirm: bool = True) -> str:
+    if sys.stdin.isatty():
+        return click.prompt("Password", hide_input=True, confirmation_prompt=confirm)
+    line = sys.stdin.readline()
+    if not line:
+        raise UserFacingError("password: nothing on standard input")
+    return line.rstrip("\r\n")
+
+
+def _sync_passwd(ctx: Context) -> None:
+    passwords.write_passwd_file(
+        ctx.config.auth.passwd_file, storemod.password_hashes(ctx.store), group="dovecot"
+    )
+
+
+
+
+@cli.group()
+def user() -> None:
+    """SMTP users who may submit mail on port 587, and the addresses each may send as."""
+
+
+@user.command("add")
+@click.argument("address")
+@click.option("--send-as", multiple=True, metavar="ADDRESS", help="Another address this user may send as (repeatable).")
+@pass_ctx
+@user_errors
+def user_add(ctx: Context, address: str, send_as: tuple[str, ...]) -> None:
+    """Add a user; the password is prompted for, or read from standard input.
+
+    \b
+    Example:
+      echo 's3cret-pass' | mattermailctl user add alice@lawfirm.test --send-as info@lawfirm.test
+    """
+    login = valid_address(address, "address")
+    extra = [valid_address(a, "--send-as") for a in send_as]
+    pw_hash = passwords.hash_password(_read_password())
+    u = storemod.add_user(ctx.store, login, pw_hash, extra)
+    _sync_passwd(ctx)
+    click.echo(f"added user {u.login} (may send as: {', '.join(u.addresses)})")
+
+
+@user.command("passwd")
+@click.argument("address")
+@pass_ctx
+@user_errors
+def user_passwd(ctx: Context, address: str) -> None:
+    """Set a user's password (prompted, or read from standard input).
+
+    \b
+    Example:
+      mattermailctl user passwd alice@lawfirm.test
+    """
+    login = valid_address(address, "address")
+    if login not in {u.login for u in storemod.list_users(ctx.store)}:
+        raise UserFacingError(f"address: no such user: {login}")
+    storemod.set_password(ctx.store, login, passwords.hash_password(_read_password()))
+    _sync_passwd(ctx)
+    click.echo(f"password changed for {login}")
+
+
+@user.command("remove")
+@click.argument("address")
+@pass_ctx
+@user_errors
+def user_remove(ctx: Context, address: str) -> None:
+    """Remove a user; they can no longer log in on port 587.
+
+    \b
+    Example:
+      mattermailctl user remove alice@lawfirm.test
+    """
+    login = valid_address(address, "address")
+    storemod.remove_user(ctx.store, login)
+    _sync_passwd(ctx)
+    click.echo(f"removed user {login}")
+
+
+@user.command("list")
+@json_option
+@pass_ctx
+def user_list(ctx: Context, as_json: bool) -> None:
+    """List users and the addresses each may send as.
+
+    \b
+    Example:
+      mattermailctl user list --json
+    """
+    users = storemod.list_users(ctx.store)
+    if as_json:
+        click.echo(json.dumps([{"login": u.login, "send_as": list(u.addresses)} for u in users], indent=2))
+        return
+    if not users:
+        click.echo("no users")
+    for u in users:
+        click.echo(f"{u.login}\t{', '.join(u.addresses)}")
