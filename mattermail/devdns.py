@@ -13,10 +13,9 @@ import argparse
 import logging
 import signal
 import threading
-import time
 from pathlib import Path
 
-from dnslib import QTYPE, RCODE, RR, DNSLabel, DNSRecord
+from dnslib import QTYPE, RCODE, RR, DNSRecord
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
 log = logging.getLogger("mattermail.devdns")
