@@ -149,8 +149,31 @@ class Stack:
 
             write_passwd_file(self.passwd_file, [], group="dovecot")
         self._make_cert()
+        self._make_secrets_and_keys()
         pd = self.var / "postfix" / "data"
         shutil.chown(pd, "postfix", "postfix")
+
+    def _make_secrets_and_keys(self) -> None:
+        """The capture HMAC secret, and demo DKIM keys for lawfirm.test published in the demo DNS."""
+        from mattermail import dkimkeys
+
+        secret = self.var / "capture.key"
+        if not secret.exists():
+            fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(os.urandom(32).hex() + "\n")
+        keys = self.var / "dkim" / "lawfirm.test"
+        zone = self.dns_dir / "lawfirm.test-dkim.zone"
+        if keys.exists() and zone.exists():
+            return
+        lines = ["; DKIM keys of the dev stack (generated with the keys in dkim/)"]
+        for alg, selector in (("rsa", "dev2026r"), ("ed25519", "dev2026e")):
+            path = keys / f"{selector}.{alg}.pem"
+            if not path.exists():
+                dkimkeys.write_private_key(path, dkimkeys.generate(alg))
+            owner, record = dkimkeys.dns_record(dkimkeys.load_private_key(path), selector, "lawfirm.test")
+            lines.append(dkimkeys.zone_line(owner, record, ttl=300))
+        zone.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     def _make_cert(self) -> None:
         cert, key = self.var / "tls" / "cert.pem", self.var / "tls" / "key.pem"

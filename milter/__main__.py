@@ -9,13 +9,14 @@ import Milter
 
 from mattermail import daemon
 from mattermail.milter.app import MatterMilter
+from mattermail.milter.runtime import Runtime
 
 log = logging.getLogger("mattermail.milter")
 
 
 def main(argv: list[str] | None = None) -> None:
     cfg = daemon.start("mattermail-milter", "Postfix milter: capture, disclaimers, DKIM, SPF/DKIM/DMARC", argv)
-    MatterMilter.config = cfg
+    MatterMilter.runtime = Runtime(cfg)
     Milter.factory = MatterMilter
     Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS | Milter.CHGBODY | Milter.ADDRCPT | Milter.ADDRCPT_PAR
                      | Milter.DELRCPT | Milter.CHGFROM | Milter.QUARANTINE)

@@ -11,19 +11,24 @@ from __future__ import annotations
 
 import logging
 import socket
+import tempfile
 from dataclasses import dataclass, field
 from functools import wraps
 from typing import Any, Callable
 
 import Milter
 
-from mattermail.config import Config
 from mattermail.logs import QueueIdAdapter
-from mattermail.milter.direction import Direction, direction, parse_networks
+from mattermail.milter import outbound
+from mattermail.milter.direction import Direction, direction
+from mattermail.milter.runtime import Runtime
 
 log = logging.getLogger("mattermail.milter")
 
 TEMPFAIL_TEXT = "Temporary local problem checking this message, please try again later"
+# Bodies above this size are spooled to a temp file instead of kept in memory.
+SPOOL_THRESHOLD = 1024 * 1024
+REPLACE_CHUNK = 65535
 
 
 @dataclass
@@ -35,6 +40,9 @@ class Message:
     auth_authen: str | None = None
     queue_id: str = ""
     failed: bool = False
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: tempfile.SpooledTemporaryFile = field(
+        default_factory=lambda: tempfile.SpooledTemporaryFile(max_size=SPOOL_THRESHOLD))
 
 
 def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -56,12 +64,11 @@ def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class MatterMilter(Milter.Base):
-    config: Config  # set by run() before the first connection
+    runtime: Runtime  # set by main() before the first connection
 
     def __init__(self) -> None:
         self.client_ip: str | None = None
         self.msg: Message | None = None
-        self._trusted = parse_networks(self.config.milter.trusted_networks)
 
     def qlog(self) -> QueueIdAdapter:
         qid = self.msg.queue_id if self.msg else ""
@@ -84,6 +91,7 @@ class MatterMilter(Milter.Base):
     @Milter.noreply
     @_guard
     def envfrom(self, mail_from: str, *params: str) -> int:
+        self._discard()
         self.msg = Message(mail_from=mail_from.strip("<>"), auth_authen=self.getsymval("{auth_authen}"))
         return Milter.CONTINUE
 
@@ -92,6 +100,20 @@ class MatterMilter(Milter.Base):
     def envrcpt(self, rcpt: str, *params: str) -> int:
         if self.msg is not None:
             self.msg.recipients.append(rcpt.strip("<>"))
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    @_guard
+    def header(self, name: str, value: str) -> int:
+        if self.msg is not None:
+            self.msg.headers.append((name, value))
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    @_guard
+    def body(self, chunk: bytes) -> int:
+        if self.msg is not None:
+            self.msg.body.write(chunk)
         return Milter.CONTINUE
 
     @_guard
@@ -103,17 +125,53 @@ class MatterMilter(Milter.Base):
         if msg.failed:
             qlog.warning("verdict=tempfail reason=earlier callback failed")
             return self.tempfail()
-        way = direction(msg.auth_authen, self.client_ip, self._trusted)
-        qlog.info(
-            "%s from=<%s> nrcpt=%d client=%s%s verdict=accept",
-            way.value, msg.mail_from, len(msg.recipients), self.client_ip or "local",
-            f" sasl_username={msg.auth_authen}" if msg.auth_authen else "",
-        )
-        return Milter.ACCEPT if way is Direction.INBOUND else Milter.CONTINUE
+        way = direction(msg.auth_authen, self.client_ip, self.runtime.trusted)
+        summary = (f"{way.value} from=<{msg.mail_from}> nrcpt={len(msg.recipients)} client={self.client_ip or 'local'}"
+                   + (f" sasl_username={msg.auth_authen}" if msg.auth_authen else ""))
+        if way is Direction.INBOUND:
+            qlog.info("%s verdict=accept", summary)
+            return Milter.ACCEPT
+        return self._outbound(msg, qlog, summary)
+
+    def _outbound(self, msg: Message, qlog: QueueIdAdapter, summary: str) -> int:
+        msg.body.seek(0)
+        sub = outbound.Submission(queue_id=msg.queue_id, login=msg.auth_authen, client=self.client_ip or "local",
+                                  mail_from=msg.mail_from, recipients=list(msg.recipients),
+                                  headers=list(msg.headers), body=msg.body.read())
+        out = outbound.process(sub, self.runtime)
+        notes = " ".join(out.notes)
+        if out.reject:
+            qlog.info("%s %s verdict=reject", summary, notes)
+            self.setreply(out.reject.code, out.reject.xcode, out.reject.text)
+            return Milter.REJECT
+        if out.tempfail:
+            qlog.error("%s %s verdict=tempfail reason=%s", summary, notes, out.tempfail)
+            self.setreply("451", "4.3.0", "Message could not be filed (capture unavailable), please try again later")
+            return Milter.TEMPFAIL
+        if out.add_recipient:
+            self.addrcpt(f"<{out.add_recipient}>", "NOTIFY=NEVER")
+        for name, nth, value in out.header_changes:
+            if nth == 0:
+                self.addheader(name, outbound.milter_value(value))
+            else:
+                self.chgheader(name, nth, outbound.milter_value(value))
+        if out.new_body is not None:
+            for i in range(0, len(out.new_body), REPLACE_CHUNK):
+                self.replacebody(out.new_body[i:i + REPLACE_CHUNK])
+        for name, value in out.signatures:
+            self.addheader(name, value, 0)
+        qlog.info("%s %s verdict=accept", summary, notes)
+        return Milter.ACCEPT
+
+    def _discard(self) -> None:
+        if self.msg is not None:
+            self.msg.body.close()
+            self.msg = None
 
     def abort(self) -> int:
-        self.msg = None
+        self._discard()
         return Milter.CONTINUE
 
     def close(self) -> int:
+        self._discard()
         return Milter.CONTINUE

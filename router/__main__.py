@@ -7,7 +7,8 @@ import logging
 import signal
 
 from mattermail import daemon
-from mattermail.router.lmtp import serve
+from mattermail.milter.capture import CaptureError, load_secret
+from mattermail.router.lmtp import DeliveryHandler, serve
 from mattermail.router.store import Store
 
 log = logging.getLogger("mattermail.router")
@@ -15,7 +16,14 @@ log = logging.getLogger("mattermail.router")
 
 async def _run(cfg) -> None:
     store = Store(cfg.store.path, cfg.store.messages_dir)
-    servers = await serve(cfg.router.listen, store)
+    secret = None
+    if cfg.capture.address:
+        try:
+            secret = load_secret(cfg.capture.secret_file)
+        except CaptureError as e:
+            log.error("%s: capture copies will be stored but not linked to their envelopes", e)
+    handler = DeliveryHandler(store, cfg.capture.address, secret)
+    servers = await serve(cfg.router.listen, store, handler)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

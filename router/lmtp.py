@@ -17,7 +17,8 @@ from aiosmtpd.smtp import Envelope, Session
 
 from mattermail.daemon import parse_listen
 from mattermail.logs import QueueIdAdapter
-from mattermail.router.store import Store
+from mattermail.milter.capture import parse_capture_address
+from mattermail.router.store import Store, get_envelope, record_capture
 
 log = logging.getLogger("mattermail.router.lmtp")
 
@@ -39,8 +40,31 @@ def queue_id_of(raw: bytes) -> str:
 
 
 class DeliveryHandler:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, capture_address: str = "", capture_secret: bytes | None = None) -> None:
         self.store = store
+        self.capture_address = capture_address
+        self.capture_secret = capture_secret
+
+    def _link_capture(self, rcpt: str, message: int, qlog: QueueIdAdapter) -> str:
+        """For the capture recipient: check the signed reference and link the recorded envelope."""
+        if not self.capture_address:
+            return ""
+        parsed = parse_capture_address(rcpt, self.capture_address, self.capture_secret or b"")
+        if parsed is None:
+            return ""
+        if parsed.ref is None:
+            qlog.warning("to=<%s>: capture copy without an envelope reference (a BCC map?); stored unlinked", rcpt)
+            return " capture=unlinked"
+        if not parsed.valid or self.capture_secret is None:
+            qlog.warning("to=<%s>: capture reference does not verify; stored, envelope not trusted", rcpt)
+            record_capture(self.store, message, parsed.ref, verified=False)
+            return " capture=forged"
+        env = get_envelope(self.store, parsed.ref)
+        record_capture(self.store, message, parsed.ref, verified=env is not None)
+        if env is None:
+            qlog.warning("to=<%s>: no recorded envelope for capture reference %s", rcpt, parsed.ref)
+            return " capture=missing-envelope"
+        return f" capture={parsed.ref} envelope_rcpts={len(env.recipients)}"
 
     async def handle_DATA(self, server: LMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or b""
@@ -51,16 +75,24 @@ class DeliveryHandler:
         except Exception:
             qlog.exception("storing failed, deferring %d recipient(s)", len(rcpts))
             return "\r\n".join("451 4.3.0 <%s> temporary failure storing message, try again later" % r for r in rcpts)
+        extra = {}
+        try:
+            for r in rcpts:
+                extra[r] = self._link_capture(r, stored.id, qlog)
+        except Exception:
+            qlog.exception("linking the capture envelope failed, deferring")
+            return "\r\n".join("451 4.3.0 <%s> temporary failure filing message, try again later" % r for r in rcpts)
         for r in rcpts:
-            qlog.info("to=<%s>, from=<%s>, size=%d, sha256=%s, status=stored%s",
-                      r, envelope.mail_from, len(raw), stored.sha256[:16], "" if stored.new else " (duplicate content)")
+            qlog.info("to=<%s>, from=<%s>, size=%d, sha256=%s, status=stored%s%s",
+                      r, envelope.mail_from, len(raw), stored.sha256[:16], "" if stored.new else " (duplicate content)",
+                      extra[r])
         # One reply per recipient, as LMTP requires; aiosmtpd pushes the lines as given.
         return "\r\n".join(f"250 2.0.0 <{r}> stored as {stored.sha256[:16]}" for r in rcpts)
 
 
-async def serve(listen: tuple[str, ...], store: Store) -> list[asyncio.base_events.Server]:
+async def serve(listen: tuple[str, ...], store: Store, handler: DeliveryHandler | None = None) -> list[asyncio.base_events.Server]:
     loop = asyncio.get_running_loop()
-    handler = DeliveryHandler(store)
+    handler = handler or DeliveryHandler(store)
 
     def factory() -> LMTP:
         return LMTP(handler, data_size_limit=MAX_MESSAGE_SIZE, enable_SMTPUTF8=True, decode_data=False,

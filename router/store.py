@@ -95,6 +95,16 @@ def _m002_disclaimers_and_envelopes(db: sqlite_utils.Database) -> None:
     db["envelopes"].create_index(["queue_id"])
 
 
+@migration
+def _m003_captures(db: sqlite_utils.Database) -> None:
+    # A capture copy, linked to the envelope the milter recorded; verified = the HMAC checked out.
+    db["captures"].create(
+        {"message": int, "ref": str, "verified": int, "recorded": float},
+        pk=("message", "ref"),
+        foreign_keys=[("message", "messages", "id")],
+    )
+
+
 def normalise_address(address: str) -> str:
     """Lower-case the domain (local parts are case-sensitive in theory, not in practice)."""
     return address.strip().strip("<>").lower()
@@ -356,6 +366,11 @@ def record_envelope(store: Store, env: EnvelopeRecord) -> None:
         "INSERT INTO envelopes (ref, queue_id, mail_from, recipients, login, client, created) VALUES (?, ?, ?, ?, ?, ?, ?)",
         [env.ref, env.queue_id, env.mail_from, json.dumps(list(env.recipients)), env.login, env.client, env.created],
     )
+
+
+def record_capture(store: Store, message: int, ref: str, verified: bool) -> None:
+    store.db.execute("INSERT OR IGNORE INTO captures (message, ref, verified, recorded) VALUES (?, ?, ?, ?)",
+                     [message, ref, int(verified), time.time()])
 
 
 def get_envelope(store: Store, ref: str) -> EnvelopeRecord | None:

@@ -9,6 +9,8 @@ from Milter import testctx
 
 from mattermail import config
 from mattermail.milter.app import MatterMilter, _guard
+from mattermail.milter.runtime import Runtime
+from mattermail.router import store as storemod
 
 MSG = b"From: alice@lawfirm.test\nTo: bob@example.test\nSubject: hi\n\nhello\n"
 
@@ -18,10 +20,14 @@ class Ctx(testctx.TestCtx):
 
 
 @pytest.fixture(autouse=True)
-def milter_config(monkeypatch):
+def milter_config(monkeypatch, tmp_path):
     # Negotiate no skipped steps, so TestCtx (which stops on NOREPLY) feeds every callback.
     monkeypatch.setattr(testctx.TestCtx, "default_opts", [Milter.CURR_ACTS, 0, 0, 0])
-    MatterMilter.config = config.from_dict({"milter": {"trusted_networks": ["127.0.0.1/32"]}})
+    cfg = config.from_dict({"milter": {"trusted_networks": ["127.0.0.1/32"]},
+                            "store": {"path": str(tmp_path / "s.sqlite"), "messages_dir": str(tmp_path / "m")},
+                            "dkim": {"keys_dir": str(tmp_path / "keys")}})
+    MatterMilter.runtime = Runtime(cfg)
+    storemod.add_user(MatterMilter.runtime.store(), "alice@lawfirm.test", "{ARGON2ID}x")
     Milter.factory = MatterMilter
 
 
@@ -46,8 +52,14 @@ def test_inbound_is_accepted_and_logged(caplog):
 def test_authenticated_submission_is_outbound(caplog):
     caplog.set_level(logging.INFO, "mattermail.milter")
     ctx = feed("192.0.2.7", auth="alice@lawfirm.test")
-    assert ctx.rc == Milter.CONTINUE
+    assert ctx.rc == Milter.ACCEPT
     assert "4QX1Y2: outbound " in caplog.messages[-1] and "sasl_username=alice@lawfirm.test" in caplog.messages[-1]
+
+
+def test_sending_as_someone_else_is_refused_with_reason():
+    ctx = feed("192.0.2.7", auth="bob@lawfirm.test")
+    assert ctx.rc == Milter.REJECT
+    assert ctx._reply == ("553", "5.7.1", "<bob@lawfirm.test> may not send as <alice@lawfirm.test>")
 
 
 def test_exception_becomes_451_with_traceback(caplog, monkeypatch):
@@ -81,7 +93,7 @@ def test_negotiation_skips_unneeded_callbacks():
     m._setctx(Ctx())
     assert m.negotiate(opts) == Milter.CONTINUE
     p = opts[1]
-    for bit in (Milter.P_NR_CONN, Milter.P_NR_MAIL, Milter.P_NR_RCPT):
+    for bit in (Milter.P_NR_CONN, Milter.P_NR_MAIL, Milter.P_NR_RCPT, Milter.P_NR_HDR, Milter.P_NR_BODY):
         assert p & bit, hex(bit)
-    for bit in (Milter.P_NOHELO, Milter.P_NOHDRS, Milter.P_NOEOH, Milter.P_NOBODY, Milter.P_NODATA, Milter.P_NOUNKNOWN):
+    for bit in (Milter.P_NOHELO, Milter.P_NOEOH, Milter.P_NODATA, Milter.P_NOUNKNOWN):
         assert p & bit, hex(bit)

@@ -1,0 +1,174 @@
+"""The outbound pipeline, in DESIGN.md's fixed order:
+
+sender check → capture → disclaimer → DKIM sign (last, over exactly what leaves).
+
+:func:`process` decides; it changes nothing itself. The milter adapter applies
+the returned :class:`Outcome` (add recipient, change headers, replace body,
+insert signatures) through the milter protocol, so every step is testable
+without Postfix.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sqlite3
+import time
+from dataclasses import dataclass, field
+
+from mattermail.milter import capture
+from mattermail.milter import sender as senderpolicy
+from mattermail.milter.dkim_sign import select_keys, sign
+from mattermail.milter.disclaimer import Disclaimer, decorate
+from mattermail.milter.runtime import Runtime
+from mattermail.router.store import EnvelopeRecord
+
+log = logging.getLogger("mattermail.milter.outbound")
+
+Header = tuple[str, str]
+
+
+@dataclass
+class Submission:
+    """One message as the milter gathered it."""
+
+    queue_id: str
+    login: str | None
+    client: str
+    mail_from: str
+    recipients: list[str]
+    headers: list[Header]
+    body: bytes
+
+
+@dataclass
+class Outcome:
+    reject: senderpolicy.Verdict | None = None
+    tempfail: str | None = None
+    add_recipient: str | None = None
+    header_changes: list[tuple[str, int, str]] = field(default_factory=list)  # (name, nth, new value or "")
+    new_body: bytes | None = None
+    signatures: list[Header] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _values(headers: list[Header], name: str) -> list[str]:
+    return [v for n, v in headers if n.lower() == name]
+
+
+def raw_message(headers: list[Header], body: bytes) -> bytes:
+    """Rebuild the message as Postfix will write it (CRLF line ends)."""
+    lines = [f"{n}: {v}".replace("\r\n", "\n").replace("\n", "\r\n") for n, v in headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape") + body
+
+
+def split_message(raw: bytes) -> tuple[list[Header], bytes]:
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    headers: list[Header] = []
+    for line in head.decode("utf-8", "surrogateescape").split("\r\n"):
+        if line[:1] in (" ", "\t") and headers:
+            n, v = headers[-1]
+            headers[-1] = (n, v + "\n" + line)
+        elif ":" in line:
+            n, _, v = line.partition(":")
+            headers.append((n, v[1:] if v.startswith(" ") else v))
+    return headers, body
+
+
+def header_changes(old: list[Header], new: list[Header]) -> list[tuple[str, int, str]]:
+    """Operations turning old into new: (name, nth occurrence from 1, value; "" deletes), nth 0 adds."""
+    changes = []
+    names = {n.lower(): n for n, _ in old + new}
+    for key, name in names.items():
+        a, b = _values(old, key), _values(new, key)
+        for i in range(max(len(a), len(b))):
+            va = a[i] if i < len(a) else None
+            vb = b[i] if i < len(b) else ""
+            if va is None:
+                changes.append((name, 0, vb))
+            elif va != vb:
+                changes.append((name, i + 1, vb))
+    return changes
+
+
+def first_mailbox(sub: Submission) -> str:
+    boxes = senderpolicy.mailboxes(_values(sub.headers, "from"))
+    return boxes[0] if boxes else sub.mail_from
+
+
+def process(sub: Submission, rt: Runtime) -> Outcome:
+    out = Outcome()
+    cfg = rt.config
+
+    # 1. Sender ownership.
+    if sub.login:
+        verdict = senderpolicy.check(sub.login, rt.owned_addresses(sub.login), sub.mail_from,
+                                     _values(sub.headers, "from"), _values(sub.headers, "sender"))
+        if not verdict.ok:
+            out.reject = verdict
+            out.notes.append(f"reject={verdict.code} {verdict.text}")
+            return out
+
+    # 2. Capture.
+    if cfg.capture.address:
+        _capture(sub, rt, out)
+        if out.tempfail:
+            return out
+
+    headers, body = sub.headers, sub.body
+
+    # 3. Disclaimer.
+    row = rt.disclaimer_for(first_mailbox(sub))
+    if row is not None:
+        result = decorate(raw_message(headers, body), Disclaimer(row.text, row.html))
+        if result.message is not None:
+            new_headers, new_body = split_message(result.message)
+            out.header_changes = header_changes(headers, new_headers)
+            headers, body = new_headers, new_body
+            out.new_body = new_body
+            out.notes.append(f"disclaimer={row.scope}{':' + row.key if row.key else ''} parts={result.decorated_parts}")
+        else:
+            out.notes.append(f"disclaimer=skipped ({result.reason})")
+
+    # 4. DKIM, last, over exactly what leaves.
+    domain = first_mailbox(sub).rpartition("@")[2]
+    keys = select_keys(domain, rt.signing_keys(), cfg.dkim.sign_subdomains) if domain else []
+    if keys:
+        out.signatures = sign(headers, body, keys)
+        out.notes.append("dkim=" + ",".join(f"{k.domain}/{k.selector}" for k in keys))
+    else:
+        out.notes.append(f"dkim=none (no key for {domain or 'empty From'})")
+    return out
+
+
+def _capture(sub: Submission, rt: Runtime, out: Outcome) -> None:
+    cfg = rt.config.capture
+    if any(capture.is_capture_address(r, cfg.address) for r in sub.recipients):
+        out.notes.append("capture=already (capture address is a recipient)")
+        return
+    why = capture.excluded(sub.mail_from, sub.recipients, rt.exclude_senders, rt.exclude_recipients)
+    if why:
+        out.notes.append(f"capture=excluded ({why})")
+        return
+    try:
+        secret = rt.capture_secret()
+        ref = capture.new_ref()
+        rt.record_envelope(EnvelopeRecord(ref=ref, queue_id=sub.queue_id, mail_from=sub.mail_from,
+                                          recipients=tuple(sub.recipients), login=sub.login or "",
+                                          client=sub.client, created=time.time()))
+    except (capture.CaptureError, sqlite3.Error, OSError) as e:
+        if cfg.on_failure == "tempfail":
+            out.tempfail = f"capture impossible: {e}"
+        else:
+            out.notes.append(f"capture=FAILED ({e}; accepted per capture.on_failure)")
+        return
+    out.add_recipient = capture.capture_address(cfg.address, ref, secret)
+    out.notes.append(f"capture={ref}")
+
+
+_NEWLINE = re.compile(r"\r?\n")
+
+
+def milter_value(value: str) -> str:
+    """Header values go to Postfix with bare LF folds (Postfix writes CRLF)."""
+    return _NEWLINE.sub("\n", value)

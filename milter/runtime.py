@@ -1,0 +1,96 @@
+"""What every milter connection shares: config, read-only lookups, keys, secrets.
+
+One instance per daemon. Lookups go through a single store connection behind
+a lock (libmilter runs each SMTP session in its own thread). Disclaimers are
+re-read when the store changes (SQLite's ``data_version``), so
+``mattermailctl disclaimer set`` takes effect without a restart; DKIM keys are
+re-read when a file in the keys directory changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mattermail import dkimkeys
+from mattermail.config import Config
+from mattermail.milter import capture
+from mattermail.milter.direction import parse_networks
+from mattermail.router import store as storemod
+
+log = logging.getLogger("mattermail.milter")
+
+
+def _dir_stamp(path: Path) -> tuple:
+    try:
+        return tuple(sorted((str(p), p.stat().st_mtime_ns) for p in path.rglob("*.pem")))
+    except OSError:
+        return ()
+
+
+@dataclass
+class Runtime:
+    config: Config
+
+    def __post_init__(self) -> None:
+        cfg = self.config
+        self.trusted = parse_networks(cfg.milter.trusted_networks)
+        self.exclude_senders = [re.compile(p, re.I) for p in cfg.capture.exclude_senders]
+        self.exclude_recipients = [re.compile(p, re.I) for p in cfg.capture.exclude_recipients]
+        self._lock = threading.Lock()
+        self._store: storemod.Store | None = None
+        self._disclaimers: list[storemod.DisclaimerRow] = []
+        self._disclaimers_version: int | None = None
+        self._keys: dict[str, list[dkimkeys.SigningKey]] = {}
+        self._keys_stamp: tuple | None = None
+        self._keys_checked = 0.0
+
+    # -- store lookups ---------------------------------------------------------------
+    def store(self) -> storemod.Store:
+        if self._store is None:
+            self._store = storemod.Store(self.config.store.path, self.config.store.messages_dir)
+        return self._store
+
+    def owned_addresses(self, login: str) -> set[str]:
+        with self._lock:
+            rows = self.store().db.execute(
+                "SELECT address FROM user_addresses WHERE login = ?", [storemod.normalise_address(login)]
+            ).fetchall()
+        return {r[0] for r in rows}
+
+    def disclaimer_for(self, sender: str) -> storemod.DisclaimerRow | None:
+        with self._lock:
+            version = storemod.data_version(self.store())
+            if version != self._disclaimers_version:
+                self._disclaimers = storemod.list_disclaimers(self.store())
+                self._disclaimers_version = version
+            rows = self._disclaimers
+        return storemod.disclaimer_for(rows, sender)
+
+    def record_envelope(self, env: storemod.EnvelopeRecord) -> None:
+        with self._lock:
+            storemod.record_envelope(self.store(), env)
+
+    # -- keys and secrets ------------------------------------------------------------------
+    def signing_keys(self) -> dict[str, list[dkimkeys.SigningKey]]:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._keys_checked > 1.0:
+                self._keys_checked = now
+                stamp = _dir_stamp(self.config.dkim.keys_dir)
+                if stamp != self._keys_stamp:
+                    try:
+                        self._keys = dkimkeys.load_keytable(self.config.dkim.keys_dir)
+                        log.info("loaded DKIM keys for %d domain(s) from %s", len(self._keys), self.config.dkim.keys_dir)
+                    except Exception as e:  # keep signing with the keys we had; say why
+                        log.error("cannot load DKIM keys from %s, keeping the previous ones: %s",
+                                  self.config.dkim.keys_dir, e)
+                    self._keys_stamp = stamp
+            return self._keys
+
+    def capture_secret(self) -> bytes:
+        return capture.load_secret(self.config.capture.secret_file)
