@@ -45,7 +45,7 @@ class DeliveryHandler:
         self.capture_address = capture_address
         self.capture_secret = capture_secret
 
-    def _link_capture(self, rcpt: str, message: int, qlog: QueueIdAdapter) -> str:
+    def _link_capture(self, rcpt: str, message: int, qlog: QueueIdAdapter, linked_in_same_delivery: bool) -> str:
         """For the capture recipient: check the signed reference and link the recorded envelope."""
         if not self.capture_address:
             return ""
@@ -53,6 +53,9 @@ class DeliveryHandler:
         if parsed is None:
             return ""
         if parsed.ref is None:
+            if linked_in_same_delivery:
+                # A Postfix BCC map and the milter both captured: one copy is enough.
+                return " capture=duplicate (also captured by the milter)"
             qlog.warning("to=<%s>: capture copy without an envelope reference (a BCC map?); stored unlinked", rcpt)
             return " capture=unlinked"
         if not parsed.valid or self.capture_secret is None:
@@ -77,8 +80,11 @@ class DeliveryHandler:
             return "\r\n".join("451 4.3.0 <%s> temporary failure storing message, try again later" % r for r in rcpts)
         extra = {}
         try:
+            refs = [parse_capture_address(r, self.capture_address, self.capture_secret or b"")
+                    for r in rcpts] if self.capture_address else []
+            linked = any(p is not None and p.ref is not None and p.valid for p in refs)
             for r in rcpts:
-                extra[r] = self._link_capture(r, stored.id, qlog)
+                extra[r] = self._link_capture(r, stored.id, qlog, linked)
         except Exception:
             qlog.exception("linking the capture envelope failed, deferring")
             return "\r\n".join("451 4.3.0 <%s> temporary failure filing message, try again later" % r for r in rcpts)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import smtplib
 import sqlite3
 from email import message_from_bytes, policy
@@ -149,3 +150,22 @@ def test_capture_impossible_defers_by_default(stack):
     finally:
         hidden.rename(secret)
     assert not sink_envelopes(stack, msg["Message-ID"].encode())
+
+
+def test_milter_and_postfix_bcc_map_capture_once(stack):
+    etc = str(stack.stack.etc)
+    subprocess.run(["postconf", "-c", etc, "-e", "always_bcc = capture@matters.lawfirm.test"], check=True)
+    stack.stack.postfix("reload")
+    try:
+        msg = stack.message("alice@lawfirm.test", ["someone@example.test"], subject="bcc map and milter")
+
+        qid = stack.submit("alice@lawfirm.test", msg, ["someone@example.test"])
+        stack.log_line("router", qid, "capture=duplicate")
+        lines = [l for l in (stack.stack.logs / "router.log").read_text().splitlines() if f"{qid}: to=" in l]
+        assert any("capture=duplicate" in l for l in lines), lines
+        assert sum("envelope_rcpts=1" in l for l in lines) == 1
+        db = sqlite3.connect(stack.stack.var / "store.sqlite")
+        assert db.execute("SELECT count(*) FROM messages WHERE message_id = ?", [msg["Message-ID"]]).fetchone()[0] == 1
+    finally:
+        subprocess.run(["postconf", "-c", etc, "-X", "always_bcc"], check=True)
+        stack.stack.postfix("reload")
