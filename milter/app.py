@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import tempfile
 from dataclasses import dataclass, field
 from functools import wraps
 from typing import Any, Callable
@@ -22,13 +21,12 @@ from mattermail.logs import QueueIdAdapter
 from mattermail.milter import outbound
 from mattermail.milter.direction import Direction, direction
 from mattermail.milter.runtime import Runtime
+from mattermail.milter.spool import MessageSpool
 
 log = logging.getLogger("mattermail.milter")
 
 TEMPFAIL_TEXT = "Temporary local problem checking this message, please try again later"
-# Bodies above this size are spooled to a temp file instead of kept in memory.
-SPOOL_THRESHOLD = 1024 * 1024
-REPLACE_CHUNK = 65535
+REPLACE_CHUNK = 65535  # libmilter's largest body chunk
 
 
 @dataclass
@@ -41,8 +39,13 @@ class Message:
     queue_id: str = ""
     failed: bool = False
     headers: list[tuple[str, str]] = field(default_factory=list)
-    body: tempfile.SpooledTemporaryFile = field(
-        default_factory=lambda: tempfile.SpooledTemporaryFile(max_size=SPOOL_THRESHOLD))
+    spool: MessageSpool = field(default_factory=MessageSpool)
+    body_offset: int = -1  # where the body starts in the spool, once the header block is written
+
+    def start_body(self) -> None:
+        if self.body_offset < 0:
+            self.spool.write(outbound.header_block(self.headers))
+            self.body_offset = self.spool.size
 
 
 def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -113,7 +116,8 @@ class MatterMilter(Milter.Base):
     @_guard
     def body(self, chunk: bytes) -> int:
         if self.msg is not None:
-            self.msg.body.write(chunk)
+            self.msg.start_body()
+            self.msg.spool.write(chunk)
         return Milter.CONTINUE
 
     @_guard
@@ -134,10 +138,15 @@ class MatterMilter(Milter.Base):
         return self._outbound(msg, qlog, summary)
 
     def _outbound(self, msg: Message, qlog: QueueIdAdapter, summary: str) -> int:
-        msg.body.seek(0)
+        msg.start_body()
+        with msg.spool.view() as raw:
+            return self._apply(msg, raw, qlog, summary)
+
+    def _apply(self, msg: Message, raw, qlog: QueueIdAdapter, summary: str) -> int:
         sub = outbound.Submission(queue_id=msg.queue_id, login=msg.auth_authen, client=self.client_ip or "local",
                                   mail_from=msg.mail_from, recipients=list(msg.recipients),
-                                  headers=list(msg.headers), body=msg.body.read())
+                                  headers=list(msg.headers), raw=raw, body_offset=msg.body_offset,
+                                  read=msg.spool.read_range)
         out = outbound.process(sub, self.runtime)
         notes = " ".join(out.notes)
         if out.reject:
@@ -156,16 +165,17 @@ class MatterMilter(Milter.Base):
             else:
                 self.chgheader(name, nth, outbound.milter_value(value))
         if out.new_body is not None:
-            for i in range(0, len(out.new_body), REPLACE_CHUNK):
-                self.replacebody(out.new_body[i:i + REPLACE_CHUNK])
+            for chunk in outbound.stream(sub, out.new_body):
+                for i in range(0, len(chunk), REPLACE_CHUNK):
+                    self.replacebody(chunk[i:i + REPLACE_CHUNK])
         for name, value in out.signatures:
             self.addheader(name, value, 0)
-        qlog.info("%s %s verdict=accept", summary, notes)
+        qlog.info("%s %s size=%d verdict=accept", summary, notes, msg.spool.size)
         return Milter.ACCEPT
 
     def _discard(self) -> None:
         if self.msg is not None:
-            self.msg.body.close()
+            self.msg.spool.close()
             self.msg = None
 
     def abort(self) -> int:

@@ -29,13 +29,18 @@ import base64
 import binascii
 import codecs
 import html
+import mmap
 import re
 from dataclasses import dataclass, field
 from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import compat32
+from typing import Iterator, Sequence
 
-__all__ = ["Disclaimer", "Result", "decorate"]
+__all__ = ["Disclaimer", "Edit", "Result", "apply_edits", "decorate", "plan", "segments"]
+
+Edit = tuple[int, int, bytes]
+_NON_SPACE = re.compile(rb"[^ \t\r\n\f\v]")
 
 
 @dataclass(frozen=True)
@@ -52,9 +57,10 @@ class Disclaimer:
 
 @dataclass(frozen=True)
 class Result:
-    message: bytes | None  # decorated message, or None when left unchanged
+    message: bytes | None  # decorated message, or None when left unchanged (or only planned)
     reason: str  # one short line for the log
     decorated_parts: int = 0
+    edits: tuple[Edit, ...] = ()  # (start, end, replacement) in ascending order; () when unchanged
 
 
 class _Skip(Exception):
@@ -125,12 +131,12 @@ def _split(raw: bytes, part: _Part) -> None:
         return
     delim = re.compile(rb"^--" + re.escape(bnd) + rb"(--)?[ \t]*\r?$", re.M)
     marks: list[tuple[int, int, bool]] = []  # (line start, next line start, closing)
-    for m in delim.finditer(raw, part.body_start, part.end):
+    for m in _finditer(delim, raw, part.body_start, part.end):
         nxt = m.end() + (raw[m.end():m.end() + 1] == b"\n")
         marks.append((m.start(), min(nxt, part.end), bool(m.group(1))))
         if m.group(1):
             break
-    if not raw[part.body_start:part.end].strip():
+    if not _NON_SPACE.search(raw, part.body_start, part.end):  # no copy of a large body
         return  # an empty multipart: nothing inside, nothing broken
     if not marks or marks[0][2]:
         part.broken = "boundary not found in body"
@@ -175,6 +181,19 @@ def _select(part: _Part) -> list[_Part]:
 
 def decorate(raw: bytes, disclaimer: Disclaimer) -> Result:
     """Add ``disclaimer`` to the message body; never raises."""
+    planned = plan(raw, disclaimer)
+    if not planned.edits:
+        return planned
+    return Result(apply_edits(raw, planned.edits), planned.reason, planned.decorated_parts, planned.edits)
+
+
+def plan(raw: bytes, disclaimer: Disclaimer) -> Result:
+    """Like :func:`decorate`, but return only the edits (``message`` stays None).
+
+    ``raw`` may be an ``mmap`` of a spooled message: a caller can then
+    stream the result with :func:`segments` instead of holding a second copy
+    of a large message.
+    """
     if not disclaimer.text.strip():
         return Result(None, "skipped: empty disclaimer", 0)
     try:
@@ -203,11 +222,60 @@ def _decorate(raw: bytes, disclaimer: Disclaimer) -> Result:
             notes.append(str(skip))
     if not done:
         raise _Skip("; ".join(notes))
-    out = bytearray(raw)
-    for start, end, _, new in sorted(edits, key=lambda e: (e[0], e[2]), reverse=True):
-        out[start:end] = new
     reason = f"decorated {len(done)} part(s): {', '.join(done)}"
-    return Result(bytes(out), reason + (f" ({'; '.join(notes)})" if notes else ""), len(done))
+    ordered = [(start, end, new) for start, end, _, new in sorted(edits, key=lambda e: (e[0], e[2]))]
+    return Result(None, reason + (f" ({'; '.join(notes)})" if notes else ""), len(done), tuple(ordered))
+
+
+Piece = "tuple[int, int] | bytes"
+
+
+def apply_edits(raw: bytes, edits: Sequence[Edit]) -> bytes:
+    """The decorated message: ``raw`` with each (start, end, replacement) applied."""
+    return b"".join(p if isinstance(p, bytes) else raw[p[0]:p[1]] for p in segments(edits, 0, len(raw)))
+
+
+def segments(edits: Sequence[Edit], start: int, end: int) -> list[tuple[int, int] | bytes]:
+    """The decorated range [start, end) as pieces: (a, b) ranges of the original, or new bytes.
+
+    A caller holding a large message in a file streams these pieces instead
+    of building a second copy of the message in memory.
+    """
+    out: list[tuple[int, int] | bytes] = []
+    pos = start
+    for a, b, new in edits:
+        if a < start and b <= start:  # entirely before the requested range
+            continue
+        if a < start:
+            raise ValueError("an edit straddles the requested start offset")
+        if a > pos:
+            out.append((pos, a))
+        out.append(new)
+        pos = b
+    if end > pos:
+        out.append((pos, end))
+    return out
+
+
+_WINDOW = 4 * 1024 * 1024
+
+
+def _finditer(pattern: re.Pattern[bytes], raw: bytes, start: int, end: int) -> Iterator[re.Match[bytes]]:
+    """``pattern.finditer`` over [start, end); over an mmap, in line-aligned windows whose
+    pages are released after each, so scanning a large spooled message does not make it resident."""
+    if not isinstance(raw, mmap.mmap) or end - start <= _WINDOW:
+        yield from pattern.finditer(raw, start, end)
+        return
+    pos = start
+    while pos < end:
+        stop = min(end, pos + _WINDOW)
+        if stop < end:  # never cut a line: a match must not end at an artificial window end
+            nl = raw.find(b"\n", stop, end)
+            stop = end if nl < 0 else nl + 1
+        yield from pattern.finditer(raw, pos, stop)
+        page = pos - pos % mmap.PAGESIZE
+        raw.madvise(mmap.MADV_DONTNEED, page, stop - page)
+        pos = stop
 
 
 def _codec(label: str) -> str | None:

@@ -102,6 +102,53 @@ def _relaxed_body(body: bytes) -> bytes:
     return body[:end] + b"\r\n" if end else b""
 
 
+class BodyHasher:
+    """:func:`body_hash` computed incrementally, for bodies streamed from a spool file.
+
+    Complete lines are canonicalized as they arrive; empty lines are held back
+    until a non-empty line follows (relaxed canonicalization drops empty lines
+    at the end of the body), and a trailing partial line waits for more data.
+    """
+
+    def __init__(self) -> None:
+        self._sha = hashlib.sha256()
+        self._partial = b""
+        self._empty_lines = 0
+
+    def update(self, chunk: bytes | memoryview) -> None:
+        data = self._partial + bytes(chunk)
+        cut = data.rfind(b"\n") + 1
+        self._partial = data[cut:]
+        if cut:
+            self._lines(data[:cut])
+
+    def _lines(self, block: bytes) -> None:
+        if block.count(b"\n") != block.count(b"\r\n"):
+            block = _BARE_LF.sub(b"\r\n", block)
+        if b"\t" in block or b"  " in block:
+            block = _WSP_RUN.sub(b" ", block)
+        block = block.replace(b" \r\n", b"\r\n")
+        end, trailing = len(block), 0
+        while end >= 2 and block.startswith(b"\r\n", end - 2):
+            end -= 2
+            trailing += 1
+        if end:  # some non-empty line: release the held-back empty lines first
+            self._sha.update(b"\r\n" * self._empty_lines + block[:end] + b"\r\n")
+            self._empty_lines = trailing - 1
+        else:
+            self._empty_lines += trailing
+
+    def hexdigest_b64(self) -> str:
+        """Finish (a last line without CRLF counts as a line) and return the ``bh=`` value."""
+        if self._partial:
+            last = _WSP_RUN.sub(b" ", self._partial).rstrip(b" ")
+            self._partial = b""
+            if last:
+                self._sha.update(b"\r\n" * self._empty_lines + last + b"\r\n")
+                self._empty_lines = 0
+        return base64.b64encode(self._sha.digest()).decode("ascii")
+
+
 def body_hash(body: bytes) -> str:
     """The ``bh=`` value: base64 SHA-256 of the relaxed canonical body."""
     return base64.b64encode(hashlib.sha256(_relaxed_body(body)).digest()).decode("ascii")
@@ -194,6 +241,7 @@ def sign(
     now: int | None = None,
     *,
     linesep: str = "\n",
+    bh: str | None = None,
 ) -> list[tuple[str, str]]:
     """DKIM-sign a message with each key; return the ``DKIM-Signature`` fields to add.
 
@@ -208,11 +256,14 @@ def sign(
     + TAB.  The default ``"\\n"`` is what a milter must pass to
     ``addheader`` (Postfix turns it into CRLF on the wire, a CR would be kept
     as a stray byte); use ``"\\r\\n"`` to build a raw message.
+    ``bh`` is the body hash when the caller computed it while streaming
+    (:class:`BodyHasher`); ``body`` is then not read.
     """
     if not keys:
         return []
     t = int(time.time()) if now is None else int(now)
-    bh = body_hash(body)
+    if bh is None:
+        bh = body_hash(body)
     names = _header_list(headers)
     signed_block = _signed_header_block(headers, names)
     h_value = ":".join(names)

@@ -11,15 +11,18 @@ without Postfix.
 from __future__ import annotations
 
 import logging
+import mmap
 import re
 import sqlite3
 import time
 from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from mattermail.milter import capture
 from mattermail.milter import sender as senderpolicy
-from mattermail.milter.dkim_sign import select_keys, sign
-from mattermail.milter.disclaimer import Disclaimer, decorate
+from mattermail.milter.dkim_sign import BodyHasher, select_keys, sign
+from mattermail.milter.disclaimer import Disclaimer, apply_edits, plan, segments
 from mattermail.milter.runtime import Runtime
 from mattermail.router.store import EnvelopeRecord
 
@@ -30,7 +33,11 @@ Header = tuple[str, str]
 
 @dataclass
 class Submission:
-    """One message as the milter gathered it."""
+    """One message as the milter gathered it.
+
+    ``raw`` is the whole message as Postfix will write it (CRLF line ends),
+    bytes or an ``mmap`` of the spool; the body starts at ``body_offset``.
+    """
 
     queue_id: str
     login: str | None
@@ -38,7 +45,20 @@ class Submission:
     mail_from: str
     recipients: list[str]
     headers: list[Header]
-    body: bytes
+    raw: bytes | mmap.mmap
+    body_offset: int
+    # Streams bytes [start, end) of the message without mapping it (the spool's pread).
+    read: Callable[[int, int], Iterator[bytes]] | None = None
+
+    def read_range(self, start: int, end: int) -> Iterator[bytes]:
+        if self.read is not None:
+            return self.read(start, end)
+        return iter([bytes(self.raw[start:end])])
+
+    @classmethod
+    def of(cls, headers: list[Header], body: bytes, **envelope: Any) -> "Submission":
+        head = header_block(headers)
+        return cls(headers=headers, raw=head + body, body_offset=len(head), **envelope)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -47,7 +67,8 @@ class Outcome:
     tempfail: str | None = None
     add_recipient: str | None = None
     header_changes: list[tuple[str, int, str]] = field(default_factory=list)  # (name, nth, new value or "")
-    new_body: bytes | None = None
+    # The new body as pieces to stream ((start, end) ranges of the spool, or new bytes), or None: unchanged.
+    new_body: list[tuple[int, int] | bytes] | None = None
     signatures: list[Header] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -56,10 +77,15 @@ def _values(headers: list[Header], name: str) -> list[str]:
     return [v for n, v in headers if n.lower() == name]
 
 
+def header_block(headers: list[Header]) -> bytes:
+    """The header block as Postfix will write it (CRLF line ends), with the empty line after it."""
+    lines = [f"{n}: {v}".replace("\r\n", "\n").replace("\n", "\r\n") for n, v in headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape")
+
+
 def raw_message(headers: list[Header], body: bytes) -> bytes:
     """Rebuild the message as Postfix will write it (CRLF line ends)."""
-    lines = [f"{n}: {v}".replace("\r\n", "\n").replace("\n", "\r\n") for n, v in headers]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape") + body
+    return header_block(headers) + body
 
 
 def split_message(raw: bytes) -> tuple[list[Header], bytes]:
@@ -115,17 +141,23 @@ def process(sub: Submission, rt: Runtime) -> Outcome:
         if out.tempfail:
             return out
 
-    headers, body = sub.headers, sub.body
+    headers = sub.headers
+    body: list[tuple[int, int] | bytes] = [(sub.body_offset, len(sub.raw))]
 
-    # 3. Disclaimer.
+    # 3. Disclaimer: planned on the spool, applied as a stream of pieces (no second copy).
     row = rt.disclaimer_for(first_mailbox(sub))
     if row is not None:
-        result = decorate(raw_message(headers, body), Disclaimer(row.text, row.html))
-        if result.message is not None:
-            new_headers, new_body = split_message(result.message)
-            out.header_changes = header_changes(headers, new_headers)
-            headers, body = new_headers, new_body
-            out.new_body = new_body
+        result = plan(sub.raw, Disclaimer(row.text, row.html))
+        if result.edits:
+            in_head = [e for e in result.edits if e[0] < sub.body_offset]
+            in_body = [e for e in result.edits if e[0] >= sub.body_offset]
+            if in_head:  # the top-level part is the text body: its own headers may change
+                new_head = apply_edits(bytes(sub.raw[:sub.body_offset]), in_head)
+                new_headers, _ = split_message(new_head)
+                out.header_changes = header_changes(headers, new_headers)
+                headers = new_headers
+            body = segments(in_body, sub.body_offset, len(sub.raw))
+            out.new_body = body
             out.notes.append(f"disclaimer={row.scope}{':' + row.key if row.key else ''} parts={result.decorated_parts}")
         else:
             out.notes.append(f"disclaimer=skipped ({result.reason})")
@@ -134,11 +166,23 @@ def process(sub: Submission, rt: Runtime) -> Outcome:
     domain = first_mailbox(sub).rpartition("@")[2]
     keys = select_keys(domain, rt.signing_keys(), cfg.dkim.sign_subdomains) if domain else []
     if keys:
-        out.signatures = sign(headers, body, keys)
+        hasher = BodyHasher()
+        for chunk in stream(sub, body):
+            hasher.update(chunk)
+        out.signatures = sign(headers, b"", keys, bh=hasher.hexdigest_b64())
         out.notes.append("dkim=" + ",".join(f"{k.domain}/{k.selector}" for k in keys))
     else:
         out.notes.append(f"dkim=none (no key for {domain or 'empty From'})")
     return out
+
+
+def stream(sub: Submission, pieces: list[tuple[int, int] | bytes]) -> Iterator[bytes]:
+    """The bytes of ``pieces``: spool ranges read in chunks, inserted bytes as they are."""
+    for piece in pieces:
+        if isinstance(piece, bytes):
+            yield piece
+        else:
+            yield from sub.read_range(*piece)
 
 
 def _capture(sub: Submission, rt: Runtime, out: Outcome) -> None:

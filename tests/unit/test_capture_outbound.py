@@ -72,7 +72,7 @@ def submission(**kw) -> outbound.Submission:
                 headers=[("From", "Alice <alice@lawfirm.test>"), ("To", "bob@example.test"), ("Subject", "hi")],
                 body=b"Hello Bob.\r\n")
     base.update(kw)
-    return outbound.Submission(**base)
+    return outbound.Submission.of(**base)
 
 
 def test_full_pipeline_decision(runtime):
@@ -83,7 +83,7 @@ def test_full_pipeline_decision(runtime):
     assert parsed.valid
     env = storemod.get_envelope(rt.store(), parsed.ref)
     assert env.recipients == ("bob@example.test", "secret-bcc@example.test") and env.queue_id == "QID1"
-    assert out.new_body == b"Hello Bob.\r\n\r\nConfidential.\r\n"
+    assert b"".join(out.new_body) == b"Hello Bob.\r\n\r\nConfidential.\r\n"
     assert [n for n, _ in out.signatures] == ["DKIM-Signature"]
     assert "d=lawfirm.test" in out.signatures[0][1] and "s=sel" in out.signatures[0][1]
 

@@ -621,3 +621,21 @@ def test_load_keytable_rejects_mislabelled_key(tmp_path, ed_key):
     dkimkeys.write_private_key(tmp_path / "lawfirm.test" / "s.rsa.pem", ed_key.private_key)
     with pytest.raises(ValueError, match="s.rsa.pem"):
         dkimkeys.load_keytable(tmp_path)
+
+
+def test_streaming_body_hash_matches_whole_body_hash():
+    import random
+
+    from mattermail.milter.dkim_sign import BodyHasher, body_hash
+
+    rng = random.Random(7)
+    alphabet = [b"a", b"b", b" ", b"\t", b"\r\n", b"\n", b"\r\n\r\n", b"  \r\n", b"x y"]
+    for _ in range(500):
+        body = b"".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60)))
+        h = BodyHasher()
+        pos = 0
+        while pos < len(body):
+            step = rng.randint(1, 7)
+            h.update(body[pos:pos + step])
+            pos += step
+        assert h.hexdigest_b64() == body_hash(body), body
