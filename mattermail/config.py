@@ -81,6 +81,9 @@ class Store:
 class Auth:
     # passwd-file that Dovecot's passdb reads; mattermailctl user rewrites it.
     passwd_file: Path = Path("/var/lib/mattermail/dovecot-users")
+    # Postfix smtpd_sender_login_maps source (address -> logins); rewritten and
+    # postmap'ed with the passwd-file. Use it as hash:<this path>.
+    sender_login_map: Path = Path("/var/lib/mattermail/sender-login-map")
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,12 @@ class Capture:
 
 
 @dataclass(frozen=True)
+class Postfix:
+    # The Postfix instance mattermail works with (postmap -c, postfix configure).
+    config_dir: Path = Path("/etc/postfix")
+
+
+@dataclass(frozen=True)
 class Log:
     level: str = "info"
 
@@ -157,6 +166,7 @@ class Config:
     dns: DNS = field(default_factory=DNS)
     dkim: DKIM = field(default_factory=DKIM)
     capture: Capture = field(default_factory=Capture)
+    postfix: Postfix = field(default_factory=Postfix)
     log: Log = field(default_factory=Log)
     source: Path | None = None
 

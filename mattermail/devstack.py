@@ -117,6 +117,7 @@ class Stack:
         self.dovecot_conf = self.var / "dovecot" / "dovecot.conf"
         self.config = self.var / "mattermail.toml"
         self.passwd_file = self.var / "dovecot-users"
+        self.sender_login_map = self.var / "sender-login-map"
         self.sink_dir = self.var / "sink"
         self.dns_dir = self.var / "dns"
         self.logs = self.var / "log"
@@ -132,6 +133,7 @@ class Stack:
             d.mkdir(parents=True, exist_ok=True)
         os.chmod(self.var, 0o755)
         values = dict(var=self.var, etc=self.etc, syslog_name=self.name, passwd_file=self.passwd_file,
+                      sender_login_map=self.sender_login_map,
                       smtp_port=self.ports.smtp, submission_port=self.ports.submission,
                       milter_port=self.ports.milter, lmtp_port=self.ports.lmtp, sink_port=self.ports.sink,
                       dns_port=self.ports.dns)
@@ -148,6 +150,12 @@ class Stack:
             from mattermail.passwords import write_passwd_file
 
             write_passwd_file(self.passwd_file, [], group="dovecot")
+        if not self.sender_login_map.exists():
+            from mattermail.passwords import write_sender_login_map
+
+            warning = write_sender_login_map(self.sender_login_map, [], self.etc)
+            if warning:
+                raise StackError(warning)
         self._make_cert()
         self._make_secrets_and_keys()
         pd = self.var / "postfix" / "data"

@@ -41,6 +41,36 @@ def verify_password(stored: str, password: str) -> bool:
         return False
 
 
+def write_sender_login_map(path: Path, pairs: Iterable[tuple[str, str]], postfix_dir: Path = Path("/etc/postfix")) -> str | None:
+    """Rewrite Postfix's smtpd_sender_login_maps source (``address login,login``) and postmap it.
+
+    Returns a warning when postmap is not available (the map then is not used
+    by Postfix; the milter still enforces ownership).
+    """
+    import shutil
+    import subprocess
+
+    owners: dict[str, list[str]] = {}
+    for login, address in pairs:
+        owners.setdefault(address, []).append(login)
+    text = "".join(f"{a}\t{','.join(sorted(ls))}\n" for a, ls in sorted(owners.items()))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".login-map-")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    postmap = shutil.which("postmap") or ("/usr/sbin/postmap" if os.path.exists("/usr/sbin/postmap") else None)
+    if postmap is None:
+        return f"postmap not found: {path} written but not compiled for Postfix"
+    r = subprocess.run([postmap, "-c", str(postfix_dir), f"hash:{path}"], capture_output=True, text=True)
+    if r.returncode != 0:
+        return f"postmap hash:{path} failed: {r.stderr.strip()}"
+    return None
+
+
 def write_passwd_file(path: Path, entries: Iterable[tuple[str, str]], group: str | None = None) -> None:
     """Atomically rewrite Dovecot's passwd-file (``login:{SCHEME}hash``), mode 0640."""
     path.parent.mkdir(parents=True, exist_ok=True)

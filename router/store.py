@@ -280,6 +280,10 @@ def remove_user(store: Store, login: str) -> None:
         raise
 
 
+def login_addresses(store: Store) -> list[tuple[str, str]]:
+    return [tuple(r) for r in store.db.execute("SELECT login, address FROM user_addresses ORDER BY address, login")]
+
+
 def password_hashes(store: Store) -> list[tuple[str, str]]:
     return [tuple(r) for r in store.db.execute("SELECT login, password_hash FROM users ORDER BY login")]
 

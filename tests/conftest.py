@@ -15,6 +15,8 @@ def write_config(tmp_path: Path):
     """Write a TOML config (store and passwd file under tmp_path) and return its path."""
 
     def write(extra: str = "") -> Path:
+        (tmp_path / "postfix").mkdir(exist_ok=True)
+        (tmp_path / "postfix" / "main.cf").write_text("")  # for postmap -c
         p = tmp_path / "mattermail.toml"
         p.write_text(
             f"""
@@ -23,6 +25,9 @@ path = "{tmp_path}/store.sqlite"
 messages_dir = "{tmp_path}/messages"
 [auth]
 passwd_file = "{tmp_path}/dovecot-users"
+sender_login_map = "{tmp_path}/sender-login-map"
+[postfix]
+config_dir = "{tmp_path}/postfix"
 {extra}
 """,
             encoding="utf-8",

@@ -37,6 +37,10 @@ def test_add_list_passwd_remove(run, tmp_path):
     assert passwords.verify_password(new_hash, "another-secret")
     assert not passwords.verify_password(new_hash, "correct-horse")
 
+    login_map = (tmp_path / "sender-login-map").read_text()
+    assert login_map == "alice@lawfirm.test\talice@lawfirm.test\ninfo@lawfirm.test\talice@lawfirm.test\n"
+    assert (tmp_path / "sender-login-map.db").exists()  # postmap'ed for Postfix
+
     assert run("user", "remove", "alice@lawfirm.test").exit_code == 0
     assert (tmp_path / "dovecot-users").read_text() == ""
     assert "no users" in run("user", "list").output
