@@ -27,6 +27,8 @@ log = logging.getLogger("mattermail.milter")
 
 TEMPFAIL_TEXT = "Temporary local problem checking this message, please try again later"
 REPLACE_CHUNK = 65535  # libmilter's largest body chunk
+NR_BITS = (Milter.P_NR_CONN | Milter.P_NR_HELO | Milter.P_NR_MAIL | Milter.P_NR_RCPT | Milter.P_NR_DATA
+           | Milter.P_NR_UNKN | Milter.P_NR_EOH | Milter.P_NR_BODY | Milter.P_NR_HDR)
 
 
 @dataclass
@@ -72,6 +74,19 @@ class MatterMilter(Milter.Base):
     def __init__(self) -> None:
         self.client_ip: str | None = None
         self.msg: Message | None = None
+
+    def negotiate(self, opts: list[int]) -> int:
+        """Skip unneeded callbacks always; skip replies to passive ones only on a unix socket.
+
+        Over TCP, Postfix's back-to-back no-reply commands meet Nagle's
+        algorithm and our delayed ACK: a ~40 ms stall per message (measured
+        with bench/outbound). Answering every command keeps the exchange
+        ping-pong, which costs well under a millisecond on loopback.
+        """
+        rc = super().negotiate(opts)
+        if rc == Milter.CONTINUE and not self.runtime.noreply:
+            opts[1] = self._protocol = self._protocol & ~NR_BITS
+        return rc
 
     def qlog(self) -> QueueIdAdapter:
         qid = self.msg.queue_id if self.msg else ""

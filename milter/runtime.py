@@ -39,6 +39,8 @@ class Runtime:
     def __post_init__(self) -> None:
         cfg = self.config
         self.trusted = parse_networks(cfg.milter.trusted_networks)
+        # No-reply callbacks only where they cannot stall (see MatterMilter.negotiate).
+        self.noreply = cfg.milter.socket.startswith("unix:")
         self.exclude_senders = [re.compile(p, re.I) for p in cfg.capture.exclude_senders]
         self.exclude_recipients = [re.compile(p, re.I) for p in cfg.capture.exclude_recipients]
         self._lock = threading.Lock()
