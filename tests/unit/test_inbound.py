@@ -1,0 +1,621 @@
+"""mattermail.milter.inbound (SPF, DKIM, DMARC, A-R, decision) against real DNS.
+
+A devdns server on a free loopback port serves BIND zone files written under
+tmp_path; DKIM keys come from mattermail.dkimkeys and messages are signed by
+mattermail.milter.dkim_sign.  Third-party material from ../shared/corpus: the
+stalwart and MimeKit DKIM messages (with their DNS records) and the RFC 7208
+SPF conformance suite.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import authres
+import authres.dmarc
+import pytest
+from dnslib import RR
+
+from mattermail import dkimkeys
+from mattermail.config import DNS
+from mattermail.devdns import serve
+from mattermail.dns import Resolver, TempError
+from mattermail.milter.dkim_sign import sign
+from mattermail.milter.inbound import (
+    DKIMResult,
+    DMARCResult,
+    InboundPolicy,
+    SPFResult,
+    authentication_results,
+    check_dmarc,
+    check_spf,
+    decide,
+    organizational_domain,
+    strip_our_results,
+    verify_dkim,
+)
+
+CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus"
+CLIENT = "192.0.2.10"
+OTHER = "198.51.100.7"
+RSA = dkimkeys.generate("rsa", 2048)
+RSA1024 = dkimkeys.generate("rsa", 1024)
+ED = dkimkeys.generate("ed25519")
+
+
+def _free_port() -> int:
+    """A port free for both UDP and TCP on 127.0.0.1."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind(("127.0.0.1", 0))
+            port = u.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+                try:
+                    t.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+        return port
+    raise RuntimeError("no free port")
+
+
+@dataclass
+class Env:
+    zones: Path
+    servers: list
+    resolver: Resolver
+
+    def zone(self, domain: str, body: str) -> None:
+        """Write a BIND zone file for ``domain`` (names in ``body`` relative to it), atomically."""
+        tmp = self.zones / f".{domain}.tmp"
+        tmp.write_text(f"$ORIGIN {domain}.\n$TTL 300\n"
+                       f"@ IN SOA ns.{domain}. hostmaster.{domain}. ( 1 3600 600 86400 300 )\n"
+                       f"@ IN NS ns.{domain}.\nns IN A 192.0.2.53\n{body}\n", encoding="utf-8")
+        tmp.replace(self.zones / f"{domain}.zone")
+
+    def stop(self) -> None:
+        for s in self.servers:
+            if s.isAlive():
+                s.stop()
+
+
+def _start(zones: Path, timeout: float = 2.0) -> Env:
+    zones.mkdir()
+    port = _free_port()
+    return Env(zones, serve(zones, "127.0.0.1", port),
+               Resolver(DNS(nameservers=("127.0.0.1",), port=port, timeout=timeout)))
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    """One server for the module; every test uses domains of its own."""
+    e = _start(tmp_path_factory.mktemp("inbound") / "zones")
+    yield e
+    e.stop()
+
+
+@pytest.fixture
+def dead(tmp_path: Path) -> Env:
+    """A resolver whose server has been stopped: every lookup fails temporarily."""
+    e = _start(tmp_path / "zones", timeout=0.5)
+    e.stop()
+    return e
+
+
+def key_line(key: dkimkeys.PrivateKey, selector: str, domain: str) -> str:
+    return dkimkeys.zone_line(*dkimkeys.dns_record(key, selector, domain))
+
+
+def message(from_domain: str, keys: list[dkimkeys.SigningKey], body: bytes = b"Hello,\r\n\r\nSee you at 10.\r\n",
+            tamper: bytes | None = None) -> bytes:
+    """A raw CRLF message From ``from_domain``, signed with ``keys`` (body replaced by ``tamper`` after)."""
+    headers = [("From", f"Alice <alice@{from_domain}>"), ("To", "bob@lawfirm.test"),
+               ("Subject", "Matter 1234"), ("Date", "Mon, 1 Jan 2024 10:00:00 +0000"),
+               ("Message-ID", f"<1@{from_domain}>")]
+    sigs = sign(headers, body, keys, linesep="\r\n")
+    head = "".join(f"{n}: {v}\r\n" for n, v in sigs + headers).encode()
+    return head + b"\r\n" + (tamper if tamper is not None else body)
+
+
+def spf_pass(domain: str) -> SPFResult:
+    return SPFResult("pass", "mailfrom", domain, "")
+
+
+def dkim_pass(domain: str) -> DKIMResult:
+    return DKIMResult("pass", domain, "mm", "", "rsa-sha256")
+
+
+# --- SPF ---------------------------------------------------------------------------
+
+def test_spf_results(env: Env) -> None:
+    env.zone("spf1.test", f'@ IN TXT "v=spf1 ip4:{CLIENT} -all"\n'
+             f'soft IN TXT "v=spf1 ip4:{CLIENT} ~all"\nneutral IN TXT "v=spf1 ?all"\n'
+             f'broken IN TXT "v=spf1 ip4:{CLIENT} frobnicate -all"\nnospf IN A {CLIENT}\n'
+             f'mx IN A {CLIENT}\nviamx IN MX 10 mx.spf1.test.\nviamx IN TXT "v=spf1 mx -all"\n')
+    r = check_spf(env.resolver, CLIENT, "alice@spf1.test", "mail.client.test", 5)
+    assert (r.result, r.identity, r.domain) == ("pass", "mailfrom", "spf1.test")
+    assert check_spf(env.resolver, OTHER, "<alice@spf1.test>", "mail.client.test", 5).result == "fail"
+    assert check_spf(env.resolver, OTHER, "a@soft.spf1.test", "h.test", 5).result == "softfail"
+    assert check_spf(env.resolver, OTHER, "a@neutral.spf1.test", "h.test", 5).result == "neutral"
+    assert check_spf(env.resolver, CLIENT, "a@nospf.spf1.test", "h.test", 5).result == "none"
+    assert check_spf(env.resolver, CLIENT, "a@nxdomain.spf1.test", "h.test", 5).result == "none"
+    assert check_spf(env.resolver, CLIENT, "a@broken.spf1.test", "h.test", 5).result == "permerror"
+    assert check_spf(env.resolver, CLIENT, "a@viamx.spf1.test", "h.test", 5).result == "pass"
+    assert check_spf(env.resolver, f"IPv6:::ffff:{CLIENT}", "a@spf1.test", "h", 5).result in ("pass", "fail")
+
+
+def test_spf_helo_identity_for_null_sender(env: Env) -> None:
+    env.zone("spfhelo.test", f'mail IN A {CLIENT}\nmail IN TXT "v=spf1 a -all"\n'
+             '@ IN TXT "v=spf1 -all"\n')
+    for null in ("", "<>"):
+        r = check_spf(env.resolver, CLIENT, null, "mail.spfhelo.test", 5)
+        assert (r.result, r.identity, r.domain) == ("pass", "helo", "mail.spfhelo.test")
+    r = check_spf(env.resolver, OTHER, "", "mail.spfhelo.test", 5)
+    assert (r.result, r.identity) == ("fail", "helo")
+    # With a MAIL FROM the HELO name plays no part.
+    assert check_spf(env.resolver, CLIENT, "x@spfhelo.test", "mail.spfhelo.test", 5).result == "fail"
+    assert check_spf(env.resolver, CLIENT, "", "", 5).result == "none"
+
+
+def test_spf_time_budget(env: Env) -> None:
+    """``timeout`` bounds the whole check: once spent, the next lookup gives temperror."""
+    env.zone("spfslow.test", f'@ IN TXT "v=spf1 include:inc.spfslow.test -all"\ninc IN TXT "v=spf1 ip4:{CLIENT} -all"')
+    assert check_spf(env.resolver, CLIENT, "a@spfslow.test", "h.test", 5).result == "pass"
+    assert check_spf(env.resolver, CLIENT, "a@spfslow.test", "h.test", 1e-6).result == "temperror"
+
+
+def test_spf_dns_failure_is_temperror(dead: Env) -> None:
+    r = check_spf(dead.resolver, CLIENT, "alice@spf1.test", "mail.client.test", 3)
+    assert r.result == "temperror" and r.identity == "mailfrom"
+    assert check_spf(dead.resolver, CLIENT, "", "mail.spfhelo.test", 3).result == "temperror"
+
+
+# --- DKIM --------------------------------------------------------------------------
+
+def test_dkim_rsa_and_ed25519_pass(env: Env) -> None:
+    env.zone("dk1.test", key_line(RSA, "mm", "dk1.test") + "\n" + key_line(ED, "mme", "dk1.test"))
+    keys = [dkimkeys.SigningKey("dk1.test", "mme", "ed25519-sha256", ED),
+            dkimkeys.SigningKey("dk1.test", "mm", "rsa-sha256", RSA)]
+    results = verify_dkim(message("dk1.test", keys), env.resolver)
+    assert [(r.result, r.domain, r.selector, r.algorithm) for r in results] == [
+        ("pass", "dk1.test", "mme", "ed25519-sha256"), ("pass", "dk1.test", "mm", "rsa-sha256")]
+    # LF line ends (as a file on disk) verify too.
+    assert [r.result for r in verify_dkim(message("dk1.test", keys).replace(b"\r\n", b"\n"), env.resolver)] == [
+        "pass", "pass"]
+
+
+def test_dkim_no_signature() -> None:
+    assert verify_dkim(b"From: a@b.test\r\nSubject: x\r\n\r\nbody\r\n", None) == []  # type: ignore[arg-type]
+
+
+def test_dkim_body_modified_fails(env: Env) -> None:
+    env.zone("dk2.test", key_line(RSA, "mm", "dk2.test"))
+    raw = message("dk2.test", [dkimkeys.SigningKey("dk2.test", "mm", "rsa-sha256", RSA)], tamper=b"Pay now.\r\n")
+    [r] = verify_dkim(raw, env.resolver)
+    assert r.result == "fail" and "body hash" in r.reason
+
+
+def test_dkim_two_signatures_one_broken(env: Env) -> None:
+    # Selector "old" publishes a different key than the one that signed.
+    env.zone("dk3.test", key_line(RSA, "mm", "dk3.test") + "\n" + key_line(RSA1024, "old", "dk3.test"))
+    raw = message("dk3.test", [dkimkeys.SigningKey("dk3.test", "mm", "rsa-sha256", RSA),
+                               dkimkeys.SigningKey("dk3.test", "old", "rsa-sha256", RSA)])
+    results = verify_dkim(raw, env.resolver)
+    assert [(r.result, r.selector) for r in results] == [("pass", "mm"), ("fail", "old")]
+    assert results[1].reason == "signature did not verify"
+
+
+def test_dkim_short_key_is_policy(env: Env) -> None:
+    env.zone("dk4.test", key_line(RSA1024, "mm", "dk4.test"))
+    raw = message("dk4.test", [dkimkeys.SigningKey("dk4.test", "mm", "rsa-sha256", RSA1024)])
+    assert verify_dkim(raw, env.resolver)[0].result == "pass"
+    [r] = verify_dkim(raw, env.resolver, min_rsa_bits=2048)
+    assert r.result == "policy" and "1024 bits" in r.reason and "2048" in r.reason
+
+
+def test_dkim_key_problems_are_permerror(env: Env) -> None:
+    env.zone("dk5.test", 'revoked._domainkey IN TXT "v=DKIM1; k=rsa; p="\n'
+             'junk._domainkey IN TXT "v=DKIM1; k=rsa; p=bm90IGEga2V5"\n')
+    for sel, why in (("missing", "no key"), ("revoked", "revoked"), ("junk", "unusable key")):
+        raw = message("dk5.test", [dkimkeys.SigningKey("dk5.test", sel, "rsa-sha256", RSA)])
+        [r] = verify_dkim(raw, env.resolver)
+        assert r.result == "permerror" and why in r.reason, (sel, r)
+
+
+def test_dkim_malformed_signature_is_neutral(env: Env) -> None:
+    raw = b"DKIM-Signature: v=1; a=rsa-sha256; d=dk6.test; b=abc\r\nFrom: a@dk6.test\r\n\r\nx\r\n"
+    [r] = verify_dkim(raw, env.resolver)
+    assert (r.result, r.domain) == ("neutral", "dk6.test") and r.reason
+
+
+def test_dkim_dns_failure_is_temperror(dead: Env) -> None:
+    raw = message("dk1.test", [dkimkeys.SigningKey("dk1.test", "mm", "rsa-sha256", RSA)])
+    [r] = verify_dkim(raw, dead.resolver)
+    assert r.result == "temperror" and (r.domain, r.selector) == ("dk1.test", "mm")
+
+
+# --- DMARC -------------------------------------------------------------------------
+
+def test_organizational_domain() -> None:
+    assert organizational_domain("mail.example.co.uk") == "example.co.uk"
+    assert organizational_domain("a.b.lawfirm.test") == "lawfirm.test"  # implicit "*" rule
+    assert organizational_domain("Example.COM.") == "example.com"
+    assert organizational_domain("co.uk") == "co.uk"
+
+
+def test_dmarc_pass_via_dkim_alignment(env: Env) -> None:
+    env.zone("dm1.test", '_dmarc IN TXT "v=DMARC1; p=reject"')
+    spf = SPFResult("fail", "mailfrom", "bounces.esp.test", "")
+    r = check_dmarc("dm1.test", spf, "bounces.esp.test", [dkim_pass("esp.test"), dkim_pass("dm1.test")], env.resolver)
+    assert (r.result, r.aligned_dkim, r.aligned_spf, r.policy, r.disposition) == ("pass", True, False, "reject", "none")
+    assert decide(spf, r, InboundPolicy(spf_fail="reject")).action == "accept"  # DMARC pass overrides SPF fail
+
+
+def test_dmarc_pass_via_spf_alignment(env: Env) -> None:
+    env.zone("dm2.test", '_dmarc IN TXT "v=DMARC1; p=quarantine"')
+    r = check_dmarc("dm2.test", spf_pass("bounce.dm2.test"), "bounce.dm2.test", [], env.resolver)
+    assert (r.result, r.aligned_spf, r.aligned_dkim) == ("pass", True, False)
+    # SPF passing for another domain does not align.
+    r = check_dmarc("dm2.test", spf_pass("esp.test"), "esp.test", [], env.resolver)
+    assert (r.result, r.disposition) == ("fail", "quarantine")
+
+
+def test_dmarc_relaxed_and_strict_alignment(env: Env) -> None:
+    env.zone("relaxed.test", '_dmarc IN TXT "v=DMARC1; p=reject"')
+    env.zone("strict.test", '_dmarc IN TXT "v=DMARC1; p=reject; adkim=s; aspf=s"')
+    assert check_dmarc("news.relaxed.test", SPFResult("none", "mailfrom", "x.test", ""), "x.test",
+                       [dkim_pass("relaxed.test")], env.resolver).result == "pass"
+    assert check_dmarc("relaxed.test", spf_pass("mail.relaxed.test"), "mail.relaxed.test", [],
+                       env.resolver).result == "pass"
+    r = check_dmarc("strict.test", spf_pass("mail.strict.test"), "mail.strict.test",
+                    [dkim_pass("sub.strict.test")], env.resolver)
+    assert (r.result, r.disposition) == ("fail", "reject")
+    assert check_dmarc("strict.test", spf_pass("strict.test"), "strict.test", [], env.resolver).result == "pass"
+
+
+def test_dmarc_subdomain_policy(env: Env) -> None:
+    env.zone("spdom.test", '_dmarc IN TXT "v=DMARC1; p=none; sp=reject"\n'
+             '_dmarc.own IN TXT "v=DMARC1; p=quarantine"')
+    none = SPFResult("none", "mailfrom", "x.test", "")
+    r = check_dmarc("deep.sub.spdom.test", none, "x.test", [], env.resolver)
+    assert (r.result, r.org_domain, r.policy, r.disposition) == ("fail", "spdom.test", "reject", "reject")
+    r = check_dmarc("spdom.test", none, "x.test", [], env.resolver)
+    assert (r.policy, r.disposition) == ("none", "none")
+    r = check_dmarc("own.spdom.test", none, "x.test", [], env.resolver)  # its own record wins; no sp=
+    assert (r.policy, r.disposition) == ("quarantine", "quarantine")
+
+
+def test_dmarc_reject_decision_names_domain(env: Env) -> None:
+    env.zone("dm3.test", '_dmarc IN TXT "v=DMARC1; p=reject"')
+    spf = SPFResult("fail", "mailfrom", "dm3.test", "")
+    r = check_dmarc("dm3.test", spf, "dm3.test", [DKIMResult("fail", "dm3.test", "mm", "x", "rsa-sha256")],
+                    env.resolver)
+    assert (r.result, r.disposition) == ("fail", "reject")
+    d = decide(spf, r, InboundPolicy())
+    assert (d.action, d.smtp_code, d.xcode) == ("reject", "550", "5.7.1")
+    assert d.text == "The domain dm3.test publishes a DMARC policy of reject and this message failed authentication"
+    assert decide(spf, r, InboundPolicy(trusted_forwarder=True)).action == "tag"
+
+
+def test_dmarc_quarantine_decision(env: Env) -> None:
+    env.zone("dm4.test", '_dmarc IN TXT "v=DMARC1; p=quarantine; rua=mailto:d@dm4.test"')
+    spf = SPFResult("softfail", "mailfrom", "dm4.test", "")
+    r = check_dmarc("dm4.test", spf, "dm4.test", [], env.resolver)
+    assert r.disposition == "quarantine"
+    assert decide(spf, r, InboundPolicy()).action == "quarantine"
+    assert decide(spf, r, InboundPolicy(dmarc_quarantine="tag")).action == "tag"
+
+
+def test_dmarc_pct_sampling(env: Env) -> None:
+    env.zone("pct.test", '_dmarc IN TXT "v=DMARC1; p=reject; pct=0"\n'
+             '_dmarc.half IN TXT "v=DMARC1; p=quarantine; pct=50"')
+    none = SPFResult("none", "mailfrom", "x.test", "")
+    r = check_dmarc("pct.test", none, "x.test", [], env.resolver, rng=lambda: 0.0)
+    assert (r.result, r.policy, r.disposition) == ("fail", "reject", "quarantine") and "pct=0" in r.reason
+    assert check_dmarc("half.pct.test", none, "x.test", [], env.resolver, rng=lambda: 0.2).disposition == "quarantine"
+    assert check_dmarc("half.pct.test", none, "x.test", [], env.resolver, rng=lambda: 0.7).disposition == "none"
+
+
+def test_dmarc_no_invalid_and_multiple_records(env: Env) -> None:
+    env.zone("dm5.test", '_dmarc.bad IN TXT "v=DMARC1; adkim=s"\n'
+             '_dmarc.two IN TXT "v=DMARC1; p=none"\n_dmarc.two IN TXT "v=DMARC1; p=reject"\n'
+             '_dmarc.other IN TXT "not dmarc"\n_dmarc.bogus IN TXT "v=DMARC1; p=bogus; rua=mailto:a@dm5.test"')
+    none = SPFResult("none", "mailfrom", "x.test", "")
+    r = check_dmarc("nodmarc.dm5.test", none, "x.test", [], env.resolver)
+    assert (r.result, r.policy, r.disposition) == ("none", "", "none")
+    assert check_dmarc("other.dm5.test", none, "x.test", [], env.resolver).result == "none"
+    assert check_dmarc("bad.dm5.test", none, "x.test", [], env.resolver).result == "none"
+    assert check_dmarc("two.dm5.test", none, "x.test", [], env.resolver).result == "permerror"
+    r = check_dmarc("bogus.dm5.test", none, "x.test", [], env.resolver)  # RFC 7489 6.6.3: acts as p=none
+    assert (r.result, r.policy, r.disposition) == ("fail", "none", "none")
+    assert decide(none, r, InboundPolicy()).action == "accept"
+    assert check_dmarc("", none, "x.test", [], env.resolver).result == "permerror"
+
+
+def test_dmarc_temperror(env: Env, dead: Env) -> None:
+    none = SPFResult("none", "mailfrom", "x.test", "")
+    r = check_dmarc("dm6.test", none, "x.test", [], dead.resolver)
+    assert (r.result, r.disposition) == ("temperror", "none")
+    d = decide(none, r, InboundPolicy())
+    assert (d.action, d.smtp_code, d.xcode) == ("tempfail", "451", "4.4.3")
+    assert decide(none, r, InboundPolicy(on_temperror="accept")).action == "tag"
+    # A temporary DKIM failure of an aligned signature makes DMARC temperror, not fail.
+    env.zone("dm7.test", '_dmarc IN TXT "v=DMARC1; p=reject"')
+    temp = DKIMResult("temperror", "dm7.test", "mm", "timeout", "rsa-sha256")
+    r = check_dmarc("dm7.test", none, "x.test", [temp], env.resolver)
+    assert (r.result, r.disposition) == ("temperror", "none")
+
+
+def test_decide_spf_rules() -> None:
+    fail = SPFResult("fail", "mailfrom", "spf.test", "Mail from spf.test comes only from our servers %s")
+    dm_none = DMARCResult("none", "spf.test", "spf.test", "", "none", False, False, "no record")
+    assert decide(fail, dm_none, InboundPolicy(spf_fail="tag")).action == "tag"
+    d = decide(fail, dm_none, InboundPolicy(spf_fail="reject"))
+    assert (d.action, d.smtp_code, d.xcode) == ("reject", "550", "5.7.23")
+    assert "spf.test" in d.text and "%" not in d.text and "only from our servers" in d.text
+    assert decide(fail, dm_none, InboundPolicy(spf_fail="reject", trusted_forwarder=True)).action == "tag"
+    temp = SPFResult("temperror", "mailfrom", "spf.test", "timeout")
+    assert decide(temp, dm_none, InboundPolicy()).action == "tempfail"
+    dm_pass = DMARCResult("pass", "spf.test", "spf.test", "reject", "none", False, True, "")
+    assert decide(temp, dm_pass, InboundPolicy()).action == "accept"
+    assert decide(spf_pass("spf.test"), dm_pass, InboundPolicy()).action == "accept"
+
+
+def test_end_to_end_pipeline(env: Env) -> None:
+    """SPF + DKIM + DMARC + A-R + decision over one signed message."""
+    env.zone("e2e.test", f'@ IN TXT "v=spf1 ip4:{CLIENT} -all"\n_dmarc IN TXT "v=DMARC1; p=reject"\n'
+             + key_line(ED, "mme", "e2e.test"))
+    raw = message("e2e.test", [dkimkeys.SigningKey("e2e.test", "mme", "ed25519-sha256", ED)])
+    spf = check_spf(env.resolver, OTHER, "alice@e2e.test", "h.test", 5)
+    dk = verify_dkim(raw, env.resolver)
+    dm = check_dmarc("e2e.test", spf, "e2e.test", dk, env.resolver)
+    assert (spf.result, [r.result for r in dk], dm.result) == ("fail", ["pass"], "pass")
+    assert decide(spf, dm, InboundPolicy(spf_fail="reject")).action == "accept"
+    tampered = raw.replace(b"See you at 10.", b"See you at 11.")
+    dm = check_dmarc("e2e.test", spf, "e2e.test", verify_dkim(tampered, env.resolver), env.resolver)
+    assert decide(spf, dm, InboundPolicy()).action == "reject"
+
+
+# --- Authentication-Results ---------------------------------------------------------
+
+def test_authentication_results_round_trip() -> None:
+    spf = SPFResult("pass", "mailfrom", "sender.test", "sender SPF authorized")
+    dk = [DKIMResult("pass", "sender.test", "mm", "", "rsa-sha256"),
+          DKIMResult("fail", "esp.test", "s1", "body hash did not verify", "ed25519-sha256")]
+    dm = DMARCResult("pass", "sender.test", "sender.test", "reject", "none", True, True, "")
+    value = authentication_results("mx.lawfirm.test", spf, dk, dm, CLIENT)
+    assert value.startswith("mx.lawfirm.test;\n\t") and "\r" not in value
+    assert all(len(line) < 200 for line in value.splitlines())
+    assert authres.parse(f"Authentication-Results: {value}").authserv_id == "mx.lawfirm.test"  # folded is fine
+    header = authres.all_features().parse_value(re.sub(r"\r?\n\t", " ", value))
+    assert header.authserv_id == "mx.lawfirm.test"
+    got = [(r.method, r.result) for r in header.results]
+    assert got == [("spf", "pass"), ("dkim", "pass"), ("dkim", "fail"), ("dmarc", "pass")]
+    s, d1, d2, m = header.results
+    assert s.smtp_mailfrom == "sender.test"
+    assert (d1.header_d, d1.header_s, d1.header_a) == ("sender.test", "mm", "rsa-sha256")
+    assert (d2.header_d, d2.reason) == ("esp.test", "body hash did not verify")
+    assert m.header_from == "sender.test"
+    # authres's parser drops comments: check those in the text.
+    assert f"spf=pass (sender IP is {CLIENT})" in value and "dmarc=pass (p=reject dis=none)" in value
+
+
+def test_authentication_results_helo_and_no_dkim() -> None:
+    spf = SPFResult("temperror", "helo", "mail.sender.test", "timeout (x)")
+    dm = DMARCResult("none", "sender.test", "sender.test", "", "none", False, False, "no record")
+    value = authentication_results("mx.lawfirm.test", spf, [], dm, "2001:db8::1", linesep="\r\n")
+    assert "\r\n\t" in value
+    header = authres.all_features().parse_value(re.sub(r"\r?\n\t", " ", value))
+    s, d, m = header.results
+    assert (s.result, s.smtp_helo, d.method, d.result, m.result) == ("temperror", "mail.sender.test", "dkim",
+                                                                     "none", "none")
+
+
+def test_strip_our_results() -> None:
+    ours = "mx.lawfirm.test"
+    headers = [
+        ("Received", "from x"),
+        ("Authentication-Results", "mx.lawfirm.test; spf=pass smtp.mailfrom=evil.test"),  # 1: ours
+        ("Authentication-Results", "mx.google.com; dkim=pass header.i=@gmail.com"),  # 2
+        ("authentication-results", "  MX.LawFirm.Test 1 ; dkim=pass"),  # 3: case, version
+        ("ARC-Authentication-Results", "i=1; mx.lawfirm.test; dmarc=pass"),
+        ("Authentication-Results", "(forged)\r\n\tmx.lawfirm.test(c); dmarc=pass"),  # 4: comment first
+        ("Authentication-Results", "mx.lawfirm.test.evil.test; spf=pass"),  # 5: someone else's
+        ("Authentication-Results", "mx.lawfirm.test"),  # 6: malformed, ours
+        ("Authentication-Results", '"mx.lawfirm.test"; none'),  # 7: quoted
+        ("AUTHENTICATION-RESULTS", "\tmx.lawfirm.test.;spf=fail"),  # 8: trailing dot
+        ("Authentication-Results", "lawfirm.test; spf=pass"),  # 9
+        ("Authentication-Results", ""),  # 10: empty
+        ("Authentication-Results", "mx.lawfirm.test/1; spf=pass"),  # 11: junk glued to our id
+    ]
+    assert strip_our_results(headers, ours) == [11, 8, 7, 6, 4, 3, 1]
+    assert strip_our_results(headers, "MX.LAWFIRM.TEST") == [11, 8, 7, 6, 4, 3, 1]
+    assert strip_our_results([("Subject", "mx.lawfirm.test")], ours) == []
+
+
+# --- third-party corpus: DKIM -----------------------------------------------------
+
+def _corpus_case(path: Path) -> tuple[list[tuple[str, str]], bytes]:
+    """A stalwart resource: DNS lines ("name record") up to the first blank line, then the message."""
+    head, raw = path.read_bytes().replace(b"\r\n", b"\n").split(b"\n\n", 1)
+    dns = [tuple(line.split(" ", 1)) for line in head.decode().splitlines() if line.strip()]
+    return dns, raw  # type: ignore[return-value]
+
+
+def _serve_keys(env: Env, name: str, records: list[tuple[str, str]]) -> None:
+    """Publish DKIM key records (any owner names) in a zone file of their own."""
+    lines = [dkimkeys.zone_line(owner, rec.strip()) for owner, rec in records]
+    tmp = env.zones / f".{name}.tmp"
+    tmp.write_text("$ORIGIN corpus.invalid.\n$TTL 300\n"
+                   "@ IN SOA ns hostmaster ( 1 3600 600 86400 300 )\n" + "\n".join(lines) + "\n", encoding="utf-8")
+    tmp.replace(env.zones / f"{name}.zone")
+
+
+STALWART = sorted((CORPUS / "dkim" / "stalwart" / "dkim").glob("*.txt"))
+
+
+@pytest.mark.skipif(not STALWART, reason="shared corpus not present")
+def test_corpus_stalwart_dkim(env: Env) -> None:
+    outcome = {}
+    for path in STALWART:
+        records, raw = _corpus_case(path)
+        _serve_keys(env, f"stalwart-{path.stem}", records)
+        outcome[path.name] = [r.result for r in verify_dkim(raw, env.resolver)]
+    # Every signature in these real-world and RFC 8463 messages is good, except 005's,
+    # whose x= expired in 2022 (stalwart verifies it at a fixed past time).
+    assert outcome == {
+        "001.txt": ["pass", "pass"],  # RFC 8463: Ed25519 and RSA
+        "002.txt": ["pass"],  # simple/simple, PKCS#1 key
+        "003.txt": ["pass", "pass"],  # mailing list, the same signature twice
+        "004.txt": ["pass"], "005.txt": ["fail"], "006.txt": ["pass"],
+    }, outcome
+    records, raw = _corpus_case(STALWART[4])
+    assert "expired" in verify_dkim(raw, env.resolver)[0].reason
+
+
+MIMEKIT = CORPUS / "mime" / "mimekit" / "dkim"
+
+
+@pytest.mark.skipif(not MIMEKIT.is_dir(), reason="shared corpus not present")
+def test_corpus_mimekit_dkim(env: Env) -> None:
+    pem = (MIMEKIT / "gmail.pub").read_text()
+    p = "".join(line.strip() for line in pem.splitlines() if "-----" not in line)
+    ed, rsa = [rec for _, rec in _corpus_case(STALWART[0])[0]] if STALWART else ("", "")
+    records = [("20120113._domainkey.gmail.com", f"v=DKIM1; k=rsa; p={p}")]
+    if STALWART:
+        records += [("brisbane._domainkey.football.example.com", ed), ("test._domainkey.football.example.com", rsa)]
+    _serve_keys(env, "mimekit", records)
+    got = {f: [r.result for r in verify_dkim((MIMEKIT / f).read_bytes(), env.resolver)]
+           for f in ("gmail.msg", "related.msg", "multipart-no-end-boundary.msg", "rfc8463-example.msg")}
+    assert got["gmail.msg"] == ["pass"]
+    assert got["related.msg"] == ["pass"]
+    assert got["multipart-no-end-boundary.msg"] == ["pass"]
+    if STALWART:
+        assert got["rfc8463-example.msg"] == ["pass", "pass"]
+    # Any change to a signed byte breaks them.
+    broken = (MIMEKIT / "gmail.msg").read_bytes().replace(b"Subject:", b"Subject: Re:", 1)
+    assert [r.result for r in verify_dkim(broken, env.resolver)] == ["fail"]
+
+
+# --- third-party corpus: the RFC 7208 SPF conformance suite ---------------------------
+
+SPF_SUITE = CORPUS / "spf" / "rfc7208-tests.yml"
+#: Measured 202/203 (99.5%): the one miss needs a name with spaces, which dnslib's zone
+#: parser cannot express.  The floor leaves a little room.
+SPF_MIN_PASS_RATE = 0.97
+
+
+def _quote_txt(value: str | list[str]) -> str:
+    strings = [value] if isinstance(value, str) else [str(v) for v in value]
+    out = []
+    for s in strings:
+        b = s.encode("utf-8")
+        chunks = [b[i:i + 255] for i in range(0, len(b), 255)] or [b""]
+        out += ['"' + c.decode("utf-8", "ignore").replace("\\", "\\\\").replace('"', '\\"') + '"' for c in chunks]
+    return " ".join(out)
+
+
+@dataclass
+class SuiteResolver(Resolver):
+    """Our Resolver, plus the suite's simulated timeouts (a zone file cannot time out).
+
+    ``timeouts`` maps a name to the query types that time out (None: all but
+    ``served``, the types listed before a bare TIMEOUT, as the suite's own
+    driver does); names under ``error.`` that the scenario lacks time out too.
+    """
+
+    timeouts: dict[str, tuple[set[str] | None, set[str]]] = field(default_factory=dict)
+    known: set[str] = field(default_factory=set)
+
+    def query(self, name: str, rdtype: str) -> list:
+        n = name.rstrip(".").lower()
+        types, served = self.timeouts.get(n, (set(), set()))
+        if (types is None and rdtype not in served) or (types and rdtype in types) or (
+                n.startswith("error.") and n not in self.known):
+            raise TempError(f"{rdtype} {name}: simulated timeout")
+        return super().query(name, rdtype)
+
+
+def _scenario_zone(zonedata: dict, omitted: list[str]) -> tuple[str | None, str, dict, set[str]]:
+    """(zone file text, "", timeouts, names) for a scenario's zonedata, or (None, why, ...) when
+    devdns cannot serve it.  Records whose owner name dnslib cannot parse are left out and
+    their names appended to ``omitted``."""
+    soa = "spf-suite.invalid. IN SOA ns.spf-suite.invalid. h.spf-suite.invalid. ( 1 3600 600 86400 300 )"
+    lines = ["$ORIGIN .", "$TTL 300", soa]
+    timeouts: dict[str, tuple[set[str] | None, set[str]]] = {}
+    names = {str(n).rstrip(".").lower() for n in zonedata}
+    for name, records in zonedata.items():
+        owner = str(name).rstrip(".") + "."
+        if "*" in owner:
+            return None, "wildcard owner name", {}, names
+        has_txt = any(isinstance(r, dict) and "TXT" in r for r in records)
+        seen: set[str] = set()
+        for rec in records:
+            if rec == "TIMEOUT":
+                timeouts[owner[:-1].lower()] = (None, set(seen))
+                break
+            (rtype, value), = rec.items()
+            if value == "TIMEOUT":
+                timeouts.setdefault(owner[:-1].lower(), (set(), set()))[0].add(rtype)  # type: ignore[union-attr]
+                continue
+            if value == "NONE" or value == []:  # no record (a TXT record needs at least one string)
+                continue
+            seen.add(rtype)
+            if rtype == "SPF":  # RFC 7208 checkers query TXT only; suite drivers copy SPF to TXT
+                if has_txt:
+                    continue
+                rtype = "TXT"
+            if rtype == "TXT":
+                data = _quote_txt(value)
+            elif rtype == "MX":
+                data = f"{value[0]} {str(value[1]).rstrip('.')}."
+            elif rtype in ("PTR", "CNAME"):
+                data = str(value).rstrip(".") + "."
+            elif rtype in ("A", "AAAA"):
+                data = str(value)
+            else:
+                return None, f"record type {rtype}", {}, names
+            line = f"{owner} IN {rtype} {data}"
+            try:
+                RR.fromZone(line)
+            except Exception:  # noqa: BLE001 -- served as missing; the tests that query it may fail
+                omitted.append(owner)
+                continue
+            lines.append(line)
+    return "\n".join(lines) + "\n", "", timeouts, names
+
+
+@pytest.mark.skipif(not SPF_SUITE.is_file(), reason="shared corpus not present")
+def test_spf_conformance_suite(tmp_path: Path) -> None:
+    yaml = pytest.importorskip("yaml")
+    env = _start(tmp_path / "zones", timeout=1.0)
+    resolver = SuiteResolver(env.resolver.cfg)
+    passed, failed, skipped, omitted = [], [], Counter(), []
+    try:
+        for n, scenario in enumerate(yaml.safe_load_all(SPF_SUITE.read_text(encoding="utf-8"))):
+            tests = scenario.get("tests", {})
+            text, why, resolver.timeouts, resolver.known = _scenario_zone(scenario.get("zonedata") or {}, omitted)
+            if text is None:
+                skipped[why] += len(tests)
+                continue
+            for old in env.zones.glob("*.zone"):
+                old.unlink()
+            (env.zones / ".tmp").write_text(text, encoding="utf-8")
+            (env.zones / ".tmp").replace(env.zones / f"scenario{n}.zone")
+            for name, t in tests.items():
+                expected = t["result"] if isinstance(t["result"], list) else [t["result"]]
+                got = check_spf(resolver, t["host"], t["mailfrom"], t["helo"], 20).result
+                (passed if got in expected else failed).append(f"{name}: {got} not in {expected}")
+    finally:
+        env.stop()
+    total = len(passed) + len(failed)
+    rate = len(passed) / total
+    report = (f"SPF suite: {len(passed)}/{total} passed ({rate:.1%}), skipped {sum(skipped.values())}: "
+              f"{dict(skipped)}; names dnslib cannot express (served as missing): {omitted}; failures: {failed}")
+    print(report)
+    assert total >= 200, report
+    assert rate >= SPF_MIN_PASS_RATE, report
