@@ -138,6 +138,30 @@ class Capture:
 
 
 @dataclass(frozen=True)
+class Inbound:
+    # SPF "fail" (never applied when DMARC passed, RFC 7489 10.1): "reject" (550 5.7.23) or "tag".
+    spf_fail: str = "reject"
+    # DMARC quarantine: "hold" (Postfix hold queue) or "tag" (deliver with the result).
+    dmarc_quarantine: str = "hold"
+    # DNS timeout/SERVFAIL while authenticating: "tempfail" (451 4.4.3) or "accept" (tagged temperror).
+    on_temperror: str = "tempfail"
+    # Forwarders (networks) whose mail is exempt from SPF/DMARC rejection (tagged instead).
+    trusted_forwarders: tuple[str, ...] = ()
+    # Seconds the whole SPF evaluation may take; keep it below Postfix's milter_command_timeout (30 s).
+    spf_timeout: float = 20.0
+    # RSA DKIM keys shorter than this count as a policy failure (RFC 8301).
+    min_rsa_bits: int = 1024
+
+    _validators = {
+        "spf_fail": lambda v: v if v in ("reject", "tag") else _bad("reject or tag"),
+        "dmarc_quarantine": lambda v: v if v in ("hold", "tag") else _bad("hold or tag"),
+        "on_temperror": lambda v: v if v in ("tempfail", "accept") else _bad("tempfail or accept"),
+        "trusted_forwarders": _network,
+        "min_rsa_bits": lambda v: v if v >= 512 else _bad("at least 512"),
+    }
+
+
+@dataclass(frozen=True)
 class Postfix:
     # The Postfix instance mattermail works with (postmap -c, postfix configure).
     config_dir: Path = Path("/etc/postfix")
@@ -166,6 +190,7 @@ class Config:
     dns: DNS = field(default_factory=DNS)
     dkim: DKIM = field(default_factory=DKIM)
     capture: Capture = field(default_factory=Capture)
+    inbound: Inbound = field(default_factory=Inbound)
     postfix: Postfix = field(default_factory=Postfix)
     log: Log = field(default_factory=Log)
     source: Path | None = None

@@ -18,7 +18,8 @@ from typing import Any, Callable
 import Milter
 
 from mattermail.logs import QueueIdAdapter
-from mattermail.milter import outbound
+from mattermail.milter import inbound, outbound
+from mattermail.milter import sender as senderpolicy
 from mattermail.milter.direction import Direction, direction
 from mattermail.milter.runtime import Runtime
 from mattermail.milter.spool import MessageSpool
@@ -40,6 +41,8 @@ class Message:
     auth_authen: str | None = None
     queue_id: str = ""
     failed: bool = False
+    way: Direction = Direction.INBOUND
+    spf: inbound.SPFResult | None = None
     headers: list[tuple[str, str]] = field(default_factory=list)
     spool: MessageSpool = field(default_factory=MessageSpool)
     body_offset: int = -1  # where the body starts in the spool, once the header block is written
@@ -73,6 +76,7 @@ class MatterMilter(Milter.Base):
 
     def __init__(self) -> None:
         self.client_ip: str | None = None
+        self.helo = ""
         self.msg: Message | None = None
 
     def negotiate(self, opts: list[int]) -> int:
@@ -103,14 +107,24 @@ class MatterMilter(Milter.Base):
     @_guard
     def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
         if family in (socket.AF_INET, socket.AF_INET6) and hostaddr:
-            self.client_ip = hostaddr[0]
+            self.client_ip = hostaddr if isinstance(hostaddr, str) else hostaddr[0]
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    @_guard
+    def hello(self, name: str) -> int:
+        self.helo = name
         return Milter.CONTINUE
 
     @Milter.noreply
     @_guard
     def envfrom(self, mail_from: str, *params: str) -> int:
         self._discard()
-        self.msg = Message(mail_from=mail_from.strip("<>"), auth_authen=self.getsymval("{auth_authen}"))
+        self.msg = msg = Message(mail_from=mail_from.strip("<>"), auth_authen=self.getsymval("{auth_authen}"))
+        msg.way = direction(msg.auth_authen, self.client_ip, self.runtime.trusted)
+        if msg.way is Direction.INBOUND:  # SPF at MAIL FROM time; acted on at end of message
+            msg.spf = inbound.check_spf(self.runtime.resolver, self.client_ip or "", msg.mail_from, self.helo,
+                                        self.runtime.config.inbound.spf_timeout)
         return Milter.CONTINUE
 
     @Milter.noreply
@@ -144,13 +158,45 @@ class MatterMilter(Milter.Base):
         if msg.failed:
             qlog.warning("verdict=tempfail reason=earlier callback failed")
             return self.tempfail()
-        way = direction(msg.auth_authen, self.client_ip, self.runtime.trusted)
-        summary = (f"{way.value} from=<{msg.mail_from}> nrcpt={len(msg.recipients)} client={self.client_ip or 'local'}"
+        summary = (f"{msg.way.value} from=<{msg.mail_from}> nrcpt={len(msg.recipients)} "
+                   f"client={self.client_ip or 'local'}"
                    + (f" sasl_username={msg.auth_authen}" if msg.auth_authen else ""))
-        if way is Direction.INBOUND:
-            qlog.info("%s verdict=accept", summary)
-            return Milter.ACCEPT
+        if msg.way is Direction.INBOUND:
+            return self._inbound(msg, qlog, summary)
         return self._outbound(msg, qlog, summary)
+
+    def _inbound(self, msg: Message, qlog: QueueIdAdapter, summary: str) -> int:
+        rt, cfg = self.runtime, self.runtime.config
+        assert msg.spf is not None
+        msg.start_body()
+        with msg.spool.view() as raw:
+            data = bytes(raw)  # dkimpy verifies from bytes
+        dkim_results = inbound.verify_dkim(data, rt.resolver, cfg.inbound.min_rsa_bits)
+        boxes = senderpolicy.mailboxes([v for n, v in msg.headers if n.lower() == "from"])
+        from_domain = boxes[0].rpartition("@")[2] if len(boxes) == 1 else ""
+        mail_from_domain = msg.mail_from.rpartition("@")[2] if msg.mail_from else self.helo
+        dmarc = inbound.check_dmarc(from_domain, msg.spf, mail_from_domain, dkim_results, rt.resolver)
+        forwarder = bool(self.client_ip) and direction(None, self.client_ip, rt.trusted_forwarders) is Direction.OUTBOUND
+        decision = inbound.decide(msg.spf, dmarc, inbound.InboundPolicy(
+            spf_fail=cfg.inbound.spf_fail, dmarc_quarantine=cfg.inbound.dmarc_quarantine,
+            on_temperror=cfg.inbound.on_temperror, trusted_forwarder=forwarder))
+        results = (f"spf={msg.spf.result} dkim={','.join(d.result for d in dkim_results) or 'none'} "
+                   f"dmarc={dmarc.result}")
+        if decision.action in ("reject", "tempfail"):
+            qlog.info("%s %s verdict=%s reason=%s", summary, results, decision.action, decision.reason)
+            self.setreply(decision.smtp_code, decision.xcode, decision.text)
+            return Milter.REJECT if decision.action == "reject" else Milter.TEMPFAIL
+        forged = inbound.strip_our_results(msg.headers, cfg.authserv_id)
+        for idx in forged:  # highest first, so positions do not shift
+            self.chgheader("Authentication-Results", idx, "")
+        value = inbound.authentication_results(cfg.authserv_id, msg.spf, dkim_results, dmarc, self.client_ip or "")
+        self.addheader("Authentication-Results", " " + value, 0)
+        if decision.action == "quarantine":
+            self.quarantine(decision.reason or "DMARC quarantine")
+        qlog.info("%s %s%s verdict=%s%s", summary, results,
+                  f" removed_forged_ar={len(forged)}" if forged else "", decision.action,
+                  f" reason={decision.reason}" if decision.reason else "")
+        return Milter.ACCEPT
 
     def _outbound(self, msg: Message, qlog: QueueIdAdapter, summary: str) -> int:
         msg.start_body()
@@ -200,3 +246,7 @@ class MatterMilter(Milter.Base):
     def close(self) -> int:
         self._discard()
         return Milter.CONTINUE
+
+
+# Header values arrive with their leading whitespace (see outbound.header_block).
+Milter.enable_protocols(MatterMilter, Milter.P_HDR_LEADSPC)

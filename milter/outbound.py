@@ -78,8 +78,13 @@ def _values(headers: list[Header], name: str) -> list[str]:
 
 
 def header_block(headers: list[Header]) -> bytes:
-    """The header block as Postfix will write it (CRLF line ends), with the empty line after it."""
-    lines = [f"{n}: {v}".replace("\r\n", "\n").replace("\n", "\r\n") for n, v in headers]
+    """The header block as Postfix will write it (CRLF line ends), with the empty line after it.
+
+    Values carry their own leading whitespace: the milter negotiates
+    P_HDR_LEADSPC, so ``Subject:hi`` and ``Subject: hi`` stay distinct (DKIM's
+    simple header canonicalization depends on it).
+    """
+    lines = [f"{n}:{v}".replace("\r\n", "\n").replace("\n", "\r\n") for n, v in headers]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape")
 
 
@@ -97,7 +102,7 @@ def split_message(raw: bytes) -> tuple[list[Header], bytes]:
             headers[-1] = (n, v + "\n" + line)
         elif ":" in line:
             n, _, v = line.partition(":")
-            headers.append((n, v[1:] if v.startswith(" ") else v))
+            headers.append((n, v))
     return headers, body
 
 
@@ -169,7 +174,7 @@ def process(sub: Submission, rt: Runtime) -> Outcome:
         hasher = BodyHasher()
         for chunk in stream(sub, body):
             hasher.update(chunk)
-        out.signatures = sign(headers, b"", keys, bh=hasher.hexdigest_b64())
+        out.signatures = [(n, " " + v) for n, v in sign(headers, b"", keys, bh=hasher.hexdigest_b64())]
         out.notes.append("dkim=" + ",".join(f"{k.domain}/{k.selector}" for k in keys))
     else:
         out.notes.append(f"dkim=none (no key for {domain or 'empty From'})")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from mattermail import dkimkeys
 from mattermail.config import Config
+from mattermail.dns import Resolver
 from mattermail.milter import capture
 from mattermail.milter.direction import parse_networks
 from mattermail.router import store as storemod
@@ -39,6 +40,8 @@ class Runtime:
     def __post_init__(self) -> None:
         cfg = self.config
         self.trusted = parse_networks(cfg.milter.trusted_networks)
+        self.trusted_forwarders = parse_networks(cfg.inbound.trusted_forwarders)
+        self.resolver = Resolver(cfg.dns)
         # No-reply callbacks only where they cannot stall (see MatterMilter.negotiate).
         self.noreply = cfg.milter.socket.startswith("unix:")
         self.exclude_senders = [re.compile(p, re.I) for p in cfg.capture.exclude_senders]

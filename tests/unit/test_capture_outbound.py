@@ -69,7 +69,7 @@ def runtime(tmp_path_factory):
 def submission(**kw) -> outbound.Submission:
     base = dict(queue_id="QID1", login="alice@lawfirm.test", client="127.0.0.1", mail_from="alice@lawfirm.test",
                 recipients=["bob@example.test", "secret-bcc@example.test"],
-                headers=[("From", "Alice <alice@lawfirm.test>"), ("To", "bob@example.test"), ("Subject", "hi")],
+                headers=[("From", " Alice <alice@lawfirm.test>"), ("To", " bob@example.test"), ("Subject", " hi")],
                 body=b"Hello Bob.\r\n")
     base.update(kw)
     return outbound.Submission.of(**base)
@@ -90,7 +90,7 @@ def test_full_pipeline_decision(runtime):
 
 def test_reject_comes_before_any_capture(runtime):
     rt = runtime()
-    out = outbound.process(submission(headers=[("From", "bob@lawfirm.test")]), rt)
+    out = outbound.process(submission(headers=[("From", " bob@lawfirm.test")]), rt)
     assert out.reject.code == "553" and out.add_recipient is None and not out.signatures
     assert rt.store().count("envelopes") == 0
 
@@ -120,15 +120,15 @@ def test_capture_failure_tempfails_by_default_and_accepts_when_configured(runtim
 
 
 def test_header_changes_for_a_reencoded_top_level_part():
-    old = [("From", "a@b.test"), ("Content-Transfer-Encoding", "7bit"), ("Subject", "x")]
-    new = [("From", "a@b.test"), ("Content-Transfer-Encoding", "quoted-printable"), ("Subject", "x")]
-    assert outbound.header_changes(old, new) == [("Content-Transfer-Encoding", 1, "quoted-printable")]
-    assert outbound.header_changes(old[:1], old[:2]) == [("Content-Transfer-Encoding", 0, "7bit")]
+    old = [("From", " a@b.test"), ("Content-Transfer-Encoding", " 7bit"), ("Subject", " x")]
+    new = [("From", " a@b.test"), ("Content-Transfer-Encoding", " quoted-printable"), ("Subject", " x")]
+    assert outbound.header_changes(old, new) == [("Content-Transfer-Encoding", 1, " quoted-printable")]
+    assert outbound.header_changes(old[:1], old[:2]) == [("Content-Transfer-Encoding", 0, " 7bit")]
     assert outbound.header_changes(old, old) == []
 
 
 def test_raw_message_and_split_round_trip():
-    headers = [("Subject", "long\n\tfolded"), ("From", "a@b.test")]
+    headers = [("Subject", " long\n\tfolded"), ("From", "a@b.test")]  # leading space kept (P_HDR_LEADSPC)
     raw = outbound.raw_message(headers, b"body\r\n")
-    assert raw == b"Subject: long\r\n\tfolded\r\nFrom: a@b.test\r\n\r\nbody\r\n"
+    assert raw == b"Subject: long\r\n\tfolded\r\nFrom:a@b.test\r\n\r\nbody\r\n"
     assert outbound.split_message(raw) == (headers, b"body\r\n")

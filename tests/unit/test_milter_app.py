@@ -25,7 +25,10 @@ def milter_config(monkeypatch, tmp_path):
     monkeypatch.setattr(testctx.TestCtx, "default_opts", [Milter.CURR_ACTS, 0, 0, 0])
     cfg = config.from_dict({"milter": {"trusted_networks": ["127.0.0.1/32"]},
                             "store": {"path": str(tmp_path / "s.sqlite"), "messages_dir": str(tmp_path / "m")},
-                            "dkim": {"keys_dir": str(tmp_path / "keys")}})
+                            "dkim": {"keys_dir": str(tmp_path / "keys")},
+                            # Nothing answers there: lookups fail at once (temperror), accepted and tagged.
+                            "dns": {"nameservers": ["127.0.0.1"], "port": 9, "timeout": 1.0},
+                            "inbound": {"on_temperror": "accept"}})
     MatterMilter.runtime = Runtime(cfg)
     storemod.add_user(MatterMilter.runtime.store(), "alice@lawfirm.test", "{ARGON2ID}x")
     Milter.factory = MatterMilter
@@ -46,7 +49,17 @@ def test_inbound_is_accepted_and_logged(caplog):
     ctx = feed("192.0.2.7")
     assert ctx.rc == Milter.ACCEPT
     line = caplog.messages[-1]
-    assert line.startswith("4QX1Y2: inbound ") and "nrcpt=2" in line and "verdict=accept" in line
+    assert line.startswith("4QX1Y2: inbound ") and "nrcpt=2" in line and "spf=temperror" in line
+    assert "Authentication-Results" in ctx._msg  # tagged, never a pass
+
+
+def test_over_tcp_every_command_is_answered(tmp_path):
+    MatterMilter.runtime = Runtime(config.from_dict({"milter": {"socket": "inet:127.0.0.1:8894"}}))
+    opts = [Milter.CURR_ACTS, 0x1FFFFF, 0, 0]
+    m = MatterMilter()
+    m._setctx(Ctx())
+    m.negotiate(opts)
+    assert not opts[1] & (Milter.P_NR_HDR | Milter.P_NR_BODY | Milter.P_NR_MAIL)
 
 
 def test_authenticated_submission_is_outbound(caplog):
@@ -68,7 +81,7 @@ def test_exception_becomes_451_with_traceback(caplog, monkeypatch):
     def broken(*args):
         raise RuntimeError("boom in direction")
 
-    monkeypatch.setattr("mattermail.milter.app.direction", broken)
+    monkeypatch.setattr("mattermail.milter.app.inbound.verify_dkim", broken)
     ctx = feed("192.0.2.7")
     assert ctx.rc == Milter.TEMPFAIL
     assert ctx._reply[:2] == ("451", "4.3.0")
@@ -93,7 +106,8 @@ def test_negotiation_skips_unneeded_callbacks():
     m._setctx(Ctx())
     assert m.negotiate(opts) == Milter.CONTINUE
     p = opts[1]
-    for bit in (Milter.P_NR_CONN, Milter.P_NR_MAIL, Milter.P_NR_RCPT, Milter.P_NR_HDR, Milter.P_NR_BODY):
+    for bit in (Milter.P_NR_CONN, Milter.P_NR_HELO, Milter.P_NR_MAIL, Milter.P_NR_RCPT, Milter.P_NR_HDR,
+                Milter.P_NR_BODY, Milter.P_HDR_LEADSPC):
         assert p & bit, hex(bit)
-    for bit in (Milter.P_NOHELO, Milter.P_NOEOH, Milter.P_NODATA, Milter.P_NOUNKNOWN):
+    for bit in (Milter.P_NOEOH, Milter.P_NODATA, Milter.P_NOUNKNOWN):
         assert p & bit, hex(bit)
