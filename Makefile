@@ -21,5 +21,10 @@ status: deps
 test: deps
 	$(VENV)/bin/pytest
 
+# Filter speed over unix sockets (over TCP, Postfix-side Nagle stalls dominate: see bench/README.md).
+bench: deps
+	$(VENV)/bin/python -P bench/dkim_sign.py
+	$(VENV)/bin/python -P bench/outbound --socket unix
+
 clean: stop
 	rm -rf var build *.egg-info
