@@ -162,6 +162,22 @@ class Inbound:
 
 
 @dataclass(frozen=True)
+class SRS:
+    # Socketmap listener of mattermail-router for Postfix ("" disables SRS): HOST:PORT or unix:/path.
+    listen: str = ""
+    # The domain SRS addresses are made in (one of ours, with SPF allowing this server).
+    domain: str = ""
+    secret_file: Path = Path("/etc/mattermail/srs.key")
+    # Bounces to SRS addresses older than this are refused.
+    validity_days: int = 21
+
+    _validators = {
+        "listen": lambda v: v if v == "" else _socket_spec(v),
+        "validity_days": lambda v: v if 1 <= v <= 365 else _bad("1 to 365 days"),
+    }
+
+
+@dataclass(frozen=True)
 class Postfix:
     # The Postfix instance mattermail works with (postmap -c, postfix configure).
     config_dir: Path = Path("/etc/postfix")
@@ -191,6 +207,7 @@ class Config:
     dkim: DKIM = field(default_factory=DKIM)
     capture: Capture = field(default_factory=Capture)
     inbound: Inbound = field(default_factory=Inbound)
+    srs: SRS = field(default_factory=SRS)
     postfix: Postfix = field(default_factory=Postfix)
     log: Log = field(default_factory=Log)
     source: Path | None = None

@@ -40,12 +40,13 @@ class Ports:
     lmtp: int = 2424
     sink: int = 2526
     dns: int = 5353
+    srs: int = 10001
 
     @classmethod
     def free(cls) -> "Ports":
         """Ports nobody listens on now (TCP, and UDP too for DNS)."""
         socks, ports = [], []
-        for i in range(6):
+        for i in range(7):
             s = socket.socket()
             s.bind(("127.0.0.1", 0))
             socks.append(s)
@@ -136,7 +137,7 @@ class Stack:
                       sender_login_map=self.sender_login_map,
                       smtp_port=self.ports.smtp, submission_port=self.ports.submission,
                       milter_port=self.ports.milter, lmtp_port=self.ports.lmtp, sink_port=self.ports.sink,
-                      dns_port=self.ports.dns)
+                      dns_port=self.ports.dns, srs_port=self.ports.srs)
         _render("main.cf.in", self.etc / "main.cf", **values)
         _render("master.cf.in", self.etc / "master.cf", **values)
         _render("transport.in", self.etc / "transport", **values)
@@ -165,11 +166,12 @@ class Stack:
         """The capture HMAC secret, and demo DKIM keys for lawfirm.test published in the demo DNS."""
         from mattermail import dkimkeys
 
-        secret = self.var / "capture.key"
-        if not secret.exists():
-            fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(os.urandom(32).hex() + "\n")
+        for name in ("capture.key", "srs.key"):
+            secret = self.var / name
+            if not secret.exists():
+                fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    f.write(os.urandom(32).hex() + "\n")
         keys = self.var / "dkim" / "lawfirm.test"
         zone = self.dns_dir / "lawfirm.test-dkim.zone"
         if keys.exists() and zone.exists():
@@ -249,7 +251,7 @@ class Stack:
 
     def start_router(self) -> None:
         self._spawn("router", [str(BIN / "mattermail-router"), "--config", str(self.config)])
-        self._wait("router", lambda: _smtp_banner(self.ports.lmtp))
+        self._wait("router", lambda: _smtp_banner(self.ports.lmtp) and _tcp_open(self.ports.srs))
 
     def stop_router(self) -> None:
         self._kill("router")
@@ -352,6 +354,7 @@ class Stack:
   router (LMTP)                 127.0.0.1:{p.lmtp}
   sink ("the internet")         127.0.0.1:{p.sink}   -> {self.sink_dir}/*.eml
   DNS (zones in {self.dns_dir}) 127.0.0.1:{p.dns} udp+tcp
+  SRS socketmap (in the router)  127.0.0.1:{p.srs}
   logs                          {self.logs}/
 
 Try:

@@ -8,10 +8,45 @@ import signal
 
 from mattermail import daemon
 from mattermail.milter.capture import CaptureError, load_secret
+from mattermail.router import socketmap
 from mattermail.router.lmtp import DeliveryHandler, serve
+from mattermail.router.srs import SRSCodec
 from mattermail.router.store import Store
 
 log = logging.getLogger("mattermail.router")
+
+
+def load_srs(cfg) -> SRSCodec | None:
+    if not cfg.srs.listen:
+        return None
+    if not cfg.srs.domain:
+        raise SystemExit(f"mattermail-router: fatal: {cfg.source}: srs.domain is required when srs.listen is set")
+    try:
+        secret = load_secret(cfg.srs.secret_file)
+    except CaptureError as e:
+        raise SystemExit(f"mattermail-router: fatal: SRS: {e}") from None
+    local = [*cfg.general.sending_domains, *cfg.general.catchall_domains]
+    return SRSCodec(secret, cfg.srs.domain, local, cfg.srs.validity_days)
+
+
+async def serve_socketmap(spec: str, srs: SRSCodec) -> asyncio.base_events.Server:
+    tables = {"srs_forward": srs.forward, "srs_reverse": srs.reverse, "srs_check": srs.check}
+
+    def lookup(name: str, key: str) -> tuple[str, str]:
+        fn = tables.get(name)
+        if fn is None:
+            return "PERM", f"no such map {name}"
+        v = fn(key)
+        return v.status, v.value
+
+    kind, where = daemon.parse_listen(spec)
+    if kind == "unix":
+        srv = await asyncio.start_unix_server(socketmap.handler(lookup), path=str(where))
+    else:
+        host, port = where  # type: ignore[misc]
+        srv = await asyncio.start_server(socketmap.handler(lookup), host=host, port=port, reuse_address=True)
+    log.info("SRS socketmap on %s for %s", spec, srs.domain)
+    return srv
 
 
 async def _run(cfg) -> None:
@@ -22,8 +57,11 @@ async def _run(cfg) -> None:
             secret = load_secret(cfg.capture.secret_file)
         except CaptureError as e:
             log.error("%s: capture copies will be stored but not linked to their envelopes", e)
-    handler = DeliveryHandler(store, cfg.capture.address, secret)
+    srs = load_srs(cfg)
+    handler = DeliveryHandler(store, cfg.capture.address, secret, srs)
     servers = await serve(cfg.router.listen, store, handler)
+    if srs is not None:
+        servers.append(await serve_socketmap(cfg.srs.listen, srs))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

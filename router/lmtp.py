@@ -18,6 +18,7 @@ from aiosmtpd.smtp import Envelope, Session
 from mattermail.daemon import parse_listen
 from mattermail.logs import QueueIdAdapter
 from mattermail.milter.capture import parse_capture_address
+from mattermail.router.srs import SRSCodec
 from mattermail.router.store import Store, get_envelope, record_capture
 
 log = logging.getLogger("mattermail.router.lmtp")
@@ -40,8 +41,10 @@ def queue_id_of(raw: bytes) -> str:
 
 
 class DeliveryHandler:
-    def __init__(self, store: Store, capture_address: str = "", capture_secret: bytes | None = None) -> None:
+    def __init__(self, store: Store, capture_address: str = "", capture_secret: bytes | None = None,
+                 srs: SRSCodec | None = None) -> None:
         self.store = store
+        self.srs = srs
         self.capture_address = capture_address
         self.capture_secret = capture_secret
 
@@ -72,9 +75,11 @@ class DeliveryHandler:
     async def handle_DATA(self, server: LMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or b""
         rcpts = list(envelope.rcpt_tos)
+        # Postfix rewrote foreign senders for SRS on the way in; record the real one.
+        sender = self.srs.unwrap(envelope.mail_from or "") if self.srs else (envelope.mail_from or "")
         qlog = QueueIdAdapter(log, {"queue_id": queue_id_of(raw)})
         try:
-            stored = self.store.deliver(raw, envelope.mail_from or "", rcpts, queue_id=qlog.extra["queue_id"])
+            stored = self.store.deliver(raw, sender, rcpts, queue_id=qlog.extra["queue_id"])
         except Exception:
             qlog.exception("storing failed, deferring %d recipient(s)", len(rcpts))
             return "\r\n".join("451 4.3.0 <%s> temporary failure storing message, try again later" % r for r in rcpts)
@@ -90,7 +95,7 @@ class DeliveryHandler:
             return "\r\n".join("451 4.3.0 <%s> temporary failure filing message, try again later" % r for r in rcpts)
         for r in rcpts:
             qlog.info("to=<%s>, from=<%s>, size=%d, sha256=%s, status=stored%s%s",
-                      r, envelope.mail_from, len(raw), stored.sha256[:16], "" if stored.new else " (duplicate content)",
+                      r, sender, len(raw), stored.sha256[:16], "" if stored.new else " (duplicate content)",
                       extra[r])
         # One reply per recipient, as LMTP requires; aiosmtpd pushes the lines as given.
         return "\r\n".join(f"250 2.0.0 <{r}> stored as {stored.sha256[:16]}" for r in rcpts)
