@@ -105,6 +105,57 @@ def _m003_captures(db: sqlite_utils.Database) -> None:
     )
 
 
+@migration
+def _m004_directory_and_filings(db: sqlite_utils.Database) -> None:
+    """Persons and their addresses, matters, aliases, filings, the event log and full-text search."""
+    db["persons"].create({"id": int, "name": str, "created": float}, pk="id")
+    db["person_addresses"].create(
+        {"person": int, "address": str, "position": int},
+        pk=("person", "address"),
+        foreign_keys=[("person", "persons", "id")],
+    )
+    db["person_addresses"].create_index(["address"])
+    db["matters"].create({"id": str, "title": str, "status": str, "created": float}, pk="id",
+                         not_null={"title", "status"}, defaults={"status": "open"})
+    db["matter_persons"].create(
+        {"matter": str, "person": int}, pk=("matter", "person"),
+        foreign_keys=[("matter", "matters", "id"), ("person", "persons", "id")],
+    )
+    db["aliases"].create(
+        {"address": str, "person": int, "matter": str, "created": float}, pk="address",
+        foreign_keys=[("person", "persons", "id"), ("matter", "matters", "id")],
+    )
+    for col, typ, default in (("direction", str, "inbound"), ("body_text", str, ""), ("system", int, 0)):
+        db["messages"].add_column(col, typ, not_null_default=default)
+    db["filings"].create(
+        {"id": int, "message": int, "matter": str, "person": int, "rule": str, "recipient": str,
+         "detail": str, "created": float},
+        pk="id",
+        foreign_keys=[("message", "messages", "id")],
+    )
+    # A redelivery after a crash files nothing twice.
+    db.execute("CREATE UNIQUE INDEX filings_once ON filings "
+               "(message, COALESCE(matter, ''), COALESCE(person, 0), recipient)")
+    db["filings"].create_index(["matter"])
+    db["filings"].create_index(["person"])
+    db["events"].create(
+        {"id": int, "time": float, "kind": str, "message": int, "queue_id": str, "detail": str}, pk="id")
+    db["events"].create_index(["message"])
+    # Full-text search over subject and body text (external-content FTS5, kept in step by triggers;
+    # written out rather than enable_fts(), whose executescript would commit mid-migration).
+    db.execute("CREATE VIRTUAL TABLE messages_fts USING fts5(subject, body_text, content='messages', "
+               "content_rowid='id', tokenize='porter')")
+    db.execute("CREATE TRIGGER messages_ai AFTER INSERT ON messages BEGIN "
+               "INSERT INTO messages_fts (rowid, subject, body_text) VALUES (new.id, new.subject, new.body_text); END")
+    db.execute("CREATE TRIGGER messages_ad AFTER DELETE ON messages BEGIN "
+               "INSERT INTO messages_fts (messages_fts, rowid, subject, body_text) "
+               "VALUES ('delete', old.id, old.subject, old.body_text); END")
+    db.execute("CREATE TRIGGER messages_au AFTER UPDATE ON messages BEGIN "
+               "INSERT INTO messages_fts (messages_fts, rowid, subject, body_text) "
+               "VALUES ('delete', old.id, old.subject, old.body_text); "
+               "INSERT INTO messages_fts (rowid, subject, body_text) VALUES (new.id, new.subject, new.body_text); END")
+
+
 def normalise_address(address: str) -> str:
     """Lower-case the domain (local parts are case-sensitive in theory, not in practice)."""
     return address.strip().strip("<>").lower()
