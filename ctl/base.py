@@ -77,7 +77,7 @@ def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.version_option(package_name="mattermail")
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None) -> None:
-    """Manage mattermail: users, and (soon) aliases, persons, matters, keys and Postfix wiring.
+    """Manage mattermail: users, disclaimers, DKIM keys, DNS checks, persons, matters, aliases, Postfix.
 
     \b
     Example:
