@@ -268,3 +268,50 @@ def log_event(store: Store, kind: str, detail: dict | str, message: int | None =
     text = detail if isinstance(detail, str) else json.dumps(detail, sort_keys=True)
     store.db.execute("INSERT INTO events (time, kind, message, queue_id, detail) VALUES (?, ?, ?, ?, ?)",
                      [time.time(), kind, message, queue_id, text])
+
+
+# -- bulk imports (mattermailctl person import / matter import) -----------------------------------
+
+
+def import_persons(store: Store, rows: Sequence[tuple[str, str, Sequence[str]]]) -> int:
+    """Add every ``(email, name, other addresses)`` row in ONE transaction: all or nothing.
+
+    The caller validates first (so its errors can name a CSV line); a clash found
+    here (e.g. a person added meanwhile) still rolls the whole import back.
+    """
+    with transaction(store):
+        now = time.time()
+        for email, name, others in rows:
+            primary = normalise_address(email)
+            if store.db.execute("SELECT 1 FROM person_addresses WHERE address = ? AND position = 0",
+                                [primary]).fetchone():
+                raise UserError(f"email: a person with primary address {primary} already exists")
+            pid = store.db.execute("INSERT INTO persons (name, created) VALUES (?, ?)", [name, now]).lastrowid
+            for i, a in enumerate(dict.fromkeys([primary, *(normalise_address(o) for o in others)])):
+                store.db.execute("INSERT INTO person_addresses (person, address, position) VALUES (?, ?, ?)",
+                                 [pid, a, i])
+    return len(rows)
+
+
+def import_matters(store: Store, rows: Sequence[tuple[str, str, Sequence[str]]]) -> int:
+    """Add every ``(id, title, person addresses)`` row in ONE transaction: all or nothing."""
+    with transaction(store):
+        now = time.time()
+        for matter_id, title, persons in rows:
+            if not matter_id or any(c.isspace() or c in "@<>" for c in matter_id):
+                raise UserError(f"id: {matter_id!r} is not a valid matter id (no spaces, @ or <>)")
+            if not title.strip():
+                raise UserError("title: a matter needs a title")
+            if store.db.execute("SELECT 1 FROM matters WHERE id = ?", [matter_id]).fetchone():
+                raise UserError(f"id: matter {matter_id} already exists")
+            pids = []
+            for email in persons:
+                p = person_by_email(store, email)
+                if p is None:
+                    raise UserError(f"persons: no person with address {normalise_address(email)}")
+                pids.append(p.id)
+            store.db.execute("INSERT INTO matters (id, title, status, created) VALUES (?, ?, 'open', ?)",
+                             [matter_id, title, now])
+            for pid in dict.fromkeys(pids):
+                store.db.execute("INSERT INTO matter_persons (matter, person) VALUES (?, ?)", [matter_id, pid])
+    return len(rows)

@@ -1,0 +1,208 @@
+"""mattermailctl matter: matters (cases, jobs) that mail is filed against.
+
+CSV import uses the columns ``id,title,persons`` (a header line first;
+``persons`` are primary addresses of existing persons, separated by spaces,
+semicolons or commas). Every line is checked before anything is written, then
+all matters are added in one transaction: a bad line imports nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import click
+
+from mattermail.ctl.base import Context, UserFacingError, cli, json_option, pass_ctx, user_errors, valid_address
+from mattermail.ctl.persons import BadLine, check_address, csv_label, raise_first, read_csv, split_list
+from mattermail.router import directory
+from mattermail.router.store import Store
+
+MATTER_COLUMNS = ("id", "title", "persons")
+
+
+def _id_problem(matter_id: str) -> str | None:
+    if not matter_id:
+        return "empty (every matter needs an id)"
+    if any(c.isspace() or c in "@<>" for c in matter_id):
+        return f"{matter_id!r} is not a valid matter id (no spaces, @ or <>)"
+    return None
+
+
+def _matter_or_fail(ctx: Context, matter_id: str) -> directory.Matter:
+    m = directory.get_matter(ctx.store, matter_id)
+    if m is None:
+        raise UserFacingError(f"id: no matter {matter_id}")
+    return m
+
+
+def _filed_messages(store: Store, matter_id: str) -> int | None:
+    """How many messages are filed against the matter; None when the store has no filings table."""
+    try:
+        row = store.db.execute("SELECT COUNT(DISTINCT message) FROM filings WHERE matter = ?", [matter_id]).fetchone()
+    except sqlite3.OperationalError:
+        return None
+    return int(row[0])
+
+
+def _matter_dict(m: directory.Matter) -> dict[str, object]:
+    return {"id": m.id, "title": m.title, "status": m.status, "persons": list(m.persons)}
+
+
+@cli.group()
+def matter() -> None:
+    """Matters (cases, jobs) that mail is filed against, and the persons on each."""
+
+
+@matter.command("add")
+@click.argument("matter_id", metavar="ID")
+@click.option("--title", required=True, help="The matter's title.")
+@click.option("--person", "persons", multiple=True, metavar="EMAIL",
+              help="A person on this matter, by address (repeatable; the person must exist).")
+@pass_ctx
+@user_errors
+def matter_add(ctx: Context, matter_id: str, title: str, persons: tuple[str, ...]) -> None:
+    """Add an open matter. Mail to ID@<catch-all domain> is filed against it.
+
+    \b
+    Example:
+      mattermailctl matter add 1234 --title "Smith v Jones" --person jane@client.example
+    """
+    emails = [valid_address(p, "--person") for p in persons]
+    m = directory.add_matter(ctx.store, matter_id.strip(), title.strip(), emails)
+    click.echo(f"added matter {m.id} ({m.title})" + (f" with {', '.join(m.persons)}" if m.persons else ""))
+
+
+@matter.command("list")
+@json_option
+@click.option("--status", type=click.Choice(["open", "closed"]), default=None, help="Only matters with this status.")
+@pass_ctx
+def matter_list(ctx: Context, as_json: bool, status: str | None) -> None:
+    """List matters: id, status, title and persons.
+
+    \b
+    Example:
+      mattermailctl matter list --status open --json
+    """
+    matters = directory.list_matters(ctx.store, status)
+    if as_json:
+        click.echo(json.dumps([_matter_dict(m) for m in matters], indent=2))
+        return
+    if not matters:
+        click.echo("no matters" if status is None else f"no {status} matters")
+    for m in matters:
+        click.echo(f"{m.id}\t{m.status}\t{m.title}\t{', '.join(m.persons)}".rstrip("\t"))
+
+
+@matter.command("show")
+@click.argument("matter_id", metavar="ID")
+@json_option
+@pass_ctx
+@user_errors
+def matter_show(ctx: Context, matter_id: str, as_json: bool) -> None:
+    """Show a matter: title, status, persons, aliases and how many messages are filed.
+
+    \b
+    Example:
+      mattermailctl matter show 1234
+    """
+    m = _matter_or_fail(ctx, matter_id)
+    aliases = [a.address for a in directory.list_aliases(ctx.store) if a.matter == m.id]
+    filed = _filed_messages(ctx.store, m.id)
+    if as_json:
+        click.echo(json.dumps({**_matter_dict(m), "aliases": aliases, "filed_messages": filed}, indent=2))
+        return
+    click.echo(f"matter:  {m.id}")
+    click.echo(f"title:   {m.title}")
+    click.echo(f"status:  {m.status}")
+    click.echo("persons: " + (", ".join(m.persons) or "(none)"))
+    click.echo("aliases: " + (", ".join(aliases) or "(none)"))
+    click.echo(f"filed:   {'(unknown)' if filed is None else filed} message{'' if filed == 1 else 's'}")
+
+
+def _set_status(ctx: Context, matter_id: str, status: str, verb: str) -> None:
+    m = _matter_or_fail(ctx, matter_id)
+    if m.status == status:
+        click.echo(f"matter {m.id} is already {status}")
+        return
+    directory.set_matter_status(ctx.store, m.id, status)
+    click.echo(f"{verb} matter {m.id}")
+
+
+@matter.command("close")
+@click.argument("matter_id", metavar="ID")
+@pass_ctx
+@user_errors
+def matter_close(ctx: Context, matter_id: str) -> None:
+    """Mark a matter closed.
+
+    \b
+    Example:
+      mattermailctl matter close 1234
+    """
+    _set_status(ctx, matter_id, "closed", "closed")
+
+
+@matter.command("reopen")
+@click.argument("matter_id", metavar="ID")
+@pass_ctx
+@user_errors
+def matter_reopen(ctx: Context, matter_id: str) -> None:
+    """Mark a closed matter open again.
+
+    \b
+    Example:
+      mattermailctl matter reopen 1234
+    """
+    _set_status(ctx, matter_id, "open", "reopened")
+
+
+@matter.command("import")
+@click.argument("csv_file", metavar="CSV")
+@pass_ctx
+@user_errors
+def matter_import(ctx: Context, csv_file: str) -> None:
+    """Add matters from a CSV file (- for standard input): all of them, or none.
+
+    The header line names the columns id and title (both required) and persons
+    (addresses of existing persons, separated by spaces or semicolons). Every
+    line is checked before anything is written; the first problem is reported
+    with its line and column.
+
+    \b
+    Example:
+      printf 'id,title,persons\\n1234,Smith v Jones,jane@client.example\\n' > matters.csv
+      mattermailctl matter import matters.csv
+    """
+    label = csv_label(csv_file)
+    rows = read_csv(csv_file, MATTER_COLUMNS, required=("id", "title"))
+    errors: list[str] = []
+    seen: dict[str, int] = {}
+    good: list[tuple[str, str, list[str]]] = []
+    for line, cells in rows:
+        where = f"{label} line {line}, column"
+        try:
+            matter_id = cells["id"]
+            problem = _id_problem(matter_id)
+            if problem:
+                raise BadLine(f"{where} id: {problem}")
+            if matter_id in seen:
+                raise BadLine(f"{where} id: {matter_id} already appears on line {seen[matter_id]}")
+            if directory.get_matter(ctx.store, matter_id) is not None:
+                raise BadLine(f"{where} id: matter {matter_id} already exists")
+            if not cells["title"]:
+                raise BadLine(f"{where} title: empty (every matter needs a title)")
+            persons = []
+            for value in split_list(cells.get("persons", "")):
+                email = check_address(value, f"{where} persons")
+                if directory.person_by_email(ctx.store, email) is None:
+                    raise BadLine(f"{where} persons: no person with address {email}")
+                persons.append(email)
+        except BadLine as e:
+            errors.append(str(e))
+            continue
+        seen[matter_id] = line
+        good.append((matter_id, cells["title"], persons))
+    raise_first(errors)
+    n = directory.import_matters(ctx.store, good)
+    click.echo(f"imported {n} matter{'' if n == 1 else 's'} from {label}")
