@@ -67,8 +67,40 @@ class Milter:
 class Router:
     # LMTP listeners: unix:/path and/or HOST:PORT (several edges may deliver over TCP).
     listen: tuple[str, ...] = ("unix:/run/mattermail/lmtp.sock",)
+    # Local parts of matter addresses (searched case-insensitively); group 1 is the matter id.
+    matter_patterns: tuple[str, ...] = (r"^(\d+)$", r"^m-(\d+)$")
+    # Matter references in the Subject (searched case-insensitively); group 1 is the matter id.
+    subject_patterns: tuple[str, ...] = (r"\[M-(\d+)\]", r"\bMatter (\d+)\b", r"id=[^:\s]+:(\d+)")
+    # Mail without an LMTP envelope (imports): headers naming the recipient, tried in this order.
+    catchall_headers: tuple[str, ...] = ("Delivered-To", "X-Original-To", "Envelope-To", "X-Envelope-To", "Received")
+    # How many of the topmost instances of each such header our own MTA wrote (0 trusts none).
+    trusted_hops: int = 1
+    # Unfiled mail is forwarded here with the reason ("" keeps it in the store only).
+    failed_mail_address: str = ""
+    # Capture copies with no known correspondent: false = personal (kept, not filed, no alarm);
+    # true = unfiled like any other unmatched mail (and forwarded to failed_mail_address).
+    file_personal: bool = False
 
-    _validators = {"listen": _socket_spec}
+    @staticmethod
+    def _one_group(value: str) -> str:
+        import re
+
+        try:
+            groups = re.compile(value).groups
+        except re.error as e:
+            raise ValueError(f"not a regular expression: {e}") from None
+        if groups != 1:
+            raise ValueError(f"needs exactly one group (the matter id), has {groups}")
+        return value
+
+    _validators = {
+        "listen": _socket_spec,
+        "matter_patterns": _one_group,
+        "subject_patterns": _one_group,
+        "catchall_headers": lambda v: v if v and all(c.isalnum() or c == "-" for c in v) else _bad("a header name"),
+        "trusted_hops": lambda v: v if v <= 100 else _bad("0 to 100"),
+        "failed_mail_address": lambda v: v if v == "" or v.count("@") == 1 else _bad("an email address"),
+    }
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,7 @@ async def _run(cfg) -> None:
         except CaptureError as e:
             log.error("%s: capture copies will be stored but not linked to their envelopes", e)
     srs = load_srs(cfg)
-    handler = DeliveryHandler(store, cfg.capture.address, secret, srs)
+    handler = DeliveryHandler(store, cfg.capture.address, secret, srs, cfg)
     servers = await serve(cfg.router.listen, store, handler)
     if srs is not None:
         servers.append(await serve_socketmap(cfg.srs.listen, srs))

@@ -1,8 +1,9 @@
 """The LMTP front of the router: aiosmtpd's LMTP server adapted to the store.
 
 LMTP answers once per recipient after DATA. Each answer is ``250`` only after
-the message file and its database row are durable; any failure answers
-``451 4.3.0`` so Postfix keeps the message queued and retries (nothing lost).
+the message file is durable and the message, its filings and events are
+committed (router/filing.py); any failure answers ``451 4.3.0`` so Postfix
+keeps the message queued and retries (nothing lost, nothing filed twice).
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ from pathlib import Path
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import Envelope, Session
 
+from mattermail.config import Config
 from mattermail.daemon import parse_listen
 from mattermail.logs import QueueIdAdapter
-from mattermail.milter.capture import parse_capture_address
+from mattermail.router.capture_link import inspect_captures
+from mattermail.router.filing import file_message
+from mattermail.router.rules import RouterRules
 from mattermail.router.srs import SRSCodec
-from mattermail.router.store import Store, get_envelope, record_capture
+from mattermail.router.store import Store
 
 log = logging.getLogger("mattermail.router.lmtp")
 
@@ -34,71 +38,52 @@ def queue_id_of(raw: bytes) -> str:
         if line.lower().startswith("received:"):
             words = line.split()
             for i, w in enumerate(words[:-1]):
-                if w == "id" and i > 0 and words[i - 2].lower() == "with":
+                # "with ESMTP id X", or "(Postfix, from userid 0) id X" for mail from sendmail/pickup
+                if w == "id" and i > 1 and (words[i - 2].lower() == "with" or words[i - 1].endswith(")")):
                     return words[i + 1].rstrip(";")
             return ""
     return ""
 
 
 class DeliveryHandler:
+    """Files each message (router/filing.py) and answers per recipient: 250 after the commit, else 451."""
+
     def __init__(self, store: Store, capture_address: str = "", capture_secret: bytes | None = None,
-                 srs: SRSCodec | None = None) -> None:
+                 srs: SRSCodec | None = None, config: Config | None = None) -> None:
         self.store = store
         self.srs = srs
         self.capture_address = capture_address
         self.capture_secret = capture_secret
-
-    def _link_capture(self, rcpt: str, message: int, qlog: QueueIdAdapter, linked_in_same_delivery: bool) -> str:
-        """For the capture recipient: check the signed reference and link the recorded envelope."""
-        if not self.capture_address:
-            return ""
-        parsed = parse_capture_address(rcpt, self.capture_address, self.capture_secret or b"")
-        if parsed is None:
-            return ""
-        if parsed.ref is None:
-            if linked_in_same_delivery:
-                # A Postfix BCC map and the milter both captured: one copy is enough.
-                return " capture=duplicate (also captured by the milter)"
-            qlog.warning("to=<%s>: capture copy without an envelope reference (a BCC map?); stored unlinked", rcpt)
-            return " capture=unlinked"
-        if not parsed.valid or self.capture_secret is None:
-            qlog.warning("to=<%s>: capture reference does not verify; stored, envelope not trusted", rcpt)
-            record_capture(self.store, message, parsed.ref, verified=False)
-            return " capture=forged"
-        env = get_envelope(self.store, parsed.ref)
-        record_capture(self.store, message, parsed.ref, verified=env is not None)
-        if env is None:
-            qlog.warning("to=<%s>: no recorded envelope for capture reference %s", rcpt, parsed.ref)
-            return " capture=missing-envelope"
-        return f" capture={parsed.ref} envelope_rcpts={len(env.recipients)}"
+        self.config = config or Config()
+        self.rules = RouterRules.from_config(self.config)
 
     async def handle_DATA(self, server: LMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or b""
         rcpts = list(envelope.rcpt_tos)
         # Postfix rewrote foreign senders for SRS on the way in; record the real one.
         sender = self.srs.unwrap(envelope.mail_from or "") if self.srs else (envelope.mail_from or "")
+        sender = "" if sender.strip() == "<>" else sender  # the null sender, as aiosmtpd gives it
         qlog = QueueIdAdapter(log, {"queue_id": queue_id_of(raw)})
         try:
-            stored = self.store.deliver(raw, sender, rcpts, queue_id=qlog.extra["queue_id"])
+            captures = inspect_captures(rcpts, self.capture_address, self.capture_secret, self.store, qlog)
+            result = file_message(raw, sender, rcpts, self.store, self.config, qlog.extra["queue_id"], captures,
+                                  rules=self.rules)
         except Exception:
-            qlog.exception("storing failed, deferring %d recipient(s)", len(rcpts))
+            qlog.exception("storing or filing failed, deferring %d recipient(s)", len(rcpts))
             return "\r\n".join("451 4.3.0 <%s> temporary failure storing message, try again later" % r for r in rcpts)
-        extra = {}
-        try:
-            refs = [parse_capture_address(r, self.capture_address, self.capture_secret or b"")
-                    for r in rcpts] if self.capture_address else []
-            linked = any(p is not None and p.ref is not None and p.valid for p in refs)
-            for r in rcpts:
-                extra[r] = self._link_capture(r, stored.id, qlog, linked)
-        except Exception:
-            qlog.exception("linking the capture envelope failed, deferring")
-            return "\r\n".join("451 4.3.0 <%s> temporary failure filing message, try again later" % r for r in rcpts)
-        for r in rcpts:
-            qlog.info("to=<%s>, from=<%s>, size=%d, sha256=%s, status=stored%s%s",
-                      r, sender, len(raw), stored.sha256[:16], "" if stored.new else " (duplicate content)",
-                      extra[r])
+        replies = []
+        for r, o in zip(rcpts, result.outcomes):
+            qlog.info("to=<%s>, from=<%s>, size=%d, sha256=%s, status=stored%s%s%s%s",
+                      r, sender, len(raw), result.sha256[:16], "" if result.new else " (duplicate content)",
+                      o.capture_note, f" {o.summary}" if o.summary else "",
+                      f" system=({o.result.system_reason})" if o.result.system else "")
+            if o.forward_error:
+                replies.append(f"451 4.3.0 <{r}> stored, but forwarding to the failed-mail address failed; "
+                               "try again later")
+            else:
+                replies.append(f"250 2.0.0 <{r}> stored as {result.sha256[:16]}")
         # One reply per recipient, as LMTP requires; aiosmtpd pushes the lines as given.
-        return "\r\n".join(f"250 2.0.0 <{r}> stored as {stored.sha256[:16]}" for r in rcpts)
+        return "\r\n".join(replies)
 
 
 async def serve(listen: tuple[str, ...], store: Store, handler: DeliveryHandler | None = None) -> list[asyncio.base_events.Server]:

@@ -1,12 +1,15 @@
 """The router's LMTP server over a real loopback socket."""
 
 import asyncio
+import contextlib
+import logging
 import smtplib
 import threading
 
 import pytest
 
-from mattermail.router import lmtp
+from mattermail.config import from_dict
+from mattermail.router import directory, forward, lmtp
 from mattermail.router.store import Store
 
 MSG = (b"Received: from mx.lawfirm.test by mx.lawfirm.test (Postfix) with ESMTP id 4ABCDEF12\r\n"
@@ -14,24 +17,31 @@ MSG = (b"Received: from mx.lawfirm.test by mx.lawfirm.test (Postfix) with ESMTP 
        b"From: bob@example.test\r\nSubject: filing\r\n\r\nbody\r\n")
 
 
-@pytest.fixture
-def server(tmp_path):
-    store = Store(tmp_path / "s.sqlite", tmp_path / "m")
+@contextlib.contextmanager
+def running(store, handler=None):
     loop = asyncio.new_event_loop()
     started = threading.Event()
     holder = {}
 
     async def start():
-        holder["servers"] = await lmtp.serve(("127.0.0.1:0",), store)
+        holder["servers"] = await lmtp.serve(("127.0.0.1:0",), store, handler)
         started.set()
 
     t = threading.Thread(target=lambda: (loop.run_until_complete(start()), loop.run_forever()), daemon=True)
     t.start()
     assert started.wait(10)
-    port = holder["servers"][0].sockets[0].getsockname()[1]
-    yield store, port
-    loop.call_soon_threadsafe(loop.stop)
-    t.join(5)
+    try:
+        yield holder["servers"][0].sockets[0].getsockname()[1]
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        t.join(5)
+
+
+@pytest.fixture
+def server(tmp_path):
+    store = Store(tmp_path / "s.sqlite", tmp_path / "m")
+    with running(store) as port:
+        yield store, port
     store.close()
 
 
@@ -64,7 +74,8 @@ def test_store_failure_defers_every_recipient(server, monkeypatch):
     def fail(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(store, "deliver", fail)
+    # The router files through store.write_blob + one transaction (router/filing.py), not Store.deliver.
+    monkeypatch.setattr(store, "write_blob", fail)
     replies = lmtp_send(port, ["a@matters.lawfirm.test", "b@matters.lawfirm.test"])
     assert [r[0] for r in replies] == [451, 451]
     assert b"try again later" in replies[0][1]
@@ -74,3 +85,30 @@ def test_store_failure_defers_every_recipient(server, monkeypatch):
 def test_queue_id_from_received():
     assert lmtp.queue_id_of(MSG) == "4ABCDEF12"
     assert lmtp.queue_id_of(b"Subject: x\r\n\r\nno received\r\n") == ""
+    picked_up = b"Received: by mx.lawfirm.test (Postfix, from userid 0)\r\n\tid 32BAC214DC3; Mon, 23 Nov 2026\r\n\r\n"
+    assert lmtp.queue_id_of(picked_up) == "32BAC214DC3"
+
+
+def test_each_recipient_is_filed_before_its_250_and_logged(server, caplog):
+    store, port = server
+    directory.add_matter(store, "1234", "Smith v Jones")
+    caplog.set_level(logging.INFO, "mattermail.router")
+    replies = lmtp_send(port, ["1234@matters.lawfirm.test", "9999@matters.lawfirm.test"])
+    assert [code for code, _ in replies] == [250, 250]
+    assert store.db.execute("SELECT matter, rule FROM filings").fetchall() == [("1234", "matter-address")]
+    lines = [r.getMessage() for r in caplog.records if "status=stored" in r.getMessage()]
+    assert lines[0].startswith("4ABCDEF12: to=<1234@matters.lawfirm.test>") and lines[0].endswith("filed=matter:1234")
+    assert lines[1].endswith('status=stored unfiled="unknown matter 9999"')
+
+
+def test_failed_forward_defers_only_the_unfiled_recipient(tmp_path, monkeypatch):
+    store = Store(tmp_path / "s.sqlite", tmp_path / "m")
+    directory.add_matter(store, "1234", "Smith v Jones")
+    monkeypatch.setattr(forward, "SENDMAIL", "/bin/false")
+    cfg = from_dict({"router": {"failed_mail_address": "failed@lawfirm.test"}})
+    with running(store, lmtp.DeliveryHandler(store, config=cfg)) as port:
+        replies = lmtp_send(port, ["1234@matters.lawfirm.test", "nobody@matters.lawfirm.test"])
+    assert [code for code, _ in replies] == [250, 451]
+    assert b"failed-mail address" in replies[1][1]
+    assert store.count("messages") == 1 and store.count("filings") == 1  # kept; Postfix retries the second
+    store.close()

@@ -1,0 +1,277 @@
+"""Filing: a message, its recipients and the rules, turned into store rows (or, for explain, into a trace).
+
+Used by the LMTP handler, ``mattermailctl import`` and ``mattermailctl route explain``:
+
+* :func:`route` — what the rules make of a message, without writing anything.
+* :func:`file_message` — store the message once (file fsynced first), then in
+  **one transaction** its messages row (direction, body text, system flag),
+  deliveries, capture links, filings and one event per recipient; committed
+  before the caller answers ``250``. A redelivery files nothing twice (unique
+  index on filings). Unfiled mail is kept (event ``unfiled`` with the reason)
+  and, after the commit, forwarded to ``router.failed_mail_address`` — never
+  for system (loop) mail, at most once per recipient.
+
+Recipients: the LMTP envelope when there is one; otherwise (imports) the
+configured ``router.catchall_headers`` in order, trusting the topmost
+``router.trusted_hops`` instances (:func:`~mattermail.router.resolve.resolve`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from email import policy
+from email.header import decode_header, make_header
+from email.message import Message
+from email.parser import BytesParser
+
+from mattermail.config import Config
+from mattermail.logs import QueueIdAdapter
+from mattermail.router import forward as fwd
+from mattermail.router.capture_link import CaptureInfo, inspect_captures
+from mattermail.router.directory import Filing, log_event, record_filing, transaction
+from mattermail.router.resolve import addresses_in, loop_reason, resolve
+from mattermail.router.rules import FilingDecision, RouterRules, RoutingResult, RuleContext, apply_rules, merge
+from mattermail.router.store import (EnvelopeRecord, Store, find_message, insert_message, normalise_address,
+                                     record_capture, record_deliveries)
+from mattermail.router.text import body_text
+
+__all__ = ["FileResult", "RecipientOutcome", "StoreLookups", "file_message", "load_capture_secret", "route",
+           "system_reason"]
+
+log = logging.getLogger("mattermail.router.filing")
+_quiet = logging.getLogger("mattermail.router.filing.explain")  # route() reports in its trace, not the log
+_quiet.addHandler(logging.NullHandler())
+_quiet.propagate = False
+
+
+class StoreLookups:
+    """The rules' directory questions, each one indexed query on the store."""
+
+    def __init__(self, store: Store) -> None:
+        self.db = store.db
+
+    def alias(self, address: str) -> tuple[int | None, str | None] | None:
+        row = self.db.execute("SELECT person, matter FROM aliases WHERE address = ?",
+                              [normalise_address(address)]).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def matter_status(self, matter_id: str) -> str | None:
+        row = self.db.execute("SELECT status FROM matters WHERE id = ?", [matter_id]).fetchone()
+        return row[0] if row else None
+
+    def persons(self, address: str) -> list[int]:
+        return [r[0] for r in self.db.execute("SELECT person FROM person_addresses WHERE address = ? ORDER BY person",
+                                              [normalise_address(address)])]
+
+
+@dataclass
+class RecipientOutcome:
+    recipient: str
+    kind: str  # "filed", "unfiled", "personal" or "duplicate" (a second capture copy)
+    result: RoutingResult
+    new_filings: int = 0
+    capture_note: str = ""
+    forward_error: str | None = None
+
+    @property
+    def summary(self) -> str:
+        """``filed=matter:1234,person:5``, ``unfiled="reason"``, ``personal`` or ``""``, for log lines."""
+        if self.kind == "filed":
+            parts = [*(f"matter:{f.matter}" for f in self.result.filings if f.matter),
+                     *(f"person:{f.person_id}" for f in self.result.filings if f.person_id is not None)]
+            return "filed=" + ",".join(dict.fromkeys(parts))
+        if self.kind == "unfiled":
+            return f'unfiled="{self.result.unfiled_reason}"'
+        return "personal" if self.kind == "personal" else ""
+
+
+@dataclass
+class FileResult:
+    message_id: int
+    sha256: str
+    new: bool
+    direction: str
+    system: bool
+    outcomes: list[RecipientOutcome] = field(default_factory=list)
+
+
+def load_capture_secret(cfg: Config) -> bytes | None:
+    """The capture HMAC secret, or None when capture is off or the file is unreadable."""
+    if not cfg.capture.address:
+        return None
+    from mattermail.milter.capture import CaptureError, load_secret
+
+    try:
+        return load_secret(cfg.capture.secret_file)
+    except (CaptureError, OSError):
+        return None
+
+
+def system_reason(raw: bytes | Message, envelope_from: str | None = None) -> tuple[str, str] | None:
+    """Loop mail (bounce, auto-reply): from the headers, or a null envelope sender ("" ; None = no envelope)."""
+    found = loop_reason(raw)
+    if found is None and envelope_from is not None and envelope_from.strip("<> ") == "":
+        found = ("bounce", "null envelope sender")
+    return found
+
+
+def _headers(raw: bytes) -> Message:
+    return BytesParser(policy=policy.compat32).parsebytes(raw, headersonly=True)
+
+
+def _decoded(value: object) -> str:
+    text = str(value or "")
+    try:
+        text = str(make_header(decode_header(text)))
+    except Exception:
+        pass
+    return " ".join(text.split())
+
+
+def _correspondents(msg: Message, envelope: EnvelopeRecord | None) -> tuple[tuple[str, str], ...]:
+    """(address, where) from From/To/Cc and every recorded envelope recipient; Bcc'd ones are marked."""
+    out: dict[str, str] = {}
+    for name in ("From", "To", "Cc"):
+        for value in msg.get_all(name, []):
+            for addr in addresses_in(str(value)):
+                out.setdefault(addr.lower(), name)
+    for rcpt in envelope.recipients if envelope else ():
+        out.setdefault(normalise_address(rcpt), "envelope, Bcc")
+    return tuple(out.items())
+
+
+def _context(msg: Message, recipient: str | None, envelope_from: str | None, capture: CaptureInfo | None,
+             loop: tuple[str, str] | None) -> RuleContext:
+    return RuleContext(
+        recipient=recipient, subject=_decoded(msg.get("Subject", "")),
+        from_addresses=tuple(a for v in msg.get_all("From", []) for a in addresses_in(str(v))),
+        envelope_from=envelope_from, capture=capture is not None,
+        correspondents=_correspondents(msg, capture.envelope) if capture is not None else (), loop=loop)
+
+
+def _addresses(msg: Message, recipients: list[str], cfg: Config) -> list[tuple[str, str]]:
+    if recipients:
+        return [(r.strip().strip("<>"), "envelope") for r in recipients]
+    found = resolve(msg, cfg.general.catchall_domains, (), cfg.router.catchall_headers, cfg.router.trusted_hops)
+    return [(r.address, r.source) for r in found]
+
+
+def route(raw: bytes, recipient: str | None, store: Store, cfg: Config, envelope: EnvelopeRecord | None = None, *,
+          envelope_from: str | None = None, capture_secret: bytes | None = None,
+          rules: RouterRules | None = None) -> RoutingResult:
+    """Resolve the recipients of ``raw`` (``recipient`` if given, else its headers) and apply the rules to each;
+    nothing is written. ``envelope``: the recorded envelope of a capture copy (else looked up by its reference,
+    trusted only when ``capture_secret`` verifies it). The merged result's trace starts with the resolution."""
+    rules = rules or RouterRules.from_config(cfg)
+    msg = _headers(raw)
+    loop = system_reason(msg, envelope_from)
+    addresses = _addresses(msg, [recipient] if recipient else [], cfg)
+    secret = capture_secret if capture_secret is not None else load_capture_secret(cfg)
+    caps = inspect_captures([a for a, _ in addresses], cfg.capture.address, secret, store, _quiet)
+    results = []
+    for addr, source in addresses or [(None, "")]:
+        cap = caps.get(addr) if addr else None
+        if cap is not None and envelope is not None:
+            cap = CaptureInfo(cap.ref, True, envelope, cap.duplicate, cap.note)
+        r = apply_rules(_context(msg, addr, envelope_from, cap, loop), StoreLookups(store), rules)
+        r.resolved = [f"{addr} ({source})"] if addr else []
+        if cap is not None:
+            r.trace.insert(0, f"{addr}: capture copy:{cap.note or ' envelope given'}")
+        results.append(r)
+    merged = merge(results)
+    if not addresses:
+        merged.trace.insert(0, f"resolution: no catch-all address in {', '.join(cfg.router.catchall_headers)}")
+    return merged
+
+
+def file_message(raw: bytes, envelope_from: str | None, recipients: list[str], store: Store, cfg: Config,
+                 queue_id: str = "", capture_info: dict[str, CaptureInfo] | None = None, *,
+                 rules: RouterRules | None = None, forward: bool = True, source: str = "lmtp") -> FileResult:
+    """Store ``raw`` once and file it for each recipient, in one transaction; then forward what is unfiled.
+
+    ``envelope_from`` None and no ``recipients`` = no envelope (imports): the recipients come from the
+    headers. ``capture_info`` (from :func:`inspect_captures`; computed here when None) maps capture
+    recipients to their envelopes. ``forward=False`` never forwards (bulk imports). Raises on any store
+    failure, with nothing committed; outcomes with ``forward_error`` set should be deferred (4xx)."""
+    qlog = QueueIdAdapter(log, {"queue_id": queue_id})
+    rules = rules or RouterRules.from_config(cfg)
+    sha, _ = store.write_blob(raw)  # durable before the commit
+    msg = _headers(raw)
+    loop = system_reason(msg, envelope_from)
+    addresses = _addresses(msg, recipients, cfg)
+    if capture_info is None:
+        capture_info = inspect_captures([a for a, _ in addresses], cfg.capture.address,
+                                        load_capture_secret(cfg), store, qlog)
+    capture_info = {k.strip().strip("<>"): v for k, v in capture_info.items()}
+    lookups = StoreLookups(store)
+    outcomes: list[RecipientOutcome] = []
+    for addr, _source in addresses or [("", "")]:
+        cap = capture_info.get(addr)
+        if cap is not None and cap.duplicate:
+            outcomes.append(RecipientOutcome(addr, "duplicate", RoutingResult(), capture_note=cap.note))
+            continue
+        res = apply_rules(_context(msg, addr or None, envelope_from, cap, loop), lookups, rules)
+        kind = "filed" if res.filings else "unfiled" if res.unfiled_reason else "personal"
+        outcomes.append(RecipientOutcome(addr, kind, res, capture_note=cap.note if cap else ""))
+    direction = "outbound" if capture_info else "inbound"
+    text = body_text(raw) if find_message(store, sha) is None else ""
+    with transaction(store):
+        mid, new = insert_message(store, raw, sha, direction, text, loop is not None)
+        record_deliveries(store, mid, envelope_from or "", recipients, queue_id)
+        for info in capture_info.values():
+            if info.ref is not None:
+                record_capture(store, mid, info.ref, info.verified)
+        for o in outcomes:
+            o.new_filings = sum(record_filing(store, Filing(mid, f.matter, f.person_id, f.rule, f.recipient, f.detail))
+                                for f in o.result.filings)
+            log_event(store, o.kind, _event(o, source), mid, queue_id)
+    for o in outcomes:
+        for w in o.result.warnings:
+            qlog.warning("to=<%s>: %s", o.recipient, w)
+    result = FileResult(mid, sha, new, direction, loop is not None, outcomes)
+    if forward and loop is None and cfg.router.failed_mail_address:
+        _forward(raw, msg, result, store, cfg, queue_id, envelope_from, qlog)
+    return result
+
+
+def _event(o: RecipientOutcome, source: str) -> dict:
+    detail: dict = {"recipient": o.recipient, "source": source, "new_filings": o.new_filings,
+                    "filings": [_decision(f) for f in o.result.filings]}
+    if o.result.unfiled_reason:
+        detail["reason"] = o.result.unfiled_reason
+    if o.result.system:
+        detail["system"] = o.result.system_reason
+    if o.result.warnings:
+        detail["warnings"] = o.result.warnings
+    return detail
+
+
+def _decision(f: FilingDecision) -> dict:
+    return {"matter": f.matter, "person": f.person_id, "rule": f.rule, "detail": f.detail}
+
+
+def _forward(raw: bytes, msg: Message, result: FileResult, store: Store, cfg: Config, queue_id: str,
+             envelope_from: str | None, qlog: QueueIdAdapter) -> None:
+    """Forward the unfiled recipients not forwarded before (a redelivery sends no second notice)."""
+    done: set[str] = set()
+    for (detail,) in store.db.execute("SELECT detail FROM events WHERE message = ? AND kind = 'forwarded'",
+                                      [result.message_id]):
+        done.update(json.loads(detail).get("recipients", []))
+    todo = [o for o in result.outcomes if o.kind == "unfiled" and o.recipient not in done]
+    if not todo:
+        return
+    reasons = [(o.recipient or "(no recipient)", o.result.unfiled_reason or "") for o in todo]
+    try:
+        fwd.forward_unfiled(raw, reasons, cfg, queue_id, _decoded(msg.get("Subject", "")),
+                            envelope_from or _decoded(msg.get("From", "")))
+    except Exception as e:
+        qlog.error("forwarding unfiled mail to <%s> failed: %s", cfg.router.failed_mail_address, e)
+        for o in todo:
+            o.forward_error = str(e)
+        return
+    log_event(store, "forwarded", {"to": cfg.router.failed_mail_address, "recipients": [o.recipient for o in todo]},
+              result.message_id, queue_id)
+    qlog.info("unfiled mail forwarded to <%s> (%s)", cfg.router.failed_mail_address,
+              "; ".join(f"{r}: {why}" for r, why in reasons))

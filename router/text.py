@@ -1,0 +1,115 @@
+"""Readable text of a message, for full-text search: never raises, capped in size.
+
+The text/plain parts (or, in a ``multipart/alternative`` without one, the
+text/html part with its tags stripped) are decoded from their transfer
+encoding and charset; attachments (``Content-Disposition: attachment``) and
+non-text parts are skipped, ``message/rfc822`` parts are read like the rest.
+Unknown charsets fall back to UTF-8 with replacement characters. Anything
+unreadable yields what was found so far (possibly ``""``).
+"""
+
+from __future__ import annotations
+
+import codecs
+import html
+import re
+from email import policy
+from email.message import Message
+from email.parser import BytesParser
+from html.parser import HTMLParser
+
+__all__ = ["MAX_TEXT", "body_text", "html_to_text"]
+
+MAX_TEXT = 200_000  # characters kept per message
+_MAX_PARTS = 1000
+
+_BLOCK = {"p", "br", "div", "tr", "li", "h1", "h2", "h3", "h4", "h5", "h6", "table", "blockquote", "pre", "hr"}
+_SKIP = {"script", "style", "head", "title"}
+
+
+class _Stripper(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.out: list[str] = []
+        self.skip = 0
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:  # type: ignore[override]
+        if tag in _SKIP:
+            self.skip += 1
+        elif tag in _BLOCK:
+            self.out.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in _SKIP:
+            self.skip = max(0, self.skip - 1)
+        elif tag in _BLOCK:
+            self.out.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if not self.skip:
+            self.out.append(data)
+
+
+def html_to_text(markup: str) -> str:
+    """Text of an HTML document: tags, scripts and styles removed, entities decoded."""
+    p = _Stripper()
+    try:
+        p.feed(markup)
+        p.close()
+    except Exception:  # pragma: no cover - HTMLParser is lenient; belt and braces
+        return html.unescape(re.sub(r"<[^>]*>", " ", markup))
+    return "".join(p.out)
+
+
+def _decode(part: Message) -> str:
+    payload = part.get_payload(decode=True)
+    if not isinstance(payload, bytes):
+        return ""
+    charset = part.get_content_charset() or "utf-8"
+    try:
+        codecs.lookup(charset)
+    except (LookupError, ValueError):
+        charset = "utf-8"
+    return payload.decode(charset, "replace")
+
+
+def _tidy(text: str) -> str:
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = re.sub(r"[ \t\f\v\u00a0]+", " ", text)
+    text = re.sub(r" ?\n[ \n]*\n", "\n\n", text)
+    return text.strip()
+
+
+def _texts(part: Message, out: list[str], budget: list[int]) -> None:
+    budget[0] -= 1
+    if budget[0] < 0 or sum(map(len, out)) > MAX_TEXT:
+        return
+    ctype = part.get_content_type()
+    if part.is_multipart():
+        subs = [s for s in part.get_payload() if isinstance(s, Message)]
+        if ctype == "multipart/alternative":
+            plain = [s for s in subs if s.get_content_type() == "text/plain"]
+            subs = plain[:1] or [s for s in subs if s.get_content_type() == "text/html"][:1] or subs[:1]
+        for s in subs:
+            _texts(s, out, budget)
+        return
+    if str(part.get("Content-Disposition", "")).strip().lower().startswith("attachment"):
+        return
+    if ctype == "text/plain":
+        out.append(_decode(part))
+    elif ctype == "text/html":
+        out.append(html_to_text(_decode(part)))
+
+
+def body_text(raw: bytes, limit: int = MAX_TEXT) -> str:
+    """The readable text of ``raw`` (at most ``limit`` characters); ``""`` when there is none."""
+    out: list[str] = []
+    try:
+        msg = BytesParser(policy=policy.compat32).parsebytes(raw)
+        _texts(msg, out, [_MAX_PARTS])
+    except Exception:  # RecursionError on absurd nesting, odd encodings: keep what we have
+        pass
+    try:
+        return _tidy("\n\n".join(t for t in out if t))[:limit]
+    except Exception:  # pragma: no cover
+        return ""
