@@ -7,7 +7,9 @@ Each command group lives in its own module and registers itself on ``cli``.
 
 from __future__ import annotations
 
-from mattermail.ctl import aliases, disclaimers, dkim, dnscmd, matters, persons, postfixcmd, users  # noqa: F401  (each registers its group)
+from mattermail.ctl import (  # noqa: F401  (each module registers its commands on cli)
+    aliases, disclaimers, dkim, dnscmd, importcmd, matters, messages, persons, postfixcmd, routecmd, users,
+)
 from mattermail.ctl.base import cli
 
 __all__ = ["cli", "main"]
