@@ -8,7 +8,8 @@ Each command group lives in its own module and registers itself on ``cli``.
 from __future__ import annotations
 
 from mattermail.ctl import (  # noqa: F401  (each module registers its commands on cli)
-    aliases, disclaimers, dkim, dnscmd, importcmd, matters, messages, persons, postfixcmd, routecmd, users,
+    aliases, disclaimers, dkim, dnscmd, importcmd, matters, messages, persons, postfixcmd, routecmd, statuscmd,
+    testsend, users,
 )
 from mattermail.ctl.base import cli
 
