@@ -11,7 +11,7 @@ from mattermail.milter.capture import CaptureError, load_secret
 from mattermail.router import socketmap
 from mattermail.router.lmtp import DeliveryHandler, serve
 from mattermail.router.srs import SRSCodec
-from mattermail.router.store import Store
+from mattermail.router.store import Store, recover_stale_tmp
 
 log = logging.getLogger("mattermail.router")
 
@@ -51,6 +51,10 @@ async def serve_socketmap(spec: str, srs: SRSCodec) -> asyncio.base_events.Serve
 
 async def _run(cfg) -> None:
     store = Store(cfg.store.path, cfg.store.messages_dir)
+    stale = recover_stale_tmp(cfg.store.messages_dir)
+    if stale:
+        log.warning("removed %d half-written message file(s) (.tmp-*) left under %s by an interrupted delivery",
+                    stale, cfg.store.messages_dir)
     secret = None
     if cfg.capture.address:
         try:

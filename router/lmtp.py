@@ -45,6 +45,25 @@ def queue_id_of(raw: bytes) -> str:
     return ""
 
 
+class MatterLMTP(LMTP):
+    """aiosmtpd's LMTP, with one reply per recipient also when DATA itself is refused.
+
+    aiosmtpd answers an over-long line or too much data with a single reply,
+    as SMTP does; an LMTP client (RFC 2033) then waits for the replies of the
+    other recipients until it times out.
+    """
+
+    _DATA_REFUSALS = ("500 Line too long", "552 Error: Too much mail data")
+
+    async def push(self, status: str) -> None:
+        rcpts = self.envelope.rcpt_tos if self.envelope is not None else []
+        if status.startswith(self._DATA_REFUSALS) and len(rcpts) > 1:
+            for _ in rcpts:
+                await super().push(status)
+            return
+        await super().push(status)
+
+
 class DeliveryHandler:
     """Files each message (router/filing.py) and answers per recipient: 250 after the commit, else 451."""
 
@@ -91,7 +110,7 @@ async def serve(listen: tuple[str, ...], store: Store, handler: DeliveryHandler 
     handler = handler or DeliveryHandler(store)
 
     def factory() -> LMTP:
-        return LMTP(handler, data_size_limit=MAX_MESSAGE_SIZE, enable_SMTPUTF8=True, decode_data=False,
+        return MatterLMTP(handler, data_size_limit=MAX_MESSAGE_SIZE, enable_SMTPUTF8=True, decode_data=False,
                     hostname="mattermail-router", ident="mattermail-router LMTP")
 
     servers = []

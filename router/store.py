@@ -487,3 +487,32 @@ def record_deliveries(store: Store, message: int, envelope_from: str, recipients
         store.db.execute(
             "INSERT OR IGNORE INTO deliveries (message, recipient, envelope_from, queue_id, delivered)"
             " VALUES (?, ?, ?, ?, ?)", [message, normalise_address(rcpt), envelope_from, queue_id, now])
+
+
+# -- start-up recovery ------------------------------------------------------------------
+
+
+def recover_stale_tmp(messages_dir: Path | str) -> int:
+    """Remove the temp files of blob writes that never finished; returns how many. Call at start-up.
+
+    :meth:`Store.write_blob` writes ``<sha256[:2]>/.tmp-*.eml`` and renames it into place; a process killed
+    in between (SIGKILL, power loss) leaves a half-written ``.tmp-*`` file that nothing ever renames or
+    removes (the redelivery writes a temp file of its own). Such a delivery was never answered ``250``, so
+    Postfix still has the message and the file is safe to delete. A blob write in progress in another
+    process (``mattermailctl import``) whose temp file this removes fails cleanly (its rename raises and
+    nothing is committed); re-running the import stores it.
+    """
+    root = Path(messages_dir)
+    if not root.is_dir():
+        return 0
+    removed = 0
+    for sub in root.iterdir():
+        if not sub.is_dir() or sub.is_symlink():
+            continue
+        for tmp in sub.glob(".tmp-*"):
+            try:
+                tmp.unlink()
+            except FileNotFoundError:
+                continue
+            removed += 1
+    return removed
