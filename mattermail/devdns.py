@@ -84,6 +84,23 @@ class _QuietLogger(DNSLogger):
         super().__init__(log="-request,-reply,-truncated,-error,-recv,-send,-data", prefix=False)
 
 
+def free_port(address: str = "127.0.0.1") -> int:
+    """A port free for both UDP and TCP on ``address`` (for test DNS servers)."""
+    import socket
+
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind((address, 0))
+            port = u.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+                try:
+                    t.bind((address, port))
+                except OSError:
+                    continue
+        return port
+    raise RuntimeError("no port free for both UDP and TCP")
+
+
 def serve(zone_dir: Path, address: str, port: int) -> list[DNSServer]:
     resolver = ZoneDirResolver(zone_dir)
     resolver.records()

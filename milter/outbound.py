@@ -149,8 +149,10 @@ def process(sub: Submission, rt: Runtime) -> Outcome:
     headers = sub.headers
     body: list[tuple[int, int] | bytes] = [(sub.body_offset, len(sub.raw))]
 
+    author = first_mailbox(sub)
+
     # 3. Disclaimer: planned on the spool, applied as a stream of pieces (no second copy).
-    row = rt.disclaimer_for(first_mailbox(sub))
+    row = rt.disclaimer_for(author)
     if row is not None:
         result = plan(sub.raw, Disclaimer(row.text, row.html))
         if result.edits:
@@ -168,7 +170,7 @@ def process(sub: Submission, rt: Runtime) -> Outcome:
             out.notes.append(f"disclaimer=skipped ({result.reason})")
 
     # 4. DKIM, last, over exactly what leaves.
-    domain = first_mailbox(sub).rpartition("@")[2]
+    domain = author.rpartition("@")[2]
     keys = select_keys(domain, rt.signing_keys(), cfg.dkim.sign_subdomains) if domain else []
     if keys:
         hasher = BodyHasher()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,25 +17,10 @@ from dnslib import RR
 from mattermail.ctl.base import cli
 
 from mattermail import dkimkeys
-from mattermail.devdns import serve
+from mattermail.devdns import free_port, serve
 
 OUR_IP = "192.0.2.10"
 MONTH = f"{datetime.date.today():%Y%m}"
-
-
-def _free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind(("127.0.0.1", 0))
-            port = u.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                try:
-                    t.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-        return port
-    raise RuntimeError("no free port")
 
 
 class Zones:
@@ -65,7 +49,7 @@ class Zones:
 @pytest.fixture(scope="module")
 def zones(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zones]:
     path = tmp_path_factory.mktemp("zones")
-    port = _free_port()
+    port = free_port()
     servers = serve(path, "127.0.0.1", port)
     yield Zones(path, port)
     for s in servers:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,27 +10,12 @@ import pytest
 
 from mattermail import dkimkeys
 from mattermail.config import DNS
-from mattermail.devdns import serve
+from mattermail.devdns import free_port, serve
 from mattermail.dns import Resolver
 from mattermail.dnscheck import Finding, blocking, check_domain
 
 OUR_IP = "192.0.2.10"
 RSA_KEY = dkimkeys.generate("rsa", 2048)
-
-
-def _free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind(("127.0.0.1", 0))
-            port = u.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                try:
-                    t.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-        return port
-    raise RuntimeError("no free port")
 
 
 @dataclass
@@ -73,7 +57,7 @@ class Env:
 
 def _start(zones: Path) -> Env:
     zones.mkdir()
-    port = _free_port()
+    port = free_port()
     servers = serve(zones, "127.0.0.1", port)
     return Env(zones, port, servers, Resolver(DNS(nameservers=("127.0.0.1",), port=port, timeout=2.0)))
 

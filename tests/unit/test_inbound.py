@@ -10,7 +10,6 @@ SPF conformance suite.
 from __future__ import annotations
 
 import re
-import socket
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from dnslib import RR
 
 from mattermail import dkimkeys
 from mattermail.config import DNS
-from mattermail.devdns import serve
+from mattermail.devdns import free_port, serve
 from mattermail.dns import Resolver, TempError
 from mattermail.milter.dkim_sign import sign
 from mattermail.milter.inbound import (
@@ -48,21 +47,6 @@ RSA1024 = dkimkeys.generate("rsa", 1024)
 ED = dkimkeys.generate("ed25519")
 
 
-def _free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind(("127.0.0.1", 0))
-            port = u.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                try:
-                    t.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-        return port
-    raise RuntimeError("no free port")
-
-
 @dataclass
 class Env:
     zones: Path
@@ -85,7 +69,7 @@ class Env:
 
 def _start(zones: Path, timeout: float = 2.0) -> Env:
     zones.mkdir()
-    port = _free_port()
+    port = free_port()
     return Env(zones, serve(zones, "127.0.0.1", port),
                Resolver(DNS(nameservers=("127.0.0.1",), port=port, timeout=timeout)))
 
