@@ -124,6 +124,8 @@ class DNS:
     nameservers: tuple[str, ...] = ()
     port: int = 53
     timeout: float = 5.0
+    # Answers kept in memory for their TTL (positive and negative), per process; 0 disables.
+    cache_size: int = 10000
 
     _validators = {
         "nameservers": lambda v: str(ipaddress.ip_address(v)),

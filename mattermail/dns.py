@@ -1,6 +1,6 @@
 """The one DNS resolver every consumer uses (pyspf, dkimpy, DMARC, dns check).
 
-Nameservers, port and timeout come from the ``[dns]`` config section; search
+Nameservers, port, timeout and cache size come from the ``[dns]`` config section; search
 domains are never applied (a name is always absolute). Lookups return plain
 Python values and raise :class:`TempError` for timeouts and SERVFAIL, so a
 caller can report ``temperror`` and never mistake a failed lookup for "no
@@ -38,7 +38,9 @@ class Resolver:
         r.lifetime = self.cfg.timeout
         r.search = []
         r.use_search_by_default = False
-        r.cache = None
+        # A TTL-respecting in-process cache: SPF, DKIM and DMARC for a sender repeat the same
+        # lookups message after message (bench/inbound: half the milter's time was DNS).
+        r.cache = dns.resolver.LRUCache(self.cfg.cache_size) if self.cfg.cache_size else None
         self._r = r
 
     def query(self, name: str, rdtype: str) -> list[dns.rdata.Rdata]:

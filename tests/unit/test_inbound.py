@@ -71,7 +71,7 @@ def _start(zones: Path, timeout: float = 2.0) -> Env:
     zones.mkdir()
     port = free_port()
     return Env(zones, serve(zones, "127.0.0.1", port),
-               Resolver(DNS(nameservers=("127.0.0.1",), port=port, timeout=timeout)))
+               Resolver(DNS(nameservers=("127.0.0.1",), port=port, timeout=timeout, cache_size=0)))  # zones change per test
 
 
 @pytest.fixture(scope="module")
