@@ -181,6 +181,8 @@ class Inbound:
     on_temperror: str = "tempfail"
     # Forwarders (networks) whose mail is exempt from SPF/DMARC rejection (tagged instead).
     trusted_forwarders: tuple[str, ...] = ()
+    # The same for mail carrying a valid ARC chain whose newest set one of these authserv-ids sealed.
+    trusted_arc_authserv_ids: tuple[str, ...] = ()
     # Seconds the whole SPF evaluation may take; keep it below Postfix's milter_command_timeout (30 s).
     spf_timeout: float = 20.0
     # RSA DKIM keys shorter than this count as a policy failure (RFC 8301).

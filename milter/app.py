@@ -177,6 +177,8 @@ class MatterMilter(Milter.Base):
         mail_from_domain = msg.mail_from.rpartition("@")[2] if msg.mail_from else self.helo
         dmarc = inbound.check_dmarc(from_domain, msg.spf, mail_from_domain, dkim_results, rt.resolver)
         forwarder = bool(self.client_ip) and direction(None, self.client_ip, rt.trusted_forwarders) is Direction.OUTBOUND
+        if not forwarder and cfg.inbound.trusted_arc_authserv_ids and dmarc.result == "fail":
+            forwarder = inbound.arc_trusted(data, rt.resolver, cfg.inbound.trusted_arc_authserv_ids) is not None
         decision = inbound.decide(msg.spf, dmarc, inbound.InboundPolicy(
             spf_fail=cfg.inbound.spf_fail, dmarc_quarantine=cfg.inbound.dmarc_quarantine,
             on_temperror=cfg.inbound.on_temperror, trusted_forwarder=forwarder))

@@ -311,6 +311,38 @@ def strip_our_results(headers: Sequence[tuple[str, str]], authserv_id: str) -> l
 
 # --- decision ----------------------------------------------------------------------
 
+def arc_trusted(raw: bytes, resolver: Resolver, trusted_ids: Sequence[str]) -> str | None:
+    """The trusted authserv-id when ``raw`` carries a valid ARC chain sealed by one; else None.
+
+    A forwarder (a mailing list, a forwarding service) that re-sends mail
+    breaks SPF and often DKIM; when it recorded its own verdict in an ARC set
+    and the chain validates (dkimpy's ``arc_verify``: every seal and message
+    signature checks out), the admin may trust the newest set's authserv-id.
+    Any DNS or parse problem means "not trusted", never an error.
+    """
+    if not trusted_ids or b"arc-seal:" not in raw[:65536].lower():
+        return None
+    trusted = {t.lower().rstrip(".") for t in trusted_ids}
+
+    def dnsfunc(name: bytes, timeout: float = 5) -> bytes | None:
+        try:
+            records = resolver.txt(name.decode("ascii").rstrip("."))
+        except (TempError, UnicodeError, ValueError, dns.exception.DNSException):
+            return None
+        return records[0].encode("utf-8", "surrogateescape") if records else None
+
+    try:
+        cv, results, _ = dkim.arc_verify(raw, dnsfunc=dnsfunc)
+    except Exception:  # a malformed chain is an untrusted chain
+        return None
+    if cv != dkim.CV_Pass or not results:
+        return None
+    newest = max(results, key=lambda r: r.get("instance", 0))
+    aar = (newest.get("aar-value") or b"").decode("utf-8", "replace")  # "i=1; authserv-id; results"
+    authserv = _authserv_id(re.sub(r"^\s*i\s*=\s*\d+\s*;", "", aar)).lower().rstrip(".")
+    return authserv if authserv in trusted else None
+
+
 @dataclass(frozen=True)
 class InboundPolicy:
     """What to do with authentication failures (the ``[inbound]`` settings).

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import authres
+import dkim
 import authres.dmarc
 import pytest
 from dnslib import RR
@@ -603,3 +604,23 @@ def test_spf_conformance_suite(tmp_path: Path) -> None:
     print(report)
     assert total >= 200, report
     assert rate >= SPF_MIN_PASS_RATE, report
+
+
+def test_arc_chain_from_a_trusted_forwarder(env):
+    from cryptography.hazmat.primitives import serialization
+
+    from mattermail.milter.inbound import arc_trusted
+
+    key = dkimkeys.generate("rsa")
+    owner, record = dkimkeys.dns_record(key, "arc", "forwarder.test")
+    env.zone("forwarder.test", dkimkeys.zone_line(owner, record, ttl=300))
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                            serialization.NoEncryption())
+    msg = (b"Authentication-Results: mx.forwarder.test; spf=pass smtp.mailfrom=a@origin.test\r\n"
+           b"From: a@origin.test\r\nTo: list@forwarder.test\r\nSubject: hi\r\n"
+           b"Date: Mon, 23 Nov 2026 12:00:00 +0000\r\nMessage-ID: <x@origin.test>\r\n\r\nbody\r\n")
+    sealed = b"".join(dkim.arc_sign(msg, b"arc", b"forwarder.test", pem, b"mx.forwarder.test")) + msg
+    assert arc_trusted(sealed, env.resolver, ["MX.forwarder.test"]) == "mx.forwarder.test"
+    assert arc_trusted(sealed, env.resolver, ["mx.other.test"]) is None
+    assert arc_trusted(sealed.replace(b"body", b"bodY"), env.resolver, ["mx.forwarder.test"]) is None
+    assert arc_trusted(msg, env.resolver, ["mx.forwarder.test"]) is None
