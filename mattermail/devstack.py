@@ -363,8 +363,10 @@ Try:
   swaks --server 127.0.0.1:{p.submission} --tls --auth LOGIN \\
         --auth-user alice@lawfirm.test --auth-password correct-horse-battery \\
         --from alice@lawfirm.test --to someone@example.test
+  .venv/bin/mattermailctl matter add 1234 --title 'Smith v Jones'
   swaks --server 127.0.0.1:{p.smtp} --local-interface 127.0.0.2 \\
         --from bob@example.test --to 1234@matters.lawfirm.test
+  .venv/bin/mattermailctl messages list --matter 1234
   ls {self.sink_dir} ; tail {self.logs}/milter.log
 Stop it with: make stop"""
 
