@@ -75,6 +75,7 @@ async def _run(cfg) -> None:
     for s in servers:
         s.close()
         await s.wait_closed()
+    await handler.aclose()
     store.close()
     log.info("stopped")
 

@@ -7,6 +7,7 @@ named. Every lookup the router does has an index (see migration 4).
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Iterable, Sequence
@@ -52,16 +53,30 @@ class Filing:
 
 
 class _Tx:
-    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error."""
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error; inside a transaction already (the router's
+    batches, router/lmtp.py), a SAVEPOINT ... RELEASE instead, rolled back to the savepoint on error."""
+
+    _names = itertools.count(1)
 
     def __init__(self, store: Store) -> None:
         self.db = store.db
+        self.savepoint: str | None = None
 
     def __enter__(self) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
+        if self.db.conn.in_transaction:
+            self.savepoint = f"tx{next(self._names)}"
+            self.db.execute(f"SAVEPOINT {self.savepoint}")
+        else:
+            self.db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        if self.savepoint is None:
+            self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+            return
+        if exc_type and self.db.conn.in_transaction:
+            self.db.execute(f"ROLLBACK TO {self.savepoint}")
+        if self.db.conn.in_transaction:
+            self.db.execute(f"RELEASE {self.savepoint}")
 
 
 def transaction(store: Store) -> _Tx:

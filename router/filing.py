@@ -37,7 +37,7 @@ from mattermail.router.store import (EnvelopeRecord, Store, find_message, insert
                                      record_capture, record_deliveries)
 from mattermail.router.text import body_text
 
-__all__ = ["FileResult", "RecipientOutcome", "StoreLookups", "file_message", "load_capture_secret", "route",
+__all__ = ["FileResult", "RecipientOutcome", "StoreLookups", "after_commit", "file_message", "file_stored", "load_capture_secret", "route",
            "system_reason"]
 
 log = logging.getLogger("mattermail.router.filing")
@@ -195,9 +195,21 @@ def file_message(raw: bytes, envelope_from: str | None, recipients: list[str], s
     headers. ``capture_info`` (from :func:`inspect_captures`; computed here when None) maps capture
     recipients to their envelopes. ``forward=False`` never forwards (bulk imports). Raises on any store
     failure, with nothing committed; outcomes with ``forward_error`` set should be deferred (4xx)."""
+    sha, _ = store.write_blob(raw)  # durable before the commit
+    result = file_stored(raw, sha, envelope_from, recipients, store, cfg, queue_id, capture_info, rules=rules,
+                         source=source)
+    after_commit(raw, result, envelope_from, store, cfg, queue_id, forward=forward)
+    return result
+
+
+def file_stored(raw: bytes, sha: str, envelope_from: str | None, recipients: list[str], store: Store, cfg: Config,
+                queue_id: str = "", capture_info: dict[str, CaptureInfo] | None = None, *,
+                rules: RouterRules | None = None, source: str = "lmtp") -> FileResult:
+    """The filing part of :func:`file_message`, for ``raw`` already written (``sha``, its durable file):
+    the rows in one transaction — a savepoint when the caller has one open (the router's batches), which
+    then commits before answering. Call :func:`after_commit` once committed."""
     qlog = QueueIdAdapter(log, {"queue_id": queue_id})
     rules = rules or RouterRules.from_config(cfg)
-    sha, _ = store.write_blob(raw)  # durable before the commit
     msg = _headers(raw)
     loop = system_reason(msg, envelope_from)
     addresses = _addresses(msg, recipients, cfg)
@@ -227,13 +239,18 @@ def file_message(raw: bytes, envelope_from: str | None, recipients: list[str], s
             o.new_filings = sum(record_filing(store, Filing(mid, f.matter, f.person_id, f.rule, f.recipient, f.detail))
                                 for f in o.result.filings)
             log_event(store, o.kind, _event(o, source), mid, queue_id)
-    for o in outcomes:
+    return FileResult(mid, sha, new, direction, loop is not None, outcomes)
+
+
+def after_commit(raw: bytes, result: FileResult, envelope_from: str | None, store: Store, cfg: Config,
+                 queue_id: str = "", *, forward: bool = True) -> None:
+    """After :func:`file_stored`'s rows are committed: log the rules' warnings, forward what is unfiled."""
+    qlog = QueueIdAdapter(log, {"queue_id": queue_id})
+    for o in result.outcomes:
         for w in o.result.warnings:
             qlog.warning("to=<%s>: %s", o.recipient, w)
-    result = FileResult(mid, sha, new, direction, loop is not None, outcomes)
-    if forward and loop is None and cfg.router.failed_mail_address:
-        _forward(raw, msg, result, store, cfg, queue_id, envelope_from, qlog)
-    return result
+    if forward and not result.system and cfg.router.failed_mail_address:
+        _forward(raw, _headers(raw), result, store, cfg, queue_id, envelope_from, qlog)
 
 
 def _event(o: RecipientOutcome, source: str) -> dict:

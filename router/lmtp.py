@@ -9,8 +9,11 @@ keeps the message queued and retries (nothing lost, nothing filed twice).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiosmtpd.lmtp import LMTP
@@ -20,7 +23,7 @@ from mattermail.config import Config
 from mattermail.daemon import parse_listen
 from mattermail.logs import QueueIdAdapter
 from mattermail.router.capture_link import inspect_captures
-from mattermail.router.filing import file_message
+from mattermail.router.filing import FileResult, after_commit, file_stored
 from mattermail.router.rules import RouterRules
 from mattermail.router.srs import SRSCodec
 from mattermail.router.store import Store
@@ -64,8 +67,31 @@ class MatterLMTP(LMTP):
         await super().push(status)
 
 
+@dataclass
+class _Delivery:
+    """One DATA waiting for its batch: what to file and where its replies go."""
+    raw: bytes
+    sender: str
+    rcpts: list[str]
+    qlog: QueueIdAdapter
+    future: asyncio.Future
+
+
+def _deferred(rcpts: list[str]) -> str:
+    return "\r\n".join("451 4.3.0 <%s> temporary failure storing message, try again later" % r for r in rcpts)
+
+
 class DeliveryHandler:
-    """Files each message (router/filing.py) and answers per recipient: 250 after the commit, else 451."""
+    """Files each message (router/filing.py) and answers per recipient: 250 after the commit, else 451.
+
+    Group commit: one writer thread owns the store while delivering. DATAs wait on a queue; the writer
+    takes the first and every other already waiting (up to ``MAX_BATCH``), writes and fsyncs each file,
+    fsyncs each directory once, then files every message in its own savepoint of ONE transaction and
+    commits once. A message whose filing fails is rolled back to its savepoint and deferred (451); if
+    the commit fails, the whole batch is. No 250 before its message's file and rows are durable.
+    """
+
+    MAX_BATCH = 32
 
     def __init__(self, store: Store, capture_address: str = "", capture_secret: bytes | None = None,
                  srs: SRSCodec | None = None, config: Config | None = None) -> None:
@@ -75,6 +101,10 @@ class DeliveryHandler:
         self.capture_secret = capture_secret
         self.config = config or Config()
         self.rules = RouterRules.from_config(self.config)
+        self.commits = 0  # batches committed (one COMMIT each)
+        self._queue: asyncio.Queue[_Delivery] | None = None
+        self._writer: ThreadPoolExecutor | None = None
+        self._batcher: asyncio.Task | None = None
 
     async def handle_DATA(self, server: LMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or b""
@@ -83,25 +113,118 @@ class DeliveryHandler:
         sender = self.srs.unwrap(envelope.mail_from or "") if self.srs else (envelope.mail_from or "")
         sender = "" if sender.strip() == "<>" else sender  # the null sender, as aiosmtpd gives it
         qlog = QueueIdAdapter(log, {"queue_id": queue_id_of(raw)})
+        loop = asyncio.get_running_loop()
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="router-store")
+            self._batcher = loop.create_task(self._run_batches())
+        job = _Delivery(raw, sender, rcpts, qlog, loop.create_future())
+        self._queue.put_nowait(job)
+        # One reply per recipient, as LMTP requires; aiosmtpd pushes the lines as given.
+        return await job.future
+
+    async def _run_batches(self) -> None:
+        assert self._queue is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self.MAX_BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                replies = await loop.run_in_executor(self._writer, self._deliver_batch, batch)
+            except BaseException as e:  # not expected (_deliver_batch answers everything), or shutting down
+                replies = [_deferred(j.rcpts) for j in batch]
+                if not isinstance(e, asyncio.CancelledError):
+                    log.exception("delivery batch failed, deferring %d message(s)", len(batch))
+                for j, r in zip(batch, replies):
+                    if not j.future.done():
+                        j.future.set_result(r)
+                if isinstance(e, asyncio.CancelledError):
+                    raise
+                continue
+            for j, r in zip(batch, replies):
+                if not j.future.done():  # the client may have gone (its task cancelled)
+                    j.future.set_result(r)
+
+    async def aclose(self) -> None:
+        """Stop taking batches and wait for the one being written (call before closing the store)."""
+        if self._batcher is not None:
+            self._batcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._batcher
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+
+    def _deliver_batch(self, batch: list[_Delivery]) -> list[str]:
+        """In the writer thread: file ``batch``, one commit; one reply string per delivery."""
+        store = self.store
+        replies: list[str | None] = [None] * len(batch)
+        written: list[tuple[int, str]] = []  # (index, sha256)
+        dirs: dict[Path, None] = {}
+        for i, j in enumerate(batch):
+            try:
+                sha, path = store.write_blob(j.raw, sync_dir=False)  # file fsynced
+            except Exception:
+                j.qlog.exception("storing or filing failed, deferring %d recipient(s)", len(j.rcpts))
+                replies[i] = _deferred(j.rcpts)
+                continue
+            dirs[path.parent] = None
+            written.append((i, sha))
+        filed: list[tuple[int, FileResult]] = []
         try:
-            captures = inspect_captures(rcpts, self.capture_address, self.capture_secret, self.store, qlog)
-            result = file_message(raw, sender, rcpts, self.store, self.config, qlog.extra["queue_id"], captures,
-                                  rules=self.rules)
+            if written:
+                store.sync_dirs(dirs)  # the renames durable before the commit
+                store.db.execute("BEGIN IMMEDIATE")
+                for i, sha in written:
+                    j = batch[i]
+                    try:
+                        captures = inspect_captures(j.rcpts, self.capture_address, self.capture_secret, store, j.qlog)
+                        # in its own savepoint (directory.transaction inside the open transaction)
+                        result = file_stored(j.raw, sha, j.sender, j.rcpts, store, self.config,
+                                             j.qlog.extra["queue_id"], captures, rules=self.rules)
+                    except Exception:
+                        if not store.db.conn.in_transaction:  # SQLite rolled the whole batch back
+                            raise
+                        j.qlog.exception("storing or filing failed, deferring %d recipient(s)", len(j.rcpts))
+                        replies[i] = _deferred(j.rcpts)
+                        continue
+                    filed.append((i, result))
+                store.db.execute("COMMIT")
+                self.commits += 1
         except Exception:
-            qlog.exception("storing or filing failed, deferring %d recipient(s)", len(rcpts))
-            return "\r\n".join("451 4.3.0 <%s> temporary failure storing message, try again later" % r for r in rcpts)
+            if store.db.conn.in_transaction:
+                with contextlib.suppress(Exception):
+                    store.db.execute("ROLLBACK")
+            for i, _ in written:
+                if replies[i] is None:
+                    batch[i].qlog.exception("storing or filing failed, deferring %d recipient(s)",
+                                            len(batch[i].rcpts))
+                    replies[i] = _deferred(batch[i].rcpts)
+            return [r or "" for r in replies]
+        for i, result in filed:  # committed: forward what is unfiled, then answer
+            j = batch[i]
+            try:
+                after_commit(j.raw, result, j.sender, store, self.config, j.qlog.extra["queue_id"])
+            except Exception:
+                j.qlog.exception("storing or filing failed, deferring %d recipient(s)", len(j.rcpts))
+                replies[i] = _deferred(j.rcpts)
+                continue
+            replies[i] = self._replies(j, result)
+        return [r or "" for r in replies]
+
+    @staticmethod
+    def _replies(j: _Delivery, result: FileResult) -> str:
         replies = []
-        for r, o in zip(rcpts, result.outcomes):
-            qlog.info("to=<%s>, from=<%s>, size=%d, sha256=%s, status=stored%s%s%s%s",
-                      r, sender, len(raw), result.sha256[:16], "" if result.new else " (duplicate content)",
-                      o.capture_note, f" {o.summary}" if o.summary else "",
-                      f" system=({o.result.system_reason})" if o.result.system else "")
+        for r, o in zip(j.rcpts, result.outcomes):
+            j.qlog.info("to=<%s>, from=<%s>, size=%d, sha256=%s, status=stored%s%s%s%s",
+                        r, j.sender, len(j.raw), result.sha256[:16], "" if result.new else " (duplicate content)",
+                        o.capture_note, f" {o.summary}" if o.summary else "",
+                        f" system=({o.result.system_reason})" if o.result.system else "")
             if o.forward_error:
                 replies.append(f"451 4.3.0 <{r}> stored, but forwarding to the failed-mail address failed; "
                                "try again later")
             else:
                 replies.append(f"250 2.0.0 <{r}> stored as {result.sha256[:16]}")
-        # One reply per recipient, as LMTP requires; aiosmtpd pushes the lines as given.
         return "\r\n".join(replies)
 
 

@@ -210,8 +210,11 @@ class Store:
     def blob_path(self, sha256: str) -> Path:
         return self.messages_dir / sha256[:2] / f"{sha256}.eml"
 
-    def write_blob(self, raw: bytes) -> tuple[str, Path]:
-        """Write ``raw`` durably under its SHA-256 (tmp, fsync, rename, fsync dir)."""
+    def write_blob(self, raw: bytes, sync_dir: bool = True) -> tuple[str, Path]:
+        """Write ``raw`` durably under its SHA-256 (tmp, fsync, rename, fsync dir).
+
+        ``sync_dir=False`` leaves the directory fsync to the caller (:meth:`sync_dirs` on the returned
+        path's parent, before the commit): the router's batches fsync each directory once."""
         sha = hashlib.sha256(raw).hexdigest()
         dest = self.blob_path(sha)
         if dest.exists():
@@ -227,12 +230,19 @@ class Store:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        dfd = os.open(dest.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        if sync_dir:
+            self.sync_dirs([dest.parent])
         return sha, dest
+
+    @staticmethod
+    def sync_dirs(dirs: Iterable[Path]) -> None:
+        """fsync each directory (makes the renames of :meth:`write_blob` durable)."""
+        for d in dirs:
+            dfd = os.open(d, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
 
     def deliver(self, raw: bytes, envelope_from: str, recipients: Iterable[str], queue_id: str = "") -> StoredMessage:
         """Store ``raw`` once and record one delivery per recipient, all in one commit."""

@@ -5,6 +5,7 @@ import contextlib
 import logging
 import smtplib
 import threading
+import time
 
 import pytest
 
@@ -33,6 +34,11 @@ def running(store, handler=None):
     try:
         yield holder["servers"][0].sockets[0].getsockname()[1]
     finally:
+        async def cancel_tasks():  # the handler's batcher
+            for task in asyncio.all_tasks() - {asyncio.current_task()}:
+                task.cancel()
+
+        asyncio.run_coroutine_threadsafe(cancel_tasks(), loop).result(5)
         loop.call_soon_threadsafe(loop.stop)
         t.join(5)
 
@@ -111,4 +117,83 @@ def test_failed_forward_defers_only_the_unfiled_recipient(tmp_path, monkeypatch)
     assert [code for code, _ in replies] == [250, 451]
     assert b"failed-mail address" in replies[1][1]
     assert store.count("messages") == 1 and store.count("filings") == 1  # kept; Postfix retries the second
+    store.close()
+
+
+def test_concurrent_deliveries_are_group_committed(tmp_path, monkeypatch):
+    store = Store(tmp_path / "s.sqlite", tmp_path / "m")
+    directory.add_matter(store, "1234", "Smith v Jones")
+    handler = lmtp.DeliveryHandler(store)
+    commits = []
+    execute = store.db.execute
+
+    def counting(sql, *a, **k):
+        if sql.strip().upper() == "COMMIT":
+            commits.append(sql)
+        return execute(sql, *a, **k)
+
+    monkeypatch.setattr(store.db, "execute", counting)
+    # Hold the writer on the first batch until every other DATA is queued behind it.
+    gate = threading.Event()
+    deliver = handler._deliver_batch
+
+    taken = []
+
+    def held(batch):
+        taken.append(len(batch))
+        gate.wait(10)
+        return deliver(batch)
+
+    monkeypatch.setattr(handler, "_deliver_batch", held)
+    n = 8
+    results = [None] * n
+
+    def send(i):
+        with smtplib.LMTP("127.0.0.1", port) as c:
+            c.ehlo()
+            c.mail("bob@example.test")
+            assert c.rcpt("1234@matters.lawfirm.test")[0] == 250
+            c.putcmd("data")
+            assert c.getreply()[0] == 354
+            c.send(MSG.replace(b"body", b"body %d" % i) + b".\r\n")
+            results[i] = c.getreply()
+
+    with running(store, handler) as port:
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 10
+        while not taken or handler._queue.qsize() + taken[0] < n:  # all queued behind the first batch
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        gate.set()
+        for t in threads:
+            t.join(10)
+    assert [r[0] for r in results] == [250] * n
+    assert store.count("messages") == n and store.count("filings") == n and store.count("deliveries") == n
+    assert len(commits) == handler.commits == 2  # the first batch, then all the others together
+    assert not list((tmp_path / "m").glob("*/.tmp-*"))
+    store.close()
+
+
+def test_a_failed_filing_defers_only_its_message_in_the_batch(tmp_path, monkeypatch):
+    store = Store(tmp_path / "s.sqlite", tmp_path / "m")
+    handler = lmtp.DeliveryHandler(store)
+    real = lmtp.file_stored
+
+    def flaky(raw, *a, **k):
+        if b"body 1" in raw:
+            raise RuntimeError("disk I/O error")
+        return real(raw, *a, **k)
+
+    monkeypatch.setattr(lmtp, "file_stored", flaky)
+    jobs = []
+    for i in range(3):
+        raw = MSG.replace(b"body", b"body %d" % i)
+        jobs.append(lmtp._Delivery(raw, "bob@example.test", [f"m{i}@matters.lawfirm.test"],
+                                   lmtp.QueueIdAdapter(lmtp.log, {"queue_id": ""}), None))
+    replies = handler._deliver_batch(jobs)
+    assert [r[:3] for r in replies] == ["250", "451", "250"] and handler.commits == 1
+    assert store.count("messages") == 2 and store.count("deliveries") == 2
+    assert not store.db.conn.in_transaction
     store.close()
