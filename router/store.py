@@ -247,31 +247,10 @@ class Store:
     def deliver(self, raw: bytes, envelope_from: str, recipients: Iterable[str], queue_id: str = "") -> StoredMessage:
         """Store ``raw`` once and record one delivery per recipient, all in one commit."""
         sha, path = self.write_blob(raw)
-        hdr = BytesHeaderParser(policy=policy.compat32).parsebytes(raw)
-        now = time.time()
-
-        def h(name: str) -> str:
-            return str(hdr.get(name, "") or "")[:998]
-
         self.db.execute("BEGIN IMMEDIATE")
         try:
-            row = self.db.execute("SELECT id FROM messages WHERE sha256 = ?", [sha]).fetchone()
-            new = row is None
-            if new:
-                cur = self.db.execute(
-                    "INSERT INTO messages (sha256, size, message_id, subject, header_from, date, received)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [sha, len(raw), h("Message-ID"), h("Subject"), h("From"), h("Date"), now],
-                )
-                msg_id = cur.lastrowid
-            else:
-                msg_id = row[0]
-            for rcpt in recipients:
-                self.db.execute(
-                    "INSERT OR IGNORE INTO deliveries (message, recipient, envelope_from, queue_id, delivered)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    [msg_id, normalise_address(rcpt), envelope_from, queue_id, now],
-                )
+            msg_id, new = insert_message(self, raw, sha)
+            record_deliveries(self, msg_id, envelope_from, recipients, queue_id)
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
