@@ -6,6 +6,7 @@ Exit status: 0 on success, 1 on a user error (one line naming the field),
 
 from __future__ import annotations
 
+import pwd
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -14,7 +15,7 @@ from typing import Any
 import click
 
 from mattermail import config as configmod
-from mattermail import passwords
+from mattermail import passwords, privileges
 from mattermail.router import store as storemod
 
 
@@ -23,8 +24,17 @@ class UserFacingError(click.ClickException):
 
 
 class Context:
+    """What a command needs: the config (loaded on first use) and the store.
+
+    Run as root, the first use of the config switches to ``general.user`` (when
+    that user exists), so the store, keys and tables written here stay readable
+    and writable by the daemons. ``keep_root`` is set by commands that edit
+    Postfix's own files.
+    """
+
     def __init__(self, config_path: str | None) -> None:
         self.config_path = config_path
+        self.keep_root = False
         self._config: configmod.Config | None = None
         self._store: storemod.Store | None = None
 
@@ -36,7 +46,20 @@ class Context:
             except configmod.ConfigError as e:
                 click.echo(f"mattermailctl: {e}", err=True)
                 sys.exit(configmod.EX_CONFIG)
+            if not self.keep_root:
+                self._become_daemon_user(self._config.general.user)
         return self._config
+
+    @staticmethod
+    def _become_daemon_user(user: str) -> None:
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            return  # no daemon user on this machine (a dev checkout): nothing to keep usable for it
+        try:
+            privileges.drop(user)
+        except (privileges.PrivilegeError, OSError) as e:
+            raise UserFacingError(f"cannot switch to the daemon user: {e}") from None
 
     @property
     def store(self) -> storemod.Store:

@@ -31,8 +31,6 @@ from mattermail.ctl.base import Context, UserFacingError, cli, json_option, pass
 from mattermail import dkimkeys
 from mattermail.dns import Resolver, TempError
 
-#: The system user the milter runs as; key files are given to it when we run as root.
-SERVICE_USER = "mattermail"
 _ALG_SUFFIX = {"rsa": "r", "ed25519": "e"}
 _STATES = {None: "active", "pending": "pending", "retired": "retired"}
 _FILE_RE = re.compile(r"^(?P<selector>[^.].*)\.(?P<alg>rsa|ed25519)\.pem(?:\.(?P<state>pending|retired))?$")
@@ -111,21 +109,8 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _chown(path: Path, uid: int, gid: int) -> None:
-    os.chown(path, uid, gid)
-
-
-def _give_to_service_user(paths: list[Path]) -> str:
-    """chown ``paths`` to the ``mattermail`` user when we are root and it exists; the file's owner."""
-    if os.geteuid() == 0:
-        try:
-            pw = pwd.getpwnam(SERVICE_USER)
-        except KeyError:
-            pw = None
-        if pw is not None:
-            for p in paths:
-                _chown(p, pw.pw_uid, pw.pw_gid)
-    uid = os.stat(paths[-1]).st_uid
+def _owner(path: Path) -> str:
+    uid = os.stat(path).st_uid
     try:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
@@ -133,10 +118,13 @@ def _give_to_service_user(paths: list[Path]) -> str:
 
 
 def _write_key(keys_dir: Path, domain: str, path: Path, key: dkimkeys.PrivateKey) -> str:
-    """Write ``key`` at ``path`` (mode 0600); hand it, and the folders made for it, to the service user."""
-    created = [d for d in (Path(keys_dir), Path(keys_dir) / domain) if not d.exists()]
+    """Write ``key`` at ``path`` (mode 0600); its owner's name.
+
+    Run as root, mattermailctl has already become the daemons' user (ctl/base.py),
+    so the key belongs to the milter that reads it.
+    """
     dkimkeys.write_private_key(path, key, mode=0o600)
-    return _give_to_service_user([*created, path])
+    return _owner(path)
 
 
 def _record_lines(key: dkimkeys.PrivateKey, selector: str, domain: str) -> list[str]:

@@ -11,8 +11,10 @@ from mattermail.ctl.base import Context, UserFacingError, cli, pass_ctx
 
 
 @cli.group("postfix")
-def postfix() -> None:
+@pass_ctx
+def postfix(ctx: Context) -> None:
     """Postfix wiring: milters, submission service, catch-all transport, SRS maps, SASL."""
+    ctx.keep_root = True  # edits /etc/postfix, which only root may
 
 
 @postfix.command("configure")

@@ -52,6 +52,13 @@ class General:
     authserv_id: str = ""
     sending_domains: tuple[str, ...] = ()
     catchall_domains: tuple[str, ...] = ()
+    # Daemons started as root bind their sockets, then switch to this user (and its groups)
+    # before serving; mattermailctl run as root switches to it for everything but Postfix
+    # wiring. "" = keep running as started (the dev stack).
+    user: str = "mattermail"
+
+    _validators = {"user": lambda v: v if v == "" or v.replace("-", "").replace("_", "").isalnum()
+                   else _bad("a user name")}
 
 
 @dataclass(frozen=True)
@@ -222,6 +229,9 @@ class Postfix:
 @dataclass(frozen=True)
 class Log:
     level: str = "info"
+    # Also send each line to syslog (facility mail), as Postfix does; stderr (journald) always.
+    syslog: bool = False
+    syslog_socket: Path = Path("/dev/log")
 
     _validators = {
         "level": lambda v: v if v in ("debug", "info", "warning", "error") else _bad("one of debug, info, warning, error")

@@ -1,4 +1,10 @@
-"""mattermail-router: the LMTP daemon that files catch-all and captured mail."""
+"""mattermail-router: the LMTP daemon that files catch-all and captured mail.
+
+SIGHUP loads the config again (rules, capture secret, SRS secret, failed-mail
+address) without closing a connection: deliveries in flight finish, the next
+ones use the new settings. A config or secret that does not load is logged and
+the old settings stay. Listening sockets and the store path take a restart.
+"""
 
 from __future__ import annotations
 
@@ -10,30 +16,37 @@ from mattermail import daemon
 from mattermail.milter.capture import CaptureError, load_secret
 from mattermail.router import socketmap
 from mattermail.router.lmtp import DeliveryHandler, serve
+from mattermail.router.rules import RouterRules
 from mattermail.router.srs import SRSCodec
 from mattermail.router.store import Store, recover_stale_tmp
 
 log = logging.getLogger("mattermail.router")
+PROG = "mattermail-router"
+
+
+class SRSConfigError(Exception):
+    """SRS is switched on but cannot work; the message names the key."""
 
 
 def load_srs(cfg) -> SRSCodec | None:
     if not cfg.srs.listen:
         return None
     if not cfg.srs.domain:
-        raise SystemExit(f"mattermail-router: fatal: {cfg.source}: srs.domain is required when srs.listen is set")
+        raise SRSConfigError(f"{cfg.source}: srs.domain is required when srs.listen is set")
     try:
         secret = load_secret(cfg.srs.secret_file)
     except CaptureError as e:
-        raise SystemExit(f"mattermail-router: fatal: SRS: {e}") from None
+        raise SRSConfigError(f"srs.secret_file: {e}") from None
     local = [*cfg.general.sending_domains, *cfg.general.catchall_domains]
     return SRSCodec(secret, cfg.srs.domain, local, cfg.srs.validity_days)
 
 
-async def serve_socketmap(spec: str, srs: SRSCodec) -> asyncio.base_events.Server:
-    tables = {"srs_forward": srs.forward, "srs_reverse": srs.reverse, "srs_check": srs.check}
+async def serve_socketmap(spec: str, handler: DeliveryHandler) -> asyncio.base_events.Server:
+    """Postfix's socketmap for SRS, answering with the handler's current codec (SIGHUP may swap it)."""
 
     def lookup(name: str, key: str) -> tuple[str, str]:
-        fn = tables.get(name)
+        srs = handler.srs
+        fn = {"srs_forward": srs.forward, "srs_reverse": srs.reverse, "srs_check": srs.check}.get(name) if srs else None
         if fn is None:
             return "PERM", f"no such map {name}"
         v = fn(key)
@@ -45,7 +58,7 @@ async def serve_socketmap(spec: str, srs: SRSCodec) -> asyncio.base_events.Serve
     else:
         host, port = where  # type: ignore[misc]
         srv = await asyncio.start_server(socketmap.handler(lookup), host=host, port=port, reuse_address=True)
-    log.info("SRS socketmap on %s for %s", spec, srs.domain)
+    log.info("SRS socketmap on %s for %s", spec, handler.srs.domain if handler.srs else "-")
     return srv
 
 
@@ -61,15 +74,19 @@ async def _run(cfg) -> None:
             secret = load_secret(cfg.capture.secret_file)
         except CaptureError as e:
             log.error("%s: capture copies will be stored but not linked to their envelopes", e)
-    srs = load_srs(cfg)
+    try:
+        srs = load_srs(cfg)
+    except SRSConfigError as e:
+        daemon.fatal(PROG, str(e))
     handler = DeliveryHandler(store, cfg.capture.address, secret, srs, cfg)
     servers = await serve(cfg.router.listen, store, handler)
     if srs is not None:
-        servers.append(await serve_socketmap(cfg.srs.listen, srs))
+        servers.append(await serve_socketmap(cfg.srs.listen, handler))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload, handler)
     log.info("ready: store %s", cfg.store.path)
     await stop.wait()
     for s in servers:
@@ -80,8 +97,36 @@ async def _run(cfg) -> None:
     log.info("stopped")
 
 
+def reload(handler: DeliveryHandler) -> bool:
+    """SIGHUP: new rules, secrets and failed-mail address for the next deliveries; or keep the old ones."""
+    running = handler.config
+    cfg = daemon.reload_config(running.source, running)
+    if cfg is None:
+        return False
+    for key in ("router.listen", "srs.listen", "store.path", "store.messages_dir"):
+        section, name = key.split(".")
+        if getattr(getattr(cfg, section), name) != getattr(getattr(running, section), name):
+            log.warning("reload: %s changed; that takes a restart (the old value stays in use)", key)
+    secret = None
+    try:
+        if cfg.capture.address:
+            secret = load_secret(cfg.capture.secret_file)
+        srs = load_srs(cfg) if running.srs.listen else None
+        rules = RouterRules.from_config(cfg)
+    except (CaptureError, SRSConfigError, ValueError) as e:
+        log.error("reload refused, still running with the previous configuration: %s", e)
+        return False
+    if not daemon.apply_logging(PROG, cfg, running):
+        return False
+    # Plain attribute swaps: a batch being filed now finishes with the settings it read.
+    handler.config, handler.rules = cfg, rules
+    handler.capture_address, handler.capture_secret, handler.srs = cfg.capture.address, secret, srs
+    log.info("reloaded %s", cfg.source)
+    return True
+
+
 def main(argv: list[str] | None = None) -> None:
-    cfg = daemon.start("mattermail-router", "LMTP server that files mail into the mattermail store", argv)
+    cfg = daemon.start(PROG, "LMTP server that files mail into the mattermail store", argv)
     asyncio.run(_run(cfg))
 
 

@@ -131,4 +131,5 @@ def stack():
         yield client
     finally:
         s.stop()
-        shutil.rmtree(var, ignore_errors=True)
+        if not os.environ.get("MATTERMAIL_KEEP_STACK"):
+            shutil.rmtree(var, ignore_errors=True)

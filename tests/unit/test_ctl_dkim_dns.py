@@ -9,7 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
-import mattermail.ctl.dkim as dkimcmd
+import mattermail.ctl.base as base
+import mattermail.ctl.dkim  # noqa: F401  (registers "dkim")
+import mattermail.ctl.postfixcmd  # noqa: F401  (registers "postfix")
 import mattermail.ctl.dnscmd  # noqa: F401  (registers "dns")
 import pytest
 from click.testing import CliRunner
@@ -151,26 +153,34 @@ def test_genkey_unknown_algorithm_is_usage_error(run):
     assert run("dkim", "genkey", "lawfirm.test", "--algorithm", "dsa").exit_code == 2
 
 
-def test_genkey_as_root_gives_key_to_mattermail_user(run, keys_dir, monkeypatch):
-    calls = []
-    monkeypatch.setattr(dkimcmd.os, "geteuid", lambda: 0)
-    real_getpwnam = dkimcmd.pwd.getpwnam
-    monkeypatch.setattr(dkimcmd.pwd, "getpwnam",
-                        lambda n: SimpleNamespace(pw_uid=4242, pw_gid=4343) if n == "mattermail" else real_getpwnam(n))
-    monkeypatch.setattr(dkimcmd, "_chown", lambda p, u, g: calls.append((Path(p), u, g)))
+@pytest.fixture
+def switched(monkeypatch) -> list[str]:
+    """Pretend the daemon user exists; record the users mattermailctl switches to."""
+    calls: list[str] = []
+    real_getpwnam = base.pwd.getpwnam
+    monkeypatch.setattr(base.pwd, "getpwnam",
+                        lambda n: SimpleNamespace(pw_name=n) if n == "mattermail" else real_getpwnam(n))
+    monkeypatch.setattr(base.privileges, "drop", lambda user: calls.append(user) or True)
+    return calls
+
+
+def test_ctl_as_root_writes_keys_as_the_daemon_user(run, keys_dir, switched):
     assert run("dkim", "genkey", "lawfirm.test", "--algorithm", "ed25519").exit_code == 0
-    key = keys_dir / "lawfirm.test" / f"mm{MONTH}e.ed25519.pem"
-    assert calls == [(keys_dir, 4242, 4343), (keys_dir / "lawfirm.test", 4242, 4343), (key, 4242, 4343)]
+    assert switched == ["mattermail"]  # before the key was written: the milter's user owns it
 
 
-def test_genkey_as_root_without_mattermail_user_leaves_owner(run, monkeypatch):
-    monkeypatch.setattr(dkimcmd.os, "geteuid", lambda: 0)
+def test_ctl_stays_root_for_postfix_wiring(run, switched, tmp_path):
+    r = run("postfix", "configure", "--dry-run", "--config-dir", str(tmp_path))
+    assert "No such command" not in r.output and r.exit_code in (0, 1), r.output  # it ran, with the config
+    assert switched == []
 
+
+def test_ctl_without_daemon_user_stays_as_it_is(run, keys_dir, monkeypatch):
     def no_user(name):
         raise KeyError(name)
 
-    monkeypatch.setattr(dkimcmd.pwd, "getpwnam", no_user)
-    monkeypatch.setattr(dkimcmd, "_chown", lambda *a: pytest.fail("chown without a mattermail user"))
+    monkeypatch.setattr(base.pwd, "getpwnam", no_user)
+    monkeypatch.setattr(base.privileges, "drop", lambda user: pytest.fail("switched to a user that does not exist"))
     assert run("dkim", "genkey", "lawfirm.test", "--algorithm", "ed25519").exit_code == 0
 
 
