@@ -6,6 +6,7 @@ Exit status: 0 on success, 1 on a user error (one line naming the field),
 
 from __future__ import annotations
 
+import os
 import pwd
 import sys
 from collections.abc import Callable
@@ -57,7 +58,8 @@ class Context:
         except KeyError:
             return  # no daemon user on this machine (a dev checkout): nothing to keep usable for it
         try:
-            privileges.drop(user)
+            if privileges.drop(user):
+                os.umask(0o007)  # as the daemons: nothing we create is world-readable
         except (privileges.PrivilegeError, OSError) as e:
             raise UserFacingError(f"cannot switch to the daemon user: {e}") from None
 

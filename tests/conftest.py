@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from mattermail import privileges
+
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "corpus"
 
@@ -35,3 +37,15 @@ config_dir = "{tmp_path}/postfix"
         return p
 
     return write
+
+
+@pytest.fixture(autouse=True)
+def _test_process_keeps_its_user(request, monkeypatch):
+    """mattermailctl run in-process (CliRunner) must not turn the test runner into the daemon user.
+
+    On a machine with the package installed the ``mattermail`` user exists, and
+    ctl as root would switch to it. Tests of the switch itself mark themselves
+    ``real_privileges`` (and run it in a child process).
+    """
+    if request.node.get_closest_marker("real_privileges") is None:
+        monkeypatch.setattr(privileges, "drop", lambda user: False)

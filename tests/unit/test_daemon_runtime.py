@@ -85,6 +85,7 @@ def _in_child(fn) -> int:
     return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
+@pytest.mark.real_privileges
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users")
 def test_drop_becomes_the_user_for_good():
     nobody = pwd.getpwnam("nobody")
@@ -101,12 +102,14 @@ def test_drop_becomes_the_user_for_good():
     assert _in_child(child) == 0
 
 
+@pytest.mark.real_privileges
 def test_drop_without_user_or_root_changes_nothing():
     assert privileges.drop("") is False
     if os.geteuid() != 0:
         assert privileges.drop("nobody") is False
 
 
+@pytest.mark.real_privileges
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root switches users")
 def test_drop_to_a_missing_user_names_the_setting():
     with pytest.raises(privileges.PrivilegeError, match=r"general\.user: no such user 'no-such-mm-user'"):
