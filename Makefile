@@ -4,7 +4,7 @@ DEVSTACK := $(VENV)/bin/mattermail-devstack
 # Never let the repo root shadow pymilter's C extension "milter" (see DESIGN.md).
 export PYTHONSAFEPATH := 1
 
-.PHONY: deps run stop status test bench clean
+.PHONY: deps run stop status test bench clean deb
 
 deps:
 	@bash packaging/dev-deps.sh
@@ -26,6 +26,10 @@ test: deps
 bench: deps
 	$(VENV)/bin/python -P bench/dkim_sign.py
 	$(VENV)/bin/python -P bench/outbound --socket unix --deliver hold
+
+# Debian package build/deb/mattermail_<version>_amd64.deb (private venv; see README).
+deb:
+	@bash packaging/debian/build-deb.sh
 
 clean: stop
 	rm -rf var build *.egg-info

@@ -12,7 +12,9 @@ when it has none (or an unreadable one), the time it was stored.
 Message JSON (list, show, search): id, sha256, size, message_id, date,
 stored, from, subject, direction, system (+ system_reason), status,
 envelope_from and envelope_recipients (the LMTP envelope; empty for imports),
-recipients (the addresses it was filed for, from its events) and filings
+captured_envelope (for a capture copy: the sender's original envelope as the
+milter recorded it — mail_from, recipients including Bcc'd ones, login,
+queue_id, verified; null for other mail), recipients (the addresses it was filed for, from its events) and filings
 (matter, person, rule, recipient, detail).
 """
 
@@ -160,6 +162,9 @@ def message_dict(store: Store, names: Names, row: Row) -> dict[str, Any]:
                 recipients.append(detail["recipient"])
             system_reason = system_reason or detail.get("system", "")
     status = "filed" if filings else "personal" if "personal" in kinds else "unfiled"
+    captured = store.db.execute(
+        "SELECT e.mail_from, e.recipients, e.login, e.queue_id, c.verified FROM captures c "
+        "JOIN envelopes e ON e.ref = c.ref WHERE c.message = ? ORDER BY c.recorded LIMIT 1", [row.id]).fetchone()
     return {
         "id": row.id, "sha256": row.sha256, "size": row.size, "message_id": row.message_id,
         "date": _iso(row.when), "stored": _iso(datetime.fromtimestamp(row.received, UTC)),
@@ -167,6 +172,9 @@ def message_dict(store: Store, names: Names, row: Row) -> dict[str, Any]:
         "system": bool(row.system), "system_reason": system_reason if row.system else "", "status": status,
         "envelope_from": deliveries[0][1] if deliveries else None,
         "envelope_recipients": [d[0] for d in deliveries],
+        "captured_envelope": None if captured is None else {
+            "mail_from": captured[0], "recipients": json.loads(captured[1]), "login": captured[2],
+            "queue_id": captured[3], "verified": bool(captured[4])},
         "recipients": recipients, "filings": filings,
     }
 
@@ -375,6 +383,11 @@ def messages_show(ctx: Context, ident: str, raw: bool, as_json: bool) -> None:
     for dl in d["deliveries"]:
         click.echo(f"  {dl['delivered']}  from <{dl['envelope_from']}> to <{dl['recipient']}>"
                    + (f"  queue {dl['queue_id']}" if dl["queue_id"] else ""))
+    ce = d["captured_envelope"]
+    if ce:
+        click.echo(f"captured envelope: from <{ce['mail_from']}> to "
+                   + ", ".join(f"<{r}>" for r in ce["recipients"])
+                   + f"  login {ce['login']}  queue {ce['queue_id']}" + ("" if ce["verified"] else "  (unverified)"))
     click.echo("events:" + ("" if d["events"] else " (none)"))
     for e in d["events"]:
         det = e["detail"]

@@ -23,7 +23,8 @@ def _read_password(confirm: bool = True) -> str:
 def _sync_passwd(ctx: Context) -> None:
     """Rewrite what Dovecot and Postfix read: the passwd-file and the sender login map."""
     passwords.write_passwd_file(
-        ctx.config.auth.passwd_file, storemod.password_hashes(ctx.store), group="dovecot"
+        ctx.config.auth.passwd_file, storemod.password_hashes(ctx.store),
+        group=ctx.config.auth.passwd_group or None
     )
     warning = passwords.write_sender_login_map(ctx.config.auth.sender_login_map, storemod.login_addresses(ctx.store),
                                                ctx.config.postfix.config_dir)

@@ -194,6 +194,11 @@ def test_show_text_and_json(env):
     assert shown["direction"] == "outbound" and shown["status"] == "filed"
     assert [(f["person"], f["rule"]) for f in shown["filings"]] == [("bob@partner.example", "correspondent")]
     assert [e["kind"] for e in shown["events"]] == ["filed"]
+    assert shown["captured_envelope"] == {"mail_from": "alice@lawfirm.test", "recipients": ["bob@partner.example"],
+                                          "login": "alice@lawfirm.test", "queue_id": "Q1", "verified": True}
+    assert ("captured envelope: from <alice@lawfirm.test> to <bob@partner.example>  login alice@lawfirm.test  queue Q1"
+            in env.run("messages", "show", env.ids["captured"]).stdout)
+    assert env.json("messages", "show", str(env.ids["plus"]))["captured_envelope"] is None
     assert {"name": "Subject", "value": "Our advice"} in shown["headers"]
     assert env.json("messages", "show", str(env.ids["personal"]))["status"] == "personal"
     assert "unknown matter 9999" in env.run("messages", "show", env.ids["unfiled"]).stdout
