@@ -7,7 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(postfix postfix-sqlite postfix-pcre libmilter-dev dovecot-core swaks
-              opendkim opendkim-tools opendmarc miltertest make gcc python3-dev python3-venv)
+              opendkim opendkim-tools opendmarc miltertest make gcc python3-dev python3-venv
+              systemd openssl)  # the package test: systemd-analyze verify, a test certificate
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -466,16 +466,18 @@ def machine():
         pytest.fail("the package test installs a .deb and configures the machine's Postfix: run it as root")
     for tool in ("dpkg", "apt-get", "postfix", "postconf", "dovecot", "setpriv", "systemd-analyze", "openssl"):
         if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is not installed (run `make deps` on Debian)")
+            pytest.fail(f"{tool} is not installed (run `make deps` on Debian)")
     LOCK.parent.mkdir(parents=True, exist_ok=True)
     lock = open(LOCK, "w")
     fcntl.flock(lock, fcntl.LOCK_EX)  # one package test per machine at a time
     try:
         if run("postfix", "status", check=False).returncode == 0:
-            pytest.skip("the machine's default Postfix is running; this test would reconfigure it")
+            pytest.fail("the machine's default Postfix is running and this test would reconfigure it: "
+                        "stop it (postfix stop) or leave this test out (pytest -m 'not package')")
         for port in (25, 587):
             if banner(port):
-                pytest.skip(f"something listens on 127.0.0.1:{port}")
+                pytest.fail(f"something listens on 127.0.0.1:{port}, which this test needs for the machine's "
+                            f"Postfix: stop it or leave this test out (pytest -m 'not package')")
         m = Machine()
         try:
             m.save_dir(Path("/etc/postfix"))
