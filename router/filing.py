@@ -207,7 +207,8 @@ def file_stored(raw: bytes, sha: str, envelope_from: str | None, recipients: lis
                 rules: RouterRules | None = None, source: str = "lmtp") -> FileResult:
     """The filing part of :func:`file_message`, for ``raw`` already written (``sha``, its durable file):
     the rows in one transaction — a savepoint when the caller has one open (the router's batches), which
-    then commits before answering. Call :func:`after_commit` once committed."""
+    then commits before answering. Call :func:`after_commit` once committed. The header block is parsed
+    once, for the rules, the messages row and (when it is all there is to parse) the body text."""
     qlog = QueueIdAdapter(log, {"queue_id": queue_id})
     rules = rules or RouterRules.from_config(cfg)
     msg = _headers(raw)
@@ -228,9 +229,11 @@ def file_stored(raw: bytes, sha: str, envelope_from: str | None, recipients: lis
         kind = "filed" if res.filings else "unfiled" if res.unfiled_reason else "personal"
         outcomes.append(RecipientOutcome(addr, kind, res, capture_note=cap.note if cap else ""))
     direction = "outbound" if capture_info else "inbound"
-    text = body_text(raw) if find_message(store, sha) is None else ""
+    existing = find_message(store, sha)
+    text = body_text(raw, headers=msg) if existing is None else ""
     with transaction(store):
-        mid, new = insert_message(store, raw, sha, direction, text, loop is not None)
+        mid, new = (existing, False) if existing is not None else insert_message(
+            store, raw, sha, direction, text, loop is not None, headers=msg)
         record_deliveries(store, mid, envelope_from or "", recipients, queue_id)
         for info in capture_info.values():
             if info.ref is not None:

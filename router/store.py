@@ -19,6 +19,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from email.message import Message
 from email.parser import BytesHeaderParser
 from email import policy
 from pathlib import Path
@@ -173,6 +174,7 @@ class Store:
     def __init__(self, path: Path, messages_dir: Path, synchronous: str = "FULL") -> None:
         self.path = Path(path)
         self.messages_dir = Path(messages_dir)
+        self._dirs: set[Path] = set()  # hash directories known to exist
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
         self.db = sqlite_utils.Database(conn)
@@ -219,8 +221,15 @@ class Store:
         dest = self.blob_path(sha)
         if dest.exists():
             return sha, dest
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-", suffix=".eml")
+        if dest.parent not in self._dirs:  # mkdir of an existing directory still takes its parent's lock
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            self._dirs.add(dest.parent)
+        try:
+            fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-", suffix=".eml")
+        except FileNotFoundError:  # removed since
+            self._dirs.discard(dest.parent)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-", suffix=".eml")
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(raw)
@@ -442,15 +451,16 @@ def find_message(store: Store, sha256: str) -> int | None:
 
 
 def insert_message(store: Store, raw: bytes, sha256: str, direction: str = "inbound", body_text: str = "",
-                   system: bool = False) -> tuple[int, bool]:
+                   system: bool = False, headers: Message | None = None) -> tuple[int, bool]:
     """(id, new) of the messages row for ``raw``, inserted when new; call inside a transaction,
-    after :meth:`Store.write_blob` made the file durable."""
+    after :meth:`Store.write_blob` made the file durable. ``headers``: ``raw``'s header-only parse
+    (compat32), when the caller has it already."""
     existing = find_message(store, sha256)
     if existing is not None:
         return existing, False
     from email.header import decode_header, make_header
 
-    hdr = BytesHeaderParser(policy=policy.compat32).parsebytes(raw)
+    hdr = headers if headers is not None else BytesHeaderParser(policy=policy.compat32).parsebytes(raw)
 
     def h(name: str) -> str:
         value = str(hdr.get(name, "") or "")

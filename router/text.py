@@ -101,11 +101,18 @@ def _texts(part: Message, out: list[str], budget: list[int]) -> None:
         out.append(html_to_text(_decode(part)))
 
 
-def body_text(raw: bytes, limit: int = MAX_TEXT) -> str:
-    """The readable text of ``raw`` (at most ``limit`` characters); ``""`` when there is none."""
+def body_text(raw: bytes, limit: int = MAX_TEXT, *, headers: Message | None = None) -> str:
+    """The readable text of ``raw`` (at most ``limit`` characters); ``""`` when there is none.
+
+    ``headers``: ``raw`` parsed with ``headersonly=True`` (compat32), when the caller has it. A message
+    that is neither ``multipart/*`` nor ``message/*`` then needs no second parse: its header-only parse
+    is exactly what the full parse would give (the header block, and the rest as its payload)."""
     out: list[str] = []
     try:
-        msg = BytesParser(policy=policy.compat32).parsebytes(raw)
+        if headers is not None and headers.get_content_maintype() not in ("multipart", "message"):
+            msg = headers
+        else:
+            msg = BytesParser(policy=policy.compat32).parsebytes(raw)
         _texts(msg, out, [_MAX_PARTS])
     except Exception:  # RecursionError on absurd nesting, odd encodings: keep what we have
         pass

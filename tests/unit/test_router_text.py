@@ -36,3 +36,24 @@ def test_never_raises_and_is_capped():
         assert isinstance(body_text(junk), str)
     assert body_text(b"Content-Type: text/plain; charset=no-such\r\n\r\n\xe9t\xe9") == "\ufffdt\ufffd"
     assert len(body_text(b"\r\n" + b"word " * 100_000, limit=1000)) == 1000
+
+
+def test_header_only_parse_gives_the_same_text():
+    """body_text(raw, headers=...) skips the full parse for a message that is not multipart/* or message/*."""
+    from mattermail.router.filing import _headers
+
+    shapes = [
+        b"", b"no header at all\r\njust a body\r\n", b"Subject: only a header\r\n",
+        b"From: a@example.test\r\nSubject: plain\r\n\r\n1XXXX\r\n2XXXX\r\n",
+        b"Content-Type: text/html\r\n\r\n<p>Hi &amp; <b>there</b></p>",
+        b"Content-Type: text/plain; charset=latin-1\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\ncaf=E9\r\n",
+        b"Content-Type: text/plain; charset=bogus\r\nContent-Transfer-Encoding: base64\r\n\r\naGVsbG8gd29ybGQ=\r\n",
+        b"Content-Type: multipart/mixed\r\n\r\nno boundary\r\n",
+        b"Content-Type: multipart/mixed; boundary=o\r\n\r\n--o\r\nContent-Type: text/plain\r\n\r\ninner\r\n--o--\r\n",
+        b"Content-Type: message/rfc822\r\n\r\nSubject: in\r\n\r\nforwarded\r\n",
+        b"Content-Disposition: attachment\r\n\r\nsecret\r\n", b"From: a\r\nnot a header line\r\nSubject: y\r\n\r\nbody\r\n",
+        b"Content-Type: application/pdf\r\n\r\n%PDF\r\n", b"Content-Type: TEXT/PLAIN\r\n\r\nupper\r\n",
+        b" leading continuation\r\nSubject: x\r\n\r\nb\r\n", b"From: x\n\nbare LF\n", bytes(range(256)) * 4,
+    ]
+    for raw in shapes:
+        assert body_text(raw, headers=_headers(raw)) == body_text(raw), raw

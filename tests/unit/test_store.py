@@ -65,3 +65,16 @@ def test_users(store):
     assert storemod.list_users(store) == []
     with pytest.raises(storemod.UserError, match="no such user"):
         storemod.remove_user(store, "alice@lawfirm.test")
+
+
+def test_blob_directory_removed_under_a_running_store(store):
+    """write_blob remembers the hash directories it made; one removed since is made again."""
+    import shutil
+
+    _sha, path = store.write_blob(b"Subject: one\r\n\r\nfirst\r\n")
+    shutil.rmtree(path.parent)
+    raw = b"Subject: two\r\n\r\nsecond\r\n"
+    while hashlib.sha256(raw).hexdigest()[:2] != path.parent.name:  # a message for the same directory
+        raw += b"."
+    _sha2, path2 = store.write_blob(raw)
+    assert path2.parent == path.parent and path2.read_bytes() == raw
