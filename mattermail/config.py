@@ -120,10 +120,10 @@ class Store:
 class Auth:
     # passwd-file that Dovecot's passdb reads; mattermailctl user rewrites it.
     passwd_file: Path = Path("/var/lib/mattermail/dovecot-users")
-    # Group the passwd-file (0640) is given to: a group of its own whose members are the
-    # daemon user and Dovecot's auth user (the Debian package makes it), so Dovecot can
-    # read the hashes and neither side gains any other file. Absent group: left as is.
-    passwd_group: str = "mattermail-auth"
+    # Group the passwd-file (0640) is given to, so Dovecot's auth service can read it:
+    # "dovecot" (its user's group); the Debian package uses a group of its own,
+    # "mattermail-auth", joined by Dovecot with extra_groups. Absent group: left as is.
+    passwd_group: str = "dovecot"
     # Postfix smtpd_sender_login_maps source (address -> logins); rewritten and
     # postmap'ed with the passwd-file. Use it as hash:<this path>.
     sender_login_map: Path = Path("/var/lib/mattermail/sender-login-map")
