@@ -161,12 +161,13 @@ def switched(monkeypatch) -> list[str]:
     monkeypatch.setattr(base.pwd, "getpwnam",
                         lambda n: SimpleNamespace(pw_name=n) if n == "mattermail" else real_getpwnam(n))
     monkeypatch.setattr(base.privileges, "drop", lambda user: calls.append(user) or True)
+    monkeypatch.setattr(base.os, "umask", lambda mask: calls.append(f"umask {mask:03o}") or 0o022)  # not ours
     return calls
 
 
 def test_ctl_as_root_writes_keys_as_the_daemon_user(run, keys_dir, switched):
     assert run("dkim", "genkey", "lawfirm.test", "--algorithm", "ed25519").exit_code == 0
-    assert switched == ["mattermail"]  # before the key was written: the milter's user owns it
+    assert switched == ["mattermail", "umask 007"]  # before the key was written: the milter's user owns it
 
 
 def test_ctl_stays_root_for_postfix_wiring(run, switched, tmp_path):
