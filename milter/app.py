@@ -5,6 +5,12 @@ Callbacks before end-of-message only record state (and are declared
 need are left to pymilter's defaults, which negotiate them away. Any exception
 is logged with its traceback and answered ``451 4.3.0``: the client (or
 Postfix's queue) retries, and nothing passes unfiltered.
+
+The callbacks Postfix makes several times per message (one per recipient,
+header field and body chunk) are taken at pymilter's byte-level entry points
+(``envrcpt_bytes``, ``header_bytes``, ``body``) without the decorator layers:
+each is a Python call under the GIL per milter command, and they are most of
+the commands.
 """
 
 from __future__ import annotations
@@ -69,6 +75,34 @@ def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
             return Milter.CONTINUE
 
     return wrapper
+
+
+_NOREPLY, _CONTINUE = Milter.NOREPLY, Milter.CONTINUE
+
+
+def _log_line(level: int, queue_id: str, text: str) -> None:
+    """The line ``QueueIdAdapter`` would write (``QUEUEID: text``), through the same handlers,
+    without logging's caller lookup (a walk up the stack, per message) or %-formatting."""
+    if log.isEnabledFor(level):
+        log.handle(log.makeRecord(log.name, level, "(unknown file)", 0, f"{queue_id or 'NOQUEUE'}: {text}", None, None))
+
+
+def _chunks(pieces: Any, size: int) -> Any:
+    """Re-cut a stream of bytes-like pieces into bytes of exactly ``size`` (the last one shorter)."""
+    pending: list[memoryview] = []
+    n = 0
+    for piece in pieces:
+        mv = memoryview(piece)
+        while len(mv):
+            take = min(size - n, len(mv))
+            pending.append(mv[:take])
+            n += take
+            mv = mv[take:]
+            if n == size:
+                yield b"".join(pending)
+                pending, n = [], 0
+    if n:
+        yield b"".join(pending)
 
 
 class MatterMilter(Milter.Base):
@@ -141,13 +175,42 @@ class MatterMilter(Milter.Base):
             self.msg.headers.append((name, value))
         return Milter.CONTINUE
 
-    @Milter.noreply
-    @_guard
-    def body(self, chunk: bytes) -> int:
+    # -- the frequent callbacks, as libmilter calls them (see the module docstring) --------
+    def _passive_failed(self, name: str) -> None:
+        self.qlog().exception("%s failed", name)
         if self.msg is not None:
-            self.msg.start_body()
-            self.msg.spool.write(chunk)
-        return Milter.CONTINUE
+            self.msg.failed = True
+
+    def envrcpt_bytes(self, rcpt: bytes, *params: bytes) -> int:
+        msg = self.msg
+        if msg is not None:
+            try:
+                msg.recipients.append(rcpt.decode("utf-8", "surrogateescape").strip("<>"))
+            except Exception:
+                self._passive_failed("envrcpt")
+        return _NOREPLY if self._protocol & Milter.P_NR_RCPT else _CONTINUE
+
+    def header_bytes(self, name: str, value: bytes) -> int:
+        msg = self.msg
+        if msg is not None:
+            try:
+                msg.headers.append((name, value.decode("utf-8", "surrogateescape")))
+            except Exception:
+                self._passive_failed("header")
+        return _NOREPLY if self._protocol & Milter.P_NR_HDR else _CONTINUE
+
+    def body(self, chunk: bytes) -> int:
+        msg = self.msg
+        if msg is not None:
+            try:
+                if msg.body_offset < 0:
+                    msg.start_body()
+                msg.spool.write(chunk)
+            except Exception:
+                self._passive_failed("body")
+        return _NOREPLY if self._protocol & Milter.P_NR_BODY else _CONTINUE
+
+    body.milter_protocol = Milter.P_NR_BODY  # as @Milter.noreply would set: negotiate the reply away
 
     @_guard
     def eom(self) -> int:
@@ -227,13 +290,12 @@ class MatterMilter(Milter.Base):
                 self.addheader(name, outbound.milter_value(value))
             else:
                 self.chgheader(name, nth, outbound.milter_value(value))
-        if out.new_body is not None:
-            for chunk in outbound.stream(sub, out.new_body):
-                for i in range(0, len(chunk), REPLACE_CHUNK):
-                    self.replacebody(chunk[i:i + REPLACE_CHUNK])
+        if out.new_body is not None:  # in full-size chunks: each is a milter command Postfix answers
+            for chunk in _chunks(outbound.stream(sub, out.new_body), REPLACE_CHUNK):
+                self.replacebody(chunk)
         for name, value in out.signatures:
             self.addheader(name, value, 0)
-        qlog.info("%s %s size=%d verdict=accept", summary, notes, msg.spool.size)
+        _log_line(logging.INFO, msg.queue_id, f"{summary} {notes} size={msg.spool.size} verdict=accept")
         return Milter.ACCEPT
 
     def _discard(self) -> None:

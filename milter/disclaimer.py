@@ -32,6 +32,7 @@ import html
 import mmap
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import compat32
@@ -68,6 +69,7 @@ class _Skip(Exception):
 
 
 _HEADER_LINE = re.compile(rb"From |[\x21-\x39\x3b-\x7e]*:|[\t ]")  # as email.feedparser
+_FIELD_START = re.compile(r"[\x21-\x39\x3b-\x7e]+:")  # a field name and its colon (email.feedparser's)
 _BODY_END = re.compile(r"</body\s*>", re.I)
 _BODY_END_B = re.compile(rb"</body\s*>", re.I)
 _QUOTE = re.compile(r"^[ \t]*(?:>[ \t]?)+", re.M)
@@ -111,12 +113,43 @@ def _parse(raw: bytes, start: int, end: int, default: str = "text/plain") -> _Pa
             body_start = pos
             break
         pos = line_end
-    msg = BytesHeaderParser(policy=compat32).parsebytes(raw[start:pos])
+    msg = _headers(raw[start:pos])
     msg.set_default_type(default)
     part = _Part(start, pos, body_start, end, has_sep, msg)
     if msg.get_content_maintype() == "multipart":
         _split(raw, part)
     return part
+
+
+def _headers(block: bytes) -> Message:
+    """``BytesHeaderParser(policy=compat32).parsebytes(block)``, for a block of header lines.
+
+    The common shape (every line ``name:`` or a continuation, CRLF or LF line
+    ends) is read directly into the same ``Message`` the parser would build
+    (``header_source_parse`` of compat32 per field); anything unusual (a
+    ``From `` line, a lone CR, a continuation first, an empty name) goes
+    through the parser itself, defects and all.
+    """
+    text = block.decode("ascii", "surrogateescape")
+    lines = text.splitlines(True)
+    if (not lines or "\r" in text.replace("\r\n", "") or any(c in text for c in "\v\f\x1c\x1d\x1e\x85\u2028\u2029")
+            or lines[0][0] in " \t"):
+        return BytesHeaderParser(policy=compat32).parsebytes(block)
+    msg = Message(policy=compat32)
+    field: list[str] = []
+    for line in lines:
+        if line[0] in " \t":
+            field.append(line)
+            continue
+        if not _FIELD_START.match(line):  # "From ", an empty or odd name: the parser's business
+            return BytesHeaderParser(policy=compat32).parsebytes(block)
+        if field:
+            msg.set_raw(*compat32.header_source_parse(field))
+        field = [line]
+    if field:
+        msg.set_raw(*compat32.header_source_parse(field))
+    msg.set_payload("")  # as the parser leaves it: headers only
+    return msg
 
 
 def _split(raw: bytes, part: _Part) -> None:
@@ -286,6 +319,7 @@ def _codec(label: str) -> str | None:
     return info.name if getattr(info, "_is_text_encoding", True) else None
 
 
+@lru_cache(maxsize=256)
 def _ascii_compatible(codec: str) -> bool:
     """True when ASCII bytes in this charset always mean ASCII characters."""
     if codec.startswith(_STATEFUL):
@@ -305,11 +339,22 @@ def _try_decode(data: bytes, codec: str | None) -> str | None:
         return None
 
 
-def _has_long_line(data: bytes) -> bool:
-    """A line over RFC 5322's 998 octets (CR of a CRLF not counted); C-speed in the usual case."""
-    if max(map(len, data.split(b"\n")), default=0) <= 998:
-        return False
-    return any(len(line.rstrip(b"\r")) > 998 for line in data.split(b"\n"))
+def _has_long_line(data: bytes, start: int = 0, end: int | None = None) -> bool:
+    """A line over RFC 5322's 998 octets (CR of a CRLF not counted) in data[start:end].
+
+    Window by window: the last LF within the next 999 octets starts the next
+    window, so there is no copy and ~one C-speed ``rfind`` per 900 octets;
+    only a window with no LF at all (a line of 999+ octets, maybe CRs) is
+    looked at closely.
+    """
+    end = len(data) if end is None else end
+    pos = start
+    while end - pos > 998:
+        nl = data.rfind(b"\n", pos, pos + 999)
+        if nl < 0:
+            return any(len(line.rstrip(b"\r")) > 998 for line in data[start:end].split(b"\n"))
+        pos = nl + 1
+    return False
 
 
 def _norm(s: str) -> str:
@@ -385,9 +430,14 @@ def _decorate_part(raw: bytes, part: _Part, disclaimer: Disclaimer, eol: bytes,
         try:
             piece = add.encode(codec or "ascii", errors)
             at = _insert_at(data, is_html)
-            new = data[:at] + piece + data[at:]
         except UnicodeEncodeError:
             pass
+        else:
+            if cte in ("7bit", "8bit", "binary") and data is encoded:
+                inserted = _insert(raw, part, data, at, piece, cte, eol)
+                if inserted is not None:
+                    return inserted
+            new = data[:at] + piece + data[at:]
     elif text is not None:  # stateful or wide charset: go through str
         try:
             at = _insert_at(text, is_html)
@@ -418,6 +468,29 @@ def _decorate_part(raw: bytes, part: _Part, disclaimer: Disclaimer, eol: bytes,
     if part.hdr_end > part.start and raw[part.hdr_end - 1:part.hdr_end] != b"\n":
         headers.append((part.hdr_end, part.hdr_end, -1, eol))  # unterminated last header
     return edits + headers
+
+
+def _insert(raw: bytes, part: _Part, data: bytes, at: int, piece: bytes, cte: str,
+            eol: bytes) -> list[tuple[int, int, int, bytes]] | None:
+    """The edits of a decorated identity-encoded part as an insertion of ``piece`` at ``at``
+    (no copy of the body), or None when its transfer encoding must change (then the
+    whole body is rewritten). Equivalent to replacing the body by data[:at] + piece + data[at:]."""
+    if cte == "7bit" and not (piece.isascii() and data.isascii()):
+        return None
+    # Long lines of the result: the untouched lines before and after the one holding ``at``,
+    # and that line with ``piece`` inside it.
+    lo = data.rfind(b"\n", 0, at) + 1
+    hi = data.find(b"\n", at)
+    hi = len(data) if hi < 0 else hi + 1
+    if (_has_long_line(data, 0, lo) or _has_long_line(data[lo:at] + piece + data[at:hi])
+            or _has_long_line(data, hi)):
+        return None
+    start = part.body_start
+    edits = [] if part.has_sep else [(start, start, 1, eol)]
+    edits.append((start + at, start + at, 1, piece))
+    if part.hdr_end > part.start and raw[part.hdr_end - 1:part.hdr_end] != b"\n":
+        edits.append((part.hdr_end, part.hdr_end, -1, eol))  # unterminated last header
+    return edits
 
 
 def _encode(data: bytes, cte: str, eol: bytes) -> bytes:

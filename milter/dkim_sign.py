@@ -102,6 +102,28 @@ def _relaxed_body(body: bytes) -> bytes:
     return body[:end] + b"\r\n" if end else b""
 
 
+_SP_BEFORE = re.compile(rb" [ \r]")  # "  " or " \r\n" (or a space before a lone CR: rare, harmless)
+
+
+def _canonical(buf: bytes, start: int, end: int) -> bool:
+    """True when the complete lines buf[start:end] (ending in LF) are already in relaxed form:
+    CRLF line ends only, no TAB, no run of spaces, no space at a line end.
+
+    Only a quick test (False sends the block through the rewriting path, which is exact);
+    chosen for speed on large bodies: single-byte scans and one regex with a literal
+    first byte, not the slower two-byte searches.
+    """
+    if buf.find(b"\t", start, end) >= 0:
+        return False
+    # memchr first: base64 attachments (most of a large message) have no space at all.
+    if buf.find(b" ", start, end) >= 0 and _SP_BEFORE.search(buf, start, end):
+        return False
+    # Every LF preceded by a CR: each line terminator is CRLF, a lone CR or a lone LF, so
+    # lone LFs = terminators - CRs (bytes.splitlines splits on exactly those three).
+    block = buf[start:end] if start or end != len(buf) else buf
+    return len(block.splitlines()) <= block.count(b"\r")
+
+
 class BodyHasher:
     """:func:`body_hash` computed incrementally, for bodies streamed from a spool file.
 
@@ -116,24 +138,42 @@ class BodyHasher:
         self._empty_lines = 0
 
     def update(self, chunk: bytes | memoryview) -> None:
-        data = self._partial + bytes(chunk)
-        cut = data.rfind(b"\n") + 1
-        self._partial = data[cut:]
-        if cut:
-            self._lines(data[:cut])
+        data = bytes(chunk)
+        self.update_range(data, 0, len(data))
 
-    def _lines(self, block: bytes) -> None:
-        if block.count(b"\n") != block.count(b"\r\n"):
-            block = _BARE_LF.sub(b"\r\n", block)
-        if b"\t" in block or b"  " in block:
-            block = _WSP_RUN.sub(b" ", block)
-        block = block.replace(b" \r\n", b"\r\n")
-        end, trailing = len(block), 0
-        while end >= 2 and block.startswith(b"\r\n", end - 2):
-            end -= 2
+    def update_range(self, buf: bytes, start: int, end: int) -> None:
+        """Like ``update(buf[start:end])``, without copying ``buf`` in the common case."""
+        if self._partial:
+            buf = self._partial + buf[start:end]
+            start, end = 0, len(buf)
+        cut = buf.rfind(b"\n", start, end) + 1
+        if not cut:
+            self._partial = buf[start:end]
+            return
+        self._partial = buf[cut:end]
+        self._lines(buf, start, cut)
+
+    def _lines(self, buf: bytes, start: int, end: int) -> None:
+        """Canonicalize and hash the complete lines buf[start:end]."""
+        if not _canonical(buf, start, end):
+            block = buf[start:end]  # something to rewrite: work on a copy
+            if block.count(b"\n") != block.count(b"\r\n"):
+                block = _BARE_LF.sub(b"\r\n", block)
+            if b"\t" in block or b"  " in block:
+                block = _WSP_RUN.sub(b" ", block)
+            buf, start, end = block.replace(b" \r\n", b"\r\n"), 0, 0
+            end = len(buf)
+        # Already canonical: hash it in place (a memoryview, no copy).
+        stop, trailing = end, 0
+        while stop - start >= 2 and buf.startswith(b"\r\n", stop - 2):
+            stop -= 2
             trailing += 1
-        if end:  # some non-empty line: release the held-back empty lines first
-            self._sha.update(b"\r\n" * self._empty_lines + block[:end] + b"\r\n")
+        if stop > start:  # some non-empty line: release the held-back empty lines first
+            sha = self._sha
+            if self._empty_lines:
+                sha.update(b"\r\n" * self._empty_lines)
+            sha.update(memoryview(buf)[start:stop])
+            sha.update(b"\r\n")
             self._empty_lines = trailing - 1
         else:
             self._empty_lines += trailing
@@ -175,7 +215,34 @@ def _signed_header_block(headers: Sequence[tuple[str, str | bytes]], names: Iter
     return b"".join(out)
 
 
+_VARYING = ("t", "bh")  # values that change per message, with a fixed length
+_FOLDS: dict[tuple, tuple[list[str], list[tuple[int, str, str, str]]]] = {}
+
+
 def _fold(tags: list[tuple[str, str]], linesep: str) -> str:
+    """Join ``tag=value`` pairs with ``; `` and fold lines at about 78 characters.
+
+    The first line is budgeted for the ``DKIM-Signature: `` the MTA puts in
+    front.  ``h=`` is folded only after a colon (FWS is allowed there).
+    The layout depends on the lengths of ``t=`` and ``bh=`` only, not their
+    values: it is computed once per key, header list and lengths, then filled in.
+    """
+    key = (linesep, *((t, len(v)) if t in _VARYING else (t, v) for t, v in tags))
+    layout = _FOLDS.get(key)
+    if layout is None:
+        layout = _fold_layout(tags, linesep)
+        if len(_FOLDS) < 512:
+            _FOLDS[key] = layout
+    out, slots = layout
+    if slots:
+        out = list(out)
+        values = dict(tags)
+        for i, tag, sep, suffix in slots:
+            out[i] = f"{sep}{tag}={values[tag]}{suffix}"
+    return "".join(out)
+
+
+def _fold_layout(tags: list[tuple[str, str]], linesep: str) -> tuple[list[str], list[tuple[int, str, str, str]]]:
     """Join ``tag=value`` pairs with ``; `` and fold lines at about 78 characters.
 
     The first line is budgeted for the ``DKIM-Signature: `` the MTA puts in
@@ -183,6 +250,7 @@ def _fold(tags: list[tuple[str, str]], linesep: str) -> str:
     """
     brk = linesep + "\t"
     out: list[str] = []
+    slots: list[tuple[int, str, str, str]] = []  # (index in out, tag, separator, suffix) of t= and bh=
     col = len(_FIELD_NAME) + 2
     for i, (tag, value) in enumerate(tags):
         last = i == len(tags) - 1
@@ -200,9 +268,11 @@ def _fold(tags: list[tuple[str, str]], linesep: str) -> str:
                 out.append(brk)
                 col = 1
                 sep = ""
+            if tag in _VARYING:
+                slots.append((len(out), tag, sep, "" if last else ";"))
             out.append(sep + piece)
             col += len(sep) + len(piece)
-    return "".join(out)
+    return out, slots
 
 
 def _fold_b64(prefix: str, sig_b64: str, linesep: str) -> str:

@@ -174,8 +174,15 @@ def process(sub: Submission, rt: Runtime) -> Outcome:
     keys = select_keys(domain, rt.signing_keys(), cfg.dkim.sign_subdomains) if domain else []
     if keys:
         hasher = BodyHasher()
-        for chunk in stream(sub, body):
-            hasher.update(chunk)
+        if isinstance(sub.raw, bytes):  # in memory: hash the spool's ranges in place
+            for piece in body:
+                if isinstance(piece, bytes):
+                    hasher.update(piece)
+                else:
+                    hasher.update_range(sub.raw, *piece)
+        else:
+            for chunk in stream(sub, body):
+                hasher.update(chunk)
         out.signatures = [(n, " " + v) for n, v in sign(headers, b"", keys, bh=hasher.hexdigest_b64())]
         out.notes.append("dkim=" + ",".join(f"{k.domain}/{k.selector}" for k in keys))
     else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from email.utils import getaddresses
+from functools import lru_cache
 
 
 @dataclass(frozen=True)
@@ -27,11 +28,12 @@ def _norm(address: str) -> str:
 
 def mailboxes(values: Sequence[str]) -> list[str]:
     """Every addr-spec in the given header values (groups and display names handled)."""
-    out = []
-    for _, addr in getaddresses(list(values)):
-        if addr:
-            out.append(_norm(addr))
-    return out
+    return list(_mailboxes(tuple(values)))
+
+
+@lru_cache(maxsize=4096)  # the same few From: values come again and again; parsing them is not cheap
+def _mailboxes(values: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(_norm(addr) for _, addr in getaddresses(list(values)) if addr)
 
 
 def check(login: str, owned: Collection[str], mail_from: str, from_values: Sequence[str],

@@ -77,13 +77,16 @@ def submission(**kw) -> outbound.Submission:
 
 def test_full_pipeline_decision(runtime):
     rt = runtime()
-    out = outbound.process(submission(), rt)
+    sub = submission()
+    out = outbound.process(sub, rt)
     assert out.reject is None and out.tempfail is None
     parsed = capture.parse_capture_address(out.add_recipient, BASE, SECRET)
     assert parsed.valid
     env = storemod.get_envelope(rt.store(), parsed.ref)
     assert env.recipients == ("bob@example.test", "secret-bcc@example.test") and env.queue_id == "QID1"
-    assert b"".join(out.new_body) == b"Hello Bob.\r\n\r\nConfidential.\r\n"
+    # The body is streamed as pieces: ranges of the spool kept as they are, and new bytes.
+    assert b"".join(outbound.stream(sub, out.new_body)) == b"Hello Bob.\r\n\r\nConfidential.\r\n"
+    assert out.new_body[-1] == b"\r\nConfidential.\r\n"  # appended: the original body is not copied
     assert [n for n, _ in out.signatures] == ["DKIM-Signature"]
     assert "d=lawfirm.test" in out.signatures[0][1] and "s=sel" in out.signatures[0][1]
 

@@ -320,3 +320,55 @@ def test_corpus_file(path: Path) -> None:
 def test_corpus_mostly_decorated() -> None:
     decorated = sum(decorate(p.read_bytes(), INTL).message is not None for p in CORPUS_FILES)
     assert decorated >= len(CORPUS_FILES) * 0.6, f"only {decorated}/{len(CORPUS_FILES)} decorated"
+
+
+# -- the fast paths give exactly what the general ones give ----------------------------------
+
+def _fast_and_slow(raw: bytes, disclaimer: Disclaimer, monkeypatch) -> tuple[Result, Result]:
+    from email.parser import BytesHeaderParser
+
+    from mattermail.milter import disclaimer as D
+
+    fast = decorate(raw, disclaimer)
+    with monkeypatch.context() as m:
+        m.setattr(D, "_headers", lambda block: BytesHeaderParser(policy=policy.compat32).parsebytes(block))
+        m.setattr(D, "_insert", lambda *a: None)  # always rewrite the whole decorated body
+        slow = decorate(raw, disclaimer)
+    return fast, slow
+
+
+def _shapes_and_corpus() -> list[bytes]:
+    raws = [c.raw for c in CASES.values()] + [p.read_bytes() for p in CORPUS_FILES]
+    plain = b"From: a@b.test\r\nSubject: x\r\n\r\n" + b"".join(b"%d" % i + b"X" * 79 + b"\r\n" for i in range(50))
+    raws += [plain, plain.rstrip(b"\r\n"), plain + b"x" * 990, plain.replace(b"\r\n", b"\n"),
+             b"Subject: no separator\r\nbody line\r\n", b"Subject: unterminated",
+             b"From: a@b.test\r\nContent-Transfer-Encoding: 8bit\r\n\r\ncaf\xc3\xa9 \r\n",
+             b"From: a@b.test\r\nContent-Type: text/plain; charset=latin-1\r\n\r\ncaf\xe9\r\n" + b"y" * 995,
+             b"From x@y Mon Jan 1\nSubject: x\n\nbody\n", b"Subject: a\rb\r\n\r\nbody\r\n",
+             b" folded first\r\nSubject: x\r\n\r\nbody\r\n", b":no name\r\nSubject: x\r\n\r\nbody\r\n"]
+    return raws
+
+
+def test_fast_paths_equal_the_general_ones(monkeypatch) -> None:
+    for raw in _shapes_and_corpus():
+        for d in (ASCII, INTL, FR):
+            fast, slow = _fast_and_slow(raw, d, monkeypatch)
+            assert (fast.message, fast.reason, fast.decorated_parts) == (slow.message, slow.reason,
+                                                                          slow.decorated_parts), raw[:200]
+
+
+def test_header_block_reader_equals_the_parser() -> None:
+    from email.parser import BytesHeaderParser
+
+    from mattermail.milter.disclaimer import _headers
+
+    blocks = [b"", b"Subject: x\r\n", b"Subject: x", b"A: 1\nB:2\n\tfolded\n  more\nC:\n",
+              b"Content-Type: multipart/mixed;\r\n boundary=\"b\"\r\nMIME-Version: 1.0\r\n",
+              b"From x@y Mon\nSubject: x\n", b"Subject: a\rb\r\n", b" first\r\nA: b\r\n", b":x\r\nA: b\r\n",
+              b"X-Bin: caf\xc3\xa9 \xff\r\n", b"A: 1\x0b2\r\n", b"A: 1\x0c\r\n"]
+    for block in blocks + [raw.split(b"\n\n", 1)[0] + b"\n" for raw in _shapes_and_corpus()]:
+        if not block.strip() or b"\n\n" in block or b"\r\n\r\n" in block:
+            continue
+        ours, theirs = _headers(block), BytesHeaderParser(policy=policy.compat32).parsebytes(block)
+        assert ours._headers == theirs._headers, block
+        assert ours.get_unixfrom() == theirs.get_unixfrom()

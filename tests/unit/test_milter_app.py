@@ -8,7 +8,7 @@ import pytest
 from Milter import testctx
 
 from mattermail import config
-from mattermail.milter.app import MatterMilter, _guard
+from mattermail.milter.app import MatterMilter, Message, _guard
 from mattermail.milter.runtime import Runtime
 from mattermail.router import store as storemod
 
@@ -111,3 +111,45 @@ def test_negotiation_skips_unneeded_callbacks():
         assert p & bit, hex(bit)
     for bit in (Milter.P_NOEOH, Milter.P_NODATA, Milter.P_NOUNKNOWN):
         assert p & bit, hex(bit)
+
+
+def test_byte_level_callbacks_answer_noreply_only_when_negotiated():
+    """libmilter calls envrcpt_bytes/header_bytes/body directly (no decorator layers)."""
+    for nr, want in ((True, Milter.NOREPLY), (False, Milter.CONTINUE)):
+        m = MatterMilter()
+        m._setctx(Ctx())
+        m._protocol = (Milter.P_NR_RCPT | Milter.P_NR_HDR | Milter.P_NR_BODY) if nr else 0
+        m.msg = Message(mail_from="alice@lawfirm.test")
+        assert m.envrcpt_bytes(b"<bob@example.test>", b"NOTIFY=NEVER") == want
+        assert m.header_bytes("Subject", b" caf\xc3\xa9 \xff") == want
+        assert m.body(b"hello\r\n") == want
+        assert m.msg.recipients == ["bob@example.test"]
+        assert m.msg.headers == [("Subject", " caf\u00e9 \udcff")]  # pymilter's own decoding
+    assert MatterMilter.body.milter_protocol == Milter.P_NR_BODY
+
+
+def test_failure_in_a_byte_level_callback_defers_at_eom(monkeypatch, caplog):
+    caplog.set_level(logging.INFO, "mattermail.milter")
+
+    class Boom(list):
+        def append(self, item):
+            raise ValueError("bad header handling")
+
+    m = MatterMilter()
+    m._setctx(Ctx())
+    m._protocol = 0
+    m.msg = Message(mail_from="alice@lawfirm.test", queue_id="4QX1Y3")
+    m.msg.headers = Boom()
+    assert m.header_bytes("Subject", b" hi") == Milter.CONTINUE
+    assert any(r.getMessage() == "4QX1Y3: header failed" and r.exc_info for r in caplog.records)
+    assert m.eom() == Milter.TEMPFAIL
+
+
+def test_replacement_body_goes_in_full_milter_chunks():
+    from mattermail.milter.app import REPLACE_CHUNK, _chunks
+
+    pieces = [b"a" * 65536, memoryview(b"b" * 70000)[3:], b"", b"c" * 10]
+    out = list(_chunks(iter(pieces), REPLACE_CHUNK))
+    assert b"".join(out) == b"a" * 65536 + b"b" * 69997 + b"c" * 10
+    assert [len(c) for c in out[:-1]] == [REPLACE_CHUNK] * (len(out) - 1) and 0 < len(out[-1]) <= REPLACE_CHUNK
+    assert all(isinstance(c, bytes) for c in out)
