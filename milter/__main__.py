@@ -121,6 +121,20 @@ class Sessions:
         return True
 
 
+def _wake_listener(kind: str, where) -> None:
+    """Connect once to our own socket, which ends libmilter's select() at once."""
+    try:
+        if kind == "unix":
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(1)
+                s.connect(str(where))
+        else:
+            host, port = where
+            socket.create_connection((host or "127.0.0.1", port), timeout=1).close()
+    except OSError:
+        pass  # already gone: nothing to wake
+
+
 def libmilter_stop() -> None:
     import milter as libmilter  # pymilter's C extension
 
@@ -172,7 +186,13 @@ def main(argv: list[str] | None = None) -> None:
         if stop.is_set() and not stopping:
             stopping = True
             log.info("stopping")
-            libmilter_stop()
+            # smfi_stop() waits for the listener's lock, which libmilter holds through its select()
+            # (timeout ~5 s): stop from a helper thread and wake the select with connections meanwhile.
+            stopper = threading.Thread(target=libmilter_stop, name="stop", daemon=True)
+            stopper.start()
+            while stopper.is_alive():
+                _wake_listener(kind, where)
+                stopper.join(0.05)
     if failure:
         log.error("libmilter failed: %s", failure[0])
         sys.exit(1)
