@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import re
 import secrets
-import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from mattermail import secretfile
 
 REF_BYTES = 6  # 12 hex characters: unique enough per store, short enough for a local part
 MAC_CHARS = 16
@@ -30,31 +30,12 @@ class CaptureError(Exception):
     """Capture cannot be done (no secret, store not writable, ...)."""
 
 
-_loaded: dict[Path, tuple[tuple[int, ...], bytes]] = {}  # path -> (its stat, the secret read then)
-_loaded_lock = threading.Lock()
-
-
 def load_secret(path: Path) -> bytes:
-    """The secret in ``path``; read again only when the file changes (a ``stat`` per call).
-
-    Any change to the file, its content or its permissions (ctime), makes
-    the next call read it again, so an unreadable or removed secret fails as
-    before.
-    """
+    """The capture HMAC secret (see mattermail.secretfile); CaptureError when it cannot be used."""
     try:
-        st = os.stat(path)
-        stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        hit = _loaded.get(path)
-        if hit is not None and hit[0] == stamp:
-            return hit[1]
-        secret = path.read_bytes().strip()
-    except OSError as e:
-        raise CaptureError(f"cannot read capture secret {path}: {e.strerror}") from None
-    if len(secret) < 16:
-        raise CaptureError(f"capture secret {path} is shorter than 16 bytes")
-    with _loaded_lock:
-        _loaded[path] = (stamp, secret)
-    return secret
+        return secretfile.load(path, "capture secret")
+    except secretfile.SecretError as e:
+        raise CaptureError(str(e)) from None
 
 
 def new_ref() -> str:

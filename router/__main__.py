@@ -12,7 +12,7 @@ import asyncio
 import logging
 import signal
 
-from mattermail import daemon
+from mattermail import daemon, secretfile
 from mattermail.milter.capture import CaptureError, load_secret
 from mattermail.router import socketmap
 from mattermail.router.lmtp import DeliveryHandler, serve
@@ -34,8 +34,8 @@ def load_srs(cfg) -> SRSCodec | None:
     if not cfg.srs.domain:
         raise SRSConfigError(f"{cfg.source}: srs.domain is required when srs.listen is set")
     try:
-        secret = load_secret(cfg.srs.secret_file)
-    except CaptureError as e:
+        secret = secretfile.load(cfg.srs.secret_file, "SRS secret")
+    except secretfile.SecretError as e:
         raise SRSConfigError(f"srs.secret_file: {e}") from None
     local = [*cfg.general.sending_domains, *cfg.general.catchall_domains]
     return SRSCodec(secret, cfg.srs.domain, local, cfg.srs.validity_days)

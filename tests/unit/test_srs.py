@@ -66,3 +66,18 @@ def test_socketmap_protocol_round_trip(codec):
 
     ok, notfound, perm = asyncio.run(run())
     assert ok.startswith(b"OK SRS0=") and notfound == b"NOTFOUND " and perm.startswith(b"PERM ")
+
+
+def test_srs_secret_problems_name_the_srs_key_not_capture(tmp_path):
+    from mattermail.config import from_dict
+    from mattermail.router.__main__ import SRSConfigError, load_srs
+
+    cfg = from_dict({"srs": {"listen": "127.0.0.1:10001", "domain": "lawfirm.test",
+                             "secret_file": str(tmp_path / "srs.key")}})
+    with pytest.raises(SRSConfigError, match=r"^srs\.secret_file: cannot read SRS secret .*srs\.key"):
+        load_srs(cfg)
+    (tmp_path / "srs.key").write_text("short\n")
+    with pytest.raises(SRSConfigError, match=r"SRS secret .* is shorter than 16 bytes"):
+        load_srs(cfg)
+    (tmp_path / "srs.key").write_text("0123456789abcdef0123456789abcdef\n")
+    assert load_srs(cfg) is not None
