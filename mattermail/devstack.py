@@ -14,12 +14,14 @@ import argparse
 import datetime
 import hashlib
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -144,6 +146,8 @@ class Stack:
         _render("dovecot.conf.in", self.dovecot_conf, **values)
         if not self.config.exists():
             _render("mattermail.toml.in", self.config, **values)
+        else:
+            self._migrate_config()
         for zone in (TEMPLATES / "zones").glob("*.zone"):
             if not (self.dns_dir / zone.name).exists():
                 shutil.copy(zone, self.dns_dir / zone.name)
@@ -161,6 +165,19 @@ class Stack:
         self._make_secrets_and_keys()
         pd = self.var / "postfix" / "data"
         shutil.chown(pd, "postfix", "postfix")
+
+    def _migrate_config(self) -> None:
+        """A config written before ``general.user`` existed: the dev daemons run as whoever starts
+        them, so say so (the default, "mattermail", would make them refuse to start as root)."""
+        text = self.config.read_text()
+        if "user" in tomllib.loads(text).get("general", {}):
+            return
+        new = re.sub(r"(?m)^\[general\][ \t]*\n", '[general]\n# Added by mattermail-devstack: the dev stack runs as '
+                     'whoever started it.\nuser = ""\n', text, count=1)
+        if new == text:
+            new = text.rstrip("\n") + '\n\n[general]\nuser = ""\n'
+        self.config.write_text(new)
+        print(f"devstack: added general.user = \"\" to {self.config} (daemons keep the starting user)")
 
     def _make_secrets_and_keys(self) -> None:
         """The capture HMAC secret, and demo DKIM keys for lawfirm.test published in the demo DNS."""
