@@ -41,12 +41,15 @@ def load_srs(cfg) -> SRSCodec | None:
     return SRSCodec(secret, cfg.srs.domain, local, cfg.srs.validity_days)
 
 
+_SOCKETMAP_TABLES = {"srs_forward": "forward", "srs_reverse": "reverse", "srs_check": "check"}
+
+
 async def serve_socketmap(spec: str, handler: DeliveryHandler) -> asyncio.base_events.Server:
     """Postfix's socketmap for SRS, answering with the handler's current codec (SIGHUP may swap it)."""
 
     def lookup(name: str, key: str) -> tuple[str, str]:
-        srs = handler.srs
-        fn = {"srs_forward": srs.forward, "srs_reverse": srs.reverse, "srs_check": srs.check}.get(name) if srs else None
+        method = _SOCKETMAP_TABLES.get(name)
+        fn = getattr(handler.srs, method) if method and handler.srs else None
         if fn is None:
             return "PERM", f"no such map {name}"
         v = fn(key)
@@ -111,7 +114,8 @@ def reload(handler: DeliveryHandler) -> bool:
     try:
         if cfg.capture.address:
             secret = load_secret(cfg.capture.secret_file)
-        srs = load_srs(cfg) if running.srs.listen else None
+        # SRS switched on or off takes a restart (warned above): until then the running codec stays.
+        srs = load_srs(cfg) if running.srs.listen and cfg.srs.listen else handler.srs
         rules = RouterRules.from_config(cfg)
     except (CaptureError, SRSConfigError, ValueError) as e:
         log.error("reload refused, still running with the previous configuration: %s", e)
