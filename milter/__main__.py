@@ -24,7 +24,7 @@ import threading
 import Milter
 
 from mattermail import config as configmod
-from mattermail import daemon, dkimkeys
+from mattermail import daemon
 from mattermail.milter import capture
 from mattermail.milter.app import MatterMilter
 from mattermail.milter.runtime import Runtime
@@ -73,18 +73,17 @@ class RuntimeLoadError(Exception):
 
 
 def load_runtime(cfg: configmod.Config) -> Runtime:
-    """A Runtime for ``cfg`` whose DKIM key table and capture secret are known to load."""
+    """A Runtime for ``cfg`` whose DKIM key table and capture secret are loaded."""
+    rt = Runtime(cfg)
     try:
-        dkimkeys.load_keytable(cfg.dkim.keys_dir)
+        rt.load_keys()
     except Exception as e:
         raise RuntimeLoadError(f"dkim.keys_dir: cannot load DKIM keys from {cfg.dkim.keys_dir}: {e}") from None
     if cfg.capture.address:
         try:
-            capture.load_secret(cfg.capture.secret_file)
+            rt.capture_secret()
         except capture.CaptureError as e:
             raise RuntimeLoadError(f"capture.secret_file: {e}") from None
-    rt = Runtime(cfg)
-    rt.signing_keys()
     return rt
 
 

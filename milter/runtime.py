@@ -87,6 +87,17 @@ class Runtime:
             storemod.record_envelope(self.store(), env)
 
     # -- keys and secrets ------------------------------------------------------------------
+    def load_keys(self) -> None:
+        """Read the key table now; raises when it cannot be loaded (start-up and SIGHUP refuse it)."""
+        with self._lock:
+            self._load_keys(_dir_stamp(self.config.dkim.keys_dir))
+
+    def _load_keys(self, stamp: tuple) -> None:
+        self._keys = dkimkeys.load_keytable(self.config.dkim.keys_dir)
+        self._keys_stamp = stamp
+        self._keys_checked = time.monotonic()
+        log.info("loaded DKIM keys for %d domain(s) from %s", len(self._keys), self.config.dkim.keys_dir)
+
     def signing_keys(self) -> dict[str, list[dkimkeys.SigningKey]]:
         now = time.monotonic()
         with self._lock:
@@ -95,12 +106,11 @@ class Runtime:
                 stamp = _dir_stamp(self.config.dkim.keys_dir)
                 if stamp != self._keys_stamp:
                     try:
-                        self._keys = dkimkeys.load_keytable(self.config.dkim.keys_dir)
-                        log.info("loaded DKIM keys for %d domain(s) from %s", len(self._keys), self.config.dkim.keys_dir)
+                        self._load_keys(stamp)
                     except Exception as e:  # keep signing with the keys we had; say why
                         log.error("cannot load DKIM keys from %s, keeping the previous ones: %s",
                                   self.config.dkim.keys_dir, e)
-                    self._keys_stamp = stamp
+                        self._keys_stamp = stamp
             return self._keys
 
     def capture_secret(self) -> bytes:

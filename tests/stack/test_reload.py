@@ -149,3 +149,17 @@ def test_log_lines_are_postfix_style_with_the_queue_id(stack):
     qid = stack.submit("alice@lawfirm.test", msg, ["someone@example.test"])
     line = stack.log_line("milter", f": {qid}: ")
     assert f"mattermail-milter[{pid(stack, 'milter')}]: {qid}: " in line, line
+
+
+def test_sighup_with_an_unreadable_key_keeps_the_old_keys(stack):
+    bad = stack.stack.var / "dkim" / "lawfirm.test" / "broken.rsa.pem"
+    bad.write_text("-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
+    try:
+        hup(stack, "milter", "reload refused")
+        line = [line for line in (stack.stack.logs / "milter.log").read_text().splitlines()
+                if "reload refused" in line][-1]
+        assert "dkim.keys_dir" in line and "lawfirm.test" in line, line
+        raw = submit_and_fetch(stack, "signed with the old keys")
+        assert dkim_results(stack, raw) and all(dkim_results(stack, raw))
+    finally:
+        bad.unlink()
