@@ -207,6 +207,7 @@ class Stack:
         self.dns_dir = self.var / "dns"
         self.logs = self.var / "log"
         self.run_dir = self.var / "run"
+        self._log_start: dict[str, int] = {}  # where each part's log stood when it was last started
 
     # -- preparation -------------------------------------------------------------
     def env(self) -> dict[str, str]:
@@ -326,9 +327,14 @@ class Stack:
             return None
         return pid if _pid_alive(pid) else None
 
+    def _mark_log(self, name: str) -> None:
+        p = self.logs / f"{name}.log"
+        self._log_start[name] = p.stat().st_size if p.exists() else 0
+
     def _spawn(self, name: str, argv: list[str]) -> None:
         if self._running(name):
             return
+        self._mark_log(name)
         with open(self.logs / f"{name}.log", "ab") as log:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                     env=self.env(), start_new_session=True, cwd=self.var)
@@ -390,6 +396,7 @@ class Stack:
 
     def start_postfix(self) -> None:
         if not self.postfix_running():
+            self._mark_log("postfix")
             r = self.postfix("start", check=False)
             if r.returncode != 0:
                 raise StackError(f"postfix: failed to start: {self._why('postfix', r.stdout + r.stderr)}"
@@ -410,6 +417,7 @@ class Stack:
 
     def start_dovecot(self) -> None:
         if not self._dovecot_pid():
+            self._mark_log("dovecot")
             # Dovecot daemonizes with our stdout still open: give it the log file, not a pipe.
             with open(self.logs / "dovecot.log", "ab") as log:
                 r = subprocess.run(["dovecot", "-c", str(self.dovecot_conf)], stdin=subprocess.DEVNULL,
@@ -453,13 +461,22 @@ class Stack:
         return f"\n--- last lines of {p} ---\n" + "\n".join(p.read_text(errors="replace").splitlines()[-lines:])
 
     def _why(self, name: str, output: str = "") -> str:
-        """The line of ``output`` or of the part's log that says why it failed (the last fatal/error one)."""
+        """The line that says why the part failed: the first fatal/panic one it wrote (to ``output`` or its
+        log, since it was started), else the last error, else the last warning, else its last line."""
         p = self.logs / f"{name}.log"
         lines = output.splitlines()
         if p.exists():
-            lines += p.read_text(errors="replace").splitlines()[-200:]
+            with open(p, "rb") as f:
+                f.seek(self._log_start.get(name, 0))
+                lines += f.read().decode("utf-8", "replace").splitlines()
         lines = [l.strip() for l in lines if l.strip()]
-        for pattern in (r"\b(fatal|panic)\b", r"\berror\b", r"\bwarning\b"):
+        fatal = [l for l in lines if re.search(r"\b(fatal|panic)\b", l, re.IGNORECASE)]
+        # Postfix's own last word, "fatal: mail system startup failed", only says that it failed.
+        if fatal and any("startup failed" not in l for l in fatal):
+            fatal = [l for l in fatal if "startup failed" not in l]
+        if fatal:
+            return fatal[0]
+        for pattern in (r"\berror\b", r"\bwarning\b"):
             hits = [l for l in lines if re.search(pattern, l, re.IGNORECASE)]
             if hits:
                 return hits[-1]
