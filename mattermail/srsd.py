@@ -61,23 +61,20 @@ class SRSService:
         if cfg.srs.listen != running.srs.listen:
             log.warning("reload: srs.listen changed to %r; that takes a restart (still serving %s)",
                         cfg.srs.listen, running.srs.listen)
+            if not cfg.srs.listen:  # SRS switched off: Postfix may still ask until it is rewired
+                log.warning("reload: SRS switched off; still answering with the previous configuration")
+                return False
         try:
-            # Switched off (listen = ""): keep answering until the restart, with the new settings.
-            codec = load_codec(cfg if cfg.srs.listen else _with_listen(cfg, running.srs.listen))
+            codec = load_codec(cfg)
         except SRSConfigError as e:
             log.error("reload refused, still running with the previous configuration: %s", e)
             return False
         if not daemon.apply_logging(PROG, cfg, running):
             return False
-        self.codec, self.config = codec, cfg  # type: ignore[assignment]
-        log.info("reloaded %s: SRS for %s", cfg.source, codec.domain)  # type: ignore[union-attr]
+        assert codec is not None  # srs.listen is set
+        self.codec, self.config = codec, cfg
+        log.info("reloaded %s: SRS for %s", cfg.source, codec.domain)
         return True
-
-
-def _with_listen(cfg: configmod.Config, listen: str) -> configmod.Config:
-    import dataclasses
-
-    return dataclasses.replace(cfg, srs=dataclasses.replace(cfg.srs, listen=listen))
 
 
 async def listen(spec: str, service: SRSService) -> asyncio.base_events.Server:

@@ -131,6 +131,12 @@ def test_sighup_switches_the_secret_and_a_broken_one_keeps_the_old(srsd, tmp_pat
     srsd.proc.send_signal(signal.SIGHUP)
     srsd.wait_line("reload refused", count=2)
     assert ask(srsd.port, "srs_forward bob@example.test")[0].startswith("OK SRS0="), srsd.text()
+    # SRS switched off (listen = ""): that takes a restart; until then it keeps answering.
+    srsd.config.write_text(srsd.config.read_text().replace("\n[srs\n", "\n").replace(
+        f'listen = "127.0.0.1:{srsd.port}"', 'listen = ""'))
+    srsd.proc.send_signal(signal.SIGHUP)
+    srsd.wait_line("SRS switched off; still answering with the previous configuration")
+    assert ask(srsd.port, "srs_forward bob@example.test")[0].startswith("OK SRS0="), srsd.text()
     assert srsd.proc.poll() is None
 
 
