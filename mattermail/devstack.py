@@ -4,9 +4,10 @@ Everything runs on loopback with its state in one directory (``var/`` for
 ``make run``; a temp directory per test session): a private Postfix instance
 (inbound SMTP and STARTTLS+SASL submission), an auth-only Dovecot, the
 milter, the router (LMTP), the SRS socketmap (its own process), a sink
-standing for "the internet", and a DNS server serving ``<var>/dns/*.zone``. ``start`` is idempotent: parts already
-running are left alone. It returns when every part answers; a part that
-cannot start is named with the log line that says why.
+standing for "the internet", and a DNS server serving ``<var>/dns/*.zone``.
+``start`` is idempotent: parts already running are left alone. It returns
+when every part answers; a part that cannot start is named with the log
+line that says why.
 
 Postfix's and Dovecot's daemons run as ``postfix`` / ``dovecot`` and must
 enter the state directory. A checkout where they cannot (one under /root,
