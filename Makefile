@@ -31,5 +31,7 @@ bench: deps
 deb:
 	@bash packaging/debian/build-deb.sh
 
+# var may be a symlink to the state under /var/lib/mattermail-dev/ (a checkout Postfix cannot enter).
 clean: stop
+	if [ -L var ]; then rm -rf "$$(readlink -f var)"; fi
 	rm -rf var build *.egg-info

@@ -125,7 +125,7 @@ def _netstring(data: bytes) -> bytes:
 
 
 def check_srs(spec: str) -> Check:
-    """One socketmap lookup (``srs_forward postmaster@example.invalid``): OK or NOTFOUND means it works."""
+    """One lookup (``srs_forward postmaster@example.invalid``) at mattermail-srs: OK or NOTFOUND means it works."""
     try:
         with _connect(spec) as s:
             s.sendall(_netstring(b"srs_forward postmaster@example.invalid"))
@@ -337,8 +337,8 @@ def status(ctx: Context, log_lines: int, show_errors: int, as_json: bool) -> Non
     """Show whether each daemon answers, Postfix's queues, recent log errors and the store.
 
     Daemons: the milter (a protocol negotiation on milter.socket), the router
-    (the LMTP banner on each router.listen), the SRS socketmap (one lookup, if
-    srs.listen is set) and DNS (one query through the [dns] resolver). Queue
+    (the LMTP banner on each router.listen), mattermail-srs's SRS socketmap (one
+    lookup, if srs.listen is set) and DNS (one query through the [dns] resolver). Queue
     counts come from `postqueue -j` (else from the queue files); errors from
     Postfix's maillog_file. Exit status 1 when any daemon is unreachable.
 

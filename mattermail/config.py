@@ -210,7 +210,7 @@ class Inbound:
 
 @dataclass(frozen=True)
 class SRS:
-    # Socketmap listener of mattermail-router for Postfix ("" disables SRS): HOST:PORT or unix:/path.
+    # Socketmap listener of mattermail-srs (its own daemon) for Postfix ("" disables SRS): HOST:PORT or unix:/path.
     listen: str = ""
     # The domain SRS addresses are made in (one of ours, with SPF allowing this server).
     domain: str = ""

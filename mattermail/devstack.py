@@ -3,9 +3,16 @@
 Everything runs on loopback with its state in one directory (``var/`` for
 ``make run``; a temp directory per test session): a private Postfix instance
 (inbound SMTP and STARTTLS+SASL submission), an auth-only Dovecot, the
-milter, the router (LMTP), a sink standing for "the internet", and a DNS
-server serving ``<var>/dns/*.zone``. ``start`` is idempotent: parts already
-running are left alone. It returns when every part answers.
+milter, the router (LMTP), the SRS socketmap (its own process), a sink
+standing for "the internet", and a DNS server serving ``<var>/dns/*.zone``.
+``start`` is idempotent: parts already running are left alone. It returns
+when every part answers; a part that cannot start is named with the log
+line that says why.
+
+Postfix's and Dovecot's daemons run as ``postfix`` / ``dovecot`` and must
+enter the state directory. A checkout where they cannot (one under /root,
+mode 0700) gets its ``var`` moved to /var/lib/mattermail-dev/<hash of the
+path>/ with ``var`` left as a symlink to it (see :func:`place_var`).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -30,8 +38,83 @@ TEMPLATES = REPO / "postfix" / "dev"
 BIN = Path(sys.executable).parent
 
 
+# Our own processes, started (and stopped) by pid file, each logging to <var>/log/<name>.log.
+DAEMONS = ("milter", "router", "srs", "sink", "dns")
+# Where a var/ the daemons cannot enter is moved to (see place_var).
+DEV_STATE = Path("/var/lib/mattermail-dev")
+# Unprivileged users whose daemons must enter the state directory.
+DAEMON_USERS = ("postfix", "dovecot", "dovenull")
+
+
 class StackError(RuntimeError):
     pass
+
+
+def _can_enter(path: Path, user: str) -> bool:
+    """Whether ``user`` may search (x) every directory from / down to ``path`` (mode bits; no ACLs)."""
+    import grp
+    import pwd
+
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        return True  # no such user here: nothing of it will run
+    gids = {pw.pw_gid} | {g.gr_gid for g in grp.getgrall() if user in g.gr_mem}
+    for d in [path, *path.parents]:
+        try:
+            st = d.stat()
+        except FileNotFoundError:
+            continue  # made later, by us, 0755
+        if st.st_uid == pw.pw_uid:
+            bit = stat.S_IXUSR
+        elif st.st_gid in gids:
+            bit = stat.S_IXGRP
+        else:
+            bit = stat.S_IXOTH
+        if not st.st_mode & bit:
+            return False
+    return True
+
+
+def unreachable_for_daemons(var: Path) -> str:
+    """Why Postfix's or Dovecot's unprivileged daemons could not enter ``var`` ("" when they can)."""
+    var = Path(var).resolve()
+    for user in DAEMON_USERS:
+        if not _can_enter(var, user):
+            blocker = next(d for d in [*reversed(var.parents), var]
+                           if d.exists() and not _can_enter(d, user))
+            return (f"user {user} cannot enter {blocker} (mode {stat.S_IMODE(blocker.stat().st_mode):04o}), "
+                    f"which holds the state directory {var}")
+    return ""
+
+
+def place_var(var: Path, home: Path = DEV_STATE) -> Path:
+    """The state directory for ``var``: itself, or — when Postfix's or Dovecot's daemons cannot enter it
+    (a checkout under /root) — ``home/<hash of its path>``, with ``var`` made a symlink to that.
+
+    A ``var`` directory already there (from a start that failed on exactly that) is moved, after its
+    daemons are stopped. Returns the path to run the stack in.
+    """
+    var = Path(os.path.abspath(var))
+    if var.is_symlink() or not unreachable_for_daemons(var):
+        return var
+    why = unreachable_for_daemons(var)
+    target = home / hashlib.sha1(str(var).encode()).hexdigest()[:12]
+    home.mkdir(parents=True, exist_ok=True)
+    os.chmod(home, 0o755)
+    if target.exists():
+        raise StackError(f"{var}: {why}; wanted to move it to {target}, which exists: "
+                         f"remove one of them (or make {var} a symlink to {target})")
+    if var.exists():
+        Stack(var).stop()  # our daemons from a failed start run with paths under the old place
+        shutil.move(str(var), str(target))
+        print(f"devstack: moved {var} to {target}: {why}")
+    else:
+        target.mkdir(mode=0o755)
+        print(f"devstack: state in {target}: {why}")
+    var.symlink_to(target, target_is_directory=True)
+    print(f"devstack: {var} is a symlink to it")
+    return var
 
 
 @dataclass(frozen=True)
@@ -125,21 +208,30 @@ class Stack:
         self.dns_dir = self.var / "dns"
         self.logs = self.var / "log"
         self.run_dir = self.var / "run"
+        self._log_start: dict[str, int] = {}  # where each part's log stood when it was last started
 
     # -- preparation -------------------------------------------------------------
     def env(self) -> dict[str, str]:
         return {**os.environ, "MATTERMAIL_CONFIG": str(self.config)}
 
+    def values(self) -> dict[str, object]:
+        """What the templates in postfix/dev/ are filled with."""
+        return dict(var=self.var, etc=self.etc, syslog_name=self.name, passwd_file=self.passwd_file,
+                    sender_login_map=self.sender_login_map,
+                    smtp_port=self.ports.smtp, submission_port=self.ports.submission,
+                    milter_port=self.ports.milter, lmtp_port=self.ports.lmtp, sink_port=self.ports.sink,
+                    dns_port=self.ports.dns, srs_port=self.ports.srs)
+
     def prepare(self) -> None:
+        blocked = unreachable_for_daemons(self.var)
+        if blocked:
+            raise StackError(f"postfix and dovecot: cannot start: {blocked} (mattermail-devstack start "
+                             f"moves such a var/ to {DEV_STATE}/)")
         for d in (self.var, self.logs, self.run_dir, self.sink_dir, self.dns_dir, self.var / "tls",
                   self.var / "dovecot" / "run", self.var / "dovecot" / "state", self.var / "postfix" / "data", self.spool):
             d.mkdir(parents=True, exist_ok=True)
         os.chmod(self.var, 0o755)
-        values = dict(var=self.var, etc=self.etc, syslog_name=self.name, passwd_file=self.passwd_file,
-                      sender_login_map=self.sender_login_map,
-                      smtp_port=self.ports.smtp, submission_port=self.ports.submission,
-                      milter_port=self.ports.milter, lmtp_port=self.ports.lmtp, sink_port=self.ports.sink,
-                      dns_port=self.ports.dns, srs_port=self.ports.srs)
+        values = self.values()
         _render("main.cf.in", self.etc / "main.cf", **values)
         _render("master.cf.in", self.etc / "master.cf", **values)
         _render("transport.in", self.etc / "transport", **values)
@@ -236,9 +328,14 @@ class Stack:
             return None
         return pid if _pid_alive(pid) else None
 
+    def _mark_log(self, name: str) -> None:
+        p = self.logs / f"{name}.log"
+        self._log_start[name] = p.stat().st_size if p.exists() else 0
+
     def _spawn(self, name: str, argv: list[str]) -> None:
         if self._running(name):
             return
+        self._mark_log(name)
         with open(self.logs / f"{name}.log", "ab") as log:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                     env=self.env(), start_new_session=True, cwd=self.var)
@@ -268,10 +365,17 @@ class Stack:
 
     def start_router(self) -> None:
         self._spawn("router", [str(BIN / "mattermail-router"), "--config", str(self.config)])
-        self._wait("router", lambda: _smtp_banner(self.ports.lmtp) and _tcp_open(self.ports.srs))
+        self._wait("router", lambda: _smtp_banner(self.ports.lmtp))
 
     def stop_router(self) -> None:
         self._kill("router")
+
+    def start_srs(self) -> None:
+        self._spawn("srs", [str(BIN / "mattermail-srs"), "--config", str(self.config)])
+        self._wait("srs", lambda: _tcp_open(self.ports.srs))
+
+    def stop_srs(self) -> None:
+        self._kill("srs")
 
     def start_dns(self) -> None:
         self._spawn("dns", [str(BIN / "mattermail-devdns"), "--zones", str(self.dns_dir), "--port", str(self.ports.dns)])
@@ -293,10 +397,13 @@ class Stack:
 
     def start_postfix(self) -> None:
         if not self.postfix_running():
+            self._mark_log("postfix")
             r = self.postfix("start", check=False)
             if r.returncode != 0:
-                raise StackError(f"postfix start failed:\n{r.stdout}{r.stderr}{self._tail('postfix')}")
-        self._wait("postfix", lambda: _smtp_banner(self.ports.smtp) and _smtp_banner(self.ports.submission))
+                raise StackError(f"postfix: failed to start: {self._why('postfix', r.stdout + r.stderr)}"
+                                 f"\n{r.stdout}{r.stderr}{self._tail('postfix')}")
+        self._wait("postfix", lambda: _smtp_banner(self.ports.smtp) and _smtp_banner(self.ports.submission),
+                   alive=self.postfix_running)
 
     def stop_postfix(self) -> None:
         if self.postfix_running():
@@ -311,12 +418,14 @@ class Stack:
 
     def start_dovecot(self) -> None:
         if not self._dovecot_pid():
+            self._mark_log("dovecot")
             # Dovecot daemonizes with our stdout still open: give it the log file, not a pipe.
             with open(self.logs / "dovecot.log", "ab") as log:
                 r = subprocess.run(["dovecot", "-c", str(self.dovecot_conf)], stdin=subprocess.DEVNULL,
                                    stdout=log, stderr=subprocess.STDOUT)
             if r.returncode != 0:
-                raise StackError(f"dovecot failed to start (exit {r.returncode}){self._tail('dovecot')}")
+                raise StackError(f"dovecot: failed to start (exit {r.returncode}): {self._why('dovecot')}"
+                                 f"{self._tail('dovecot')}")
         auth = self.spool / "private" / "auth"
         self._wait("dovecot", auth.exists)
 
@@ -333,6 +442,7 @@ class Stack:
         self.prepare()
         self.start_dns()
         self.start_sink()
+        self.start_srs()
         self.start_router()
         self.start_milter()
         # Postfix first creates the spool (with private/), where Dovecot puts its auth socket.
@@ -342,7 +452,7 @@ class Stack:
     def stop(self) -> None:
         self.stop_postfix()
         self.stop_dovecot()
-        for name in ("milter", "router", "sink", "dns"):
+        for name in DAEMONS:
             self._kill(name)
 
     def _tail(self, name: str, lines: int = 20) -> str:
@@ -351,15 +461,44 @@ class Stack:
             return ""
         return f"\n--- last lines of {p} ---\n" + "\n".join(p.read_text(errors="replace").splitlines()[-lines:])
 
-    def _wait(self, name: str, ready, timeout: float = 30.0) -> None:
+    def _why(self, name: str, output: str = "") -> str:
+        """The line that says why the part failed: the first fatal/panic one it wrote (to ``output`` or its
+        log, since it was started), else the last error, else the last warning, else its last line."""
+        p = self.logs / f"{name}.log"
+        lines = output.splitlines()
+        if p.exists():
+            with open(p, "rb") as f:
+                f.seek(self._log_start.get(name, 0))
+                lines += f.read().decode("utf-8", "replace").splitlines()
+        lines = [l.strip() for l in lines if l.strip()]
+        fatal = [l for l in lines if re.search(r"\b(fatal|panic)\b", l, re.IGNORECASE)]
+        # Postfix's own last word, "fatal: mail system startup failed", only says that it failed.
+        if fatal and any("startup failed" not in l for l in fatal):
+            fatal = [l for l in fatal if "startup failed" not in l]
+        if fatal:
+            return fatal[0]
+        for pattern in (r"\berror\b", r"\bwarning\b"):
+            hits = [l for l in lines if re.search(pattern, l, re.IGNORECASE)]
+            if hits:
+                return hits[-1]
+        return lines[-1] if lines else f"nothing in {p}"
+
+    def _wait(self, name: str, ready, timeout: float = 30.0, alive=None) -> None:
+        """Until ``ready()``; a part that exits meanwhile (``alive()``, checked each second) fails at once."""
         deadline = time.monotonic() + timeout
+        if alive is None and name in DAEMONS:
+            alive = lambda: self._running(name)  # noqa: E731
+        checked = time.monotonic()
         while time.monotonic() < deadline:
             if ready():
                 return
-            if name in ("milter", "router", "dns", "sink") and not self._running(name):
-                raise StackError(f"{name} exited during start-up{self._tail(name)}")
+            if alive is not None and (name in DAEMONS or time.monotonic() - checked >= 1.0):
+                checked = time.monotonic()
+                if not alive() and not ready():
+                    raise StackError(f"{name}: failed to start (exited): {self._why(name)}{self._tail(name)}")
             time.sleep(0.05)
-        raise StackError(f"{name} did not answer within {timeout:.0f}s{self._tail(name)}")
+        raise StackError(f"{name}: failed to start (no answer within {timeout:.0f}s): {self._why(name)}"
+                         f"{self._tail(name)}")
 
     def summary(self) -> str:
         p = self.ports
@@ -371,7 +510,7 @@ class Stack:
   router (LMTP)                 127.0.0.1:{p.lmtp}
   sink ("the internet")         127.0.0.1:{p.sink}   -> {self.sink_dir}/*.eml
   DNS (zones in {self.dns_dir}) 127.0.0.1:{p.dns} udp+tcp
-  SRS socketmap (in the router)  127.0.0.1:{p.srs}
+  SRS socketmap (mattermail-srs) 127.0.0.1:{p.srs}
   logs                          {self.logs}/
 
 Try:
@@ -395,8 +534,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         sys.exit("mattermail-devstack: must run as root (it starts a private Postfix instance)")
-    stack = Stack(args.var)
     try:
+        stack = Stack(place_var(args.var) if args.action == "start" else args.var)
         if args.action == "start":
             stack.start()
             print(stack.summary())
@@ -405,7 +544,7 @@ def main(argv: list[str] | None = None) -> None:
             print("mattermail dev stack stopped")
         else:
             print({"postfix": stack.postfix_running(), "dovecot": bool(stack._dovecot_pid()),
-                   **{n: bool(stack._running(n)) for n in ("milter", "router", "sink", "dns")}})
+                   **{n: bool(stack._running(n)) for n in DAEMONS}})
             print(asdict(stack.ports))
     except StackError as e:
         sys.exit(f"mattermail-devstack: {e}")

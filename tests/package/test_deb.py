@@ -378,11 +378,11 @@ service auth {{
         return run(CTL, *args, input=input, check=check, env=env)
 
     def start_daemons(self, as_root: bool = False) -> None:
-        for name in ("router", "milter"):
+        for name in ("srs", "router", "milter"):
             self.stop_daemon(name)
             d = Daemon(f"mattermail-{name}.service", self.tmp / f"{name}.log", as_root=as_root)
             self.daemons[name] = d
-            sock = SPOOL_SOCKETS / ("lmtp.sock" if name == "router" else "milter.sock")
+            sock = SPOOL_SOCKETS / {"router": "lmtp.sock", "milter": "milter.sock", "srs": "srs.sock"}[name]
 
             def ready(d: Daemon = d, sock: Path = sock) -> bool:
                 if not d.alive():
@@ -396,7 +396,7 @@ service auth {{
             d.stop()
 
     def stop_daemons(self) -> None:
-        for name in ("milter", "router"):
+        for name in ("milter", "router", "srs"):
             self.stop_daemon(name)
 
     # -- mail ----------------------------------------------------------------------
@@ -520,12 +520,13 @@ def machine():
 
 def test_units_verify_clean(machine):
     r = run("systemd-analyze", "verify", str(UNITS / "mattermail-milter.service"),
-            str(UNITS / "mattermail-router.service"), check=False)
+            str(UNITS / "mattermail-router.service"), str(UNITS / "mattermail-srs.service"), check=False)
     assert r.returncode == 0 and not r.stderr.strip() and not r.stdout.strip(), r.stdout + r.stderr
 
 
 def test_installed_layout(machine):
-    for link in ("/usr/bin/mattermailctl", "/usr/sbin/mattermail-milter", "/usr/sbin/mattermail-router"):
+    for link in ("/usr/bin/mattermailctl", "/usr/sbin/mattermail-milter", "/usr/sbin/mattermail-router",
+                 "/usr/sbin/mattermail-srs"):
         assert os.path.realpath(link).startswith("/usr/lib/mattermail/venv/bin/"), link
     shebang = Path("/usr/lib/mattermail/venv/bin/mattermailctl").read_text().splitlines()[0]
     assert shebang.startswith("#!/usr/lib/mattermail/venv/bin/python"), shebang
@@ -610,7 +611,7 @@ def test_sighup_broken_config_keeps_old(machine):
 
         def logged() -> bool:
             return all("no_such_key" in d.text()[sizes[n]:] for n, d in machine.daemons.items())
-        wait_for(logged, 10, "both daemons logging why the new config was refused")
+        wait_for(logged, 10, "every daemon logging why the new config was refused")
         for n, d in machine.daemons.items():
             assert d.alive() and d.pid == pids[n], n
         msg = machine.message("package test 3", ["bob@example.test"])

@@ -1,11 +1,17 @@
-"""SRS end to end: forwarded mail leaves with an SRS0 sender that passes SPF at the next hop;
-genuine bounces come back to the original sender; forged ones are refused at RCPT."""
+"""SRS end to end, served by its own daemon (mattermail-srs): forwarded mail leaves with an SRS0 sender
+that passes SPF at the next hop; genuine bounces come back to the original sender; forged ones are
+refused at RCPT; with the daemon down Postfix defers (4xx) rather than pass mail un-rewritten."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import smtplib
 import sqlite3
+import uuid
+
+import pytest
 
 from mattermail.config import DNS
 from mattermail.dns import Resolver
@@ -54,3 +60,54 @@ def test_router_records_the_real_sender_not_the_srs_one(stack):
     db = sqlite3.connect(stack.stack.var / "store.sqlite")
     sender = db.execute("SELECT envelope_from FROM deliveries WHERE queue_id = ?", [qid]).fetchone()[0]
     assert sender == "carol@example.test"
+
+
+def srs_pid(stack) -> int:
+    return int((stack.stack.run_dir / "srs.pid").read_text())
+
+
+def kill_srs(stack) -> int:
+    pid = srs_pid(stack)
+    os.kill(pid, signal.SIGKILL)
+    try:
+        os.waitpid(pid, 0)  # the session fixture spawned it: reap it
+    except ChildProcessError:
+        pass
+    return pid
+
+
+def test_srs_daemon_down_defers_mail_instead_of_passing_it_unrewritten(stack):
+    """Without its socketmap Postfix cannot rewrite senders: inbound RCPTs and outbound submissions get a
+    4xx (the sender retries), nothing leaves with the original sender; after a restart mail flows again."""
+    tag = uuid.uuid4().hex[:10]
+    killed = kill_srs(stack)
+    try:
+        with smtplib.SMTP("127.0.0.1", stack.stack.ports.smtp, source_address=("127.0.0.2", 0)) as c:
+            c.ehlo("mail.example.test")
+            assert c.mail("bob@example.test")[0] == 250
+            rcpt = c.rcpt("alice@lawfirm.test")
+        assert 400 <= rcpt[0] < 500, f"inbound RCPT with the SRS daemon down: {rcpt}"
+
+        msg = stack.message("alice@lawfirm.test", ["dave@example.test"], subject=f"srs down outbound {tag}")
+        with pytest.raises((smtplib.SMTPRecipientsRefused, smtplib.SMTPResponseException)) as refused:
+            stack.submit("alice@lawfirm.test", msg, ["dave@example.test"])
+        e = refused.value
+        out = e.recipients["dave@example.test"] if isinstance(e, smtplib.SMTPRecipientsRefused) \
+            else (e.smtp_code, e.smtp_error)
+        assert 400 <= out[0] < 500, f"outbound submission with the SRS daemon down: {out}"
+
+        status = stack.ctl("status", "--json")
+        report = json.loads(status.stdout)
+        assert status.returncode == 1 and report["unreachable"] == ["srs"], (status.returncode, report["unreachable"])
+        print(f"\nSRS daemon down: inbound RCPT {rcpt[0]} {rcpt[1].decode()!r}; "
+              f"outbound submission {out[0]} {out[1].decode()!r}")
+    finally:
+        stack.stack.start_srs()
+    assert srs_pid(stack) != killed
+
+    # Back: the same mail goes through, with an SRS0 sender for the forwarded one.
+    inbound = stack.message("bob@example.test", ["alice@lawfirm.test"], subject=f"srs back inbound {tag}")
+    stack.inbound(inbound, ["alice@lawfirm.test"])
+    assert envelope_of(stack, f"srs back inbound {tag}".encode())["mail_from"].startswith("SRS0=")
+    stack.submit("alice@lawfirm.test", msg, ["dave@example.test"])
+    assert envelope_of(stack, f"srs down outbound {tag}".encode())["mail_from"] == "alice@lawfirm.test"

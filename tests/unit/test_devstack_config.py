@@ -1,9 +1,11 @@
-"""The dev stack's own config file across upgrades."""
+"""The dev stack's own config files: its mattermail.toml across upgrades, its Postfix main.cf."""
 
 from __future__ import annotations
 
-from mattermail import config
-from mattermail.devstack import Stack
+import subprocess
+
+from mattermail import config, devstack
+from mattermail.devstack import Ports, Stack
 
 
 def test_config_from_before_general_user_gets_user_empty(tmp_path, capsys):
@@ -31,3 +33,14 @@ def test_config_that_names_a_user_is_left_alone(tmp_path):
     s.config.write_text('[general]\nuser = "nobody"\n')
     s._migrate_config()
     assert s.config.read_text() == '[general]\nuser = "nobody"\n'
+
+
+def test_dev_postfix_mailbox_limit_holds_the_largest_message(tmp_path):
+    """local(8) fails fatally (mail sits in the active queue) when a mailbox may hold less than one message."""
+    s = Stack(tmp_path, Ports.free())
+    devstack._render("main.cf.in", s.etc / "main.cf", **s.values())
+    out = subprocess.run(["postconf", "-c", str(s.etc), "-h", "mailbox_size_limit", "message_size_limit"],
+                         capture_output=True, text=True, check=True).stdout
+    mailbox, message = (int(v) for v in out.split())
+    assert message >= 50 * 1024 * 1024, f"message_size_limit {message}: the firm's 25 MB mail no longer fits"
+    assert mailbox == 0 or mailbox >= message, f"mailbox_size_limit {mailbox} < message_size_limit {message}"

@@ -418,6 +418,7 @@ def test_stock_config_after_configure_starts_and_submission_mail_is_signed_and_c
 
         s.start_dns()
         s.start_sink()
+        s.start_srs()
         s.start_router()
         s.start_milter()
         s.start_postfix()
@@ -455,3 +456,13 @@ def test_stock_config_after_configure_starts_and_submission_mail_is_signed_and_c
     finally:
         s.stop()
         shutil.rmtree(var, ignore_errors=True)
+
+
+def test_configure_leaves_the_size_limits_alone(pf: Path, tmp_path: Path):
+    """local(8) refuses to run when mailbox_size_limit < message_size_limit: configure sets neither."""
+    r = run(write_cfg(tmp_path, pf))
+    assert r.exit_code == 0, r.output
+    main = dict(line.split(" = ", 1) for line in postconf(pf, "-n").splitlines() if " = " in line)
+    assert "message_size_limit" not in main and "mailbox_size_limit" not in main, main
+    mailbox, message = (int(v) for v in postconf(pf, "-h", "mailbox_size_limit", "message_size_limit").split())
+    assert mailbox == 0 or mailbox >= message, f"mailbox_size_limit {mailbox} < message_size_limit {message}"

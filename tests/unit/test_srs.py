@@ -3,8 +3,8 @@ import time
 
 import pytest
 
-from mattermail.router import socketmap
-from mattermail.router.srs import SRSCodec
+from mattermail import socketmap
+from mattermail.srs import SRSCodec
 
 SECRET = b"an-srs-secret-of-enough-length"
 
@@ -70,7 +70,7 @@ def test_socketmap_protocol_round_trip(codec):
 
 def test_srs_secret_problems_name_the_srs_key_not_capture(tmp_path):
     from mattermail.config import from_dict
-    from mattermail.router.__main__ import SRSConfigError, load_srs
+    from mattermail.srs import SRSConfigError, load_codec as load_srs
 
     cfg = from_dict({"srs": {"listen": "127.0.0.1:10001", "domain": "lawfirm.test",
                              "secret_file": str(tmp_path / "srs.key")}})

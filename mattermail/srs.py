@@ -7,8 +7,8 @@ comes back to us and is reversed to the original sender, but only when the
 HMAC and the timestamp verify — forged or expired SRS addresses are refused
 at RCPT, so we are not an open bounce relay. srslib does the encoding.
 
-Postfix wiring (the proven postsrsd shape): a socketmap served by
-``mattermail-router`` with three tables,
+Postfix wiring (the proven postsrsd shape): a socketmap served by its own
+small daemon, ``mattermail-srs`` (mattermail.srsd), with three tables,
 ``sender_canonical_maps = socketmap:inet:127.0.0.1:PORT:srs_forward``,
 ``recipient_canonical_maps = socketmap:inet:127.0.0.1:PORT:srs_reverse`` and
 ``check_recipient_access socketmap:inet:127.0.0.1:PORT:srs_check`` in
@@ -17,6 +17,11 @@ message, so — as with postsrsd — every sender outside our own domains is
 rewritten, not only that of forwarded mail: Postfix cannot tell a forward
 from a delivery at that point, and a rewritten sender on a local delivery
 is harmless (it reverses). The router unwraps it when it records senders.
+
+The socketmap has a process of its own because cleanup asks it about every
+message, inbound and outbound: while it does not answer, Postfix defers all
+mail (4xx). Kept apart from the router, a router outage defers only mail for
+the catch-all domain.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import srslib
+
+from mattermail import secretfile
 
 
 @dataclass(frozen=True)
@@ -85,3 +92,21 @@ class SRSCodec:
             return self._srs.reverse(address)
         except srslib.Error:
             return address
+
+
+class SRSConfigError(Exception):
+    """SRS is switched on but cannot work; the message names the key."""
+
+
+def load_codec(cfg) -> SRSCodec | None:
+    """The codec ``cfg`` asks for (None when ``srs.listen`` is empty); SRSConfigError names the bad key."""
+    if not cfg.srs.listen:
+        return None
+    if not cfg.srs.domain:
+        raise SRSConfigError(f"{cfg.source}: srs.domain is required when srs.listen is set")
+    try:
+        secret = secretfile.load(cfg.srs.secret_file, "SRS secret")
+    except secretfile.SecretError as e:
+        raise SRSConfigError(f"srs.secret_file: {e}") from None
+    local = [*cfg.general.sending_domains, *cfg.general.catchall_domains]
+    return SRSCodec(secret, cfg.srs.domain, local, cfg.srs.validity_days)

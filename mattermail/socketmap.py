@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-log = logging.getLogger("mattermail.router.socketmap")
+log = logging.getLogger("mattermail.socketmap")
 
 MAX_REQUEST = 10000  # Postfix's own limit on socketmap netstrings
 Lookup = Callable[[str, str], tuple[str, str]]  # (map name, key) -> (status, value)
