@@ -486,7 +486,8 @@ def messages_export(ctx: Context, matter: str | None, person: str | None, force:
     hex digits of its SHA-256) and are the stored bytes, unchanged. index.csv
     has one line per message: file, id, date, from, subject, message_id,
     sha256, size, direction, system, the rules that filed it here, all its
-    filings and capture ("verified", "unverified" or empty, as in list --json). DIR is created if needed; a non-empty DIR is refused unless --force.
+    filings and capture ("verified", "unverified" or empty, as in list --json).
+    DIR is created if needed; a non-empty DIR is refused unless --force.
 
     \b
     Example:

@@ -37,8 +37,8 @@ from mattermail.router.store import (EnvelopeRecord, Store, find_message, insert
                                      record_capture, record_deliveries)
 from mattermail.router.text import body_text
 
-__all__ = ["FileResult", "RecipientOutcome", "StoreLookups", "after_commit", "capture_state", "file_message", "file_stored", "load_capture_secret", "route",
-           "system_reason"]
+__all__ = ["FileResult", "RecipientOutcome", "StoreLookups", "after_commit", "capture_state", "file_message",
+           "file_stored", "load_capture_secret", "route", "system_reason"]
 
 log = logging.getLogger("mattermail.router.filing")
 _quiet = logging.getLogger("mattermail.router.filing.explain")  # route() reports in its trace, not the log

@@ -66,7 +66,8 @@ def test_outsider_to_the_capture_address_is_refused_at_rcpt(stack, rcpt, shown):
     if shown is None:
         assert (code, text) == (554, "5.7.1 <@relay.example>: Relay access denied"), f"{rcpt}: {code} {text!r}"
         return
-    assert (code, text) == (550, f"5.7.1 <{shown}>: {REFUSAL}"), f"RCPT TO:<{rcpt}> from the internet got {code} {text!r}"
+    assert (code, text) == (550, f"5.7.1 <{shown}>: {REFUSAL}"), \
+        f"RCPT TO:<{rcpt}> from the internet got {code} {text!r}"
     stack.log_line("postfix", "milter-reject: RCPT from", f"<{shown}>: {REFUSAL}")
 
 

@@ -261,7 +261,8 @@ def test_a_copy_to_the_capture_address_that_does_not_verify_is_marked_in_every_l
     src = tmp_path / "planted"
     src.mkdir()
     (src / "planted.eml").write_bytes(eml(f"capture+abcdefabcdef.0123456789abcdef@{CA}", "Our advice (planted)",
-                                          "jane@client.example", "A planted quokka.", "Wed, 10 Jan 2024 09:00:00 +0000"))
+                                          "jane@client.example", "A planted quokka.",
+                                          "Wed, 10 Jan 2024 09:00:00 +0000"))
     r = env.run("import", src)
     assert r.exit_code == 0, r.output
     listed = env.json("messages", "list")
