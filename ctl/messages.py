@@ -10,7 +10,9 @@ A message's date is its ``Date`` header, read as UTC when it names no zone;
 when it has none (or an unreadable one), the time it was stored.
 
 Message JSON (list, show, search): id, sha256, size, message_id, date,
-stored, from, subject, direction, system (+ system_reason), status,
+stored, from, subject, direction, capture ("verified" for a capture copy of
+outbound mail, "unverified" for mail that reached the capture address any
+other way — never outbound —, null otherwise), system (+ system_reason), status,
 envelope_from and envelope_recipients (the LMTP envelope; empty for imports),
 captured_envelope (for a capture copy: the sender's original envelope as the
 milter recorded it — mail_from, recipients including Bcc'd ones, login,
@@ -41,7 +43,7 @@ from mattermail.ctl.base import Context, UserFacingError, cli, json_option, pass
 from mattermail.router import directory
 from mattermail.router.store import Store
 
-_COLUMNS = "id, sha256, size, message_id, subject, header_from, date, received, direction, system"
+_COLUMNS = "id, sha256, size, message_id, subject, header_from, date, received, direction, system, capture"
 DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"]
 
 
@@ -124,6 +126,7 @@ class Row:
     received: float
     direction: str
     system: int
+    capture: str  # "verified", "unverified" (a copy to the capture address that did not verify) or ""
 
     @property
     def when(self) -> datetime:
@@ -169,6 +172,7 @@ def message_dict(store: Store, names: Names, row: Row) -> dict[str, Any]:
         "id": row.id, "sha256": row.sha256, "size": row.size, "message_id": row.message_id,
         "date": _iso(row.when), "stored": _iso(datetime.fromtimestamp(row.received, UTC)),
         "from": row.header_from, "subject": row.subject, "direction": row.direction,
+        "capture": row.capture or None,
         "system": bool(row.system), "system_reason": system_reason if row.system else "", "status": status,
         "envelope_from": deliveries[0][1] if deliveries else None,
         "envelope_recipients": [d[0] for d in deliveries],
@@ -189,7 +193,12 @@ def _status_text(d: dict[str, Any]) -> str:
         text = "filed: " + ", ".join(parts)
     else:
         text = d["status"]
-    return text + (" (system)" if d["system"] else "")
+    return text + (" (system)" if d["system"] else "") + (f" {UNVERIFIED_MARK}" if d["capture"] == "unverified" else "")
+
+
+UNVERIFIED_MARK = "[UNVERIFIED capture copy]"
+UNVERIFIED_HELP = ("came to the capture address, but not as a copy made by this server's milter "
+                   "(forged or missing reference, or no recorded envelope): filed as inbound mail")
 
 
 def _matter_or_fail(store: Store, matter: str, field: str = "--matter") -> str:
@@ -245,14 +254,20 @@ def messages() -> None:
 @click.option("--unfiled", is_flag=True,
               help="Only messages with no filing that are neither personal nor system mail.")
 @click.option("--direction", type=click.Choice(["inbound", "outbound"]), help="Only inbound mail or capture copies.")
+@click.option("--unverified", is_flag=True,
+              help="Only mail that reached the capture address without verifying (marked [UNVERIFIED capture copy]).")
 @click.option("--limit", type=click.IntRange(min=0), default=100, show_default=True, metavar="N",
               help="At most N messages (0: all).")
 @json_option
 @pass_ctx
 @user_errors
 def messages_list(ctx: Context, matter: str | None, person: str | None, since: datetime | None,
-                  until: datetime | None, unfiled: bool, direction: str | None, limit: int, as_json: bool) -> None:
+                  until: datetime | None, unfiled: bool, direction: str | None, unverified: bool, limit: int,
+                  as_json: bool) -> None:
     """List messages, newest first: id, date (UTC), direction, from, subject, where filed.
+
+    Mail that reached the capture address without being a verified copy
+    made by this server is inbound and ends with [UNVERIFIED capture copy].
 
     \b
     Example:
@@ -267,6 +282,8 @@ def messages_list(ctx: Context, matter: str | None, person: str | None, since: d
     if direction:
         where.append("m.direction = ?")
         params.append(direction)
+    if unverified:
+        where.append("m.capture = 'unverified'")
     lo = since.replace(tzinfo=UTC) if since else None
     hi = None
     if until:
@@ -371,6 +388,10 @@ def messages_show(ctx: Context, ident: str, raw: bool, as_json: bool) -> None:
     click.echo(f"  file:       {d['file'] or d['file_error'] + ' (missing)'}")
     click.echo(f"  stored:     {d['stored']}")
     click.echo(f"  direction:  {d['direction']}")
+    if d["capture"] == "unverified":
+        click.echo(f"  capture:    UNVERIFIED: {UNVERIFIED_HELP}")
+    elif d["capture"]:
+        click.echo("  capture:    verified copy of outbound mail")
     if d["system"]:
         click.echo(f"  system:     {d['system_reason'] or 'yes'} (never answered or forwarded)")
     for n, v in headers:
@@ -448,7 +469,7 @@ def messages_search(ctx: Context, query: str, matter: str | None, limit: int, as
 
 
 INDEX_COLUMNS = ("file", "id", "date", "from", "subject", "message_id", "sha256", "size", "direction", "system",
-                 "rules", "filings")
+                 "rules", "filings", "capture")
 
 
 @messages.command("export")
@@ -464,8 +485,9 @@ def messages_export(ctx: Context, matter: str | None, person: str | None, force:
     Files are named DATE-SHA.eml (the message's date in UTC, the first 12
     hex digits of its SHA-256) and are the stored bytes, unchanged. index.csv
     has one line per message: file, id, date, from, subject, message_id,
-    sha256, size, direction, system, the rules that filed it here and all its
-    filings. DIR is created if needed; a non-empty DIR is refused unless --force.
+    sha256, size, direction, system, the rules that filed it here, all its
+    filings and capture ("verified", "unverified" or empty, as in list --json).
+    DIR is created if needed; a non-empty DIR is refused unless --force.
 
     \b
     Example:
@@ -505,7 +527,7 @@ def messages_export(ctx: Context, matter: str | None, person: str | None, force:
                     "; ".join(" ".join(filter(None, [f"matter:{f.matter}" if f.matter else "",
                                                       f"person:{names.person(f.person)}" if f.person else "",
                                                       f"rule:{f.rule}", f"recipient:{f.recipient}" if f.recipient
-                                                      else ""])) for f in fs)])
+                                                      else ""])) for f in fs), r.capture])
     try:
         (out_dir / "index.csv").write_text(buf.getvalue(), encoding="utf-8")
     except OSError as e:

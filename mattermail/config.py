@@ -66,8 +66,12 @@ class Milter:
     socket: str = "unix:/run/mattermail/milter.sock"
     timeout: int = 60
     trusted_networks: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
+    # Submission: a From/Sender/Resent-* display name naming an address the login does not own
+    # ("ceo@firm" <alice@firm>): "refuse" (553 5.7.1) or "off".
+    display_name_check: str = "refuse"
 
-    _validators = {"socket": _socket_spec, "trusted_networks": _network}
+    _validators = {"socket": _socket_spec, "trusted_networks": _network,
+                   "display_name_check": lambda v: v if v in ("refuse", "off") else _bad("refuse or off")}
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,9 @@ need are left to pymilter's defaults, which negotiate them away. Any exception
 is logged with its traceback and answered ``451 4.3.0``: the client (or
 Postfix's queue) retries, and nothing passes unfiltered.
 
+``envrcpt`` is answered: a client's ``RCPT TO`` naming the capture address
+is refused there (``550 5.7.1``); only our own ``addrcpt`` adds it.
+
 The callbacks Postfix makes several times per message (one per recipient,
 header field and body chunk) are taken at pymilter's byte-level entry points
 (``envrcpt_bytes``, ``header_bytes``, ``body``) without the decorator layers:
@@ -34,7 +37,7 @@ log = logging.getLogger("mattermail.milter")
 
 TEMPFAIL_TEXT = "Temporary local problem checking this message, please try again later"
 REPLACE_CHUNK = 65535  # libmilter's largest body chunk
-NR_BITS = (Milter.P_NR_CONN | Milter.P_NR_HELO | Milter.P_NR_MAIL | Milter.P_NR_RCPT | Milter.P_NR_DATA
+NR_BITS = (Milter.P_NR_CONN | Milter.P_NR_HELO | Milter.P_NR_MAIL | Milter.P_NR_DATA
            | Milter.P_NR_UNKN | Milter.P_NR_EOH | Milter.P_NR_BODY | Milter.P_NR_HDR)
 
 
@@ -161,12 +164,9 @@ class MatterMilter(Milter.Base):
                                         self.runtime.config.inbound.spf_timeout)
         return Milter.CONTINUE
 
-    @Milter.noreply
-    @_guard
     def envrcpt(self, rcpt: str, *params: str) -> int:
-        if self.msg is not None:
-            self.msg.recipients.append(rcpt.strip("<>"))
-        return Milter.CONTINUE
+        """Answered (not no-reply): a client naming the capture address is refused here, at RCPT."""
+        return self.envrcpt_bytes(rcpt.encode("utf-8", "surrogateescape"), *(p.encode() for p in params))
 
     @Milter.noreply
     @_guard
@@ -182,13 +182,27 @@ class MatterMilter(Milter.Base):
             self.msg.failed = True
 
     def envrcpt_bytes(self, rcpt: bytes, *params: bytes) -> int:
-        msg = self.msg
-        if msg is not None:
-            try:
+        try:
+            if self.runtime.refuses_recipient(rcpt):
+                return self._refuse_capture_rcpt(rcpt.decode("utf-8", "surrogateescape").strip("<>"))
+            msg = self.msg
+            if msg is not None:
                 msg.recipients.append(rcpt.decode("utf-8", "surrogateescape").strip("<>"))
-            except Exception:
-                self._passive_failed("envrcpt")
-        return _NOREPLY if self._protocol & Milter.P_NR_RCPT else _CONTINUE
+        except Exception:
+            self._passive_failed("envrcpt")
+        return _CONTINUE
+
+    def _refuse_capture_rcpt(self, rcpt: str) -> int:
+        """Only the milter's own capture step (addrcpt at end of message, which is no RCPT) may add
+        the capture address; from a client it would plant a record that looks like the firm's own mail."""
+        shown = senderpolicy.printable(rcpt)
+        msg = self.msg
+        _log_line(logging.WARNING, self.qlog().extra["queue_id"],
+                  f"reject: RCPT to=<{shown}>: the capture address named by a client; "
+                  f"client={self.client_ip or 'local'}"
+                  + (f" sasl_username={msg.auth_authen}" if msg and msg.auth_authen else ""))
+        self.setreply("550", "5.7.1", f"<{shown}>: the capture address accepts only copies made by this server")
+        return Milter.REJECT
 
     def header_bytes(self, name: str, value: bytes) -> int:
         msg = self.msg

@@ -81,6 +81,60 @@ def is_capture_address(address: str, base: str) -> bool:
     return domain.lower() == base_domain.lower() and local.partition("+")[0].lower() == base_local.lower()
 
 
+def _unquote(local: str) -> str:
+    """A local part in Postfix's internal form: quotes removed, backslash escapes resolved."""
+    if '"' not in local and "\\" not in local:
+        return local
+    out, i = [], 0
+    while i < len(local):
+        c = local[i]
+        if c == "\\" and i + 1 < len(local):
+            out.append(local[i + 1])
+            i += 2
+            continue
+        if c != '"':
+            out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def _is_base(local: str, domain: str, base_local: str, base_domain: str) -> bool:
+    local = local.lower()
+    return (domain.lower().rstrip(".") == base_domain
+            and (local == base_local or local.startswith(base_local + "+")))
+
+
+def names_capture_address(rcpt: str, base: str) -> bool:
+    """Whether an SMTP ``RCPT TO`` address would reach the capture address ``base``.
+
+    Case-insensitive, with a quoted or escaped local part (``"Capture"@…``,
+    ``capture\\+x@…``), a trailing dot, a source route (``@a,@b:capture@…``), and
+    the old routing forms Postfix still rewrites (``capture%matters.firm@host``,
+    ``matters.firm!capture``): any reading that names it counts. The milter
+    refuses these at RCPT; only its own ``addrcpt`` may add the capture address.
+    """
+    base_local, _, base_domain = base.lower().rpartition("@")
+    base_domain = base_domain.rstrip(".")
+    addr = rcpt.strip().strip("<>").strip()
+    if addr.startswith("@") and ":" in addr:  # source route
+        addr = addr.partition(":")[2]
+    for _ in range(8):  # bounded: each round removes one routing step
+        local, at, domain = addr.rpartition("@")
+        if not at:
+            local, domain = addr, ""
+        local = _unquote(local)
+        if domain and _is_base(local, domain, base_local, base_domain):
+            return True
+        if "%" in local:  # percent hack: user%host@here
+            addr = local[: local.rindex("%")] + "@" + local[local.rindex("%") + 1:]
+        elif "!" in local:  # bang path: host!user
+            host, _, user = local.partition("!")
+            addr = f"{user}@{host}"
+        else:
+            return False
+    return False
+
+
 def excluded(sender: str, recipients: Iterable[str], sender_patterns: Iterable[re.Pattern[str]],
              recipient_patterns: Iterable[re.Pattern[str]]) -> str | None:
     """Why this message must not be captured, or None.

@@ -134,7 +134,9 @@ def process(sub: Submission, rt: Runtime) -> Outcome:
     # 1. Sender ownership.
     if sub.login:
         verdict = senderpolicy.check(sub.login, rt.owned_addresses(sub.login), sub.mail_from,
-                                     _values(sub.headers, "from"), _values(sub.headers, "sender"))
+                                     _values(sub.headers, "from"), _values(sub.headers, "sender"),
+                                     _values(sub.headers, "resent-from") + _values(sub.headers, "resent-sender"),
+                                     display_names=cfg.milter.display_name_check == "refuse")
         if not verdict.ok:
             out.reject = verdict
             out.notes.append(f"reject={verdict.code} {verdict.text}")

@@ -46,6 +46,9 @@ class Runtime:
         self.noreply = cfg.milter.socket.startswith("unix:")
         self.exclude_senders = [re.compile(p, re.I) for p in cfg.capture.exclude_senders]
         self.exclude_recipients = [re.compile(p, re.I) for p in cfg.capture.exclude_recipients]
+        # RCPT TO the capture address is refused (only the milter's addrcpt adds it): a recipient
+        # that does not contain the capture domain at all skips the full check.
+        self.capture_domain = cfg.capture.address.rpartition("@")[2].lower().rstrip(".").encode() or None
         self._lock = threading.Lock()
         self._store: storemod.Store | None = None
         self._disclaimers: list[storemod.DisclaimerRow] = []
@@ -112,6 +115,12 @@ class Runtime:
                                   self.config.dkim.keys_dir, e)
                         self._keys_stamp = stamp
             return self._keys
+
+    def refuses_recipient(self, rcpt: bytes) -> bool:
+        """Whether a client's RCPT TO names the capture address (milter/capture.py)."""
+        dom = self.capture_domain
+        return (dom is not None and dom in rcpt.lower()
+                and capture.names_capture_address(rcpt.decode("utf-8", "surrogateescape"), self.config.capture.address))
 
     def capture_secret(self) -> bytes:
         return capture.load_secret(self.config.capture.secret_file)

@@ -37,8 +37,8 @@ from mattermail.router.store import (EnvelopeRecord, Store, find_message, insert
                                      record_capture, record_deliveries)
 from mattermail.router.text import body_text
 
-__all__ = ["FileResult", "RecipientOutcome", "StoreLookups", "after_commit", "file_message", "file_stored", "load_capture_secret", "route",
-           "system_reason"]
+__all__ = ["FileResult", "RecipientOutcome", "StoreLookups", "after_commit", "capture_state", "file_message",
+           "file_stored", "load_capture_secret", "route", "system_reason"]
 
 log = logging.getLogger("mattermail.router.filing")
 _quiet = logging.getLogger("mattermail.router.filing.explain")  # route() reports in its trace, not the log
@@ -74,6 +74,7 @@ class RecipientOutcome:
     new_filings: int = 0
     capture_note: str = ""
     forward_error: str | None = None
+    unverified: bool = False  # a copy to the capture address that did not verify
 
     @property
     def summary(self) -> str:
@@ -175,15 +176,28 @@ def route(raw: bytes, recipient: str | None, store: Store, cfg: Config, envelope
         cap = caps.get(addr) if addr else None
         if cap is not None and envelope is not None:
             cap = CaptureInfo(cap.ref, True, envelope, cap.duplicate, cap.note)
-        r = apply_rules(_context(msg, addr, envelope_from, cap, loop), StoreLookups(store), rules)
+        r = apply_rules(_context(msg, addr, envelope_from, _trusted(cap), loop), StoreLookups(store), rules)
         r.resolved = [f"{addr} ({source})"] if addr else []
         if cap is not None:
-            r.trace.insert(0, f"{addr}: capture copy:{cap.note or ' envelope given'}")
+            what = "capture copy" if cap.verified else "UNVERIFIED capture copy (filed as inbound mail)"
+            r.trace.insert(0, f"{addr}: {what}:{cap.note or ' envelope given'}")
         results.append(r)
     merged = merge(results)
     if not addresses:
         merged.trace.insert(0, f"resolution: no catch-all address in {', '.join(cfg.router.catchall_headers)}")
     return merged
+
+
+def capture_state(capture_info: dict[str, CaptureInfo]) -> str:
+    """"verified" when a capture recipient's reference verified and its envelope was found (the only mail
+    recorded as outbound), "unverified" for any other copy to the capture address, "" for other mail."""
+    if not capture_info:
+        return ""
+    return "verified" if any(i.verified for i in capture_info.values()) else "unverified"
+
+
+def _trusted(cap: CaptureInfo | None) -> CaptureInfo | None:
+    return cap if cap is not None and cap.verified else None
 
 
 def file_message(raw: bytes, envelope_from: str | None, recipients: list[str], store: Store, cfg: Config,
@@ -225,15 +239,21 @@ def file_stored(raw: bytes, sha: str, envelope_from: str | None, recipients: lis
         if cap is not None and cap.duplicate:
             outcomes.append(RecipientOutcome(addr, "duplicate", RoutingResult(), capture_note=cap.note))
             continue
-        res = apply_rules(_context(msg, addr or None, envelope_from, cap, loop), lookups, rules)
+        # an unverified copy is filed as what it is: mail from outside to one of our addresses
+        res = apply_rules(_context(msg, addr or None, envelope_from, _trusted(cap), loop), lookups, rules)
         kind = "filed" if res.filings else "unfiled" if res.unfiled_reason else "personal"
-        outcomes.append(RecipientOutcome(addr, kind, res, capture_note=cap.note if cap else ""))
-    direction = "outbound" if capture_info else "inbound"
+        outcomes.append(RecipientOutcome(addr, kind, res, capture_note=cap.note if cap else "",
+                                         unverified=cap is not None and not cap.verified))
+    capture = capture_state(capture_info)
+    direction = "outbound" if capture == "verified" else "inbound"
+    if capture == "unverified":
+        qlog.warning("capture copy to %s does not verify (%s): stored as inbound mail, marked unverified",
+                     ", ".join(f"<{a}>" for a in capture_info), ";".join(i.note.strip() for i in capture_info.values()))
     existing = find_message(store, sha)
     text = body_text(raw, headers=msg) if existing is None else ""
     with transaction(store):
         mid, new = (existing, False) if existing is not None else insert_message(
-            store, raw, sha, direction, text, loop is not None, headers=msg)
+            store, raw, sha, direction, text, loop is not None, headers=msg, capture=capture)
         record_deliveries(store, mid, envelope_from or "", recipients, queue_id)
         for info in capture_info.values():
             if info.ref is not None:
@@ -259,6 +279,8 @@ def after_commit(raw: bytes, result: FileResult, envelope_from: str | None, stor
 def _event(o: RecipientOutcome, source: str) -> dict:
     detail: dict = {"recipient": o.recipient, "source": source, "new_filings": o.new_filings,
                     "filings": [_decision(f) for f in o.result.filings]}
+    if o.unverified:
+        detail["capture"] = "unverified"
     if o.result.unfiled_reason:
         detail["reason"] = o.result.unfiled_reason
     if o.result.system:

@@ -157,6 +157,23 @@ def _m004_directory_and_filings(db: sqlite_utils.Database) -> None:
                "INSERT INTO messages_fts (rowid, subject, body_text) VALUES (new.id, new.subject, new.body_text); END")
 
 
+@migration
+def _m005_capture_verification(db: sqlite_utils.Database) -> None:
+    """messages.capture: "verified" (a capture copy whose reference verified and whose envelope the milter
+    recorded: the only mail recorded as outbound), "unverified" (it came to the capture address some other
+    way: kept, filed as inbound) or "" (not a capture copy). Existing rows: outbound ones without a verified
+    capture were planted from outside (or came through a path that skipped the milter) and become inbound."""
+    db["messages"].add_column("capture", str, not_null_default="")
+    db.execute("UPDATE messages SET capture = 'verified' WHERE EXISTS (SELECT 1 FROM captures c "
+               "JOIN envelopes e ON e.ref = c.ref WHERE c.message = messages.id AND c.verified = 1)")
+    db.execute("UPDATE messages SET capture = 'unverified', direction = 'inbound' "
+               "WHERE capture = '' AND (direction = 'outbound' OR EXISTS (SELECT 1 FROM captures c "
+               "WHERE c.message = messages.id))")
+
+
+CAPTURE_STATES = ("", "verified", "unverified")
+
+
 def normalise_address(address: str) -> str:
     """Lower-case the domain (local parts are case-sensitive in theory, not in practice)."""
     return address.strip().strip("<>").lower()
@@ -451,10 +468,15 @@ def find_message(store: Store, sha256: str) -> int | None:
 
 
 def insert_message(store: Store, raw: bytes, sha256: str, direction: str = "inbound", body_text: str = "",
-                   system: bool = False, headers: Message | None = None) -> tuple[int, bool]:
+                   system: bool = False, headers: Message | None = None, capture: str = "") -> tuple[int, bool]:
     """(id, new) of the messages row for ``raw``, inserted when new; call inside a transaction,
     after :meth:`Store.write_blob` made the file durable. ``headers``: ``raw``'s header-only parse
-    (compat32), when the caller has it already."""
+    (compat32), when the caller has it already. ``capture``: one of :data:`CAPTURE_STATES`; only a
+    "verified" capture copy may be "outbound"."""
+    if capture not in CAPTURE_STATES:
+        raise ValueError(f"capture: {capture!r}")
+    if direction == "outbound" and capture != "verified":
+        raise ValueError("only a verified capture copy is recorded as outbound")
     existing = find_message(store, sha256)
     if existing is not None:
         return existing, False
@@ -472,9 +494,9 @@ def insert_message(store: Store, raw: bytes, sha256: str, direction: str = "inbo
 
     cur = store.db.execute(
         "INSERT INTO messages (sha256, size, message_id, subject, header_from, date, received, direction, body_text,"
-        " system) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " system, capture) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [sha256, len(raw), h("Message-ID"), h("Subject"), h("From"), h("Date"), time.time(), direction, body_text,
-         int(system)])
+         int(system), capture])
     return int(cur.lastrowid), True
 
 

@@ -135,3 +135,44 @@ def test_raw_message_and_split_round_trip():
     raw = outbound.raw_message(headers, b"body\r\n")
     assert raw == b"Subject: long\r\n\tfolded\r\nFrom:a@b.test\r\n\r\nbody\r\n"
     assert outbound.split_message(raw) == (headers, b"body\r\n")
+
+
+@pytest.mark.parametrize("headers, text", [
+    ([("From", ' "ceo@lawfirm.test" <alice@lawfirm.test>')],
+     "<alice@lawfirm.test> may not use a display name that names <ceo@lawfirm.test>"),
+    ([("From", " =?utf-8?q?ceo=40lawfirm.test?= <alice@lawfirm.test>")],
+     "<alice@lawfirm.test> may not use a display name that names <ceo@lawfirm.test>"),
+    ([("From", " alice@lawfirm.test"), ("Sender", " ceo@lawfirm.test")],
+     "<alice@lawfirm.test> may not send as <ceo@lawfirm.test>"),
+    ([("From", " alice@lawfirm.test"), ("Resent-From", " ceo@lawfirm.test")],
+     "<alice@lawfirm.test> may not send as <ceo@lawfirm.test>"),
+    ([("From", " alice@lawfirm.test"), ("Resent-Sender", " ceo@lawfirm.test")],
+     "<alice@lawfirm.test> may not send as <ceo@lawfirm.test>"),
+])
+def test_spoofed_identity_fields_are_refused_before_capture(runtime, headers, text):
+    rt = runtime()
+    out = outbound.process(submission(headers=headers + [("Subject", " hi")]), rt)
+    assert out.reject is not None and (out.reject.code, out.reject.xcode, out.reject.text) == ("553", "5.7.1", text)
+    assert out.add_recipient is None and not out.signatures and rt.store().count("envelopes") == 0
+
+
+def test_display_name_check_off(runtime):
+    import dataclasses
+
+    rt = runtime()
+    rt.config = dataclasses.replace(rt.config, milter=dataclasses.replace(rt.config.milter, display_name_check="off"))
+    out = outbound.process(submission(headers=[("From", ' "ceo@lawfirm.test" <alice@lawfirm.test>')]), rt)
+    assert out.reject is None and out.add_recipient and out.signatures
+    out = outbound.process(submission(headers=[("From", " alice@lawfirm.test"), ("Sender", " ceo@lawfirm.test")]), rt)
+    assert out.reject is not None and "may not send as <ceo@lawfirm.test>" in out.reject.text  # ownership stays
+
+
+def test_names_capture_address_readings():
+    yes = ["capture@matters.lawfirm.test", "<CAPTURE@Matters.LawFirm.Test>", '"capture"@matters.lawfirm.test',
+           '"cap\\ture+x"@matters.lawfirm.test', "capture+abcdefabcdef.0123456789abcdef@matters.lawfirm.test",
+           "capture@matters.lawfirm.test.", "@a.example,@b.example:capture@matters.lawfirm.test",
+           "capture%matters.lawfirm.test@[127.0.0.1]", "matters.lawfirm.test!capture", "capture%matters.lawfirm.test"]
+    no = ["capture@lawfirm.test", "capturex@matters.lawfirm.test", "x+capture@matters.lawfirm.test", "",
+          "capture", "capture@matters.lawfirm.test.evil.example", "bob@example.test", '"capture@matters.lawfirm.test"']
+    assert [a for a in yes if not capture.names_capture_address(a, BASE)] == []
+    assert [a for a in no if capture.names_capture_address(a, BASE)] == []

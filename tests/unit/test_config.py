@@ -36,6 +36,7 @@ def test_defaults_and_values(tmp_path):
         ("[milter]\ntrusted_networks = '127.0.0.1'\n", ["milter.trusted_networks", "list"]),
         ("[milter]\ntrusted_networks = ['300.1.1.1/8']\n", ["milter.trusted_networks"]),
         ("[log]\nlevel = 'loud'\n", ["log.level", "debug, info"]),
+        ("[milter]\ndisplay_name_check = 'warn'\n", ["milter.display_name_check", "refuse or off"]),
         ("[milter\n", ["not valid TOML"]),
     ],
 )

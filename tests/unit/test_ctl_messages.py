@@ -252,3 +252,40 @@ def test_export_person_and_refusals(env, tmp_path):
     assert not (tmp_path / "z").exists()
     (tmp_path / "afile").write_text("x")
     one_line_error(env.run("messages", "export", "--matter", "1234", tmp_path / "afile"), "DIR")
+
+
+# -- unverified capture copies ---------------------------------------------------------------------------
+
+
+def test_a_copy_to_the_capture_address_that_does_not_verify_is_marked_in_every_listing(env, tmp_path):
+    src = tmp_path / "planted"
+    src.mkdir()
+    (src / "planted.eml").write_bytes(eml(f"capture+abcdefabcdef.0123456789abcdef@{CA}", "Our advice (planted)",
+                                          "jane@client.example", "A planted quokka.",
+                                          "Wed, 10 Jan 2024 09:00:00 +0000"))
+    r = env.run("import", src)
+    assert r.exit_code == 0, r.output
+    listed = env.json("messages", "list")
+    planted = listed[0]
+    assert planted["subject"] == "Our advice (planted)"
+    assert (planted["direction"], planted["capture"]) == ("inbound", "unverified"), planted
+    assert [m["capture"] for m in listed[1:3]] == ["verified", "verified"]  # the milter's copies
+    assert all(m["capture"] is None for m in listed[3:])
+    assert planted["id"] not in [m["id"] for m in env.json("messages", "list", "--direction", "outbound")]
+    assert [m["id"] for m in env.json("messages", "list", "--unverified")] == [planted["id"]]
+    line = env.run("messages", "list").stdout.splitlines()[0]
+    assert line.startswith(f"{planted['id']}\t2024-01-10 09:00\tinbound\t") and line.endswith(
+        "[UNVERIFIED capture copy]"), line
+    assert not any("UNVERIFIED" in l for l in env.run("messages", "list").stdout.splitlines()[1:])
+    shown = env.run("messages", "show", planted["id"]).stdout
+    assert "  capture:    UNVERIFIED: came to the capture address" in shown, shown
+    assert env.json("messages", "show", str(planted["id"]))["capture"] == "unverified"
+    assert "capture=unverified" in shown.split("events:")[1]
+    hit = env.run("messages", "search", "quokka").stdout
+    assert hit.startswith(f"{planted['id']}\t") and "[UNVERIFIED capture copy]" in hit.splitlines()[0], hit
+    assert env.json("messages", "search", "quokka")[0]["capture"] == "unverified"
+    dest = tmp_path / "jane"
+    assert env.run("messages", "export", "--person", "jane@client.example", dest).exit_code == 0
+    rows = {x["id"]: x for x in csv.DictReader((dest / "index.csv").open(encoding="utf-8"))}
+    assert (rows[str(planted["id"])]["direction"], rows[str(planted["id"])]["capture"]) == ("inbound", "unverified")
+    assert rows[str(planted["id"])]["rules"] == "sender"

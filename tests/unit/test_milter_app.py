@@ -106,9 +106,10 @@ def test_negotiation_skips_unneeded_callbacks():
     m._setctx(Ctx())
     assert m.negotiate(opts) == Milter.CONTINUE
     p = opts[1]
-    for bit in (Milter.P_NR_CONN, Milter.P_NR_HELO, Milter.P_NR_MAIL, Milter.P_NR_RCPT, Milter.P_NR_HDR,
+    for bit in (Milter.P_NR_CONN, Milter.P_NR_HELO, Milter.P_NR_MAIL, Milter.P_NR_HDR,
                 Milter.P_NR_BODY, Milter.P_HDR_LEADSPC):
         assert p & bit, hex(bit)
+    assert not p & (Milter.P_NR_RCPT | Milter.P_NORCPT)  # RCPT is answered: the capture address is refused there
     for bit in (Milter.P_NOEOH, Milter.P_NODATA, Milter.P_NOUNKNOWN):
         assert p & bit, hex(bit)
 
@@ -118,9 +119,9 @@ def test_byte_level_callbacks_answer_noreply_only_when_negotiated():
     for nr, want in ((True, Milter.NOREPLY), (False, Milter.CONTINUE)):
         m = MatterMilter()
         m._setctx(Ctx())
-        m._protocol = (Milter.P_NR_RCPT | Milter.P_NR_HDR | Milter.P_NR_BODY) if nr else 0
+        m._protocol = (Milter.P_NR_HDR | Milter.P_NR_BODY) if nr else 0
         m.msg = Message(mail_from="alice@lawfirm.test")
-        assert m.envrcpt_bytes(b"<bob@example.test>", b"NOTIFY=NEVER") == want
+        assert m.envrcpt_bytes(b"<bob@example.test>", b"NOTIFY=NEVER") == Milter.CONTINUE  # always answered
         assert m.header_bytes("Subject", b" caf\xc3\xa9 \xff") == want
         assert m.body(b"hello\r\n") == want
         assert m.msg.recipients == ["bob@example.test"]
@@ -153,3 +154,48 @@ def test_replacement_body_goes_in_full_milter_chunks():
     assert b"".join(out) == b"a" * 65536 + b"b" * 69997 + b"c" * 10
     assert [len(c) for c in out[:-1]] == [REPLACE_CHUNK] * (len(out) - 1) and 0 < len(out[-1]) <= REPLACE_CHUNK
     assert all(isinstance(c, bytes) for c in out)
+
+
+CAPTURE_REFUSALS = ["<capture@matters.lawfirm.test>", "<Capture@MATTERS.lawfirm.test>",
+                    "<capture+abcdefabcdef.0123456789abcdef@matters.lawfirm.test>", '<"capture"@matters.lawfirm.test>',
+                    '<"CAPTURE+x"@matters.lawfirm.test>', "<capture@matters.lawfirm.test.>",
+                    "<@relay.example:capture@matters.lawfirm.test>", "<capture%matters.lawfirm.test@[127.0.0.1]>",
+                    "<matters.lawfirm.test!capture>", "<cap\\ture@matters.lawfirm.test>"]
+
+
+@pytest.mark.parametrize("rcpt", CAPTURE_REFUSALS)
+@pytest.mark.parametrize("auth", [None, "alice@lawfirm.test"])
+def test_a_client_naming_the_capture_address_is_refused_at_rcpt(tmp_path, caplog, rcpt, auth):
+    caplog.set_level(logging.INFO, "mattermail.milter")
+    cfg = MatterMilter.runtime.config
+    MatterMilter.runtime = Runtime(config.from_dict({
+        "milter": {"trusted_networks": ["127.0.0.1/32"]},
+        "store": {"path": str(cfg.store.path), "messages_dir": str(cfg.store.messages_dir)},
+        "capture": {"address": "capture@matters.lawfirm.test", "secret_file": str(tmp_path / "none")}}))
+    ctx = Ctx()
+    if auth:
+        ctx._setsymval("{auth_authen}", auth)
+    ctx._connect(ip="192.0.2.7")
+    assert ctx._envfrom("<alice@lawfirm.test>") == Milter.CONTINUE
+    assert ctx._envrcpt("<bob@example.test>") == Milter.CONTINUE
+    assert ctx._envrcpt(rcpt) == Milter.REJECT, rcpt
+    shown = rcpt.strip("<>").replace("%", "?")
+    assert ctx._reply == ("550", "5.7.1", f"<{shown}>: the capture address accepts only copies made by this server")
+    assert ctx.getpriv().msg.recipients == ["bob@example.test"]
+    line = [r.getMessage() for r in caplog.records if "capture address named by a client" in r.getMessage()]
+    assert len(line) == 1 and ("sasl_username=alice@lawfirm.test" in line[0]) == bool(auth), line
+
+
+@pytest.mark.parametrize("rcpt", ["<capture@lawfirm.test>", "<capturex@matters.lawfirm.test>",
+                                  "<1234@matters.lawfirm.test>", "<alice+capture@matters.lawfirm.test>",
+                                  "<capture@matters.lawfirm.test.example>", "<bob@example.test>"])
+def test_other_recipients_pass_rcpt(tmp_path, rcpt):
+    cfg = MatterMilter.runtime.config
+    MatterMilter.runtime = Runtime(config.from_dict({
+        "store": {"path": str(cfg.store.path), "messages_dir": str(cfg.store.messages_dir)},
+        "capture": {"address": "capture@matters.lawfirm.test", "secret_file": str(tmp_path / "none")}}))
+    ctx = Ctx()
+    ctx._connect(ip="192.0.2.7")
+    ctx._envfrom("<x@example.test>")
+    assert ctx._envrcpt(rcpt) == Milter.CONTINUE, rcpt
+    assert ctx.getpriv().msg.recipients == [rcpt.strip("<>")]

@@ -173,13 +173,46 @@ def test_capture_copy_files_to_the_bccd_client_from_the_recorded_envelope(store,
     assert store.db.execute("SELECT person, rule, detail FROM filings").fetchone() == (
         3, "correspondent", "bcc-client@example.test (envelope, Bcc)")
     assert store.db.execute("SELECT ref, verified FROM captures").fetchone() == ("0123456789ab", 1)
-    # a forged reference is not trusted: the headers alone know no client, so the copy is personal
+    assert store.db.execute("SELECT direction, capture FROM messages WHERE id = ?",
+                            [res.message_id]).fetchone() == ("outbound", "verified")
+    # a forged reference is not trusted: not outbound, no envelope, filed like any inbound mail (by sender)
     forged = addr.replace(addr.split(".")[1][:4], "0000")
     raw2 = msg(frm="alice@lawfirm.test", to="friend@other.test", subject="forged")
     caps = inspect_captures([forged], cfg.capture.address, SECRET, store)
     res = filing.file_message(raw2, "alice@lawfirm.test", [forged], store, cfg, "QF", caps)
-    assert res.outcomes[0].kind == "personal" and res.outcomes[0].summary == "personal"
-    assert "capture=forged" in res.outcomes[0].capture_note
+    assert res.direction == "inbound" and "capture=forged" in res.outcomes[0].capture_note
+    assert [(f.rule, f.person_id) for f in res.outcomes[0].result.filings] == [("sender", 2)]
+    assert store.db.execute("SELECT direction, capture FROM messages WHERE id = ?",
+                            [res.message_id]).fetchone() == ("inbound", "unverified")
+
+
+@pytest.mark.parametrize("shape", ["bare", "forged-mac", "made-up-ref", "no-envelope", "junk-extension", "upper-case"])
+def test_a_copy_to_the_capture_address_that_does_not_verify_is_kept_inbound_and_unverified(store, tmp_path, caplog,
+                                                                                           shape):
+    """Outsiders (or a path that skipped the milter) reaching the capture address never make an outbound record."""
+    cfg = make_cfg(tmp_path)
+    good = capture_setup(store, ["client@example.test"])
+    mac = good.partition("@")[0].rpartition(".")[2]
+    rcpt = {"bare": f"capture@{CA}", "forged-mac": good.replace(f".{mac}@", f".{mac[::-1]}@"), "made-up-ref": f"capture+abcdefabcdef.0123456789abcdef@{CA}",
+            "no-envelope": capture_address(f"capture@{CA}", "fedcba987654", SECRET),
+            "junk-extension": f"capture+junk@{CA}", "upper-case": f"CAPTURE@{CA.upper()}"}[shape]
+    assert rcpt != good
+    raw = msg(frm="ceo@lawfirm.test", to="client@example.test", subject=f"planted {shape}")
+    res = filing.file_message(raw, "ceo@lawfirm.test", [rcpt], store, cfg, "QP")
+    row = store.db.execute("SELECT direction, capture FROM messages WHERE id = ?", [res.message_id]).fetchone()
+    assert row == ("inbound", "unverified"), f"{shape}: stored as {row}"
+    assert res.direction == "inbound" and res.outcomes[0].unverified
+    assert not [f for f in res.outcomes[0].result.filings if f.rule == "correspondent"]
+    event = json.loads(store.db.execute("SELECT detail FROM events WHERE message = ?", [res.message_id]).fetchone()[0])
+    assert event["capture"] == "unverified"
+    assert any("marked unverified" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+
+
+def test_insert_refuses_an_outbound_row_that_is_not_a_verified_capture(store):
+    from mattermail.router.store import insert_message
+
+    with pytest.raises(ValueError, match="verified capture"):
+        insert_message(store, b"Subject: x\r\n\r\nx\r\n", "0" * 64, "outbound", capture="unverified")
 
 
 def test_duplicate_bare_capture_copy_is_not_filed_twice(store, tmp_path):

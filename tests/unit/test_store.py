@@ -78,3 +78,33 @@ def test_blob_directory_removed_under_a_running_store(store):
         raw += b"."
     _sha2, path2 = store.write_blob(raw)
     assert path2.parent == path.parent and path2.read_bytes() == raw
+
+
+def test_migration_5_marks_planted_outbound_records_unverified(tmp_path, monkeypatch):
+    """Rows a store of schema 4 recorded as outbound without a verified capture become inbound, unverified."""
+    n = [i for i, fn in enumerate(storemod.MIGRATIONS, 1) if fn.__name__ == "_m005_capture_verification"]
+    assert n == [5]
+    monkeypatch.setattr(storemod, "MIGRATIONS", storemod.MIGRATIONS[:4])
+    old = storemod.Store(tmp_path / "s.sqlite", tmp_path / "m")
+    assert old.schema_version() == 4
+    rows = {}
+    for name, direction in (("verified", "outbound"), ("forged", "outbound"), ("bare", "outbound"),
+                            ("inbound", "inbound")):
+        cur = old.db.execute("INSERT INTO messages (sha256, size, received, direction) VALUES (?, 1, 0, ?)",
+                             [name, direction])
+        rows[name] = cur.lastrowid
+    old.db.execute("INSERT INTO envelopes (ref, queue_id, mail_from, recipients, login, client, created) "
+                   "VALUES ('aaaaaaaaaaaa', 'Q', 'a@x.test', '[]', 'a@x.test', '127.0.0.1', 0)")
+    old.db.execute("INSERT INTO captures (message, ref, verified, recorded) VALUES (?, 'aaaaaaaaaaaa', 1, 0)",
+                   [rows["verified"]])
+    old.db.execute("INSERT INTO captures (message, ref, verified, recorded) VALUES (?, 'bbbbbbbbbbbb', 0, 0)",
+                   [rows["forged"]])
+    old.close()
+    monkeypatch.undo()
+    new = storemod.Store(tmp_path / "s.sqlite", tmp_path / "m")
+    assert new.schema_version() == len(storemod.MIGRATIONS) >= 5
+    got = {name: new.db.execute("SELECT direction, capture FROM messages WHERE id = ?", [mid]).fetchone()
+           for name, mid in rows.items()}
+    assert got == {"verified": ("outbound", "verified"), "forged": ("inbound", "unverified"),
+                   "bare": ("inbound", "unverified"), "inbound": ("inbound", "")}, got
+    new.close()
