@@ -27,7 +27,6 @@ fails.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import sys
@@ -37,6 +36,7 @@ from pathlib import Path
 import click
 
 from mattermail.ctl.base import Context, UserFacingError, cli, json_option, pass_ctx
+from mattermail.ctl.terminal import echo, echo_json
 from mattermail.router import filing
 from mattermail.router.rules import RouterRules
 from mattermail.router.store import find_message
@@ -278,13 +278,13 @@ def import_cmd(ctx: Context, path: str, as_json: bool) -> None:
         for item in plan.items:
             import_one(ctx, item, rules, summary)
     if as_json:
-        click.echo(json.dumps(summary.as_dict(), indent=2))
+        echo_json(summary.as_dict())
     else:
         for where, why in summary.errors:
-            click.echo(f"error: {where}: {why}", err=True)
+            echo(f"error: {where}: {why}", err=True)
         if summary.skipped:
-            click.echo(f"skipped {len(summary.skipped)} file{'s' if len(summary.skipped) > 1 else ''} that are "
-                       f"not messages (e.g. {summary.skipped[0]})", err=True)
-        click.echo(summary.line())
+            echo(f"skipped {len(summary.skipped)} file{'s' if len(summary.skipped) > 1 else ''} that are "
+                 f"not messages (e.g. {summary.skipped[0]})", err=True)
+        echo(summary.line())
     if summary.errors:
         sys.exit(1)
