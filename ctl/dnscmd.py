@@ -10,7 +10,7 @@ from dataclasses import asdict
 
 import click
 from mattermail.ctl.base import Context, UserFacingError, cli, json_option, pass_ctx
-from mattermail.ctl.terminal import echo, echo_json
+from mattermail.ctl.terminal import echo, echo_json, safe
 from mattermail.ctl.dkim import valid_domain
 
 from mattermail import dkimkeys
@@ -90,9 +90,9 @@ def dns_check(ctx: Context, domain: str, ips: tuple[str, ...], as_json: bool) ->
     else:
         echo(f"{domain}, sending from {', '.join(our_ips)}:")
         for f in findings:
-            echo(f"[{f.level}] {f.check}: {f.message}")
+            echo(f"[{f.level}] {f.check}: {safe(f.message)}")
             if f.fix:
-                echo(f"  fix: {f.fix}")
+                echo(f"  fix: {safe(f.fix)}")
         if is_blocking:
             echo(f"{domain}: would be rejected by Gmail/Yahoo: {problems} problem(s)")
         else:

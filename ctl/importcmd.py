@@ -36,7 +36,7 @@ from pathlib import Path
 import click
 
 from mattermail.ctl.base import Context, UserFacingError, cli, json_option, pass_ctx
-from mattermail.ctl.terminal import echo, echo_json
+from mattermail.ctl.terminal import echo, echo_json, safe
 from mattermail.router import filing
 from mattermail.router.rules import RouterRules
 from mattermail.router.store import find_message
@@ -261,7 +261,7 @@ def import_cmd(ctx: Context, path: str, as_json: bool) -> None:
     """
     p = Path(path)
     if not p.exists():
-        raise UserFacingError(f"PATH: {path} does not exist")
+        raise UserFacingError(f"PATH: {path!r} does not exist")
     if not p.is_dir() and not os.access(p, os.R_OK):
         raise UserFacingError(f"PATH: cannot read {path}")
     _ = ctx.config, ctx.store  # config and store problems stop here, before any message
@@ -271,7 +271,7 @@ def import_cmd(ctx: Context, path: str, as_json: bool) -> None:
     err = sys.stderr
     if err.isatty() and plan.items:
         with click.progressbar(plan.items, label="importing", file=err, show_pos=True,
-                               item_show_func=lambda i: Path(i.label).name[:30] if i else None) as bar:
+                               item_show_func=lambda i: safe(Path(i.label).name[:30]) if i else None) as bar:
             for item in bar:
                 import_one(ctx, item, rules, summary)
     else:
@@ -281,10 +281,10 @@ def import_cmd(ctx: Context, path: str, as_json: bool) -> None:
         echo_json(summary.as_dict())
     else:
         for where, why in summary.errors:
-            echo(f"error: {where}: {why}", err=True)
+            echo(f"error: {safe(where)}: {safe(why)}", err=True)
         if summary.skipped:
             echo(f"skipped {len(summary.skipped)} file{'s' if len(summary.skipped) > 1 else ''} that are "
-                 f"not messages (e.g. {summary.skipped[0]})", err=True)
+                 f"not messages (e.g. {safe(summary.skipped[0])})", err=True)
         echo(summary.line())
     if summary.errors:
         sys.exit(1)

@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from mattermail.ctl.base import Context, UserFacingError, cli, json_option, pass_ctx, user_errors, valid_address
-from mattermail.ctl.terminal import echo, echo_json
+from mattermail.ctl.terminal import echo, echo_json, safe
 from mattermail.ctl.messages import Names, filing_dict, filing_line
 from mattermail.router import filing
 
@@ -73,15 +73,15 @@ def route_explain(ctx: Context, file: str, recipient: str | None, envelope_from:
     if as_json:
         echo_json(out)
         return
-    echo(f"message: {file} ({len(raw)} bytes); nothing is stored")
+    echo(f"message: {safe(file)} ({len(raw)} bytes); nothing is stored")
     echo("resolved:" + ("" if out["resolved"] else " (no catch-all address)"))
     for r in out["resolved"]:
-        echo(f"  {r['address']} (from {r['source']})")
+        echo(f"  {safe(r['address'])} (from {safe(r['source'])})")
     echo("rules tried:")
     for line in res.trace:
-        echo(f"  {line}")
+        echo(f"  {safe(line)}")
     if res.system:
-        echo(f"system mail: {res.system_reason} (filed, never answered or forwarded)")
+        echo(f"system mail: {safe(res.system_reason)} (filed, never answered or forwarded)")
     if filings:
         echo("result: filed")
         for f in filings:
@@ -89,6 +89,6 @@ def route_explain(ctx: Context, file: str, recipient: str | None, envelope_from:
     elif result == "personal":
         echo("result: personal (capture copy with no known correspondent: kept, not filed)")
     else:
-        echo(f"result: unfiled: {res.unfiled_reason or 'no rule matched'}")
+        echo(f"result: unfiled: {safe(res.unfiled_reason or 'no rule matched')}")
     for w in res.warnings:
-        echo(f"warning: {w}")
+        echo(f"warning: {safe(w)}")

@@ -24,7 +24,7 @@ import click
 
 from mattermail import config as configmod
 from mattermail.ctl.base import Context, cli, json_option, pass_ctx
-from mattermail.ctl.terminal import echo, echo_json
+from mattermail.ctl.terminal import echo, echo_json, safe
 from mattermail.daemon import parse_listen
 
 TIMEOUT = 3.0
@@ -363,30 +363,30 @@ def status(ctx: Context, log_lines: int, show_errors: int, as_json: bool) -> Non
     else:
         echo("daemons:")
         for d in daemons:
-            echo(f"  {d.name:<7} {'up' if d.up else 'DOWN':<5} {d.address}: {d.detail}")
+            echo(f"  {d.name:<7} {'up' if d.up else 'DOWN':<5} {safe(d.address)}: {safe(d.detail)}")
         echo("postfix queue:")
         if queue.counts:
             echo("  " + ", ".join(f"{k} {v}" for k, v in queue.counts.items())
                  + ("" if queue.source == "postqueue" else " (counted from the queue files)"))
         for problem in (queue.error, queue.warning):
             if problem:
-                echo(f"  {problem}")
+                echo(f"  {safe(problem)}")
         echo("recent errors:")
         if logs["file"] and not logs["note"]:
             errs = logs["errors"]
-            echo(f"  {len(errs)} in the last {logs['scanned']} line(s) of {logs['file']}")
+            echo(f"  {len(errs)} in the last {logs['scanned']} line(s) of {safe(logs['file'])}")
             for line in errs[-show_errors:] if show_errors else []:
-                echo(f"  {line}")
+                echo(f"  {safe(line)}")
         else:
-            echo(f"  {logs['note']}")
+            echo(f"  {safe(logs['note'])}")
         echo("store:")
-        echo(f"  {store['path']}: {_size(store['db_bytes'])} + WAL {_size(store['wal_bytes'])}; "
-             f"{store['messages_dir']}: {_size(store['messages_dir_bytes'])} in {store['message_files']} file(s)")
+        echo(f"  {safe(store['path'])}: {_size(store['db_bytes'])} + WAL {_size(store['wal_bytes'])}; "
+             f"{safe(store['messages_dir'])}: {_size(store['messages_dir_bytes'])} in {store['message_files']} file(s)")
         if store["counts"]:
             echo("  " + ", ".join(f"{k} {v}" for k, v in store["counts"].items()))
         if store["error"]:
-            echo(f"  cannot read the store: {store['error']}")
+            echo(f"  cannot read the store: {safe(store['error'])}")
     if down:
         echo("mattermailctl: status: unreachable: "
-             + "; ".join(f"{d.name} ({d.address}: {d.detail})" for d in down), err=True)
+             + "; ".join(f"{d.name} ({safe(d.address)}: {safe(d.detail)})" for d in down), err=True)
         click.get_current_context().exit(1)
