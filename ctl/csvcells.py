@@ -45,9 +45,13 @@ def restore(cell: str) -> str:
 class _Writer:
     def __init__(self, stream: TextIO) -> None:
         self._w = csv.writer(stream, lineterminator="\n")
+        # With "\n" line ends csv leaves a cell holding a CR unquoted, and a reader then splits the record there.
+        self._quote_all = csv.writer(stream, lineterminator="\n", quoting=csv.QUOTE_ALL)
 
     def writerow(self, row: Iterable[Any]) -> None:
-        self._w.writerow([neutralise(v) for v in row])
+        cells = [neutralise(v) for v in row]
+        cr = any(isinstance(v, str) and "\r" in v for v in cells)
+        (self._quote_all if cr else self._w).writerow(cells)
 
 
 def writer(stream: TextIO) -> _Writer:

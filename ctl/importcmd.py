@@ -36,7 +36,7 @@ from pathlib import Path
 import click
 
 from mattermail.ctl.base import Context, UserFacingError, cli, json_option, pass_ctx
-from mattermail.ctl.terminal import echo, echo_json, safe
+from mattermail.ctl.terminal import echo, echo_json, progressbar, safe, stderr_is_terminal
 from mattermail.router import filing
 from mattermail.router.rules import RouterRules
 from mattermail.router.store import find_message
@@ -268,10 +268,8 @@ def import_cmd(ctx: Context, path: str, as_json: bool) -> None:
     rules = RouterRules.from_config(ctx.config)
     plan = plan_import(p)
     summary = Summary(errors=list(plan.errors), skipped=plan.skipped)
-    err = sys.stderr
-    if err.isatty() and plan.items:
-        with click.progressbar(plan.items, label="importing", file=err, show_pos=True,
-                               item_show_func=lambda i: safe(Path(i.label).name[:30]) if i else None) as bar:
+    if stderr_is_terminal() and plan.items:
+        with progressbar(plan.items, "importing", lambda i: Path(i.label).name[:30]) as bar:
             for item in bar:
                 import_one(ctx, item, rules, summary)
     else:

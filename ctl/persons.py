@@ -21,7 +21,7 @@ from mattermail.ctl import csvcells
 from mattermail.ctl.base import (
     Context, UserFacingError, cli, json_option, pass_ctx, user_errors, valid_address, valid_name,
 )
-from mattermail.ctl.terminal import echo, echo_json, safe
+from mattermail.ctl.terminal import echo, echo_data, echo_json, safe
 from mattermail.router import directory
 
 PERSON_COLUMNS = ("email", "name", "other_emails")
@@ -318,7 +318,7 @@ def person_export(ctx: Context, csv_file: str) -> None:
     for p in persons:
         w.writerow([p.email, p.name, " ".join(p.addresses[1:])])
     if csv_file == "-":
-        echo(buf.getvalue(), nl=False)
+        echo_data(buf.getvalue())
         return
     try:
         Path(csv_file).write_text(buf.getvalue(), encoding="utf-8")

@@ -26,11 +26,15 @@ escaped ESC, but neither can do anything to the terminal.
 from __future__ import annotations
 
 import json
-from typing import Any
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 import click
 
 from mattermail.validate import first_unsafe, unsafe_char
+
+T = TypeVar("T")
 
 _NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
 
@@ -63,6 +67,14 @@ def echo(message: object = "", err: bool = False, nl: bool = True) -> None:
     click.echo(safe_lines(message if isinstance(message, str) else str(message)), err=err, nl=nl)
 
 
+def echo_data(text: str) -> None:
+    """Text for a file or a pipe (a CSV): written exactly, unless standard output is a terminal: then as :func:`echo`."""
+    if sys.stdout.isatty():
+        echo(text, nl=False)
+    else:
+        click.echo(text, nl=False)
+
+
 def echo_json(data: Any) -> None:
     """Write ``data`` as indented JSON (ASCII: every non-ASCII and control character \\u-escaped)."""
     click.echo(json.dumps(data, indent=2, ensure_ascii=True))
@@ -71,3 +83,13 @@ def echo_json(data: Any) -> None:
 def write_raw(data: bytes) -> None:
     """Write bytes unchanged to standard output (a message, for a file or a pipe)."""
     click.echo(data, nl=False)  # bytes: click writes them to the binary stream as they are
+
+
+def stderr_is_terminal() -> bool:
+    return sys.stderr.isatty()
+
+
+def progressbar(items: Iterable[T], label: str, show: Callable[[T], str]) -> Any:
+    """click's progress bar on standard error; ``show(item)`` (e.g. a file name) is escaped."""
+    return click.progressbar(items, label=label, file=sys.stderr, show_pos=True,
+                             item_show_func=lambda i: safe(show(i)) if i is not None else None)
