@@ -73,7 +73,7 @@ def read_csv(path: str, columns: Sequence[str], required: Sequence[str]) -> list
                 for i, name in enumerate(header, 1):
                     if name not in columns:
                         raise UserFacingError(
-                            f"{label} line {line}, column {i}: unknown column {safe(name)!r}; the first line must be "
+                            f"{label} line {line}, column {i}: unknown column {name!r}; the first line must be "
                             f"the header {','.join(columns)}")
                     if header.index(name) != i - 1:
                         raise UserFacingError(f"{label} line {line}, column {name}: named twice in the header")

@@ -180,6 +180,7 @@ def mailbox(text: str) -> str:
 
 # -- matter ids and names --------------------------------------------------------------------------
 
+_MATTER_CHARS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _MATTER_ID = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_-]|\.(?=[A-Za-z0-9_-]))*$")
 
 
@@ -198,7 +199,7 @@ def matter_id(text: str) -> str:
     if len(text) > MAX_MATTER_ID:
         raise Invalid(f"longer than {MAX_MATTER_ID} characters")
     if not _MATTER_ID.match(text):
-        if ".." in text or text.endswith("."):
+        if _MATTER_CHARS.match(text):
             raise Invalid("a dot must sit between two other characters")
         raise Invalid("use letters, digits, '-', '_' and '.' (starting with a letter or digit)")
     return text
