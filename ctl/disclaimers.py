@@ -184,8 +184,9 @@ def _from_address(raw: bytes) -> str | None:
 def disclaimer_preview(ctx: Context, file: str, sender: str | None) -> None:
     """Write the message as it would leave, with its disclaimer, to standard output.
 
-    The message bytes are written unchanged except for the decorated parts; a
-    one-line summary (which disclaimer, what was done) goes to standard error.
+    The message bytes are written unchanged except for the decorated parts
+    (on a terminal, control characters are shown escaped); a one-line
+    summary (which disclaimer, what was done) goes to standard error.
 
     \b
     Example:

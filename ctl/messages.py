@@ -323,7 +323,8 @@ def _header_summary(raw: bytes) -> list[tuple[str, str]]:
 
 @messages.command("show")
 @click.argument("ident", metavar="ID")
-@click.option("--raw", is_flag=True, help="Write the stored message, byte for byte, to standard output.")
+@click.option("--raw", is_flag=True,
+              help="Write the stored message, byte for byte, to standard output (escaped when it is a terminal).")
 @json_option
 @pass_ctx
 @user_errors

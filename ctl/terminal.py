@@ -15,7 +15,9 @@ admin reads. So:
   non-ASCII characters as ``\\uXXXX`` (the output is ASCII), and a JSON
   reader gets the stored string back unchanged.
 * :func:`write_raw` writes bytes as they are (``messages show --raw``,
-  ``disclaimer preview``): output meant for a file or a pipe.
+  ``disclaimer preview``) and :func:`echo_data` text as it is (``person
+  export -``): output meant for a file or a pipe. On a terminal both are
+  escaped like :func:`echo`.
 * Error messages (ours and click's) are escaped with :func:`safe` by the
   command group (:class:`mattermail.ctl.base.SafeGroup`).
 
@@ -67,9 +69,13 @@ def echo(message: object = "", err: bool = False, nl: bool = True) -> None:
     click.echo(safe_lines(message if isinstance(message, str) else str(message)), err=err, nl=nl)
 
 
+def stdout_is_terminal() -> bool:
+    return sys.stdout.isatty()
+
+
 def echo_data(text: str) -> None:
     """Text for a file or a pipe (a CSV): written exactly, unless standard output is a terminal: then as :func:`echo`."""
-    if sys.stdout.isatty():
+    if stdout_is_terminal():
         echo(text, nl=False)
     else:
         click.echo(text, nl=False)
@@ -81,8 +87,15 @@ def echo_json(data: Any) -> None:
 
 
 def write_raw(data: bytes) -> None:
-    """Write bytes unchanged to standard output (a message, for a file or a pipe)."""
-    click.echo(data, nl=False)  # bytes: click writes them to the binary stream as they are
+    """Bytes for a file or a pipe (a stored message), unchanged.
+
+    On a terminal they are shown as text instead (UTF-8, CRLF as LF) with
+    controls escaped as by :func:`echo`: a message's raw bytes may hold ESC.
+    """
+    if stdout_is_terminal():
+        echo(data.decode("utf-8", "replace").replace("\r\n", "\n"), nl=False)
+    else:
+        click.echo(data, nl=False)  # bytes: click writes them to the binary stream as they are
 
 
 def stderr_is_terminal() -> bool:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from mattermail.ctl import csvcells, statuscmd
+from mattermail.ctl import csvcells, statuscmd, terminal
 from mattermail.ctl.cli import cli
 from mattermail.ctl.terminal import safe, safe_lines
 from mattermail.router import directory as d
@@ -154,6 +154,21 @@ def test_route_explain_escapes_header_addresses_in_its_trace(env):
     assert len(shown) >= 6, f"{len(shown)} lines show the escaped address:\n{r.output}"
     exact = json.loads(env.run("route", "explain", p, "--json").output)
     assert exact["resolved"][0]["address"] == '"nob\x1b]0;PWNED\x07\x9bx"@matters.lawfirm.test', exact["resolved"]
+
+
+def test_show_raw_is_exact_to_a_pipe_and_escaped_on_a_terminal(env, monkeypatch):
+    raw = (f"Delivered-To: 1234@{CA}\r\nFrom: evil@attacker.example\r\nSubject: raw bytes\r\n\r\n"
+           "8bit body \x1b]0;PWNED\x07\x1b[2J\r\n").encode()
+    (env.tmp / "raw.eml").write_bytes(raw)
+    assert env.run("import", env.tmp / "raw.eml").exit_code == 0
+    mid = env.store.db.execute("SELECT id FROM messages").fetchone()[0]
+    r = env.run("messages", "show", mid, "--raw")
+    assert r.exit_code == 0 and r.stdout_bytes == raw, r.stdout_bytes
+    monkeypatch.setattr(terminal, "stdout_is_terminal", lambda: True)
+    r = env.run("messages", "show", mid, "--raw")
+    assert r.exit_code == 0, r.output
+    no_raw_controls(r.output, "messages show --raw on a terminal")
+    assert "8bit body \\x1b]0;PWNED\\x07\\x1b[2J\n" in r.output, r.output
 
 
 # -- directory listings, with values stored before validation was strict -------------------------------
