@@ -7,16 +7,16 @@ catch-all domains (``[general] catchall_domains``) are accepted, each once.
 
 from __future__ import annotations
 
-import json
 
 import click
 
-from mattermail.ctl.base import Context, cli, json_option, pass_ctx, user_errors, valid_address
+from mattermail.ctl.base import Context, cli, json_option, pass_ctx, user_errors, valid_address, valid_matter_id
+from mattermail.ctl.terminal import echo, echo_json, safe
 from mattermail.router import directory
 
 
 def _target(a: directory.Alias) -> str:
-    return f"person {a.person}" if a.person is not None else f"matter {a.matter}"
+    return f"person {safe(a.person)}" if a.person is not None else f"matter {safe(a.matter)}"
 
 
 @cli.group()
@@ -42,8 +42,9 @@ def alias_add(ctx: Context, address: str, person: str | None, matter_id: str | N
         raise click.UsageError("give exactly one of --person or --matter")
     addr = valid_address(address, "address")
     email = valid_address(person, "--person") if person is not None else None
+    matter_id = valid_matter_id(matter_id, "--matter") if matter_id is not None else None
     a = directory.add_alias(ctx.store, addr, ctx.config.general.catchall_domains, person=email, matter=matter_id)
-    click.echo(f"added alias {a.address} for {_target(a)}")
+    echo(f"added alias {a.address} for {_target(a)}")
 
 
 @alias.command("list")
@@ -58,13 +59,12 @@ def alias_list(ctx: Context, as_json: bool) -> None:
     """
     aliases = directory.list_aliases(ctx.store)
     if as_json:
-        click.echo(json.dumps([{"address": a.address, "person": a.person, "matter": a.matter} for a in aliases],
-                              indent=2))
+        echo_json([{"address": a.address, "person": a.person, "matter": a.matter} for a in aliases])
         return
     if not aliases:
-        click.echo("no aliases")
+        echo("no aliases")
     for a in aliases:
-        click.echo(f"{a.address}\t{_target(a)}")
+        echo(f"{safe(a.address)}\t{_target(a)}")
 
 
 @alias.command("remove")
@@ -80,4 +80,4 @@ def alias_remove(ctx: Context, address: str) -> None:
     """
     addr = valid_address(address, "address")
     directory.remove_alias(ctx.store, addr)
-    click.echo(f"removed alias {addr}")
+    echo(f"removed alias {addr}")

@@ -16,12 +16,37 @@ from typing import Any
 import click
 
 from mattermail import config as configmod
-from mattermail import passwords, privileges
+from mattermail import passwords, privileges, validate
+from mattermail.ctl.terminal import echo, safe
 from mattermail.router import store as storemod
 
 
 class UserFacingError(click.ClickException):
     exit_code = 1
+
+
+def _escaped(e: click.ClickException) -> None:
+    """Make ``e`` print its message with control and bidi characters escaped (it may echo input)."""
+    original = e.format_message
+    e.format_message = lambda: safe(original())  # type: ignore[method-assign]
+
+
+class SafeGroup(click.Group):
+    """The root group: every error message, ours or click's, is escaped before it is shown."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.ClickException as e:
+            _escaped(e)
+            raise
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.ClickException as e:
+            _escaped(e)
+            raise
 
 
 class Context:
@@ -45,7 +70,7 @@ class Context:
             try:
                 self._config = configmod.load(self.config_path)
             except configmod.ConfigError as e:
-                click.echo(f"mattermailctl: {e}", err=True)
+                echo(f"mattermailctl: {safe(e)}", err=True)
                 sys.exit(configmod.EX_CONFIG)
             if not self.keep_root:
                 self._become_daemon_user(self._config.general.user)
@@ -91,7 +116,7 @@ def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(fn)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=SafeGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
     "config_path",
@@ -112,9 +137,44 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
     ctx.obj = Context(config_path)
 
 
+def _invalid(field: str, value: str, what: str, e: validate.Invalid) -> UserFacingError:
+    return UserFacingError(f"{field}: {value!r} is not {what}: {e}")
+
+
 def valid_address(value: str, field: str) -> str:
-    v = storemod.normalise_address(value)
-    local, at, domain = v.rpartition("@")
-    if not at or not local or "." not in domain or any(c.isspace() for c in v) or ":" in v:
-        raise UserFacingError(f"{field}: {value!r} is not an email address")
-    return v
+    """An email address (:func:`mattermail.validate.mailbox`), lower-cased as the store keeps addresses.
+
+    Surrounding blanks and one pair of angle brackets are dropped first.
+    """
+    v = value.strip()
+    if v.startswith("<") and v.endswith(">"):
+        v = v[1:-1].strip()
+    try:
+        return storemod.normalise_address(validate.mailbox(v))
+    except validate.Invalid as e:
+        raise _invalid(field, value, "an email address", e) from None
+
+
+def valid_domain(value: str, field: str) -> str:
+    """A domain name (:func:`mattermail.validate.domain`), lower-case; blanks and one trailing dot dropped."""
+    v = value.strip()
+    try:
+        return validate.domain(v[:-1] if v.endswith(".") else v)
+    except validate.Invalid as e:
+        raise _invalid(field, value, "a domain name", e) from None
+
+
+def valid_matter_id(value: str, field: str) -> str:
+    """A matter id (:func:`mattermail.validate.matter_id`); surrounding blanks dropped."""
+    try:
+        return validate.matter_id(value.strip())
+    except validate.Invalid as e:
+        raise _invalid(field, value, "a valid matter id", e) from None
+
+
+def valid_name(value: str, field: str, what: str = "a name") -> str:
+    """A person's name or a matter's title (:func:`mattermail.validate.display_name`)."""
+    try:
+        return validate.display_name(value)
+    except validate.Invalid as e:
+        raise _invalid(field, value, what, e) from None

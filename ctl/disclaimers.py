@@ -8,7 +8,6 @@ absent).
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import UTC, datetime
 from email.parser import BytesHeaderParser
@@ -18,20 +17,14 @@ from pathlib import Path
 
 import click
 
-from mattermail.ctl.base import Context, UserFacingError, cli, json_option, pass_ctx, user_errors, valid_address
+from mattermail.ctl.base import (
+    Context, UserFacingError, cli, json_option, pass_ctx, user_errors, valid_address, valid_domain,
+)
+from mattermail.ctl.terminal import echo, echo_json, safe, write_raw
 from mattermail.milter import disclaimer as disclaimermod
 from mattermail.router import store as storemod
 
-_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _FULL_DOCUMENT = re.compile(r"<(?:html|body)[\s>/]", re.IGNORECASE)
-
-
-def valid_domain(value: str, field: str) -> str:
-    v = value.strip().lower().rstrip(".")
-    labels = v.split(".")
-    if len(v) > 253 or len(labels) < 2 or not all(_LABEL.match(label) for label in labels):
-        raise UserFacingError(f"{field}: {value!r} is not a domain name")
-    return v
 
 
 def _scope(domain: str | None, sender: str | None) -> tuple[str, str]:
@@ -46,7 +39,7 @@ def _scope(domain: str | None, sender: str | None) -> tuple[str, str]:
 
 
 def _describe(scope: str, key: str) -> str:
-    return f"{scope} disclaimer" + (f" for {key}" if key else "")
+    return f"{scope} disclaimer" + (f" for {safe(key)}" if key else "")
 
 
 def _read_text(path: str, field: str) -> str:
@@ -72,16 +65,16 @@ def _row_dict(row: storemod.DisclaimerRow) -> dict[str, object]:
 
 
 def _print_row(row: storemod.DisclaimerRow) -> None:
-    click.echo(f"{_describe(row.scope, row.key)} (updated {_iso(row.updated)})")
-    click.echo("  text:")
+    echo(f"{_describe(row.scope, row.key)} (updated {_iso(row.updated)})")
+    echo("  text:")
     for line in row.text.strip("\r\n").splitlines():
-        click.echo(f"    {line}")
+        echo(f"    {line}")
     if row.html is None:
-        click.echo("  html: (derived from the text)")
+        echo("  html: (derived from the text)")
     else:
-        click.echo("  html:")
+        echo("  html:")
         for line in row.html.strip("\r\n").splitlines():
-            click.echo(f"    {line}")
+            echo(f"    {line}")
 
 
 @cli.group()
@@ -118,12 +111,12 @@ def disclaimer_set(ctx: Context, domain: str | None, sender: str | None, text_fi
     text = _read_text(text_file, "--text")
     html = _read_text(html_file, "--html") if html_file is not None else None
     if html is not None and _FULL_DOCUMENT.search(html):
-        click.echo("warning: --html: contains <html> or <body>; a fragment is expected "
-                   "(it is inserted before the message's </body>)", err=True)
+        echo("warning: --html: contains <html> or <body>; a fragment is expected "
+             "(it is inserted before the message's </body>)", err=True)
     storemod.set_disclaimer(ctx.store, scope, key, text, html)
     lines = len(text.strip("\r\n").splitlines())
     html_note = "HTML from file" if html is not None else "HTML derived from the text"
-    click.echo(f"set {_describe(scope, key)} ({lines} line(s) of text, {html_note})")
+    echo(f"set {_describe(scope, key)} ({lines} line(s) of text, {html_note})")
 
 
 @disclaimer.command("show")
@@ -143,18 +136,18 @@ def disclaimer_show(ctx: Context, as_json: bool, for_address: str | None) -> Non
         sender = valid_address(for_address, "--for")
         row = storemod.disclaimer_for(rows, sender)
         if as_json:
-            click.echo(json.dumps({"for": sender, "disclaimer": _row_dict(row) if row else None}, indent=2))
+            echo_json({"for": sender, "disclaimer": _row_dict(row) if row else None})
         elif row is None:
-            click.echo(f"no disclaimer applies to {sender}")
+            echo(f"no disclaimer applies to {sender}")
         else:
-            click.echo(f"{sender} gets the ", nl=False)
+            echo(f"{sender} gets the ", nl=False)
             _print_row(row)
         return
     if as_json:
-        click.echo(json.dumps([_row_dict(r) for r in rows], indent=2))
+        echo_json([_row_dict(r) for r in rows])
         return
     if not rows:
-        click.echo("no disclaimers")
+        echo("no disclaimers")
     for r in rows:
         _print_row(r)
 
@@ -173,7 +166,7 @@ def disclaimer_remove(ctx: Context, domain: str | None, sender: str | None) -> N
     """
     scope, key = _scope(domain, sender)
     storemod.remove_disclaimer(ctx.store, scope, key)
-    click.echo(f"removed {_describe(scope, key)}")
+    echo(f"removed {_describe(scope, key)}")
 
 
 def _from_address(raw: bytes) -> str | None:
@@ -191,8 +184,9 @@ def _from_address(raw: bytes) -> str | None:
 def disclaimer_preview(ctx: Context, file: str, sender: str | None) -> None:
     """Write the message as it would leave, with its disclaimer, to standard output.
 
-    The message bytes are written unchanged except for the decorated parts; a
-    one-line summary (which disclaimer, what was done) goes to standard error.
+    The message bytes are written unchanged except for the decorated parts
+    (on a terminal, control characters are shown escaped); a one-line
+    summary (which disclaimer, what was done) goes to standard error.
 
     \b
     Example:
@@ -213,6 +207,6 @@ def disclaimer_preview(ctx: Context, file: str, sender: str | None) -> None:
     if row is None:
         raise UserFacingError(f"no disclaimer configured for {who}")
     result = disclaimermod.decorate(raw, disclaimermod.Disclaimer(row.text, row.html))
-    click.echo(result.message if result.message is not None else raw, nl=False)  # bytes: written as is
+    write_raw(result.message if result.message is not None else raw)  # the message for a file: as it would leave
     what = result.reason if result.message is not None else f"message unchanged: {result.reason}"
-    click.echo(f"{who}: {_describe(row.scope, row.key)}; {what}", err=True)
+    echo(f"{who}: {_describe(row.scope, row.key)}; {safe(what)}", err=True)

@@ -18,7 +18,6 @@ to the milter yourself.
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import pwd
 import re
@@ -26,7 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import click
+from mattermail.ctl import base
 from mattermail.ctl.base import Context, UserFacingError, cli, json_option, pass_ctx
+from mattermail.ctl.terminal import echo, echo_json, safe
 
 from mattermail import dkimkeys
 from mattermail.dns import Resolver, TempError
@@ -36,17 +37,12 @@ _STATES = {None: "active", "pending": "pending", "retired": "retired"}
 _FILE_RE = re.compile(r"^(?P<selector>[^.].*)\.(?P<alg>rsa|ed25519)\.pem(?:\.(?P<state>pending|retired))?$")
 _LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
 _SELECTOR_RE = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$")
-_DOMAIN_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-_DOMAIN_RE = re.compile(rf"^(?:{_DOMAIN_LABEL}\.)+{_DOMAIN_LABEL}$")
 MAX_RSA_BITS = 4096
 
 
 def valid_domain(value: str, field: str = "domain") -> str:
     """A lower-case domain name without trailing dot; UserFacingError naming ``field`` otherwise."""
-    d = value.strip().rstrip(".").lower()
-    if len(d) > 253 or not _DOMAIN_RE.match(d) or d.rsplit(".", 1)[-1].isdigit():
-        raise UserFacingError(f"{field}: {value!r} is not a domain name")
-    return d
+    return base.valid_domain(value, field)
 
 
 def _valid_selector(value: str) -> str:
@@ -168,7 +164,7 @@ def _generate(alg: str, bits: int | None) -> dkimkeys.PrivateKey:
 def _sending_domain_note(ctx: Context, domain: str) -> None:
     domains = {d.rstrip(".").lower() for d in ctx.config.general.sending_domains}
     if domains and domain not in domains:
-        click.echo(f"note: {domain} is not in general.sending_domains", err=True)
+        echo(f"note: {domain} is not in general.sending_domains", err=True)
 
 
 _ALGORITHM = click.Choice(["rsa", "ed25519"], case_sensitive=False)
@@ -224,13 +220,13 @@ def dkim_genkey(ctx: Context, domain: str, selector: str | None, alg: str, bits:
     path = Path(keys_dir) / domain / f"{sel}.{alg}.pem"
     owner = _write_key(keys_dir, domain, path, key)
     size = f"{key.key_size}-bit " if alg == "rsa" else ""  # type: ignore[union-attr]
-    click.echo(f"wrote {size}{alg} key for {domain}, selector {sel}: {path} (mode 0600, owner {owner})")
+    echo(f"wrote {size}{alg} key for {domain}, selector {sel}: {path} (mode 0600, owner {owner})")
     same = [k for k in existing if k.alg == alg and k.state == "active"]
     if same:
-        click.echo(f"note: {domain} also signs with {alg} key {', '.join(k.selector for k in same)}; "
-                   "to replace a key use `dkim rotate`", err=True)
+        echo(f"note: {domain} also signs with {alg} key {', '.join(k.selector for k in same)}; "
+             "to replace a key use `dkim rotate`", err=True)
     for line in _record_lines(key, sel, domain):
-        click.echo(line)
+        echo(line)
 
 
 @dkim.command("list")
@@ -245,14 +241,14 @@ def dkim_list(ctx: Context, as_json: bool) -> None:
     """
     keys = [_key_info(k) for k in _scan(ctx.config.dkim.keys_dir)]
     if as_json:
-        click.echo(json.dumps(keys, indent=2))
+        echo_json(keys)
         return
     if not keys:
-        click.echo(f"no DKIM keys in {ctx.config.dkim.keys_dir}")
+        echo(f"no DKIM keys in {ctx.config.dkim.keys_dir}")
     for k in keys:
         bits = k["bits"] if k["bits"] is not None else "?"
-        click.echo(f"{k['domain']}\t{k['selector']}\t{k['algorithm']}\t{bits}\t{k['state']}\t{k['file']}")
-        click.echo(f"  {k['zone_line']}" if k["zone_line"] else f"  error: {k['error']}")
+        echo("\t".join(safe(v) for v in (k["domain"], k["selector"], k["algorithm"], bits, k["state"], k["file"])))
+        echo(f"  {safe(k['zone_line'])}" if k["zone_line"] else f"  error: {safe(k['error'])}")
 
 
 @dkim.command("rotate")
@@ -318,11 +314,11 @@ def dkim_rotate(ctx: Context, domain: str, alg: str | None, selector: str | None
     key = _generate(alg, bits)
     path = Path(keys_dir) / domain / f"{sel}.{alg}.pem.pending"
     owner = _write_key(keys_dir, domain, path, key)
-    click.echo(f"new {alg} key for {domain}, selector {sel}, pending: {path} (mode 0600, owner {owner})")
-    click.echo(f"{', '.join(k.selector for k in old)} keeps signing until the rotation is finished.")
+    echo(f"new {alg} key for {domain}, selector {sel}, pending: {path} (mode 0600, owner {owner})")
+    echo(f"{', '.join(k.selector for k in old)} keeps signing until the rotation is finished.")
     for line in _record_lines(key, sel, domain):
-        click.echo(line)
-    click.echo(f"Once the record is published, run: mattermailctl dkim rotate {domain} --finish")
+        echo(line)
+    echo(f"Once the record is published, run: mattermailctl dkim rotate {domain} --finish")
 
 
 def _rotate_finish(ctx: Context, domain: str, alg: str | None, selector: str | None) -> None:
@@ -357,7 +353,7 @@ def _rotate_finish(ctx: Context, domain: str, alg: str | None, selector: str | N
         for old in retired:
             os.rename(old.path, old.path.with_name(old.path.name + ".retired"))
         _fsync_dir(kf.path.parent)
-        click.echo(f"{domain}: {kf.alg} key {kf.selector} is now active")
+        echo(f"{domain}: {kf.alg} key {kf.selector} is now active")
         for old in retired:
-            click.echo(f"{domain}: retired {old.selector} (kept as {old.path.name}.retired); keep the TXT record "
-                       f"{old.selector}._domainkey.{domain} published for a few days, then delete it")
+            echo(f"{domain}: retired {old.selector} (kept as {old.path.name}.retired); keep the TXT record "
+                 f"{old.selector}._domainkey.{domain} published for a few days, then delete it")

@@ -6,11 +6,11 @@ The module is not called ``dns`` so that it never hides dnspython's ``dns``.
 from __future__ import annotations
 
 import ipaddress
-import json
 from dataclasses import asdict
 
 import click
 from mattermail.ctl.base import Context, UserFacingError, cli, json_option, pass_ctx
+from mattermail.ctl.terminal import echo, echo_json, safe
 from mattermail.ctl.dkim import valid_domain
 
 from mattermail import dkimkeys
@@ -85,18 +85,18 @@ def dns_check(ctx: Context, domain: str, ips: tuple[str, ...], as_json: bool) ->
     is_blocking = blocking(findings)
     problems = sum(f.level == "error" for f in findings)
     if as_json:
-        click.echo(json.dumps({"domain": domain, "ips": our_ips, "findings": [asdict(f) for f in findings],
-                               "blocking": is_blocking}, indent=2))
+        echo_json({"domain": domain, "ips": our_ips, "findings": [asdict(f) for f in findings],
+                   "blocking": is_blocking})
     else:
-        click.echo(f"{domain}, sending from {', '.join(our_ips)}:")
+        echo(f"{domain}, sending from {', '.join(our_ips)}:")
         for f in findings:
-            click.echo(f"[{f.level}] {f.check}: {f.message}")
+            echo(f"[{f.level}] {f.check}: {safe(f.message)}")
             if f.fix:
-                click.echo(f"  fix: {f.fix}")
+                echo(f"  fix: {safe(f.fix)}")
         if is_blocking:
-            click.echo(f"{domain}: would be rejected by Gmail/Yahoo: {problems} problem(s)")
+            echo(f"{domain}: would be rejected by Gmail/Yahoo: {problems} problem(s)")
         else:
             warnings = sum(f.level == "warn" for f in findings)
-            click.echo(f"{domain}: no blocking problems ({warnings} warning(s))")
+            echo(f"{domain}: no blocking problems ({warnings} warning(s))")
     if is_blocking:
         click.get_current_context().exit(1)

@@ -27,7 +27,6 @@ fails.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import sys
@@ -37,6 +36,7 @@ from pathlib import Path
 import click
 
 from mattermail.ctl.base import Context, UserFacingError, cli, json_option, pass_ctx
+from mattermail.ctl.terminal import echo, echo_json, progressbar, safe, stderr_is_terminal
 from mattermail.router import filing
 from mattermail.router.rules import RouterRules
 from mattermail.router.store import find_message
@@ -261,30 +261,28 @@ def import_cmd(ctx: Context, path: str, as_json: bool) -> None:
     """
     p = Path(path)
     if not p.exists():
-        raise UserFacingError(f"PATH: {path} does not exist")
+        raise UserFacingError(f"PATH: {path!r} does not exist")
     if not p.is_dir() and not os.access(p, os.R_OK):
         raise UserFacingError(f"PATH: cannot read {path}")
     _ = ctx.config, ctx.store  # config and store problems stop here, before any message
     rules = RouterRules.from_config(ctx.config)
     plan = plan_import(p)
     summary = Summary(errors=list(plan.errors), skipped=plan.skipped)
-    err = sys.stderr
-    if err.isatty() and plan.items:
-        with click.progressbar(plan.items, label="importing", file=err, show_pos=True,
-                               item_show_func=lambda i: Path(i.label).name[:30] if i else None) as bar:
+    if stderr_is_terminal() and plan.items:
+        with progressbar(plan.items, "importing", lambda i: Path(i.label).name[:30]) as bar:
             for item in bar:
                 import_one(ctx, item, rules, summary)
     else:
         for item in plan.items:
             import_one(ctx, item, rules, summary)
     if as_json:
-        click.echo(json.dumps(summary.as_dict(), indent=2))
+        echo_json(summary.as_dict())
     else:
         for where, why in summary.errors:
-            click.echo(f"error: {where}: {why}", err=True)
+            echo(f"error: {safe(where)}: {safe(why)}", err=True)
         if summary.skipped:
-            click.echo(f"skipped {len(summary.skipped)} file{'s' if len(summary.skipped) > 1 else ''} that are "
-                       f"not messages (e.g. {summary.skipped[0]})", err=True)
-        click.echo(summary.line())
+            echo(f"skipped {len(summary.skipped)} file{'s' if len(summary.skipped) > 1 else ''} that are "
+                 f"not messages (e.g. {safe(summary.skipped[0])})", err=True)
+        echo(summary.line())
     if summary.errors:
         sys.exit(1)

@@ -8,28 +8,23 @@ all matters are added in one transaction: a bad line imports nothing.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 
 import click
 
-from mattermail.ctl.base import Context, UserFacingError, cli, json_option, pass_ctx, user_errors, valid_address
-from mattermail.ctl.persons import BadLine, check_address, csv_label, raise_first, read_csv, split_list
+from mattermail.ctl.base import (
+    Context, UserFacingError, cli, json_option, pass_ctx, user_errors, valid_address, valid_matter_id, valid_name,
+)
+from mattermail.ctl.terminal import echo, echo_json, safe
+from mattermail.ctl.persons import BadLine, check_address, check_name, csv_label, raise_first, read_csv, split_list
 from mattermail.router import directory
 from mattermail.router.store import Store
 
 MATTER_COLUMNS = ("id", "title", "persons")
 
 
-def _id_problem(matter_id: str) -> str | None:
-    if not matter_id:
-        return "empty (every matter needs an id)"
-    if any(c.isspace() or c in "@<>" for c in matter_id):
-        return f"{matter_id!r} is not a valid matter id (no spaces, @ or <>)"
-    return None
-
-
 def _matter_or_fail(ctx: Context, matter_id: str) -> directory.Matter:
+    matter_id = valid_matter_id(matter_id, "id")
     m = directory.get_matter(ctx.store, matter_id)
     if m is None:
         raise UserFacingError(f"id: no matter {matter_id}")
@@ -68,9 +63,11 @@ def matter_add(ctx: Context, matter_id: str, title: str, persons: tuple[str, ...
     Example:
       mattermailctl matter add 1234 --title "Smith v Jones" --person jane@client.example
     """
+    matter_id = valid_matter_id(matter_id, "id")
+    title = valid_name(title, "--title", "a title")
     emails = [valid_address(p, "--person") for p in persons]
-    m = directory.add_matter(ctx.store, matter_id.strip(), title.strip(), emails)
-    click.echo(f"added matter {m.id} ({m.title})" + (f" with {', '.join(m.persons)}" if m.persons else ""))
+    m = directory.add_matter(ctx.store, matter_id, title, emails)
+    echo(f"added matter {m.id} ({safe(m.title)})" + (f" with {', '.join(m.persons)}" if m.persons else ""))
 
 
 @matter.command("list")
@@ -86,12 +83,12 @@ def matter_list(ctx: Context, as_json: bool, status: str | None) -> None:
     """
     matters = directory.list_matters(ctx.store, status)
     if as_json:
-        click.echo(json.dumps([_matter_dict(m) for m in matters], indent=2))
+        echo_json([_matter_dict(m) for m in matters])
         return
     if not matters:
-        click.echo("no matters" if status is None else f"no {status} matters")
+        echo("no matters" if status is None else f"no {status} matters")
     for m in matters:
-        click.echo(f"{m.id}\t{m.status}\t{m.title}\t{', '.join(m.persons)}".rstrip("\t"))
+        echo("\t".join([safe(m.id), m.status, safe(m.title), ", ".join(safe(p) for p in m.persons)]).rstrip("\t"))
 
 
 @matter.command("show")
@@ -110,23 +107,23 @@ def matter_show(ctx: Context, matter_id: str, as_json: bool) -> None:
     aliases = [a.address for a in directory.list_aliases(ctx.store) if a.matter == m.id]
     filed = _filed_messages(ctx.store, m.id)
     if as_json:
-        click.echo(json.dumps({**_matter_dict(m), "aliases": aliases, "filed_messages": filed}, indent=2))
+        echo_json({**_matter_dict(m), "aliases": aliases, "filed_messages": filed})
         return
-    click.echo(f"matter:  {m.id}")
-    click.echo(f"title:   {m.title}")
-    click.echo(f"status:  {m.status}")
-    click.echo("persons: " + (", ".join(m.persons) or "(none)"))
-    click.echo("aliases: " + (", ".join(aliases) or "(none)"))
-    click.echo(f"filed:   {'(unknown)' if filed is None else filed} message{'' if filed == 1 else 's'}")
+    echo(f"matter:  {safe(m.id)}")
+    echo(f"title:   {safe(m.title)}")
+    echo(f"status:  {m.status}")
+    echo("persons: " + (", ".join(safe(p) for p in m.persons) or "(none)"))
+    echo("aliases: " + (", ".join(safe(a) for a in aliases) or "(none)"))
+    echo(f"filed:   {'(unknown)' if filed is None else filed} message{'' if filed == 1 else 's'}")
 
 
 def _set_status(ctx: Context, matter_id: str, status: str, verb: str) -> None:
     m = _matter_or_fail(ctx, matter_id)
     if m.status == status:
-        click.echo(f"matter {m.id} is already {status}")
+        echo(f"matter {m.id} is already {status}")
         return
     directory.set_matter_status(ctx.store, m.id, status)
-    click.echo(f"{verb} matter {m.id}")
+    echo(f"{verb} matter {m.id}")
 
 
 @matter.command("close")
@@ -182,15 +179,18 @@ def matter_import(ctx: Context, csv_file: str) -> None:
     for line, cells in rows:
         where = f"{label} line {line}, column"
         try:
-            matter_id = cells["id"]
-            problem = _id_problem(matter_id)
-            if problem:
-                raise BadLine(f"{where} id: {problem}")
+            if not cells["id"]:
+                raise BadLine(f"{where} id: empty (every matter needs an id)")
+            try:
+                matter_id = valid_matter_id(cells["id"], f"{where} id")
+            except UserFacingError as e:
+                raise BadLine(e.message) from None
             if matter_id in seen:
                 raise BadLine(f"{where} id: {matter_id} already appears on line {seen[matter_id]}")
             if directory.get_matter(ctx.store, matter_id) is not None:
                 raise BadLine(f"{where} id: matter {matter_id} already exists")
-            if not cells["title"]:
+            title = check_name(cells["title"], f"{where} title", "a title")
+            if not title:
                 raise BadLine(f"{where} title: empty (every matter needs a title)")
             persons = []
             for value in split_list(cells.get("persons", "")):
@@ -202,7 +202,7 @@ def matter_import(ctx: Context, csv_file: str) -> None:
             errors.append(str(e))
             continue
         seen[matter_id] = line
-        good.append((matter_id, cells["title"], persons))
+        good.append((matter_id, title, persons))
     raise_first(errors)
     n = directory.import_matters(ctx.store, good)
-    click.echo(f"imported {n} matter{'' if n == 1 else 's'} from {label}")
+    echo(f"imported {n} matter{'' if n == 1 else 's'} from {label}")

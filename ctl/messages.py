@@ -22,12 +22,10 @@ queue_id, verified; null for other mail), recipients (the addresses it was filed
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import shutil
 import sqlite3
-import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email import policy
@@ -39,7 +37,11 @@ from typing import Any
 
 import click
 
-from mattermail.ctl.base import Context, UserFacingError, cli, json_option, pass_ctx, user_errors, valid_address
+from mattermail.ctl import csvcells
+from mattermail.ctl.base import (
+    Context, UserFacingError, cli, json_option, pass_ctx, user_errors, valid_address, valid_matter_id,
+)
+from mattermail.ctl.terminal import echo, echo_json, safe, write_raw
 from mattermail.router import directory
 from mattermail.router.store import Store
 
@@ -85,13 +87,13 @@ def filing_dict(names: Names, matter: str | None, person: int | None, rule: str,
 def filing_line(f: dict[str, Any]) -> str:
     parts = []
     if f["matter"]:
-        title = f" ({f['matter_title']})" if f["matter_title"] else " (no such matter)"
-        parts.append(f"matter {f['matter']}{title}")
+        title = f" ({safe(f['matter_title'])})" if f["matter_title"] else " (no such matter)"
+        parts.append(f"matter {safe(f['matter'])}{title}")
     if f["person"]:
-        parts.append(f"person {f['person']}")
-    where = f" for {f['recipient']}" if f["recipient"] else ""
-    detail = f" [{f['detail']}]" if f["detail"] else ""
-    return f"{', '.join(parts)}: rule {f['rule']}{where}{detail}"
+        parts.append(f"person {safe(f['person'])}")
+    where = f" for {safe(f['recipient'])}" if f["recipient"] else ""
+    detail = f" [{safe(f['detail'])}]" if f["detail"] else ""
+    return f"{', '.join(parts)}: rule {safe(f['rule'])}{where}{detail}"
 
 
 def message_datetime(date_header: str, received: float) -> datetime:
@@ -202,6 +204,7 @@ UNVERIFIED_HELP = ("came to the capture address, but not as a copy made by this 
 
 
 def _matter_or_fail(store: Store, matter: str, field: str = "--matter") -> str:
+    matter = valid_matter_id(matter, field)
     if directory.get_matter(store, matter) is None:
         raise UserFacingError(f"{field}: no matter {matter}")
     return matter
@@ -298,12 +301,12 @@ def messages_list(ctx: Context, matter: str | None, person: str | None, since: d
     names = Names(store)
     dicts = [message_dict(store, names, r) for r in rows]
     if as_json:
-        click.echo(json.dumps(dicts, indent=2))
+        echo_json(dicts)
         return
     if not dicts:
-        click.echo("no messages")
+        echo("no messages")
     for d in dicts:
-        click.echo(_table_line(d))
+        echo(_table_line(d))
 
 
 def _find(store: Store, ident: str) -> Row:
@@ -337,7 +340,8 @@ def _header_summary(raw: bytes) -> list[tuple[str, str]]:
 
 @messages.command("show")
 @click.argument("ident", metavar="ID")
-@click.option("--raw", is_flag=True, help="Write the stored message, byte for byte, to standard output.")
+@click.option("--raw", is_flag=True,
+              help="Write the stored message, byte for byte, to standard output (escaped when it is a terminal).")
 @json_option
 @pass_ctx
 @user_errors
@@ -360,9 +364,7 @@ def messages_show(ctx: Context, ident: str, raw: bool, as_json: bool) -> None:
         except OSError as e:
             raise UserFacingError(
                 f"ID: the stored file of message {row.id} cannot be read: {e.strerror or e}") from None
-        out = sys.stdout.buffer
-        out.write(data)
-        out.flush()
+        write_raw(data)
         return
     d = message_dict(store, Names(store), row)
     try:
@@ -382,41 +384,41 @@ def messages_show(ctx: Context, ident: str, raw: bool, as_json: bool) -> None:
     d["events"] = [{"time": _iso(datetime.fromtimestamp(t, UTC)), "kind": k, "queue_id": q, "detail": det}
                    for t, k, q, det in _events(store, row.id)]
     if as_json:
-        click.echo(json.dumps(d, indent=2))
+        echo_json(d)
         return
-    click.echo(f"message {d['id']}  sha256 {d['sha256']}  {d['size']} bytes")
-    click.echo(f"  file:       {d['file'] or d['file_error'] + ' (missing)'}")
-    click.echo(f"  stored:     {d['stored']}")
-    click.echo(f"  direction:  {d['direction']}")
+    echo(f"message {d['id']}  sha256 {d['sha256']}  {d['size']} bytes")
+    echo(f"  file:       {d['file'] or d['file_error'] + ' (missing)'}")
+    echo(f"  stored:     {d['stored']}")
+    echo(f"  direction:  {d['direction']}")
     if d["capture"] == "unverified":
-        click.echo(f"  capture:    UNVERIFIED: {UNVERIFIED_HELP}")
+        echo(f"  capture:    UNVERIFIED: {UNVERIFIED_HELP}")
     elif d["capture"]:
-        click.echo("  capture:    verified copy of outbound mail")
+        echo("  capture:    verified copy of outbound mail")
     if d["system"]:
-        click.echo(f"  system:     {d['system_reason'] or 'yes'} (never answered or forwarded)")
+        echo(f"  system:     {d['system_reason'] or 'yes'} (never answered or forwarded)")
     for n, v in headers:
-        click.echo(f"  {(n + ':').ljust(11)} {v}")
-    click.echo(f"status: {d['status']}")
-    click.echo("filings:" + ("" if d["filings"] else " (none)"))
+        echo(f"  {(n + ':').ljust(11)} {v}")
+    echo(f"status: {d['status']}")
+    echo("filings:" + ("" if d["filings"] else " (none)"))
     for f in d["filings"]:
-        click.echo(f"  {filing_line(f)}")
-    click.echo("deliveries:" + ("" if d["deliveries"] else " (none: not delivered over LMTP)"))
+        echo(f"  {filing_line(f)}")
+    echo("deliveries:" + ("" if d["deliveries"] else " (none: not delivered over LMTP)"))
     for dl in d["deliveries"]:
-        click.echo(f"  {dl['delivered']}  from <{dl['envelope_from']}> to <{dl['recipient']}>"
-                   + (f"  queue {dl['queue_id']}" if dl["queue_id"] else ""))
+        echo(f"  {dl['delivered']}  from <{dl['envelope_from']}> to <{dl['recipient']}>"
+             + (f"  queue {dl['queue_id']}" if dl["queue_id"] else ""))
     ce = d["captured_envelope"]
     if ce:
-        click.echo(f"captured envelope: from <{ce['mail_from']}> to "
-                   + ", ".join(f"<{r}>" for r in ce["recipients"])
-                   + f"  login {ce['login']}  queue {ce['queue_id']}" + ("" if ce["verified"] else "  (unverified)"))
-    click.echo("events:" + ("" if d["events"] else " (none)"))
+        echo(f"captured envelope: from <{ce['mail_from']}> to "
+             + ", ".join(f"<{r}>" for r in ce["recipients"])
+             + f"  login {ce['login']}  queue {ce['queue_id']}" + ("" if ce["verified"] else "  (unverified)"))
+    echo("events:" + ("" if d["events"] else " (none)"))
     for e in d["events"]:
         det = e["detail"]
         if isinstance(det, dict):
-            bits = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in det.items()
+            bits = [f"{safe(k)}={json.dumps(v) if not isinstance(v, str) else safe(v)}" for k, v in det.items()
                     if k not in ("filings",) and v not in ("", [], None)]
             det = " ".join(bits)
-        click.echo(f"  {e['time']}  {e['kind']}  {det}".rstrip())
+        echo(f"  {e['time']}  {safe(e['kind'])}  {safe(det)}".rstrip())
 
 
 @messages.command("search")
@@ -458,14 +460,14 @@ def messages_search(ctx: Context, query: str, matter: str | None, limit: int, as
         d["snippet"] = " ".join((snip or "").split())
         out.append(d)
     if as_json:
-        click.echo(json.dumps(out, indent=2))
+        echo_json(out)
         return
     if not out:
-        click.echo("no messages match")
+        echo("no messages match")
     for d in out:
-        click.echo(_table_line(d))
+        echo(_table_line(d))
         if d["snippet"]:
-            click.echo(f"\t{d['snippet']}")
+            echo(f"\t{d['snippet']}")
 
 
 INDEX_COLUMNS = ("file", "id", "date", "from", "subject", "message_id", "sha256", "size", "direction", "system",
@@ -488,6 +490,8 @@ def messages_export(ctx: Context, matter: str | None, person: str | None, force:
     sha256, size, direction, system, the rules that filed it here, all its
     filings and capture ("verified", "unverified" or empty, as in list --json).
     DIR is created if needed; a non-empty DIR is refused unless --force.
+    A cell a spreadsheet would run as a formula (starting with = + - @, TAB or
+    CR) is written with a ' in front; `messages list --json` has the exact values.
 
     \b
     Example:
@@ -510,7 +514,7 @@ def messages_export(ctx: Context, matter: str | None, person: str | None, force:
     rows = sorted(_rows(store, " AND ".join(where), params), key=lambda r: (r.when, r.id))
     names = Names(store)
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    w = csvcells.writer(buf)  # a cell starting with = + - @ TAB CR gets a ' in front (formula injection)
     w.writerow(INDEX_COLUMNS)
     missing: list[str] = []
     for r in rows:
@@ -533,7 +537,7 @@ def messages_export(ctx: Context, matter: str | None, person: str | None, force:
     except OSError as e:
         raise UserFacingError(f"DIR: cannot write {out_dir / 'index.csv'}: {e.strerror or e}") from None
     n = len(rows) - len(missing)
-    click.echo(f"exported {n} message{'' if n == 1 else 's'} to {dest} (index.csv lists {len(rows)})")
+    echo(f"exported {n} message{'' if n == 1 else 's'} to {dest} (index.csv lists {len(rows)})")
     if missing:
         raise UserFacingError(f"DIR: {len(missing)} stored file{'s' if len(missing) > 1 else ''} could not be "
                               f"copied ({missing[0]})")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import re
 import sys
 from collections.abc import Sequence
@@ -18,7 +17,11 @@ from pathlib import Path
 
 import click
 
-from mattermail.ctl.base import Context, UserFacingError, cli, json_option, pass_ctx, user_errors, valid_address
+from mattermail.ctl import csvcells
+from mattermail.ctl.base import (
+    Context, UserFacingError, cli, json_option, pass_ctx, user_errors, valid_address, valid_name,
+)
+from mattermail.ctl.terminal import echo, echo_data, echo_json, safe
 from mattermail.router import directory
 
 PERSON_COLUMNS = ("email", "name", "other_emails")
@@ -43,6 +46,8 @@ def read_csv(path: str, columns: Sequence[str], required: Sequence[str]) -> list
     The first non-blank line is the header; it must name only ``columns`` and
     include every ``required`` one. Blank lines are skipped. Problems raise a
     one-line :class:`UserFacingError` naming the file, the line and the column.
+    A leading ``'`` that our own exports put before a formula-like cell is
+    dropped (:func:`mattermail.ctl.csvcells.restore`).
     """
     label = csv_label(path)
     try:
@@ -81,7 +86,7 @@ def read_csv(path: str, columns: Sequence[str], required: Sequence[str]) -> list
                 raise UserFacingError(
                     f"{label} line {line}, column {len(header) + 1}: extra field {raw[len(header)]!r} "
                     f"(the header has {len(header)} columns; quote values that contain commas)")
-            cells = [c.strip() for c in raw] + [""] * (len(header) - len(raw))
+            cells = [csvcells.restore(c.strip()) for c in raw] + [""] * (len(header) - len(raw))
             rows.append((line, dict(zip(header, cells))))
     except csv.Error as e:
         raise UserFacingError(f"{label} line {reader.line_num}: malformed CSV ({e})") from None
@@ -104,6 +109,13 @@ class BadLine(Exception):
 def check_address(value: str, where: str) -> str:
     try:
         return valid_address(value, where)
+    except UserFacingError as e:
+        raise BadLine(e.message) from None
+
+
+def check_name(value: str, where: str, what: str = "a name") -> str:
+    try:
+        return valid_name(value, where, what)
     except UserFacingError as e:
         raise BadLine(e.message) from None
 
@@ -143,9 +155,9 @@ def person_add(ctx: Context, email: str, name: str, others: tuple[str, ...]) -> 
     """
     primary = valid_address(email, "email")
     extra = [valid_address(a, "--email") for a in others]
-    p = directory.add_person(ctx.store, primary, name.strip(), extra)
-    click.echo(f"added person {p.email}" + (f" ({p.name})" if p.name else "")
-               + (f", also {', '.join(p.addresses[1:])}" if len(p.addresses) > 1 else ""))
+    p = directory.add_person(ctx.store, primary, valid_name(name, "--name"), extra)
+    echo(f"added person {p.email}" + (f" ({safe(p.name)})" if p.name else "")
+         + (f", also {', '.join(p.addresses[1:])}" if len(p.addresses) > 1 else ""))
 
 
 @person.command("list")
@@ -160,12 +172,12 @@ def person_list(ctx: Context, as_json: bool) -> None:
     """
     persons = directory.list_persons(ctx.store)
     if as_json:
-        click.echo(json.dumps([_person_dict(p) for p in persons], indent=2))
+        echo_json([_person_dict(p) for p in persons])
         return
     if not persons:
-        click.echo("no persons")
+        echo("no persons")
     for p in persons:
-        click.echo(f"{p.email}\t{p.name}\t{' '.join(p.addresses[1:])}".rstrip("\t"))
+        echo("\t".join([safe(p.email), safe(p.name), " ".join(safe(a) for a in p.addresses[1:])]).rstrip("\t"))
 
 
 @person.command("show")
@@ -184,15 +196,15 @@ def person_show(ctx: Context, email: str, as_json: bool) -> None:
     matters = [m for m in directory.list_matters(ctx.store) if p.email in m.persons]
     aliases = [a.address for a in directory.list_aliases(ctx.store) if a.person == p.email]
     if as_json:
-        click.echo(json.dumps({**_person_dict(p),
-                               "matters": [{"id": m.id, "title": m.title, "status": m.status} for m in matters],
-                               "aliases": aliases}, indent=2))
+        echo_json({**_person_dict(p),
+                   "matters": [{"id": m.id, "title": m.title, "status": m.status} for m in matters],
+                   "aliases": aliases})
         return
-    click.echo(f"person:    {p.email}")
-    click.echo(f"name:      {p.name or '(none)'}")
-    click.echo(f"addresses: {', '.join(p.addresses)}")
-    click.echo("matters:   " + (", ".join(f"{m.id} ({m.title}, {m.status})" for m in matters) or "(none)"))
-    click.echo("aliases:   " + (", ".join(aliases) or "(none)"))
+    echo(f"person:    {safe(p.email)}")
+    echo(f"name:      {safe(p.name) or '(none)'}")
+    echo(f"addresses: {', '.join(safe(a) for a in p.addresses)}")
+    echo("matters:   " + (", ".join(f"{safe(m.id)} ({safe(m.title)}, {m.status})" for m in matters) or "(none)"))
+    echo("aliases:   " + (", ".join(safe(a) for a in aliases) or "(none)"))
 
 
 @person.command("edit")
@@ -214,13 +226,14 @@ def person_edit(ctx: Context, email: str, name: str | None, add_email: tuple[str
     if name is None and not add_email and not remove_email:
         raise click.UsageError("nothing to change: give --name, --add-email or --remove-email")
     p = _person_or_fail(ctx, email)
+    new_name = valid_name(name, "--name") if name is not None else None
     add = [valid_address(a, "--add-email") for a in add_email]
     remove = [valid_address(a, "--remove-email") for a in remove_email]
     for a in remove:
         if a not in p.addresses:
             raise UserFacingError(f"--remove-email: {a} is not an address of {p.email}")
-    p = directory.edit_person(ctx.store, p.email, name.strip() if name is not None else None, add, remove)
-    click.echo(f"updated person {p.email}: name {p.name or '(none)'}; addresses {', '.join(p.addresses)}")
+    p = directory.edit_person(ctx.store, p.email, new_name, add, remove)
+    echo(f"updated person {p.email}: name {safe(p.name) or '(none)'}; addresses {', '.join(p.addresses)}")
 
 
 @person.command("remove")
@@ -236,7 +249,7 @@ def person_remove(ctx: Context, email: str) -> None:
     """
     p = _person_or_fail(ctx, email)
     directory.remove_person(ctx.store, p.email)
-    click.echo(f"removed person {p.email}")
+    echo(f"removed person {p.email}")
 
 
 @person.command("import")
@@ -271,14 +284,15 @@ def person_import(ctx: Context, csv_file: str) -> None:
             if any(p.email == primary for p in directory.persons_for_address(ctx.store, primary)):
                 raise BadLine(f"{where} email: a person with primary address {primary} already exists")
             others = [check_address(a, f"{where} other_emails") for a in split_list(cells.get("other_emails", ""))]
+            name = check_name(cells.get("name", ""), f"{where} name")
         except BadLine as e:
             errors.append(str(e))
             continue
         seen[primary] = line
-        good.append((primary, cells.get("name", ""), others))
+        good.append((primary, name, others))
     raise_first(errors)
     n = directory.import_persons(ctx.store, good)
-    click.echo(f"imported {n} person{'' if n == 1 else 's'} from {label}")
+    echo(f"imported {n} person{'' if n == 1 else 's'} from {label}")
 
 
 @person.command("export")
@@ -288,22 +302,26 @@ def person_import(ctx: Context, csv_file: str) -> None:
 def person_export(ctx: Context, csv_file: str) -> None:
     """Write every person to a CSV file (- for standard output), in the format import reads.
 
+    A cell a spreadsheet would run as a formula (starting with = + - @, TAB
+    or CR) is written with a ' in front; import drops it again. For the exact
+    values use `person list --json`.
+
     \b
     Example:
       mattermailctl person export people.csv
       mattermailctl person export - | head
     """
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    w = csvcells.writer(buf)
     w.writerow(PERSON_COLUMNS)
     persons = directory.list_persons(ctx.store)
     for p in persons:
         w.writerow([p.email, p.name, " ".join(p.addresses[1:])])
     if csv_file == "-":
-        click.echo(buf.getvalue(), nl=False)
+        echo_data(buf.getvalue())
         return
     try:
         Path(csv_file).write_text(buf.getvalue(), encoding="utf-8")
     except OSError as e:
         raise UserFacingError(f"CSV: cannot write {csv_file}: {e.strerror or e}") from None
-    click.echo(f"exported {len(persons)} person{'' if len(persons) == 1 else 's'} to {csv_file}")
+    echo(f"exported {len(persons)} person{'' if len(persons) == 1 else 's'} to {csv_file}")

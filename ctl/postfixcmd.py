@@ -8,6 +8,7 @@ import click
 
 from mattermail import postfixconf
 from mattermail.ctl.base import Context, UserFacingError, cli, pass_ctx
+from mattermail.ctl.terminal import echo
 
 
 @cli.group("postfix")
@@ -49,18 +50,18 @@ def configure(ctx: Context, config_dir: Path | None, dry_run: bool) -> None:
     except postfixconf.PostfixConfError as e:
         raise UserFacingError(str(e)) from None
     for w in change.warnings:
-        click.echo(f"mattermailctl: warning: {w}", err=True)
+        echo(f"mattermailctl: warning: {w}", err=True)
     if not change.changed:
-        click.echo(f"no change: {target} already has everything mattermail needs")
+        echo(f"no change: {target} already has everything mattermail needs")
         return
     if dry_run:
-        click.echo(change.diff, nl=False)
-        click.echo(f"dry run: {len(change.changes)} setting(s) would change; nothing written")
+        echo(change.diff, nl=False)
+        echo(f"dry run: {len(change.changes)} setting(s) would change; nothing written")
         return
     for line in change.changes:
-        click.echo(line)
+        echo(line)
     for b in change.backups:
-        click.echo(f"backup: {b}")
-    click.echo("postfix check: ok")
+        echo(f"backup: {b}")
+    echo("postfix check: ok")
     reload = "postfix reload" if target == Path("/etc/postfix") else f"postfix -c {target} reload"
-    click.echo(f"now run `{reload}` (or `systemctl reload postfix`) to apply")
+    echo(f"now run `{reload}` (or `systemctl reload postfix`) to apply")

@@ -8,7 +8,6 @@ filings, or why the message would be unfiled, personal or system mail.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import click
 
 from mattermail.ctl.base import Context, UserFacingError, cli, json_option, pass_ctx, user_errors, valid_address
+from mattermail.ctl.terminal import echo, echo_json, safe
 from mattermail.ctl.messages import Names, filing_dict, filing_line
 from mattermail.router import filing
 
@@ -71,24 +71,24 @@ def route_explain(ctx: Context, file: str, recipient: str | None, envelope_from:
         "system": res.system, "system_reason": res.system_reason, "warnings": res.warnings,
     }
     if as_json:
-        click.echo(json.dumps(out, indent=2))
+        echo_json(out)
         return
-    click.echo(f"message: {file} ({len(raw)} bytes); nothing is stored")
-    click.echo("resolved:" + ("" if out["resolved"] else " (no catch-all address)"))
+    echo(f"message: {safe(file)} ({len(raw)} bytes); nothing is stored")
+    echo("resolved:" + ("" if out["resolved"] else " (no catch-all address)"))
     for r in out["resolved"]:
-        click.echo(f"  {r['address']} (from {r['source']})")
-    click.echo("rules tried:")
+        echo(f"  {safe(r['address'])} (from {safe(r['source'])})")
+    echo("rules tried:")
     for line in res.trace:
-        click.echo(f"  {line}")
+        echo(f"  {safe(line)}")
     if res.system:
-        click.echo(f"system mail: {res.system_reason} (filed, never answered or forwarded)")
+        echo(f"system mail: {safe(res.system_reason)} (filed, never answered or forwarded)")
     if filings:
-        click.echo("result: filed")
+        echo("result: filed")
         for f in filings:
-            click.echo(f"  {filing_line(f)}")
+            echo(f"  {filing_line(f)}")
     elif result == "personal":
-        click.echo("result: personal (capture copy with no known correspondent: kept, not filed)")
+        echo("result: personal (capture copy with no known correspondent: kept, not filed)")
     else:
-        click.echo(f"result: unfiled: {res.unfiled_reason or 'no rule matched'}")
+        echo(f"result: unfiled: {safe(res.unfiled_reason or 'no rule matched')}")
     for w in res.warnings:
-        click.echo(f"warning: {w}")
+        echo(f"warning: {safe(w)}")

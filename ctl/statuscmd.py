@@ -24,6 +24,7 @@ import click
 
 from mattermail import config as configmod
 from mattermail.ctl.base import Context, cli, json_option, pass_ctx
+from mattermail.ctl.terminal import echo, echo_json, safe
 from mattermail.daemon import parse_listen
 
 TIMEOUT = 3.0
@@ -354,38 +355,38 @@ def status(ctx: Context, log_lines: int, show_errors: int, as_json: bool) -> Non
     store = store_stats(cfg.store)
     down = [d for d in daemons if not d.up]
     if as_json:
-        click.echo(json.dumps({"ok": not down, "daemons": [asdict(d) for d in daemons],
-                               "unreachable": [d.name for d in down],
-                               "queue": {"source": queue.source, **queue.counts, "error": queue.error,
-                                         "warning": queue.warning},
-                               "log": logs, "store": store}, indent=2))
+        echo_json({"ok": not down, "daemons": [asdict(d) for d in daemons],
+                   "unreachable": [d.name for d in down],
+                   "queue": {"source": queue.source, **queue.counts, "error": queue.error,
+                             "warning": queue.warning},
+                   "log": logs, "store": store})
     else:
-        click.echo("daemons:")
+        echo("daemons:")
         for d in daemons:
-            click.echo(f"  {d.name:<7} {'up' if d.up else 'DOWN':<5} {d.address}: {d.detail}")
-        click.echo("postfix queue:")
+            echo(f"  {d.name:<7} {'up' if d.up else 'DOWN':<5} {safe(d.address)}: {safe(d.detail)}")
+        echo("postfix queue:")
         if queue.counts:
-            click.echo("  " + ", ".join(f"{k} {v}" for k, v in queue.counts.items())
-                       + ("" if queue.source == "postqueue" else " (counted from the queue files)"))
+            echo("  " + ", ".join(f"{k} {v}" for k, v in queue.counts.items())
+                 + ("" if queue.source == "postqueue" else " (counted from the queue files)"))
         for problem in (queue.error, queue.warning):
             if problem:
-                click.echo(f"  {problem}")
-        click.echo("recent errors:")
+                echo(f"  {safe(problem)}")
+        echo("recent errors:")
         if logs["file"] and not logs["note"]:
             errs = logs["errors"]
-            click.echo(f"  {len(errs)} in the last {logs['scanned']} line(s) of {logs['file']}")
+            echo(f"  {len(errs)} in the last {logs['scanned']} line(s) of {safe(logs['file'])}")
             for line in errs[-show_errors:] if show_errors else []:
-                click.echo(f"  {line}")
+                echo(f"  {safe(line)}")
         else:
-            click.echo(f"  {logs['note']}")
-        click.echo("store:")
-        click.echo(f"  {store['path']}: {_size(store['db_bytes'])} + WAL {_size(store['wal_bytes'])}; "
-                   f"{store['messages_dir']}: {_size(store['messages_dir_bytes'])} in {store['message_files']} file(s)")
+            echo(f"  {safe(logs['note'])}")
+        echo("store:")
+        echo(f"  {safe(store['path'])}: {_size(store['db_bytes'])} + WAL {_size(store['wal_bytes'])}; "
+             f"{safe(store['messages_dir'])}: {_size(store['messages_dir_bytes'])} in {store['message_files']} file(s)")
         if store["counts"]:
-            click.echo("  " + ", ".join(f"{k} {v}" for k, v in store["counts"].items()))
+            echo("  " + ", ".join(f"{k} {v}" for k, v in store["counts"].items()))
         if store["error"]:
-            click.echo(f"  cannot read the store: {store['error']}")
+            echo(f"  cannot read the store: {safe(store['error'])}")
     if down:
-        click.echo("mattermailctl: status: unreachable: "
-                   + "; ".join(f"{d.name} ({d.address}: {d.detail})" for d in down), err=True)
+        echo("mattermailctl: status: unreachable: "
+             + "; ".join(f"{d.name} ({safe(d.address)}: {safe(d.detail)})" for d in down), err=True)
         click.get_current_context().exit(1)

@@ -25,6 +25,7 @@ import click
 from mattermail import config as configmod
 from mattermail.ctl.base import Context, UserFacingError, cli, pass_ctx, valid_address
 from mattermail.ctl.statuscmd import open_store_readonly
+from mattermail.ctl.terminal import echo, safe
 
 DEFAULT_SERVER = "127.0.0.1:587"
 HELO = "mattermailctl-test-send"
@@ -39,7 +40,7 @@ class StepFailed(Exception):
 
 def _report(step: str, ok: bool | None, detail: str) -> None:
     state = "ok" if ok else "FAILED" if ok is False else "skipped"
-    click.echo(f"{step:<9} {state:<7} {detail}")
+    echo(f"{step:<9} {state:<7} {safe(detail)}")
 
 
 def _server(value: str) -> tuple[str, int]:
@@ -271,4 +272,4 @@ def test_send(ctx: Context, user: str, to: str | None, server: str, password_std
     except StepFailed as e:
         _report(e.step, False, e.detail)
         raise UserFacingError(f"test-send failed at {e.step}: {e.detail}") from None
-    click.echo(f"test-send: every step passed (Message-ID {msg['Message-ID']})")
+    echo(f"test-send: every step passed (Message-ID {safe(msg['Message-ID'])})")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 import click
 
 from mattermail import passwords
 from mattermail.ctl.base import Context, UserFacingError, cli, json_option, pass_ctx, user_errors, valid_address
+from mattermail.ctl.terminal import echo, echo_json, safe
 from mattermail.router import store as storemod
 
 def _read_password(confirm: bool = True) -> str:
@@ -20,6 +20,15 @@ def _read_password(confirm: bool = True) -> str:
     return line.rstrip("\r\n")
 
 
+def _login(value: str, field: str = "address") -> str:
+    """A login: an email address without ':' (Dovecot's passwd-file separates its fields with ':')."""
+    login = valid_address(value, field)
+    if ":" in login:
+        raise UserFacingError(f"{field}: {value!r} cannot be a login: Dovecot's passwd-file does not allow ':' "
+                              "(an IPv6 address literal)")
+    return login
+
+
 def _sync_passwd(ctx: Context) -> None:
     """Rewrite what Dovecot and Postfix read: the passwd-file and the sender login map."""
     passwords.write_passwd_file(
@@ -29,7 +38,7 @@ def _sync_passwd(ctx: Context) -> None:
     warning = passwords.write_sender_login_map(ctx.config.auth.sender_login_map, storemod.login_addresses(ctx.store),
                                                ctx.config.postfix.config_dir)
     if warning:
-        click.echo(f"mattermailctl: warning: {warning}", err=True)
+        echo(f"mattermailctl: warning: {safe(warning)}", err=True)
 
 
 
@@ -51,12 +60,12 @@ def user_add(ctx: Context, address: str, send_as: tuple[str, ...]) -> None:
     Example:
       echo 's3cret-pass' | mattermailctl user add alice@lawfirm.test --send-as info@lawfirm.test
     """
-    login = valid_address(address, "address")
+    login = _login(address)
     extra = [valid_address(a, "--send-as") for a in send_as]
     pw_hash = passwords.hash_password(_read_password())
     u = storemod.add_user(ctx.store, login, pw_hash, extra)
     _sync_passwd(ctx)
-    click.echo(f"added user {u.login} (may send as: {', '.join(u.addresses)})")
+    echo(f"added user {u.login} (may send as: {', '.join(u.addresses)})")
 
 
 @user.command("passwd")
@@ -70,12 +79,12 @@ def user_passwd(ctx: Context, address: str) -> None:
     Example:
       mattermailctl user passwd alice@lawfirm.test
     """
-    login = valid_address(address, "address")
+    login = _login(address)
     if login not in {u.login for u in storemod.list_users(ctx.store)}:
         raise UserFacingError(f"address: no such user: {login}")
     storemod.set_password(ctx.store, login, passwords.hash_password(_read_password()))
     _sync_passwd(ctx)
-    click.echo(f"password changed for {login}")
+    echo(f"password changed for {login}")
 
 
 @user.command("remove")
@@ -89,10 +98,16 @@ def user_remove(ctx: Context, address: str) -> None:
     Example:
       mattermailctl user remove alice@lawfirm.test
     """
-    login = valid_address(address, "address")
+    try:
+        login = valid_address(address, "address")
+    except UserFacingError:
+        # A login stored before addresses were checked this strictly can still be removed.
+        login = storemod.normalise_address(address)
+        if login not in {u.login for u in storemod.list_users(ctx.store)}:
+            raise
     storemod.remove_user(ctx.store, login)
     _sync_passwd(ctx)
-    click.echo(f"removed user {login}")
+    echo(f"removed user {safe(login)}")
 
 
 @user.command("list")
@@ -107,9 +122,9 @@ def user_list(ctx: Context, as_json: bool) -> None:
     """
     users = storemod.list_users(ctx.store)
     if as_json:
-        click.echo(json.dumps([{"login": u.login, "send_as": list(u.addresses)} for u in users], indent=2))
+        echo_json([{"login": u.login, "send_as": list(u.addresses)} for u in users])
         return
     if not users:
-        click.echo("no users")
+        echo("no users")
     for u in users:
-        click.echo(f"{u.login}\t{', '.join(u.addresses)}")
+        echo(f"{safe(u.login)}\t{', '.join(safe(a) for a in u.addresses)}")

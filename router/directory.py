@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from mattermail import validate
 from mattermail.router.store import Store, UserError, normalise_address
 
 
@@ -177,9 +178,15 @@ def get_matter(store: Store, matter_id: str) -> Matter | None:
     return Matter(row[0], row[1], row[2], tuple(persons))
 
 
+def _check_matter_id(matter_id: str) -> None:
+    try:
+        validate.matter_id(matter_id)
+    except validate.Invalid as e:
+        raise UserError(f"id: {matter_id!r} is not a valid matter id: {e}") from None
+
+
 def add_matter(store: Store, matter_id: str, title: str, persons: Sequence[str] = ()) -> Matter:
-    if not matter_id or any(c.isspace() or c in "@<>" for c in matter_id):
-        raise UserError(f"id: {matter_id!r} is not a valid matter id (no spaces, @ or <>)")
+    _check_matter_id(matter_id)
     if not title.strip():
         raise UserError("--title: a matter needs a title")
     pids = []
@@ -313,8 +320,7 @@ def import_matters(store: Store, rows: Sequence[tuple[str, str, Sequence[str]]])
     with transaction(store):
         now = time.time()
         for matter_id, title, persons in rows:
-            if not matter_id or any(c.isspace() or c in "@<>" for c in matter_id):
-                raise UserError(f"id: {matter_id!r} is not a valid matter id (no spaces, @ or <>)")
+            _check_matter_id(matter_id)
             if not title.strip():
                 raise UserError("title: a matter needs a title")
             if store.db.execute("SELECT 1 FROM matters WHERE id = ?", [matter_id]).fetchone():
