@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mattermail.router.resolve import (
-    DEFAULT_HEADERS, Resolved, loop_class, loop_reason, received_for, resolve)
+    DEFAULT_HEADERS, Resolved, loop_reason, received_for, resolve)
 
 SISIMAI = "bounces/sisimai/maildir-bsd"
 
@@ -211,7 +211,7 @@ def test_garbage_never_raises() -> None:
             b"Return-Path:\r\nAuto-Submitted:\r\n", "Delivered-To: \u00e9@matters.lawfirm.test\r\n".encode()]
     for raw in ugly:
         resolve(raw, CA, trusted_hops=3)
-        loop_class(raw)
+        loop_reason(raw)
     assert addrs(resolve(ugly[4], CA)) == [("1@matters.lawfirm.test", "Delivered-To")]
     assert addrs(resolve(ugly[5], CA)) == [("m\u00fcller@matters.lawfirm.test", "Delivered-To")]
     assert addrs(resolve(ugly[7], CA)) == [("a@matters.lawfirm.test", "Received[0]")]
@@ -237,8 +237,7 @@ def test_garbage_never_raises() -> None:
 def test_loop_reason(headers: list[str], expected: tuple[str, str] | None) -> None:
     raw = msg("From: a@b.test", *headers)
     assert loop_reason(raw) == expected
-    assert loop_class(raw) == (expected[0] if expected else None)
-    assert loop_class(email.message_from_bytes(raw)) == loop_class(raw)
+    assert loop_reason(email.message_from_bytes(raw)) == expected
 
 
 # --- corpus -------------------------------------------------------------------------------
@@ -250,7 +249,7 @@ def _check_no_raise(paths: list[Path], domains: list[str]) -> list[str]:
         try:
             resolve(raw, domains, trusted_hops=10)
             resolve(raw, domains, envelope=["x@y.test"])
-            loop_class(raw)
+            loop_reason(raw)
             for value in email.message_from_bytes(raw).get_all("Received") or []:
                 received_for(str(value))
         except Exception as exc:  # noqa: BLE001 - collecting every failure is the point
@@ -306,7 +305,7 @@ def test_sisimai_resolution_rates(corpus) -> None:
     assert by_source["Envelope-To"] > 0 and by_source["X-Original-To"] > 0
 
 
-def test_sisimai_loop_class(corpus) -> None:
+def test_sisimai_loop_reason(corpus) -> None:
     """Measured: 495/629 "bounce" (349 multipart/report, 146 null Return-Path), 6 "auto", 128 None
     (plain-text bounces whose Return-Path was not kept, ARF as multipart/mixed, SNS notifications)."""
     classes: collections.Counter[str | None] = collections.Counter()
@@ -317,7 +316,7 @@ def test_sisimai_loop_class(corpus) -> None:
         classes[reason[0] if reason else None] += 1
         reasons[reason[1].split(":")[0] if reason else "(none)"] += 1
     total = len(sisimai_files)
-    print(f"\nsisimai loop_class: {dict(classes)} reasons: {dict(reasons)}")
+    print(f"\nsisimai loop_reason: {dict(classes)} reasons: {dict(reasons)}")
     assert classes["bounce"] >= 0.75 * total
     assert classes["bounce"] + classes["auto"] >= 0.77 * total
     assert reasons["multipart/report"] >= 0.5 * total
@@ -326,5 +325,5 @@ def test_sisimai_loop_class(corpus) -> None:
 def test_mime_corpus_mostly_not_loops(corpus) -> None:
     """Everyday mail must not be mistaken for bounces (measured: 24/340 are real reports)."""
     files = corpus.files("mime")
-    flagged = sum(1 for p in files if loop_class(p.read_bytes()))
+    flagged = sum(1 for p in files if loop_reason(p.read_bytes()))
     assert flagged <= 0.15 * len(files), f"{flagged}/{len(files)} taken for loops"
