@@ -27,7 +27,6 @@ from mattermail.ctl.base import Context, UserFacingError, cli, pass_ctx, valid_a
 from mattermail.ctl.statuscmd import open_store_readonly
 from mattermail.ctl.terminal import echo, safe
 
-DEFAULT_SERVER = "127.0.0.1:587"
 HELO = "mattermailctl-test-send"
 
 
@@ -235,8 +234,8 @@ def _check_stored(cfg: configmod.Config, message_id: str, wait: float) -> None:
 @cli.command("test-send")
 @click.option("--user", "user", required=True, metavar="ADDRESS", help="The SMTP user to log in as (and send from).")
 @click.option("--to", "to", metavar="ADDRESS", help="Recipient (default: the user's own address).")
-@click.option("--server", default=DEFAULT_SERVER, show_default=True, metavar="HOST:PORT",
-              help="The submission service to connect to.")
+@click.option("--server", metavar="HOST:PORT",
+              help="The submission service to connect to (default: postfix.submission of the config, 127.0.0.1:587).")
 @click.option("--password-stdin", is_flag=True, help="Read the password from the first line of standard input.")
 @click.option("--verify-tls", is_flag=True, help="Verify the server's certificate and host name (default: not).")
 @click.option("--wait", default=20.0, show_default=True, type=click.FloatRange(0), metavar="SECONDS",
@@ -244,7 +243,7 @@ def _check_stored(cfg: configmod.Config, message_id: str, wait: float) -> None:
 @click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(1), metavar="SECONDS",
               help="Timeout of each SMTP command.")
 @pass_ctx
-def test_send(ctx: Context, user: str, to: str | None, server: str, password_stdin: bool, verify_tls: bool,
+def test_send(ctx: Context, user: str, to: str | None, server: str | None, password_stdin: bool, verify_tls: bool,
               wait: float, timeout: float) -> None:
     """Send a test message as a user and report each step: connect, STARTTLS, AUTH, accepted, captured, signed.
 
@@ -260,10 +259,10 @@ def test_send(ctx: Context, user: str, to: str | None, server: str, password_std
       mattermailctl test-send --user alice@lawfirm.test
       echo 's3cret-pass' | mattermailctl test-send --user alice@lawfirm.test --server 127.0.0.1:5870 --password-stdin
     """
-    host, port = _server(server)
+    cfg = ctx.config
+    host, port = _server(server or cfg.postfix.submission)
     login = valid_address(user, "--user")
     rcpt = valid_address(to, "--to") if to else login
-    cfg = ctx.config
     password = _read_password(password_stdin)
     msg = _message(login, rcpt)
     try:

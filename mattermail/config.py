@@ -40,6 +40,14 @@ def _socket_spec(value: str) -> str:
     return value
 
 
+def _host_port(value: str) -> str:
+    """Check ``HOST:PORT`` (``[v6]:PORT`` too)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("expected HOST:PORT")
+    return value
+
+
 def _network(value: str) -> str:
     ipaddress.ip_network(value, strict=False)
     return value
@@ -232,6 +240,10 @@ class SRS:
 class Postfix:
     # The Postfix instance mattermail works with (postmap -c, postfix configure).
     config_dir: Path = Path("/etc/postfix")
+    # Where its submission service (STARTTLS + AUTH) listens: mattermailctl test-send connects here.
+    submission: str = "127.0.0.1:587"
+
+    _validators = {"submission": lambda v: _host_port(v)}
 
 
 @dataclass(frozen=True)

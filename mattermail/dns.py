@@ -57,9 +57,3 @@ class Resolver:
     def txt(self, name: str) -> list[str]:
         """TXT records for ``name``, each record's strings joined."""
         return [b"".join(r.strings).decode("utf-8", "replace") for r in self.query(name, "TXT")]
-
-    def dkim_dnsfunc(self, name: bytes | str, timeout: int = 5) -> bytes | None:
-        """Adapter for dkimpy's ``dnsfunc``: the first TXT record, or None."""
-        key = name.decode("ascii") if isinstance(name, bytes) else name
-        records = self.txt(key)
-        return records[0].encode("utf-8") if records else None

@@ -88,11 +88,6 @@ def header_block(headers: list[Header]) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape")
 
 
-def raw_message(headers: list[Header], body: bytes) -> bytes:
-    """Rebuild the message as Postfix will write it (CRLF line ends)."""
-    return header_block(headers) + body
-
-
 def split_message(raw: bytes) -> tuple[list[Header], bytes]:
     head, sep, body = raw.partition(b"\r\n\r\n")
     headers: list[Header] = []

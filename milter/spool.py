@@ -44,10 +44,6 @@ class MessageSpool:
         self._chunks = []
         self._file = f
 
-    @property
-    def on_disk(self) -> bool:
-        return self._file is not None
-
     def _memory(self) -> bytes:
         if self._joined is None:
             self._joined = b"".join(self._chunks)

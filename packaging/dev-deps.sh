@@ -8,7 +8,10 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(postfix postfix-sqlite postfix-pcre libmilter-dev dovecot-core swaks
               opendkim opendkim-tools opendmarc miltertest make gcc python3-dev python3-venv
-              systemd openssl)  # the package test: systemd-analyze verify, a test certificate
+              systemd openssl  # the package test: systemd-analyze verify, a test certificate
+              # swaks's STARTTLS and AUTH (Recommends, which --no-install-recommends drops;
+              # listed here so a machine that already has swaks gets them too)
+              libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-perl)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -33,7 +33,7 @@ from email import policy
 from email.message import Message
 from email.parser import BytesParser
 
-__all__ = ["DEFAULT_HEADERS", "Resolved", "addresses_in", "loop_class", "loop_reason", "received_for",
+__all__ = ["DEFAULT_HEADERS", "Resolved", "addresses_in", "loop_reason", "received_for",
            "resolve"]
 
 DEFAULT_HEADERS: tuple[str, ...] = (
@@ -249,9 +249,3 @@ def loop_reason(msg: bytes | Message) -> tuple[str, str] | None:
         if keyword and keyword != "no":
             return "auto", f"Auto-Submitted: {keyword}"
     return None
-
-
-def loop_class(msg: bytes | Message) -> str | None:
-    """"bounce", "auto" or None: see :func:`loop_reason`."""
-    found = loop_reason(msg)
-    return found[0] if found else None

@@ -179,14 +179,6 @@ def normalise_address(address: str) -> str:
     return address.strip().strip("<>").lower()
 
 
-@dataclass(frozen=True)
-class StoredMessage:
-    id: int
-    sha256: str
-    path: Path
-    new: bool
-
-
 class Store:
     def __init__(self, path: Path, messages_dir: Path, synchronous: str = "FULL") -> None:
         self.path = Path(path)
@@ -269,19 +261,6 @@ class Store:
                 os.fsync(dfd)
             finally:
                 os.close(dfd)
-
-    def deliver(self, raw: bytes, envelope_from: str, recipients: Iterable[str], queue_id: str = "") -> StoredMessage:
-        """Store ``raw`` once and record one delivery per recipient, all in one commit."""
-        sha, path = self.write_blob(raw)
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            msg_id, new = insert_message(self, raw, sha)
-            record_deliveries(self, msg_id, envelope_from, recipients, queue_id)
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        return StoredMessage(id=msg_id, sha256=sha, path=path, new=new)
 
     def count(self, table: str) -> int:
         return self.db[table].count

@@ -1,7 +1,20 @@
-"""Shared fixtures. Stack fixtures live in tests/stack/conftest.py."""
+"""Shared fixtures and session set-up. Stack fixtures live in tests/stack/conftest.py.
+
+- The caller's environment is scrubbed once per session (``MATTERMAIL_CONFIG`` from
+  README's quick start and friends), so no test and no subprocess depends on it.
+- The third-party corpus (``$MATTERMAIL_CORPUS``, default ``../shared/corpus`` beside
+  the repo) reaches tests only through the ``corpus`` fixture and the ``corpus_file``
+  parameter (``@pytest.mark.corpus_files(SUBDIR)``). Without it those tests skip with
+  one reason; with ``MATTERMAIL_REQUIRE_CORPUS=1`` (``.ci/run``) they fail instead.
+- The run ends with the skips grouped by reason, just above pytest's own count line.
+"""
 
 from __future__ import annotations
 
+import os
+import re
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -9,7 +22,120 @@ import pytest
 from mattermail import privileges
 
 REPO = Path(__file__).resolve().parents[1]
-CORPUS = REPO.parent / "shared" / "corpus"
+CORPUS_ENV = "MATTERMAIL_CORPUS"
+REQUIRE_CORPUS_ENV = "MATTERMAIL_REQUIRE_CORPUS"
+#: Test knobs read from the environment; every other MATTERMAIL_* variable is the caller's.
+TEST_KNOBS = {CORPUS_ENV, REQUIRE_CORPUS_ENV, "MATTERMAIL_KEEP_STACK"}
+
+
+# -- the caller's environment ----------------------------------------------------------------
+
+
+def clean_environment(environ: dict[str, str] | os._Environ[str]) -> list[str]:
+    """Remove what the caller's shell may carry into tests and their subprocesses; return the names.
+
+    ``MATTERMAIL_CONFIG`` (README's quick start exports it) would point mattermailctl at
+    the dev stack; ``SWAKS_OPT_*`` change swaks; ``JOURNAL_STREAM`` changes our log format;
+    ``PYTHONPATH`` could put the repo root (with its ``milter/`` folder) before pymilter.
+    ``PYTHONSAFEPATH`` is pinned to 1 whether or not the caller (make) set it.
+    """
+    removed = [k for k in list(environ) if (k.startswith("MATTERMAIL_") and k not in TEST_KNOBS)
+               or k.startswith("SWAKS_") or k in ("JOURNAL_STREAM", "PYTHONPATH")]
+    for k in removed:
+        del environ[k]
+    environ["PYTHONSAFEPATH"] = "1"
+    return removed
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    clean_environment(os.environ)
+    config.addinivalue_line("markers", "corpus_files(subdir): parametrize ``corpus_file`` over the "
+                            "message files under that corpus folder")
+
+
+# -- the third-party corpus ------------------------------------------------------------------
+
+
+def corpus_location() -> Path:
+    """``$MATTERMAIL_CORPUS`` (relative to the repo root when relative), else ``../shared/corpus``."""
+    value = os.environ.get(CORPUS_ENV, "").strip()
+    return (REPO / (value or "../shared/corpus")).resolve()
+
+
+def corpus_missing_reason(path: Path) -> str:
+    return f"corpus not found at {path}: set {CORPUS_ENV}=/path/to/corpus to run these"
+
+
+class Corpus:
+    """The corpus folder: ``corpus / "spf" / "x.yml"``, ``corpus.files("mime")``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __truediv__(self, other: str) -> Path:
+        return self.path / other
+
+    def files(self, subdir: str) -> list[Path]:
+        """Every file under ``subdir``, sorted; a missing folder is an error, not an empty list."""
+        root = self.path / subdir
+        if not root.is_dir():
+            raise FileNotFoundError(f"corpus folder {root} is missing (is {CORPUS_ENV} the right corpus?)")
+        return sorted(p for p in root.rglob("*") if p.is_file())
+
+    def messages(self, subdir: str) -> list[Path]:
+        """The files under ``subdir`` without the licence texts."""
+        return [p for p in self.files(subdir) if "LICENSE" not in p.name and p.name != "NOTICE"]
+
+
+@pytest.fixture(scope="session")
+def corpus() -> Corpus:
+    path = corpus_location()
+    if not path.is_dir():
+        reason = corpus_missing_reason(path)
+        if os.environ.get(REQUIRE_CORPUS_ENV, "") not in ("", "0"):
+            pytest.fail(f"{reason} ({REQUIRE_CORPUS_ENV} is set)", pytrace=False)
+        pytest.skip(reason)
+    return Corpus(path)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marker = metafunc.definition.get_closest_marker("corpus_files")
+    if marker is None or "corpus_file" not in metafunc.fixturenames:
+        return
+    root = corpus_location()
+    if not root.is_dir():  # one test item, which the corpus fixture skips (or fails)
+        metafunc.parametrize("corpus_file", [None], ids=["corpus-missing"])
+        return
+    files = Corpus(root).messages(marker.args[0])
+    metafunc.parametrize("corpus_file", files, ids=[str(p.relative_to(root)) for p in files])
+
+
+# -- the end of the run: how many ran, how many skipped and why -------------------------------
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    return re.sub(r"^Skipped: ", "", str(reason))
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> Iterator[None]:
+    """After pytest's own summary (``-ra``), just above its final count line: the skips by reason."""
+    result = yield
+    stats = terminalreporter.stats
+    ran = {k: len(stats.get(k, [])) for k in ("passed", "failed", "error", "xfailed", "xpassed")}
+    reasons = Counter(_skip_reason(r) for r in stats.get("skipped", []))
+    skipped = sum(reasons.values())
+    if not sum(ran.values()) and not skipped:
+        return result
+    tw = terminalreporter
+    tw.write_sep("-", "mattermail test summary")
+    detail = ", ".join(f"{n} {k}" for k, n in ran.items() if n)
+    tw.write_line(f"ran {sum(ran.values())} ({detail or 'none'}), skipped {skipped}")
+    for reason, n in reasons.most_common():
+        tw.write_line(f"  skipped {n} \u00d7 {reason}")
+    return result
 
 
 @pytest.fixture

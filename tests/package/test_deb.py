@@ -59,10 +59,19 @@ LOCK = Path("/run/lock/mattermail-package-test.lock")
 # ---------------------------------------------------------------- helpers
 
 
+def machine_env(**extra: str) -> dict[str, str]:
+    """This environment without the caller's MATTERMAIL_* (README's quick start exports
+    MATTERMAIL_CONFIG=var/mattermail.toml: unwire-postfix and mattermailctl would act on the dev
+    stack instead of the machine's Postfix) and without PYTHONSAFEPATH."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith("MATTERMAIL_") and k != "PYTHONSAFEPATH"} | extra
+
+
 def run(*argv: str, input: str | None = None, check: bool = True, timeout: float = 120,
         env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     r = subprocess.run(list(argv), input=input, capture_output=True, text=True, timeout=timeout,
-                       env=env, stdin=None if input is not None else subprocess.DEVNULL)
+                       env=machine_env() if env is None else env,
+                       stdin=None if input is not None else subprocess.DEVNULL)
     if check and r.returncode != 0:
         raise AssertionError(f"{shlex.join(argv)} exited {r.returncode}:\n{r.stdout}{r.stderr}")
     return r
@@ -232,18 +241,18 @@ class Machine:
 
     def build_and_install(self) -> Path:
         r = run("make", "-s", "deb", check=False, timeout=1200,
-                env={k: v for k, v in os.environ.items() if k != "PYTHONSAFEPATH"} | {"PWD": str(REPO)})
+                env=machine_env(PWD=str(REPO)))
         assert r.returncode == 0, f"make deb failed:\n{r.stdout}{r.stderr}"
         version = re.search(r'__version__\s*=\s*"([^"]+)"', (REPO / "mattermail/version.py").read_text()).group(1)
         deb = REPO / "build" / "deb" / f"mattermail_{version}_amd64.deb"
         assert deb.exists(), r.stdout
         self.on_teardown("apt-get purge mattermail", self.purge)
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        env = machine_env(DEBIAN_FRONTEND="noninteractive")
         run("apt-get", "install", "--reinstall", "-y", "-q", "--no-install-recommends", str(deb), env=env, timeout=600)
         return deb
 
     def purge(self) -> None:
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        env = machine_env(DEBIAN_FRONTEND="noninteractive")
         run("apt-get", "purge", "-y", "-q", "mattermail", env=env, timeout=600)
 
     def postfix_setup(self) -> None:
@@ -374,8 +383,7 @@ service auth {{
         self.good_config = text
 
     def ctl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-        env = {k: v for k, v in os.environ.items() if k not in ("MATTERMAIL_CONFIG", "PYTHONSAFEPATH")}
-        return run(CTL, *args, input=input, check=check, env=env)
+        return run(CTL, *args, input=input, check=check)
 
     def start_daemons(self, as_root: bool = False) -> None:
         for name in ("srs", "router", "milter"):

@@ -67,9 +67,10 @@ def test_status_names_a_stopped_milter(stack):
 
 
 def test_send_passes_every_step_including_signed_and_captured(stack):
-    r = run(stack, "test-send", "--user", "alice@lawfirm.test", "--server", f"127.0.0.1:{stack.stack.ports.submission}",
-            "--password-stdin", input=PASSWORD + "\n")
+    """No --server: the config's postfix.submission says where the stack's submission service listens."""
+    r = run(stack, "test-send", "--user", "alice@lawfirm.test", "--password-stdin", input=PASSWORD + "\n")
     assert r.exit_code == 0, r.output
+    assert re.search(rf"^connect\s+ok\s+127\.0\.0\.1:{stack.stack.ports.submission}: 220 ", r.stdout, re.M), r.stdout
     assert steps(r.stdout) == dict.fromkeys(STEPS, "ok"), r.stdout
     assert "certificate not verified" in r.stdout and "d=lawfirm.test" in r.stdout
     message_id = re.search(r"Message-ID (<[^>]+>)", r.stdout).group(1)
@@ -79,6 +80,16 @@ def test_send_passes_every_step_including_signed_and_captured(stack):
                           " WHERE m.message_id = ?", [message_id]).fetchone()[0] == 1
     finally:
         db.close()
+
+
+def test_send_server_option_overrides_the_config(stack):
+    from mattermail.devdns import free_port
+
+    port = free_port()  # nothing listens there
+    r = run(stack, "test-send", "--user", "alice@lawfirm.test", "--server", f"127.0.0.1:{port}",
+            input=PASSWORD + "\n")
+    assert r.exit_code == 1, r.output
+    assert steps(r.stdout) == {"connect": "FAILED"} and f"127.0.0.1:{port}: connection refused" in r.stdout, r.stdout
 
 
 def test_send_with_a_wrong_password_fails_at_auth(stack):

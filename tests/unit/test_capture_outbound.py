@@ -130,9 +130,9 @@ def test_header_changes_for_a_reencoded_top_level_part():
     assert outbound.header_changes(old, old) == []
 
 
-def test_raw_message_and_split_round_trip():
+def test_header_block_and_split_round_trip():
     headers = [("Subject", " long\n\tfolded"), ("From", "a@b.test")]  # leading space kept (P_HDR_LEADSPC)
-    raw = outbound.raw_message(headers, b"body\r\n")
+    raw = outbound.header_block(headers) + b"body\r\n"
     assert raw == b"Subject: long\r\n\tfolded\r\nFrom:a@b.test\r\n\r\nbody\r\n"
     assert outbound.split_message(raw) == (headers, b"body\r\n")
 

@@ -19,6 +19,8 @@ def test_defaults_and_values(tmp_path):
     assert cfg.dns.port == 5353 and cfg.dns.timeout == 2.0
     assert cfg.router.listen == ("unix:/run/mattermail/lmtp.sock",)
     assert cfg.authserv_id == "mx.x.test"
+    assert cfg.postfix.submission == "127.0.0.1:587"
+    assert config.from_dict({"postfix": {"submission": "[::1]:5870"}}).postfix.submission == "[::1]:5870"
     with pytest.raises(Exception):
         cfg.milter.socket = "x"  # frozen
 
@@ -37,6 +39,8 @@ def test_defaults_and_values(tmp_path):
         ("[milter]\ntrusted_networks = ['300.1.1.1/8']\n", ["milter.trusted_networks"]),
         ("[log]\nlevel = 'loud'\n", ["log.level", "debug, info"]),
         ("[milter]\ndisplay_name_check = 'warn'\n", ["milter.display_name_check", "refuse or off"]),
+        ("[postfix]\nsubmission = '587'\n", ["postfix.submission", "HOST:PORT"]),
+        ("[postfix]\nsubmission = 'localhost:0'\n", ["postfix.submission", "HOST:PORT"]),
         ("[milter\n", ["not valid TOML"]),
     ],
 )

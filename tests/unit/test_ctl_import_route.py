@@ -19,7 +19,6 @@ from mattermail.router.store import EnvelopeRecord, Store, find_message, record_
 
 CA = "matters.lawfirm.test"
 SECRET = b"k" * 32
-SISIMAI = Path(__file__).resolve().parents[2].parent / "shared" / "corpus" / "bounces" / "sisimai" / "maildir-bsd"
 TABLES = ("messages", "deliveries", "filings", "events", "captures")
 SUMMARY = re.compile(r"^imported (\d+): filed (\d+), unfiled (\d+), personal (\d+), system (\d+), "
                      r"already present (\d+), errors (\d+)$", re.MULTILINE)
@@ -187,8 +186,9 @@ def test_import_help_has_an_example_and_the_exit_status():
     assert r.exit_code == 0 and "Example:" in r.output and "Exit status" in r.output
 
 
-def test_import_the_sisimai_bounce_corpus(env):
-    files = sorted(p for p in SISIMAI.iterdir() if p.is_file())
+def test_import_the_sisimai_bounce_corpus(env, corpus):
+    SISIMAI = corpus / "bounces" / "sisimai" / "maildir-bsd"
+    files = corpus.files("bounces/sisimai/maildir-bsd")
     assert len(files) > 500, SISIMAI
     unique = {hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
     r = env.run("import", SISIMAI)

@@ -1,7 +1,7 @@
 import pytest
 
 from mattermail.router import directory as d
-from mattermail.router.store import Store, UserError
+from mattermail.router.store import Store, UserError, insert_message
 
 CATCHALL = ["matters.lawfirm.test"]
 
@@ -46,10 +46,31 @@ def test_shared_address_is_deterministic(store):
 
 
 def test_filing_is_recorded_once(store):
-    msg = store.deliver(b"Subject: x\r\n\r\nbody\r\n", "a@b.test", ["1@matters.lawfirm.test"])
+    raw = b"Subject: x\r\n\r\nbody\r\n"
+    sha, _ = store.write_blob(raw)
+    with d.transaction(store):
+        mid, _ = insert_message(store, raw, sha)
     d.add_matter(store, "1", "One")
-    f = d.Filing(msg.id, "1", None, "matter-address", "1@matters.lawfirm.test")
+    f = d.Filing(mid, "1", None, "matter-address", "1@matters.lawfirm.test")
     with d.transaction(store):
         assert d.record_filing(store, f)
         assert not d.record_filing(store, f)
-    assert d.filings_for(store, msg.id) == [f]
+    assert d.filings_for(store, mid) == [f]
+
+
+def test_a_failure_inside_a_nested_transaction_rolls_back_to_its_savepoint(store):
+    """Inside an open transaction (the router's batch), transaction() is a savepoint: an error after
+    some inserts undoes only those; the outer transaction's rows stay and commit."""
+    store.db.execute("BEGIN IMMEDIATE")
+    kept = d.add_person(store, "kept@example.test", "Kept")
+    with pytest.raises(RuntimeError, match="after the inserts"):
+        with d.transaction(store):
+            d.add_matter(store, "77", "Gone")
+            store.db.execute("INSERT INTO person_addresses (person, address, position) VALUES (?, ?, 9)",
+                             [kept.id, "gone@example.test"])
+            assert d.get_matter(store, "77") is not None  # inserted, inside the savepoint
+            raise RuntimeError("after the inserts")
+    assert store.db.conn.in_transaction  # the outer transaction is still open
+    store.db.execute("COMMIT")
+    assert d.get_matter(store, "77") is None
+    assert d.person_by_email(store, "kept@example.test").addresses == ("kept@example.test",)

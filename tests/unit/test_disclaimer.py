@@ -19,9 +19,6 @@ _spec = importlib.util.spec_from_file_location(
 S = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(S)
 
-ROOT = Path(__file__).resolve().parents[2]
-CORPUS = (ROOT / ".." / "shared" / "corpus" / "mime").resolve()
-
 ASCII = Disclaimer("CONFIDENTIALITY NOTICE: this e-mail is for the addressee only.\n"
                    "If you received it in error, please delete it. <Firm & Partners LLP>")
 INTL = Disclaimer("Vertraulich \u2014 \u672c\u30e1\u30fc\u30eb\u306f\u6a5f\u5bc6\u3067\u3059\u3002")
@@ -273,10 +270,6 @@ def test_never_raises_on_garbage() -> None:
     assert decorate(msg(PLAIN), Disclaimer("  ")).message is None
 
 
-CORPUS_FILES = sorted(p for p in CORPUS.rglob("*") if p.is_file() and "LICENSE" not in p.name
-                      and p.name != "NOTICE") if CORPUS.is_dir() else []
-
-
 def _compare_leaves(raw: bytes, out: bytes, pol: policy.Policy, decorated: int) -> None:
     old_leaves = leaves(BytesParser(policy=pol).parsebytes(raw))
     new_leaves = leaves(BytesParser(policy=pol).parsebytes(out))
@@ -310,16 +303,15 @@ def _corpus_check(path: Path) -> Result:
     return result
 
 
-@pytest.mark.skipif(not CORPUS_FILES, reason="shared corpus not present")
-@pytest.mark.parametrize("path", CORPUS_FILES, ids=[str(p.relative_to(CORPUS)) for p in CORPUS_FILES])
-def test_corpus_file(path: Path) -> None:
-    _corpus_check(path)
+@pytest.mark.corpus_files("mime")
+def test_corpus_file(corpus, corpus_file: Path) -> None:
+    _corpus_check(corpus_file)
 
 
-@pytest.mark.skipif(not CORPUS_FILES, reason="shared corpus not present")
-def test_corpus_mostly_decorated() -> None:
-    decorated = sum(decorate(p.read_bytes(), INTL).message is not None for p in CORPUS_FILES)
-    assert decorated >= len(CORPUS_FILES) * 0.6, f"only {decorated}/{len(CORPUS_FILES)} decorated"
+def test_corpus_mostly_decorated(corpus) -> None:
+    files = corpus.messages("mime")
+    decorated = sum(decorate(p.read_bytes(), INTL).message is not None for p in files)
+    assert decorated >= len(files) * 0.6, f"only {decorated}/{len(files)} decorated"
 
 
 # -- the fast paths give exactly what the general ones give ----------------------------------
@@ -337,8 +329,8 @@ def _fast_and_slow(raw: bytes, disclaimer: Disclaimer, monkeypatch) -> tuple[Res
     return fast, slow
 
 
-def _shapes_and_corpus() -> list[bytes]:
-    raws = [c.raw for c in CASES.values()] + [p.read_bytes() for p in CORPUS_FILES]
+def _shapes() -> list[bytes]:
+    raws = [c.raw for c in CASES.values()]
     plain = b"From: a@b.test\r\nSubject: x\r\n\r\n" + b"".join(b"%d" % i + b"X" * 79 + b"\r\n" for i in range(50))
     raws += [plain, plain.rstrip(b"\r\n"), plain + b"x" * 990, plain.replace(b"\r\n", b"\n"),
              b"Subject: no separator\r\nbody line\r\n", b"Subject: unterminated",
@@ -349,8 +341,20 @@ def _shapes_and_corpus() -> list[bytes]:
     return raws
 
 
+def _corpus_raws(corpus) -> list[bytes]:
+    return [p.read_bytes() for p in corpus.messages("mime")]
+
+
 def test_fast_paths_equal_the_general_ones(monkeypatch) -> None:
-    for raw in _shapes_and_corpus():
+    _check_fast_paths(_shapes(), monkeypatch)
+
+
+def test_fast_paths_equal_the_general_ones_on_the_corpus(corpus, monkeypatch) -> None:
+    _check_fast_paths(_corpus_raws(corpus), monkeypatch)
+
+
+def _check_fast_paths(raws: list[bytes], monkeypatch) -> None:
+    for raw in raws:
         for d in (ASCII, INTL, FR):
             fast, slow = _fast_and_slow(raw, d, monkeypatch)
             assert (fast.message, fast.reason, fast.decorated_parts) == (slow.message, slow.reason,
@@ -358,6 +362,14 @@ def test_fast_paths_equal_the_general_ones(monkeypatch) -> None:
 
 
 def test_header_block_reader_equals_the_parser() -> None:
+    _check_header_blocks(_shapes())
+
+
+def test_header_block_reader_equals_the_parser_on_the_corpus(corpus) -> None:
+    _check_header_blocks(_corpus_raws(corpus))
+
+
+def _check_header_blocks(raws: list[bytes]) -> None:
     from email.parser import BytesHeaderParser
 
     from mattermail.milter.disclaimer import _headers
@@ -366,7 +378,7 @@ def test_header_block_reader_equals_the_parser() -> None:
               b"Content-Type: multipart/mixed;\r\n boundary=\"b\"\r\nMIME-Version: 1.0\r\n",
               b"From x@y Mon\nSubject: x\n", b"Subject: a\rb\r\n", b" first\r\nA: b\r\n", b":x\r\nA: b\r\n",
               b"X-Bin: caf\xc3\xa9 \xff\r\n", b"A: 1\x0b2\r\n", b"A: 1\x0c\r\n"]
-    for block in blocks + [raw.split(b"\n\n", 1)[0] + b"\n" for raw in _shapes_and_corpus()]:
+    for block in blocks + [raw.split(b"\n\n", 1)[0] + b"\n" for raw in raws]:
         if not block.strip() or b"\n\n" in block or b"\r\n\r\n" in block:
             continue
         ours, theirs = _headers(block), BytesHeaderParser(policy=policy.compat32).parsebytes(block)

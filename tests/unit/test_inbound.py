@@ -2,9 +2,9 @@
 
 A devdns server on a free loopback port serves BIND zone files written under
 tmp_path; DKIM keys come from mattermail.dkimkeys and messages are signed by
-mattermail.milter.dkim_sign.  Third-party material from ../shared/corpus: the
-stalwart and MimeKit DKIM messages (with their DNS records) and the RFC 7208
-SPF conformance suite.
+mattermail.milter.dkim_sign.  Third-party material from the corpus (the
+``corpus`` fixture, tests/conftest.py): the stalwart and MimeKit DKIM messages
+(with their DNS records) and the RFC 7208 SPF conformance suite.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import authres
 import dkim
 import authres.dmarc
 import pytest
+import yaml  # a test dependency (setup.cfg [test])
 from dnslib import RR
 
 from mattermail import dkimkeys
@@ -40,7 +41,6 @@ from mattermail.milter.inbound import (
     verify_dkim,
 )
 
-CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus"
 CLIENT = "192.0.2.10"
 OTHER = "198.51.100.7"
 RSA = dkimkeys.generate("rsa", 2048)
@@ -440,13 +440,14 @@ def _serve_keys(env: Env, name: str, records: list[tuple[str, str]]) -> None:
     tmp.replace(env.zones / f"{name}.zone")
 
 
-STALWART = sorted((CORPUS / "dkim" / "stalwart" / "dkim").glob("*.txt"))
+def _stalwart(corpus) -> list[Path]:
+    return [p for p in corpus.files("dkim/stalwart/dkim") if p.suffix == ".txt"]
 
 
-@pytest.mark.skipif(not STALWART, reason="shared corpus not present")
-def test_corpus_stalwart_dkim(env: Env) -> None:
+def test_corpus_stalwart_dkim(env: Env, corpus) -> None:
     outcome = {}
-    for path in STALWART:
+    stalwart = _stalwart(corpus)
+    for path in stalwart:
         records, raw = _corpus_case(path)
         _serve_keys(env, f"stalwart-{path.stem}", records)
         outcome[path.name] = [r.result for r in verify_dkim(raw, env.resolver)]
@@ -458,37 +459,32 @@ def test_corpus_stalwart_dkim(env: Env) -> None:
         "003.txt": ["pass", "pass"],  # mailing list, the same signature twice
         "004.txt": ["pass"], "005.txt": ["fail"], "006.txt": ["pass"],
     }, outcome
-    records, raw = _corpus_case(STALWART[4])
+    records, raw = _corpus_case(stalwart[4])
     assert "expired" in verify_dkim(raw, env.resolver)[0].reason
 
 
-MIMEKIT = CORPUS / "mime" / "mimekit" / "dkim"
-
-
-@pytest.mark.skipif(not MIMEKIT.is_dir(), reason="shared corpus not present")
-def test_corpus_mimekit_dkim(env: Env) -> None:
-    pem = (MIMEKIT / "gmail.pub").read_text()
+def test_corpus_mimekit_dkim(env: Env, corpus) -> None:
+    mimekit = corpus / "mime" / "mimekit" / "dkim"
+    pem = (mimekit / "gmail.pub").read_text()
     p = "".join(line.strip() for line in pem.splitlines() if "-----" not in line)
-    ed, rsa = [rec for _, rec in _corpus_case(STALWART[0])[0]] if STALWART else ("", "")
-    records = [("20120113._domainkey.gmail.com", f"v=DKIM1; k=rsa; p={p}")]
-    if STALWART:
-        records += [("brisbane._domainkey.football.example.com", ed), ("test._domainkey.football.example.com", rsa)]
+    ed, rsa = [rec for _, rec in _corpus_case(_stalwart(corpus)[0])[0]]
+    records = [("20120113._domainkey.gmail.com", f"v=DKIM1; k=rsa; p={p}"),
+               ("brisbane._domainkey.football.example.com", ed), ("test._domainkey.football.example.com", rsa)]
     _serve_keys(env, "mimekit", records)
-    got = {f: [r.result for r in verify_dkim((MIMEKIT / f).read_bytes(), env.resolver)]
+    got = {f: [r.result for r in verify_dkim((mimekit / f).read_bytes(), env.resolver)]
            for f in ("gmail.msg", "related.msg", "multipart-no-end-boundary.msg", "rfc8463-example.msg")}
     assert got["gmail.msg"] == ["pass"]
     assert got["related.msg"] == ["pass"]
     assert got["multipart-no-end-boundary.msg"] == ["pass"]
-    if STALWART:
-        assert got["rfc8463-example.msg"] == ["pass", "pass"]
+    assert got["rfc8463-example.msg"] == ["pass", "pass"]
     # Any change to a signed byte breaks them.
-    broken = (MIMEKIT / "gmail.msg").read_bytes().replace(b"Subject:", b"Subject: Re:", 1)
+    broken = (mimekit / "gmail.msg").read_bytes().replace(b"Subject:", b"Subject: Re:", 1)
     assert [r.result for r in verify_dkim(broken, env.resolver)] == ["fail"]
 
 
 # --- third-party corpus: the RFC 7208 SPF conformance suite ---------------------------
 
-SPF_SUITE = CORPUS / "spf" / "rfc7208-tests.yml"
+SPF_SUITE = "spf/rfc7208-tests.yml"
 #: Measured 202/203 (99.5%): the one miss needs a name with spaces, which dnslib's zone
 #: parser cannot express.  The floor leaves a little room.
 SPF_MIN_PASS_RATE = 0.97
@@ -574,14 +570,12 @@ def _scenario_zone(zonedata: dict, omitted: list[str]) -> tuple[str | None, str,
     return "\n".join(lines) + "\n", "", timeouts, names
 
 
-@pytest.mark.skipif(not SPF_SUITE.is_file(), reason="shared corpus not present")
-def test_spf_conformance_suite(tmp_path: Path) -> None:
-    yaml = pytest.importorskip("yaml")
+def test_spf_conformance_suite(tmp_path: Path, corpus) -> None:
     env = _start(tmp_path / "zones", timeout=1.0)
     resolver = SuiteResolver(env.resolver.cfg)
     passed, failed, skipped, omitted = [], [], Counter(), []
     try:
-        for n, scenario in enumerate(yaml.safe_load_all(SPF_SUITE.read_text(encoding="utf-8"))):
+        for n, scenario in enumerate(yaml.safe_load_all((corpus / SPF_SUITE).read_text(encoding="utf-8"))):
             tests = scenario.get("tests", {})
             text, why, resolver.timeouts, resolver.known = _scenario_zone(scenario.get("zonedata") or {}, omitted)
             if text is None:

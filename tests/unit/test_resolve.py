@@ -13,14 +13,9 @@ from pathlib import Path
 import pytest
 
 from mattermail.router.resolve import (
-    DEFAULT_HEADERS, Resolved, loop_class, loop_reason, received_for, resolve)
+    DEFAULT_HEADERS, Resolved, loop_reason, received_for, resolve)
 
-ROOT = Path(__file__).resolve().parents[2]
-CORPUS = (ROOT / ".." / "shared" / "corpus").resolve()
-SISIMAI = CORPUS / "bounces" / "sisimai" / "maildir-bsd"
-MIME = CORPUS / "mime"
-SISIMAI_FILES = sorted(p for p in SISIMAI.glob("*") if p.is_file()) if SISIMAI.is_dir() else []
-MIME_FILES = sorted(p for p in MIME.rglob("*") if p.is_file()) if MIME.is_dir() else []
+SISIMAI = "bounces/sisimai/maildir-bsd"
 
 CA = ["matters.lawfirm.test"]
 
@@ -216,7 +211,7 @@ def test_garbage_never_raises() -> None:
             b"Return-Path:\r\nAuto-Submitted:\r\n", "Delivered-To: \u00e9@matters.lawfirm.test\r\n".encode()]
     for raw in ugly:
         resolve(raw, CA, trusted_hops=3)
-        loop_class(raw)
+        loop_reason(raw)
     assert addrs(resolve(ugly[4], CA)) == [("1@matters.lawfirm.test", "Delivered-To")]
     assert addrs(resolve(ugly[5], CA)) == [("m\u00fcller@matters.lawfirm.test", "Delivered-To")]
     assert addrs(resolve(ugly[7], CA)) == [("a@matters.lawfirm.test", "Received[0]")]
@@ -242,8 +237,7 @@ def test_garbage_never_raises() -> None:
 def test_loop_reason(headers: list[str], expected: tuple[str, str] | None) -> None:
     raw = msg("From: a@b.test", *headers)
     assert loop_reason(raw) == expected
-    assert loop_class(raw) == (expected[0] if expected else None)
-    assert loop_class(email.message_from_bytes(raw)) == loop_class(raw)
+    assert loop_reason(email.message_from_bytes(raw)) == expected
 
 
 # --- corpus -------------------------------------------------------------------------------
@@ -255,7 +249,7 @@ def _check_no_raise(paths: list[Path], domains: list[str]) -> list[str]:
         try:
             resolve(raw, domains, trusted_hops=10)
             resolve(raw, domains, envelope=["x@y.test"])
-            loop_class(raw)
+            loop_reason(raw)
             for value in email.message_from_bytes(raw).get_all("Received") or []:
                 received_for(str(value))
         except Exception as exc:  # noqa: BLE001 - collecting every failure is the point
@@ -263,14 +257,12 @@ def _check_no_raise(paths: list[Path], domains: list[str]) -> list[str]:
     return failures
 
 
-@pytest.mark.skipif(not MIME_FILES, reason="shared corpus not present")
-def test_mime_corpus_never_raises() -> None:
-    assert _check_no_raise(MIME_FILES, ["example.com", "test.lindsaar.net"]) == []
+def test_mime_corpus_never_raises(corpus) -> None:
+    assert _check_no_raise(corpus.files("mime"), ["example.com", "test.lindsaar.net"]) == []
 
 
-@pytest.mark.skipif(not SISIMAI_FILES, reason="shared corpus not present")
-def test_sisimai_corpus_never_raises() -> None:
-    assert _check_no_raise(SISIMAI_FILES, ["example.jp", "example.com"]) == []
+def test_sisimai_corpus_never_raises(corpus) -> None:
+    assert _check_no_raise(corpus.files(SISIMAI), ["example.jp", "example.com"]) == []
 
 
 # Independent of the module: plain regexes over the topmost instance of each header.
@@ -289,22 +281,22 @@ def _candidate_domains(raw: bytes) -> set[str]:
     return found
 
 
-@pytest.mark.skipif(not SISIMAI_FILES, reason="shared corpus not present")
-def test_sisimai_resolution_rates() -> None:
+def test_sisimai_resolution_rates(corpus) -> None:
     """Measured on sisimai@18e585c2 (629 files): 490 resolve (Delivered-To 222, Received 186,
     Envelope-To 51, X-Original-To 31); every file with a candidate domain resolves."""
-    candidates = {p: _candidate_domains(p.read_bytes()) for p in SISIMAI_FILES}
+    sisimai_files = corpus.files(SISIMAI)
+    candidates = {p: _candidate_domains(p.read_bytes()) for p in sisimai_files}
     domains = sorted(set().union(*candidates.values()))
     by_source: collections.Counter[str] = collections.Counter()
     missed = []
-    for path in SISIMAI_FILES:
+    for path in sisimai_files:
         found = resolve(path.read_bytes(), domains)
         by_source[re.sub(r"\[\d+\]", "", found[0].source) if found else "(none)"] += 1
         if candidates[path] and not found:
             missed.append(path.name)
         for r in found:
             assert r.address.rpartition("@")[2] in domains
-    total = len(SISIMAI_FILES)
+    total = len(sisimai_files)
     print(f"\nsisimai: {total} files, {len(domains)} domains, first source: {dict(by_source)}")
     assert missed == []
     assert total - by_source["(none)"] >= 0.70 * total
@@ -313,25 +305,25 @@ def test_sisimai_resolution_rates() -> None:
     assert by_source["Envelope-To"] > 0 and by_source["X-Original-To"] > 0
 
 
-@pytest.mark.skipif(not SISIMAI_FILES, reason="shared corpus not present")
-def test_sisimai_loop_class() -> None:
+def test_sisimai_loop_reason(corpus) -> None:
     """Measured: 495/629 "bounce" (349 multipart/report, 146 null Return-Path), 6 "auto", 128 None
     (plain-text bounces whose Return-Path was not kept, ARF as multipart/mixed, SNS notifications)."""
     classes: collections.Counter[str | None] = collections.Counter()
     reasons: collections.Counter[str] = collections.Counter()
-    for path in SISIMAI_FILES:
+    sisimai_files = corpus.files(SISIMAI)
+    for path in sisimai_files:
         reason = loop_reason(path.read_bytes())
         classes[reason[0] if reason else None] += 1
         reasons[reason[1].split(":")[0] if reason else "(none)"] += 1
-    total = len(SISIMAI_FILES)
-    print(f"\nsisimai loop_class: {dict(classes)} reasons: {dict(reasons)}")
+    total = len(sisimai_files)
+    print(f"\nsisimai loop_reason: {dict(classes)} reasons: {dict(reasons)}")
     assert classes["bounce"] >= 0.75 * total
     assert classes["bounce"] + classes["auto"] >= 0.77 * total
     assert reasons["multipart/report"] >= 0.5 * total
 
 
-@pytest.mark.skipif(not MIME_FILES, reason="shared corpus not present")
-def test_mime_corpus_mostly_not_loops() -> None:
+def test_mime_corpus_mostly_not_loops(corpus) -> None:
     """Everyday mail must not be mistaken for bounces (measured: 24/340 are real reports)."""
-    flagged = sum(1 for p in MIME_FILES if loop_class(p.read_bytes()))
-    assert flagged <= 0.15 * len(MIME_FILES)
+    files = corpus.files("mime")
+    flagged = sum(1 for p in files if loop_reason(p.read_bytes()))
+    assert flagged <= 0.15 * len(files), f"{flagged}/{len(files)} taken for loops"

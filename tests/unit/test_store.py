@@ -1,10 +1,18 @@
+"""The store, through the path production takes: the router's batches (router/lmtp.py
+``DeliveryHandler._deliver_batch`` -> ``Store.write_blob`` + router/filing.py ``file_stored``)."""
+
 import hashlib
 
 import pytest
 
+from mattermail.router import directory, filing, lmtp
 from mattermail.router import store as storemod
 
-RAW = b"From: a@example.test\r\nTo: 1234@matters.lawfirm.test\r\nSubject: Hello\r\nMessage-ID: <m1@example.test>\r\n\r\nbody\r\n"
+RAW = (b"Received: from mx.lawfirm.test by mx.lawfirm.test (Postfix) with ESMTP id 4ABC123\r\n"
+       b"\tfor <1234@matters.lawfirm.test>; Mon, 23 Nov 2026 12:00:00 +0000\r\n"
+       b"From: a@example.test\r\nTo: 1234@matters.lawfirm.test\r\nSubject: Hello\r\n"
+       b"Message-ID: <m1@example.test>\r\n\r\nbody\r\n")
+TABLES = ("messages", "deliveries", "filings", "events")
 
 
 @pytest.fixture
@@ -14,36 +22,97 @@ def store(tmp_path):
     s.close()
 
 
-def test_deliver_writes_file_and_row(store):
-    m = store.deliver(RAW, "a@example.test", ["1234@Matters.Lawfirm.test"], queue_id="ABC123")
+def deliver(store, *messages: tuple[bytes, list[str]]) -> list[str]:
+    """One router batch (one transaction, a savepoint per message), as the LMTP server runs it."""
+    handler = lmtp.DeliveryHandler(store)
+    jobs = [lmtp._Delivery(raw, "a@example.test", rcpts,
+                           lmtp.QueueIdAdapter(lmtp.log, {"queue_id": lmtp.queue_id_of(raw)}), None)
+            for raw, rcpts in messages]
+    replies = handler._deliver_batch(jobs)
+    assert not store.db.conn.in_transaction
+    return replies
+
+
+def counts(store) -> dict[str, int]:
+    return {t: store.count(t) for t in TABLES}
+
+
+def test_delivery_writes_the_file_then_commits_the_rows(store, monkeypatch):
     sha = hashlib.sha256(RAW).hexdigest()
-    assert m.sha256 == sha and m.new
-    assert m.path.read_bytes() == RAW
-    assert m.path.name == f"{sha}.eml"
+    path = store.blob_path(sha)
+    seen = []  # at each COMMIT: is the file there, and was its directory fsynced before?
+    synced = []
+    real_execute, real_sync = store.db.execute, store.sync_dirs
+    monkeypatch.setattr(store, "sync_dirs", lambda dirs: (synced.extend(dirs), real_sync(dirs)))
+
+    def execute(sql, *a, **k):
+        if sql == "COMMIT":
+            seen.append((path.read_bytes() == RAW, path.parent in synced))
+        return real_execute(sql, *a, **k)
+
+    monkeypatch.setattr(store.db, "execute", execute)
+    [reply] = deliver(store, (RAW, ["1234@Matters.Lawfirm.test"]))
+    assert reply == f"250 2.0.0 <1234@Matters.Lawfirm.test> stored as {sha[:16]}"
+    assert seen == [(True, True)], seen
+    assert path.name == f"{sha}.eml" and not list(path.parent.glob(".tmp-*"))
     row = store.db.execute("SELECT sha256, size, message_id, subject FROM messages").fetchone()
     assert row == (sha, len(RAW), "<m1@example.test>", "Hello")
     assert store.db.execute("SELECT recipient, queue_id FROM deliveries").fetchall() == [
-        ("1234@matters.lawfirm.test", "ABC123")]
-    assert not list(m.path.parent.glob(".tmp-*"))
+        ("1234@matters.lawfirm.test", "4ABC123")]
 
 
 def test_redelivery_stores_once_and_records_nothing_twice(store):
-    store.deliver(RAW, "a@example.test", ["x@matters.lawfirm.test"], queue_id="Q1")
-    again = store.deliver(RAW, "a@example.test", ["x@matters.lawfirm.test"], queue_id="Q1")
-    assert not again.new
-    assert store.count("messages") == 1 and store.count("deliveries") == 1
-    store.deliver(RAW, "a@example.test", ["y@matters.lawfirm.test"], queue_id="Q1")
-    assert store.count("messages") == 1 and store.count("deliveries") == 2
+    directory.add_matter(store, "1234", "Smith v Jones")
+    assert deliver(store, (RAW, ["1234@matters.lawfirm.test"]))[0].startswith("250 ")
+    assert deliver(store, (RAW, ["1234@matters.lawfirm.test"]))[0].startswith("250 ")  # Postfix retrying
+    # the event log keeps both attempts; the message, its delivery and its filing are there once
+    assert counts(store) == {"messages": 1, "deliveries": 1, "filings": 1, "events": 2}
+    assert deliver(store, (RAW, ["y@matters.lawfirm.test"]))[0].startswith("250 ")
+    assert store.count("messages") == 1 and store.count("deliveries") == 2 and store.count("filings") == 1
 
 
-def test_failed_commit_leaves_no_row(store, monkeypatch):
-    def boom(*a, **k):
-        raise OSError("disk full")
+def test_a_failed_commit_leaves_no_row_and_defers(store, monkeypatch):
+    """The rows are inserted (the transaction is open), then COMMIT fails: everything is rolled back."""
+    real_execute = store.db.execute
+    inserted = {}
 
-    monkeypatch.setattr(store, "write_blob", boom)
-    with pytest.raises(OSError):
-        store.deliver(RAW, "a@example.test", ["x@matters.lawfirm.test"])
-    assert store.count("messages") == 0
+    def execute(sql, *a, **k):
+        if sql == "COMMIT":
+            inserted.update({t: real_execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in TABLES})
+            raise storemod.sqlite3.OperationalError("disk I/O error")
+        return real_execute(sql, *a, **k)
+
+    monkeypatch.setattr(store.db, "execute", execute)
+    replies = deliver(store, (RAW, ["1234@matters.lawfirm.test"]), (RAW + b"2", ["m-5@matters.lawfirm.test"]))
+    monkeypatch.undo()
+    assert inserted["messages"] == 2 and inserted["deliveries"] == 2 and inserted["events"] == 2, inserted
+    assert [r[:10] for r in replies] == ["451 4.3.0 "] * 2, replies
+    assert counts(store) == dict.fromkeys(TABLES, 0)
+
+
+def test_a_filing_failing_midway_rolls_back_to_its_savepoint(store, monkeypatch):
+    """The second message of a batch fails after its messages, deliveries and filings rows were
+    inserted (at its event): only its rows go (ROLLBACK TO its savepoint), the others commit."""
+    directory.add_matter(store, "1234", "Smith v Jones")
+    real_log_event, partial = filing.log_event, {}
+
+    def log_event(store_, kind, detail, mid, queue_id):
+        if queue_id == "4FAIL":
+            partial.update({t: store.count(t) for t in TABLES})
+            raise RuntimeError("disk I/O error")
+        return real_log_event(store_, kind, detail, mid, queue_id)
+
+    monkeypatch.setattr(filing, "log_event", log_event)
+    raws = [RAW.replace(b"4ABC123", qid).replace(b"body", b"body " + qid) for qid in (b"4OK1", b"4FAIL", b"4OK2")]
+    replies = deliver(store, *[(raw, ["1234@matters.lawfirm.test"]) for raw in raws])
+    assert [r[:3] for r in replies] == ["250", "451", "250"], replies
+    # When it failed, the first message's rows and the second's own (but its event) were there:
+    assert partial == {"messages": 2, "deliveries": 2, "filings": 2, "events": 1}, partial
+    assert counts(store) == {"messages": 2, "deliveries": 2, "filings": 2, "events": 2}
+    failed_sha = hashlib.sha256(raws[1]).hexdigest()
+    assert storemod.find_message(store, failed_sha) is None
+    assert store.blob_path(failed_sha).exists()  # the file stays: Postfix's retry finds it written
+    assert {r[0] for r in store.db.execute("SELECT queue_id FROM deliveries")} == {"4OK1", "4OK2"}
 
 
 def test_schema_is_migrated_once(tmp_path, store):
