@@ -240,6 +240,7 @@ class Stack:
             _render("mattermail.toml.in", self.config, **values)
         else:
             self._migrate_config()
+            self._migrate_submission()
         for zone in (TEMPLATES / "zones").glob("*.zone"):
             if not (self.dns_dir / zone.name).exists():
                 shutil.copy(zone, self.dns_dir / zone.name)
@@ -270,6 +271,19 @@ class Stack:
             new = text.rstrip("\n") + '\n\n[general]\nuser = ""\n'
         self.config.write_text(new)
         print(f"devstack: added general.user = \"\" to {self.config} (daemons keep the starting user)")
+
+    def _migrate_submission(self) -> None:
+        """A config written before ``postfix.submission`` existed: commands that talk to the
+        submission service (``mattermailctl test-send``) would try 127.0.0.1:587."""
+        text = self.config.read_text()
+        if "submission" in tomllib.loads(text).get("postfix", {}):
+            return
+        line = f'submission = "127.0.0.1:{self.ports.submission}"\n'
+        new = re.sub(r"(?m)^\[postfix\][ \t]*\n", lambda m: m.group(0) + line, text, count=1)
+        if new == text:
+            new = text.rstrip("\n") + "\n\n[postfix]\n" + line
+        self.config.write_text(new)
+        print(f"devstack: added postfix.submission = 127.0.0.1:{self.ports.submission} to {self.config}")
 
     def _make_secrets_and_keys(self) -> None:
         """The capture HMAC secret, and demo DKIM keys for lawfirm.test published in the demo DNS."""

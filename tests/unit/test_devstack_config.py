@@ -44,3 +44,15 @@ def test_dev_postfix_mailbox_limit_holds_the_largest_message(tmp_path):
     mailbox, message = (int(v) for v in out.split())
     assert message >= 50 * 1024 * 1024, f"message_size_limit {message}: the firm's 25 MB mail no longer fits"
     assert mailbox == 0 or mailbox >= message, f"mailbox_size_limit {mailbox} < message_size_limit {message}"
+
+
+def test_config_from_before_postfix_submission_points_test_send_at_the_stack(tmp_path, capsys):
+    s = Stack(tmp_path, Ports.free())
+    s.config.write_text('[general]\nuser = ""\n\n[postfix]\nconfig_dir = "/x"\n')
+    s._migrate_submission()
+    cfg = config.load(s.config)
+    assert cfg.postfix.submission == f"127.0.0.1:{s.ports.submission}" and str(cfg.postfix.config_dir) == "/x"
+    assert "postfix.submission" in capsys.readouterr().out
+    before = s.config.read_text()
+    s._migrate_submission()
+    assert s.config.read_text() == before  # once only
