@@ -17,8 +17,8 @@ from mattermail.ctl.base import (
 )
 from mattermail.ctl.terminal import echo, echo_json, safe
 from mattermail.ctl.persons import BadLine, check_address, check_name, csv_label, raise_first, read_csv, split_list
-from mattermail.router import directory
-from mattermail.router.store import Store
+from mattermail.store import directory
+from mattermail.store import Store
 
 MATTER_COLUMNS = ("id", "title", "persons")
 

@@ -42,8 +42,8 @@ from mattermail.ctl.base import (
     Context, UserFacingError, cli, json_option, pass_ctx, user_errors, valid_address, valid_matter_id,
 )
 from mattermail.ctl.terminal import echo, echo_json, safe, write_raw
-from mattermail.router import directory
-from mattermail.router.store import Store
+from mattermail.store import directory
+from mattermail.store import Store
 
 _COLUMNS = "id, sha256, size, message_id, subject, header_from, date, received, direction, system, capture"
 DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"]

@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from mattermail.milter import capture
+from mattermail import capture
 from mattermail.milter import sender as senderpolicy
 from mattermail.milter.dkim_sign import BodyHasher, select_keys, sign
 from mattermail.milter.disclaimer import Disclaimer, apply_edits, plan, segments
 from mattermail.milter.runtime import Runtime
-from mattermail.router.store import EnvelopeRecord
+from mattermail.store import EnvelopeRecord
 
 log = logging.getLogger("mattermail.milter.outbound")
 

@@ -19,9 +19,9 @@ from pathlib import Path
 from mattermail import dkimkeys
 from mattermail.config import Config
 from mattermail.dns import Resolver
-from mattermail.milter import capture
+from mattermail import capture
 from mattermail.milter.direction import parse_networks
-from mattermail.router import store as storemod
+from mattermail import store as storemod
 
 log = logging.getLogger("mattermail.milter")
 
@@ -117,7 +117,7 @@ class Runtime:
             return self._keys
 
     def refuses_recipient(self, rcpt: bytes) -> bool:
-        """Whether a client's RCPT TO names the capture address (milter/capture.py)."""
+        """Whether a client's RCPT TO names the capture address (mattermail/capture.py)."""
         dom = self.capture_domain
         return (dom is not None and dom in rcpt.lower()
                 and capture.names_capture_address(rcpt.decode("utf-8", "surrogateescape"), self.config.capture.address))

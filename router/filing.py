@@ -30,10 +30,10 @@ from mattermail.config import Config
 from mattermail.logs import QueueIdAdapter
 from mattermail.router import forward as fwd
 from mattermail.router.capture_link import CaptureInfo, inspect_captures
-from mattermail.router.directory import Filing, log_event, record_filing, transaction
+from mattermail.store.directory import Filing, log_event, record_filing, transaction
 from mattermail.router.resolve import addresses_in, loop_reason, resolve
 from mattermail.router.rules import FilingDecision, RouterRules, RoutingResult, RuleContext, apply_rules, merge
-from mattermail.router.store import (EnvelopeRecord, Store, find_message, insert_message, normalise_address,
+from mattermail.store import (EnvelopeRecord, Store, find_message, insert_message, normalise_address,
                                      record_capture, record_deliveries)
 from mattermail.router.text import body_text
 
@@ -102,7 +102,7 @@ def load_capture_secret(cfg: Config) -> bytes | None:
     """The capture HMAC secret, or None when capture is off or the file is unreadable."""
     if not cfg.capture.address:
         return None
-    from mattermail.milter.capture import CaptureError, load_secret
+    from mattermail.capture import CaptureError, load_secret
 
     try:
         return load_secret(cfg.capture.secret_file)

@@ -26,7 +26,7 @@ from mattermail.router.capture_link import inspect_captures
 from mattermail.router.filing import FileResult, after_commit, file_stored
 from mattermail.router.rules import RouterRules
 from mattermail.srs import SRSCodec
-from mattermail.router.store import Store
+from mattermail.store import Store
 
 log = logging.getLogger("mattermail.router.lmtp")
 

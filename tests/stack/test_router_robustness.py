@@ -32,8 +32,8 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from mattermail.router import directory as d
-from mattermail.router.store import Store, UserError, insert_message
+from mattermail.store import directory as d
+from mattermail.store import Store, UserError, insert_message
 
 from .conftest import wait_for
 
