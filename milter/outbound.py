@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import mmap
 import re
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from collections.abc import Callable, Iterator
@@ -24,7 +23,7 @@ from mattermail.milter import sender as senderpolicy
 from mattermail.milter.dkim_sign import BodyHasher, select_keys, sign
 from mattermail.milter.disclaimer import Disclaimer, apply_edits, plan, segments
 from mattermail.milter.runtime import Runtime
-from mattermail.store import EnvelopeRecord
+from mattermail.store import EnvelopeRecord, StoreError
 
 log = logging.getLogger("mattermail.milter.outbound")
 
@@ -211,7 +210,7 @@ def _capture(sub: Submission, rt: Runtime, out: Outcome) -> None:
         rt.record_envelope(EnvelopeRecord(ref=ref, queue_id=sub.queue_id, mail_from=sub.mail_from,
                                           recipients=tuple(sub.recipients), login=sub.login or "",
                                           client=sub.client, created=time.time()))
-    except (capture.CaptureError, sqlite3.Error, OSError) as e:
+    except (capture.CaptureError, StoreError, OSError) as e:
         if cfg.on_failure == "tempfail":
             out.tempfail = f"capture impossible: {e}"
         else:

@@ -66,15 +66,12 @@ class Runtime:
             # power cut could lose is an envelope record: the message itself is in Postfix's
             # (fsynced) queue, and the router files it from its headers, logging missing-envelope.
             self._store = storemod.Store(self.config.store.path, self.config.store.messages_dir,
-                                         synchronous="NORMAL")
+                                         durable=False)
         return self._store
 
     def owned_addresses(self, login: str) -> set[str]:
         with self._lock:
-            rows = self.store().db.execute(
-                "SELECT address FROM user_addresses WHERE login = ?", [storemod.normalise_address(login)]
-            ).fetchall()
-        return {r[0] for r in rows}
+            return storemod.owned_addresses(self.store(), login)
 
     def disclaimer_for(self, sender: str) -> storemod.DisclaimerRow | None:
         with self._lock:

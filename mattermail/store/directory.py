@@ -304,3 +304,41 @@ def import_matters(store: Store, rows: Sequence[tuple[str, str, Sequence[str]]])
             for pid in dict.fromkeys(pids):
                 store.db.execute("INSERT INTO matter_persons (matter, person) VALUES (?, ?)", [matter_id, pid])
     return len(rows)
+
+
+# -- the router's questions (each one indexed query) -----------------------------------------------
+
+
+class Lookups:
+    """The routing rules' directory questions (router/rules.py ``Lookups``), each one indexed query."""
+
+    def __init__(self, store: Store) -> None:
+        self._db = store.db
+
+    def alias(self, address: str) -> tuple[int | None, str | None] | None:
+        row = self._db.execute("SELECT person, matter FROM aliases WHERE address = ?",
+                               [normalise_address(address)]).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def matter_status(self, matter_id: str) -> str | None:
+        row = self._db.execute("SELECT status FROM matters WHERE id = ?", [matter_id]).fetchone()
+        return row[0] if row else None
+
+    def persons(self, address: str) -> list[int]:
+        return [r[0] for r in self._db.execute(
+            "SELECT person FROM person_addresses WHERE address = ? ORDER BY person", [normalise_address(address)])]
+
+
+def forwarded_recipients(store: Store, message: int) -> set[str]:
+    """The recipients whose unfiled notice for ``message`` was already forwarded (events ``forwarded``)."""
+    done: set[str] = set()
+    for (detail,) in store.db.execute("SELECT detail FROM events WHERE message = ? AND kind = 'forwarded'",
+                                      [message]):
+        done.update(json.loads(detail).get("recipients", []))
+    return done
+
+
+def filed_message_count(store: Store, matter_id: str) -> int:
+    """How many distinct messages are filed against the matter."""
+    row = store.db.execute("SELECT COUNT(DISTINCT message) FROM filings WHERE matter = ?", [matter_id]).fetchone()
+    return int(row[0])

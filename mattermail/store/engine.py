@@ -29,13 +29,25 @@ class UserError(Exception):
     """A store operation that cannot be done; the message names the field."""
 
 
+# What a store operation raises when the database itself fails (locked past the timeout, disk full,
+# unreadable, a broken file): callers catch this name, never the driver's.
+StoreError: type[Exception] = sqlite3.Error
+
+
 def normalise_address(address: str) -> str:
     """Lower-case the domain (local parts are case-sensitive in theory, not in practice)."""
     return address.strip().strip("<>").lower()
 
 
 class Store:
-    def __init__(self, path: Path, messages_dir: Path, synchronous: str = "FULL") -> None:
+    """An open store: the database and the directory of raw message files.
+
+    ``durable=True`` (the router, ctl): a commit is on disk before it returns, power cut included.
+    ``durable=False`` (the milter's envelope records): a commit survives any process crash, but a
+    power cut may lose the last ones (SQLite WAL with synchronous=NORMAL; see milter/runtime.py).
+    """
+
+    def __init__(self, path: Path, messages_dir: Path, durable: bool = True) -> None:
         self.path = Path(path)
         self.messages_dir = Path(messages_dir)
         self._dirs: set[Path] = set()  # hash directories known to exist
@@ -43,11 +55,8 @@ class Store:
         conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
         self.db = sqlite_utils.Database(conn)
         self.db.execute("PRAGMA journal_mode=WAL")
-        # FULL: every commit is fsynced (the router answers 250 only after it). The milter
-        # opens the store with NORMAL (see milter/runtime.py).
-        if synchronous not in ("FULL", "NORMAL"):
-            raise ValueError(f"synchronous: {synchronous!r}")
-        self.db.execute(f"PRAGMA synchronous={synchronous}")
+        # FULL: every commit is fsynced (the router answers 250 only after it).
+        self.db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         self.db.execute("PRAGMA foreign_keys=ON")
         self.migrate()
 
@@ -71,6 +80,11 @@ class Store:
 
     def close(self) -> None:
         self.db.close()
+
+    @property
+    def in_transaction(self) -> bool:
+        """Whether a transaction is open (SQLite ends one by itself on some errors: a batch checks)."""
+        return self.db.conn.in_transaction
 
     # -- raw messages --------------------------------------------------------
     def blob_path(self, sha256: str) -> Path:
@@ -177,7 +191,14 @@ class _Tx:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if self.savepoint is None:
-            self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+            if exc_type is None:
+                try:
+                    self.db.execute("COMMIT")
+                    return
+                except BaseException:
+                    self._rollback()
+                    raise
+            self._rollback()
             return
         if exc_type and self.db.conn.in_transaction:
             self.db.execute(f"ROLLBACK TO {self.savepoint}")
@@ -185,5 +206,11 @@ class _Tx:
             self.db.execute(f"RELEASE {self.savepoint}")
 
 
+    def _rollback(self) -> None:
+        if self.db.conn.in_transaction:  # SQLite ends a transaction by itself on some errors
+            self.db.execute("ROLLBACK")
+
+
 def transaction(store: Store) -> _Tx:
+    """``with transaction(store):`` — the one way to group changes; nested, a savepoint."""
     return _Tx(store)

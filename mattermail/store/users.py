@@ -73,3 +73,10 @@ def login_addresses(store: Store) -> list[tuple[str, str]]:
 
 def password_hashes(store: Store) -> list[tuple[str, str]]:
     return [tuple(r) for r in store.db.execute("SELECT login, password_hash FROM users ORDER BY login")]
+
+
+def owned_addresses(store: Store, login: str) -> set[str]:
+    """Every address ``login`` may send as (its own included); empty for an unknown login."""
+    rows = store.db.execute("SELECT address FROM user_addresses WHERE login = ?",
+                            [normalise_address(login)]).fetchall()
+    return {r[0] for r in rows}
