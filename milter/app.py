@@ -252,9 +252,13 @@ class MatterMilter(Milter.Base):
         dmarc = inbound.strictest(dmarcs)
         spoof = author.impersonated(who, cfg.general.sending_domains) if policy.display_name_spoof != "off" else ""
         forwarder = bool(self.client_ip) and direction(None, self.client_ip, rt.trusted_forwarders) is Direction.OUTBOUND
-        if not forwarder and cfg.inbound.trusted_arc_authserv_ids and (dmarc.result == "fail" or spoof):
+        if not forwarder and cfg.inbound.trusted_arc_authserv_ids and (
+                dmarc.result == "fail" or (spoof and policy.display_name_spoof == "reject")):
             forwarder = inbound.arc_trusted(data, rt.resolver, cfg.inbound.trusted_arc_authserv_ids) is not None
         decision = inbound.decide(msg.spf, dmarc, replace(policy, trusted_forwarder=forwarder), spoof)
+        if early is not None:  # invalid_from = "tag": the verdict says so
+            decision = replace(decision, action="tag" if decision.action == "accept" else decision.action,
+                               reason=f"{early.reason}; {decision.reason}")
         results = (f"spf={msg.spf.result} dkim={','.join(d.result for d in dkim_results) or 'none'} "
                    f"dmarc={','.join(d.result for d in dmarcs)}"
                    + (f" display_name_spoof=<{spoof}>" if spoof else ""))
@@ -270,10 +274,9 @@ class MatterMilter(Milter.Base):
         self.addheader("Authentication-Results", " " + value, 0)
         if decision.action == "quarantine":
             self.quarantine(decision.reason or "DMARC quarantine")
-        reason = "; ".join(r for r in (early.reason if early else "", decision.reason) if r)
         qlog.info("%s %s%s verdict=%s%s", summary, results,
                   f" removed_forged_ar={len(forged)}" if forged else "", decision.action,
-                  f" reason={reason}" if reason else "")
+                  f" reason={decision.reason}" if decision.reason else "")
         return Milter.ACCEPT
 
     def _outbound(self, msg: Message, qlog: QueueIdAdapter, summary: str) -> int:

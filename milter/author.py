@@ -18,6 +18,7 @@ import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
+from email.errors import HeaderParseError
 from email.header import decode_header, make_header
 from email.utils import getaddresses
 from functools import lru_cache
@@ -26,48 +27,54 @@ __all__ = ["Authors", "Mailbox", "authors", "impersonated", "readable"]
 
 # A domain as DMARC can look it up: LDH labels (and "_"), at least two of them.
 _DOMAIN = re.compile(r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?)+")
-_ENCODED_WORD = re.compile(r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=")
-# An address as a reader would take it in free text (ASCII; "%" left out: it never reaches a reply).
+# A run of RFC 2047 encoded words (the whitespace between them is not text); the charset may
+# carry an RFC 2231 language ("utf-8*en"), which email.header does not expect: it is dropped.
+_WORD = r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?="
+_ENCODED_RUN = re.compile(_WORD + r"(?:\s+" + _WORD + ")*")
+_LANGUAGE = re.compile(r"(=\?[^?*\s]+)\*[^?\s]*\?")
+# An address as a reader would take it in free text (ASCII; a plain local part, so the reported
+# address is clean: "x%ceo@lawfirm.test" still yields ceo@lawfirm.test).
 _ADDRESS_IN_TEXT = re.compile(r"([A-Za-z0-9._+-]+)\s*@\s*([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)")
 
 
 @dataclass(frozen=True)
 class Mailbox:
-    """One mailbox of a From field: the display name as written, the addr-spec lower-cased."""
+    """One mailbox of a From field: the display name as written, the addr-spec lower-cased,
+    and its domain as DMARC looks it up ("" when the address has no usable one)."""
 
     name: str
     address: str
-
-    @property
-    def domain(self) -> str:
-        """The address's domain without a trailing dot, "" when the address has no usable one."""
-        local, at, domain = self.address.rpartition("@")
-        domain = domain.rstrip(".")
-        if not domain.isascii():  # an internationalized domain: DMARC looks up its A-label
-            try:
-                domain = domain.encode("idna").decode("ascii")
-            except UnicodeError:
-                return ""
-        return domain if local and at and len(domain) <= 253 and _DOMAIN.fullmatch(domain) else ""
+    domain: str
 
 
-@dataclass(frozen=True)
+def _domain(address: str) -> str:
+    """The domain of ``address`` without a trailing dot (its IDNA A-label), or "" when unusable."""
+    local, at, domain = address.rpartition("@")
+    domain = domain.rstrip(".")
+    if not domain.isascii():  # an internationalized domain: DMARC looks up its A-label
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            return ""
+    return domain if local and at and len(domain) <= 253 and _DOMAIN.fullmatch(domain) else ""
+
+
+# eq=False: compared and hashed by identity, which is cheap; _authors hands out one object per value list.
+@dataclass(frozen=True, eq=False)
 class Authors:
-    """The From header fields of a message, parsed."""
+    """The From header fields of a message, parsed.
+
+    ``valid``: exactly one From field naming at least one mailbox, each with a
+    usable domain.  ``domains``: the distinct author domains in order of
+    appearance (only meaningful when ``valid``).  ``text``: the From values
+    joined, for the display-name check.
+    """
 
     fields: int  # how many From: header fields the message has
     mailboxes: tuple[Mailbox, ...]
-    text: str  # the From field values, joined (for the display-name check)
-
-    @property
-    def valid(self) -> bool:
-        """Exactly one From field naming at least one mailbox, each with a usable domain."""
-        return self.fields == 1 and bool(self.mailboxes) and all(m.domain for m in self.mailboxes)
-
-    @property
-    def domains(self) -> tuple[str, ...]:
-        """The distinct author domains, in order of appearance (only meaningful when ``valid``)."""
-        return tuple(dict.fromkeys(m.domain for m in self.mailboxes if m.domain))
+    text: str
+    domains: tuple[str, ...]
+    valid: bool
 
 
 def authors(from_values: Sequence[str]) -> Authors:
@@ -77,9 +84,14 @@ def authors(from_values: Sequence[str]) -> Authors:
 
 @lru_cache(maxsize=4096)
 def _authors(values: tuple[str, ...]) -> Authors:
-    boxes = tuple(Mailbox(name, addr.strip().strip("<>").lower()) for name, addr in getaddresses(list(values))
-                  if name or addr)
-    return Authors(len(values), boxes, " ".join(values))
+    boxes = []
+    for name, addr in getaddresses(list(values)):
+        if name or addr:
+            addr = addr.strip().strip("<>").lower()
+            boxes.append(Mailbox(name, addr, _domain(addr)))
+    valid = len(values) == 1 and bool(boxes) and all(m.domain for m in boxes)
+    return Authors(len(values), tuple(boxes), " ".join(values),
+                   tuple(dict.fromkeys(m.domain for m in boxes if m.domain)), valid)
 
 
 def readable(text: str) -> str:
@@ -87,10 +99,10 @@ def readable(text: str) -> str:
     if "=?" in text:
         def decode(m: re.Match[str]) -> str:
             try:
-                return str(make_header(decode_header(m.group(0))))
-            except (ValueError, LookupError, UnicodeError):  # a broken encoded word stays as written
+                return str(make_header(decode_header(_LANGUAGE.sub(r"\1?", m.group(0)))))
+            except (ValueError, LookupError, UnicodeError, HeaderParseError):  # a broken one stays as written
                 return m.group(0)
-        text = _ENCODED_WORD.sub(decode, text)
+        text = _ENCODED_RUN.sub(decode, text)
     if not text.isascii():
         text = unicodedata.normalize("NFKC", text)
     return text
@@ -109,8 +121,13 @@ def impersonated(who: Authors, firm_domains: Sequence[str]) -> str:
     are themselves author addresses do not count: ``alice@lawfirm.test,
     bob@example.test`` names two authors and DMARC judges both.
     """
-    firm = tuple(d.lower().rstrip(".") for d in firm_domains if d)
+    firm = _firm_domains(tuple(firm_domains))
     return _impersonated(who, firm) if firm else ""
+
+
+@lru_cache(maxsize=16)
+def _firm_domains(domains: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(d.lower().rstrip(".") for d in domains if d)
 
 
 @lru_cache(maxsize=4096)

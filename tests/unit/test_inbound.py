@@ -884,10 +884,12 @@ def test_display_name_showing_a_firm_address_from_outside_is_found() -> None:
         " bob@example.test (Partner@LawFirm.Test)": "partner@lawfirm.test",
         ' "ceo @ mail.lawfirm.test" <bob@example.test>': "ceo@mail.lawfirm.test",  # a subdomain is ours too
         ' "ceo@lawfirm.test" <ceo@lawfirm.test.evil.test>': "ceo@lawfirm.test",
+        " =?utf-8*en?q?ceo=40lawfirm.test?= <bob@example.test>": "ceo@lawfirm.test",  # RFC 2231 language
+        " =?utf-8?q?ceo=40law?=\n\t=?utf-8?q?firm.test?= <bob@example.test>": "ceo@lawfirm.test",  # split word
     }
     for value, addr in spoofs.items():
         assert author.impersonated(author.authors([value]), FIRM) == addr, value
-    fine = [" Bob <bob@example.test>", ' "alice@lawfirm.test" <alice@lawfirm.test>',
+    fine = [" Bob <bob@example.test>", " =?utf-8?b?####?= <bob@example.test>", " =?x-unknown?q?ceo?= <b@example.test>", ' "alice@lawfirm.test" <alice@lawfirm.test>',
             " alice@lawfirm.test, bob@example.test",  # two authors: DMARC judges both
             ' "bob@example.test" <bob@example.test>', ' "ceo@lawfirm.testing.test" <bob@example.test>']
     for value in fine:

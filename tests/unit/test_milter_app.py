@@ -221,7 +221,7 @@ def test_no_from_and_encoded_word_from_are_refused_but_a_bounce_without_address_
     assert ctx.rc == Milter.ACCEPT and "dmarc=permerror" in our_ar(ctx)
     configure(invalid_from="tag")
     ctx = feed_raw(BODY)
-    assert ctx.rc == Milter.ACCEPT and "reason=no From header field" in caplog.messages[-1]
+    assert ctx.rc == Milter.ACCEPT and "verdict=tag reason=no From header field" in caplog.messages[-1]
 
 
 def test_multi_author_from_gets_a_dmarc_result_per_domain(caplog):
