@@ -36,6 +36,8 @@ def test_defaults_and_values(tmp_path):
         ("[milter]\ntrusted_networks = '127.0.0.1'\n", ["milter.trusted_networks", "list"]),
         ("[milter]\ntrusted_networks = ['300.1.1.1/8']\n", ["milter.trusted_networks"]),
         ("[log]\nlevel = 'loud'\n", ["log.level", "debug, info"]),
+        ("[inbound]\ndisplay_name_spoof = 'warn'\n", ["inbound.display_name_spoof", "tag, reject or off"]),
+        ("[inbound]\ninvalid_from = 'accept'\n", ["inbound.invalid_from", "reject or tag"]),
         ("[milter\n", ["not valid TOML"]),
     ],
 )
