@@ -34,7 +34,9 @@ _ENCODED_RUN = re.compile(_WORD + r"(?:\s+" + _WORD + ")*")
 _LANGUAGE = re.compile(r"(=\?[^?*\s]+)\*[^?\s]*\?")
 # An address as a reader would take it in free text (ASCII; a plain local part, so the reported
 # address is clean: "x%ceo@lawfirm.test" still yields ceo@lawfirm.test).
-_ADDRESS_IN_TEXT = re.compile(r"([A-Za-z0-9._+-]+)\s*@\s*([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)")
+# The lookbehind starts a match only at the beginning of a run: without it a long run of
+# letters would be rescanned from every position (quadratic in a 100 KB header).
+_ADDRESS_IN_TEXT = re.compile(r"(?<![A-Za-z0-9._+-])([A-Za-z0-9._+-]+)\s*@\s*([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)")
 
 
 @dataclass(frozen=True)
@@ -140,7 +142,8 @@ def _impersonated(who: Authors, firm: tuple[str, ...]) -> str:
         return ""
     real = {m.address for m in who.mailboxes if m.domain}
     for m in _ADDRESS_IN_TEXT.finditer(text):
-        address = f"{m.group(1)}@{m.group(2)}".lower().rstrip(".")
-        if _firm(m.group(2), firm) and address not in real:
+        local, domain = m.group(1)[-64:].lstrip("."), m.group(2)  # the end a reader sees next to the "@"
+        address = f"{local}@{domain}".lower().rstrip(".")
+        if local and len(domain) <= 253 and _firm(domain, firm) and address not in real:
             return address
     return ""

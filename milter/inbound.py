@@ -313,7 +313,7 @@ def pvalue(text: str) -> str:
     local, at, domain = text.rpartition("@")
     if not at:
         return _name(text) or quoted_value(text)
-    if _name(domain) and (not local or _LOCAL_AT.fullmatch(local + "@")) and len(text) <= 254:
+    if len(text) <= 254 and _name(domain) and (not local or _LOCAL_AT.fullmatch(local + "@")):
         return text
     return quoted_value(text)
 

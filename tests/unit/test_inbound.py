@@ -925,3 +925,21 @@ def test_strip_our_results_odd_shapes() -> None:
         ("Authentication-Results", " (c (nested) \\) x) mx.lawfirm.test;spf=pass"),
     ]
     assert strip_our_results(headers, AUTHSERV) == [4, 2, 1]
+
+
+def test_display_name_check_stays_linear_and_bounded_on_100kb_from_values() -> None:
+    """Postfix lets a header reach 100 KB: the check must not rescan a long run from every position
+    (quadratic: minutes), and the address it reports stays short enough for a log line or a reply."""
+    import time
+
+    shapes = {
+        "letters then address": (' "' + "a" * 100_000 + ' ceo@lawfirm.test" <b@example.test>', "ceo@lawfirm.test"),
+        "one long local part": (' "' + "x" * 100_000 + 'ceo@lawfirm.test" <b@example.test>', "x" * 61 + "ceo@lawfirm.test"),
+        "dotted run": (' "' + "a." * 50_000 + '@lawfirm.test" <b@example.test>', "a." * 32 + "@lawfirm.test"),
+        "words and spaces": (' "' + "ab " * 33_000 + 'ceo @ lawfirm.test" <b@example.test>', "ceo@lawfirm.test"),
+    }
+    for name, (value, want) in shapes.items():
+        start = time.perf_counter()
+        got = author.impersonated(author.authors([value]), FIRM)
+        took = time.perf_counter() - start
+        assert got == want and took < 5, f"{name}: {took:.3f}s for {len(value)} chars, got {got[:80]!r}"
