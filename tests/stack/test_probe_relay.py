@@ -129,7 +129,8 @@ FROM_SPOOFS = [
 ]
 
 
-@pytest.mark.parametrize("mail_from,header,named", FROM_SPOOFS, ids=[f"{m or 'null'}-as-{h}" for m, h, _ in FROM_SPOOFS])
+@pytest.mark.parametrize("mail_from,header,named", FROM_SPOOFS,
+                         ids=[f"{m or 'null'}-as-{h}" for m, h, _ in FROM_SPOOFS])
 def test_from_spoof_variants_are_refused(stack, mail_from, header, named):
     t = tag("fromspoof")
     msg = f"From: {header}\r\nTo: someone@example.test\r\nSubject: {t}\r\n\r\nhi\r\n".encode()
@@ -189,7 +190,8 @@ def test_forged_expired_and_malformed_srs_are_refused_at_rcpt(stack):
             assert c.mail("<>")[0] == 250
             code, text = c.rcpt(rcpt)
         seen[name] = (code, text.decode())
-        assert code == 554 and b"5.1.1" in text and b"(SRS" in text and reason in text, f"{name} {rcpt}: {code} {text!r}"
+        assert code == 554 and b"5.1.1" in text and b"(SRS" in text and reason in text, \
+            f"{name} {rcpt}: {code} {text!r}"
 
     # The same secret mints a valid one: refused only because of what was forged.
     t = tag("srs-valid")
