@@ -239,6 +239,10 @@ def test_40mb_message_both_ways_and_over_the_limit_refused(stack):
     assert blob(stack, stored(stack, f"<{t_in}@probe.test>")[0][1]).endswith(body_in)
     outbound = check_outbound(stack, t_out, code_out, text_out, verify_dkim=False)
     big_time = time.monotonic() - t0
+    for p in stack.sink_files():  # later tests poll the sink by reading every file in it
+        if f"<{t_out}@probe.test>".encode() in p.read_bytes()[:4096]:
+            p.with_suffix(".json").unlink()
+            p.unlink()
 
     next_message_flows(stack, pids)
     print(f"\nsize limit {limit}: SIZE={limit + 1} -> {over_mx[0]} (MX), {over_sub[0]} (submission); "
