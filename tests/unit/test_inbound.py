@@ -641,12 +641,6 @@ AUTHSERV = "mx.lawfirm.test"
 FIRM = ("lawfirm.test",)
 
 
-def corpus_dir() -> Path:
-    """The shared corpus: $MATTERMAIL_CORPUS, else ../shared/corpus beside the repository root."""
-    env_dir = os.environ.get("MATTERMAIL_CORPUS")
-    return Path(env_dir) if env_dir else Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
-
-
 class NoDNS:
     """A resolver that answers every question with "no record", at once."""
 
@@ -756,14 +750,10 @@ def test_dkim_dns_failure_reason_is_fixed_text(dead: Env) -> None:
     assert r.reason in ("DNS timeout looking up the key", "DNS server failure looking up the key"), r
 
 
-CORPUS_SKIP = "shared corpus not found (set MATTERMAIL_CORPUS or put it at ../shared/corpus)"
-
-
-@pytest.mark.skipif(not corpus_dir().is_dir(), reason=CORPUS_SKIP)
-def test_our_authentication_results_parse_for_every_corpus_message() -> None:
+def test_our_authentication_results_parse_for_every_corpus_message(corpus) -> None:
     """Real and malformed messages through the real A-R path: DKIM verified (no keys anywhere),
     DMARC per author domain, display-name check; the header must parse and say what we decided."""
-    paths = sorted(p for p in corpus_dir().rglob("*") if p.suffix in (".eml", ".msg", ".txt") and p.is_file())
+    paths = sorted(p for p in corpus.path.rglob("*") if p.suffix in (".eml", ".msg", ".txt") and p.is_file())
     seen = signatures = authors_seen = 0
     for path in paths:
         raw = path.read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
