@@ -28,7 +28,7 @@ forged Authentication-Results with our authserv-id       test_inbound.test_forge
                                                          test_forged_authentication_results_variants_are_all_removed (11 shapes)
 
 Not covered here (other helpers): display-name spoofing, A-R stripping on submission, "router down".
-Held back (it fails today, see the lead's report): x@[127.0.0.1] (our own address literal) is accepted.
+our own address literal x@[127.0.0.1], postmaster@[..]   test_our_address_literal_is_refused_at_rcpt
 """
 
 from __future__ import annotations
@@ -71,6 +71,20 @@ def test_open_relay_variants_are_refused_at_rcpt(stack):
         assert data[0] == 554 and b"no valid recipients" in data[1], f"DATA after RCPT {rcpt}: {data}"
         stack.log_line("postfix", "NOQUEUE: reject: RCPT", "Relay access denied", f"from=<{sender}>")
     print(f"\nrelay variants refused: {seen}")
+
+
+def test_our_address_literal_is_refused_at_rcpt(stack):
+    """Postfix counts its own address literal as local; with no local delivery it must refuse, not queue."""
+    seen = {}
+    for rcpt in ("x@[127.0.0.1]", "postmaster@[127.0.0.1]"):
+        sender = f"{tag('literal')}@example.test"
+        with mx(stack) as c:
+            assert c.mail(sender)[0] == 250
+            code, text = c.rcpt(rcpt)
+        seen[rcpt] = (code, text.decode())
+        assert code == 550 and b"5.1.1" in text, f"RCPT {rcpt}: {code} {text!r}"
+        stack.log_line("postfix", "NOQUEUE: reject: RCPT", f"from=<{sender}>")
+    print(f"\naddress literals refused: {seen}")
 
 
 def test_source_route_is_never_relayed_off_site(stack):
