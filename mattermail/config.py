@@ -210,6 +210,12 @@ class Inbound:
     spf_timeout: float = 20.0
     # RSA DKIM keys shorter than this count as a policy failure (RFC 8301).
     min_rsa_bits: int = 1024
+    # No usable author address (no From:, or one without local@domain): "reject" (550 5.7.1) or
+    # "tag" (delivered, dmarc=permerror). Bounces (null sender) showing no address are always accepted.
+    invalid_from: str = "reject"
+    # From: display name showing a sending_domains address on mail from outside:
+    # "tag" (noted in Authentication-Results), "reject" (550 5.7.1) or "off".
+    display_name_spoof: str = "tag"
 
     _validators = {
         "spf_fail": lambda v: v if v in ("reject", "tag") else _bad("reject or tag"),
@@ -217,6 +223,8 @@ class Inbound:
         "on_temperror": lambda v: v if v in ("tempfail", "accept") else _bad("tempfail or accept"),
         "trusted_forwarders": _network,
         "min_rsa_bits": lambda v: v if v >= 512 else _bad("at least 512"),
+        "invalid_from": lambda v: v if v in ("reject", "tag") else _bad("reject or tag"),
+        "display_name_spoof": lambda v: v if v in ("tag", "reject", "off") else _bad("tag, reject or off"),
     }
 
 

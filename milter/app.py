@@ -20,15 +20,14 @@ from __future__ import annotations
 
 import logging
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import wraps
 from typing import Any, Callable
 
 import Milter
 
 from mattermail.logs import QueueIdAdapter
-from mattermail.milter import inbound, outbound
-from mattermail.milter import sender as senderpolicy
+from mattermail.milter import author, inbound, outbound
 from mattermail.milter.direction import Direction, direction
 from mattermail.milter.runtime import Runtime
 from mattermail.milter.spool import MessageSpool
@@ -245,22 +244,37 @@ class MatterMilter(Milter.Base):
     def _inbound(self, msg: Message, qlog: QueueIdAdapter, summary: str) -> int:
         rt, cfg = self.runtime, self.runtime.config
         assert msg.spf is not None
+        policy = inbound.InboundPolicy(
+            spf_fail=cfg.inbound.spf_fail, dmarc_quarantine=cfg.inbound.dmarc_quarantine,
+            on_temperror=cfg.inbound.on_temperror, invalid_from=cfg.inbound.invalid_from,
+            display_name_spoof=cfg.inbound.display_name_spoof)
+        who = author.authors([v for n, v in msg.headers if n.lower().rstrip() == "from"])
+        early = inbound.check_author(who, not msg.mail_from, policy)
+        if early is not None and early.action == "reject":  # before any DNS: DMARC cannot judge this
+            qlog.info("%s verdict=reject reason=%s", summary, early.reason)
+            self.setreply(early.smtp_code, early.xcode, early.text)
+            return Milter.REJECT
         msg.start_body()
         with msg.spool.view() as raw:
             data = bytes(raw)  # dkimpy verifies from bytes
         dkim_results = inbound.verify_dkim(data, rt.resolver, cfg.inbound.min_rsa_bits)
-        boxes = senderpolicy.mailboxes([v for n, v in msg.headers if n.lower() == "from"])
-        from_domain = boxes[0].rpartition("@")[2] if len(boxes) == 1 else ""
         mail_from_domain = msg.mail_from.rpartition("@")[2] if msg.mail_from else self.helo
-        dmarc = inbound.check_dmarc(from_domain, msg.spf, mail_from_domain, dkim_results, rt.resolver)
+        # RFC 7489 6.6.1: every author domain is evaluated and the strictest result applies.
+        dmarcs = [inbound.check_dmarc(d, msg.spf, mail_from_domain, dkim_results, rt.resolver)
+                  for d in (who.domains if who.valid else ("",))]
+        dmarc = inbound.strictest(dmarcs)
+        spoof = author.impersonated(who, cfg.general.sending_domains) if policy.display_name_spoof != "off" else ""
         forwarder = bool(self.client_ip) and direction(None, self.client_ip, rt.trusted_forwarders) is Direction.OUTBOUND
-        if not forwarder and cfg.inbound.trusted_arc_authserv_ids and dmarc.result == "fail":
+        if not forwarder and cfg.inbound.trusted_arc_authserv_ids and (
+                dmarc.result == "fail" or (spoof and policy.display_name_spoof == "reject")):
             forwarder = inbound.arc_trusted(data, rt.resolver, cfg.inbound.trusted_arc_authserv_ids) is not None
-        decision = inbound.decide(msg.spf, dmarc, inbound.InboundPolicy(
-            spf_fail=cfg.inbound.spf_fail, dmarc_quarantine=cfg.inbound.dmarc_quarantine,
-            on_temperror=cfg.inbound.on_temperror, trusted_forwarder=forwarder))
+        decision = inbound.decide(msg.spf, dmarc, replace(policy, trusted_forwarder=forwarder), spoof)
+        if early is not None:  # invalid_from = "tag": the verdict says so
+            decision = replace(decision, action="tag" if decision.action == "accept" else decision.action,
+                               reason=f"{early.reason}; {decision.reason}")
         results = (f"spf={msg.spf.result} dkim={','.join(d.result for d in dkim_results) or 'none'} "
-                   f"dmarc={dmarc.result}")
+                   f"dmarc={','.join(d.result for d in dmarcs)}"
+                   + (f" display_name_spoof=<{spoof}>" if spoof else ""))
         if decision.action in ("reject", "tempfail"):
             qlog.info("%s %s verdict=%s reason=%s", summary, results, decision.action, decision.reason)
             self.setreply(decision.smtp_code, decision.xcode, decision.text)
@@ -268,7 +282,8 @@ class MatterMilter(Milter.Base):
         forged = inbound.strip_our_results(msg.headers, cfg.authserv_id)
         for idx in forged:  # highest first, so positions do not shift
             self.chgheader("Authentication-Results", idx, "")
-        value = inbound.authentication_results(cfg.authserv_id, msg.spf, dkim_results, dmarc, self.client_ip or "")
+        value = inbound.authentication_results(cfg.authserv_id, msg.spf, dkim_results, dmarcs, self.client_ip or "",
+                                               impersonated=spoof)
         self.addheader("Authentication-Results", " " + value, 0)
         if decision.action == "quarantine":
             self.quarantine(decision.reason or "DMARC quarantine")

@@ -1,6 +1,7 @@
 """The outbound pipeline, in DESIGN.md's fixed order:
 
-sender check → capture → disclaimer → DKIM sign (last, over exactly what leaves).
+sender check → capture → disclaimer → forged Authentication-Results removed → DKIM sign
+(last, over exactly what leaves).
 
 :func:`process` decides; it changes nothing itself. The milter adapter applies
 the returned :class:`Outcome` (add recipient, change headers, replace body,
@@ -22,6 +23,7 @@ from mattermail import capture
 from mattermail.milter import sender as senderpolicy
 from mattermail.milter.dkim_sign import BodyHasher, select_keys, sign
 from mattermail.milter.disclaimer import Disclaimer, apply_edits, plan, segments
+from mattermail.milter.inbound import strip_our_results
 from mattermail.milter.runtime import Runtime
 from mattermail.store import EnvelopeRecord, StoreError
 
@@ -164,6 +166,14 @@ def process(sub: Submission, rt: Runtime) -> Outcome:
             out.notes.append(f"disclaimer={row.scope}{':' + row.key if row.key else ''} parts={result.decorated_parts}")
         else:
             out.notes.append(f"disclaimer=skipped ({result.reason})")
+
+    # Only we write Authentication-Results under our authserv-id: a submitted one (a user's
+    # "mx.lawfirm.test; dkim=pass header.d=bank.test" to a colleague) is deleted. Never signed
+    # (dkim_sign leaves A-R out of h=), so the signature below covers the same fields either way.
+    forged = strip_our_results(sub.headers, cfg.authserv_id)
+    if forged:
+        out.header_changes += [("Authentication-Results", idx, "") for idx in forged]  # highest first
+        out.notes.append(f"removed_forged_ar={len(forged)}")
 
     # 4. DKIM, last, over exactly what leaves.
     domain = author.rpartition("@")[2]

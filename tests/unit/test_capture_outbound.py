@@ -177,3 +177,28 @@ def test_names_capture_address_readings():
           "capture", "capture@matters.lawfirm.test.evil.example", "bob@example.test", '"capture@matters.lawfirm.test"']
     assert [a for a in yes if not capture.names_capture_address(a, BASE)] == []
     assert [a for a in no if capture.names_capture_address(a, BASE)] == []
+
+
+def test_submitted_authentication_results_claiming_our_id_are_deleted_and_the_signature_still_verifies(runtime):
+    """Issue 11: a user may not hand a colleague "mx.lawfirm.test; dkim=pass header.d=bank.test"."""
+    import dkim
+
+    rt = runtime()
+    ours = rt.config.authserv_id
+    headers = [("Authentication-Results", f" {ours}; dkim=pass header.d=bank.test"),
+               ("Authentication-Results", " other.example; spf=pass"),
+               ("From", " Alice <alice@lawfirm.test>"), ("To", " carol@lawfirm.test"), ("Subject", " hi"),
+               ("Authentication-Results", f"\n\t{ours.upper()}\n\t 1; dmarc=pass")]
+    sub = submission(headers=headers, recipients=["carol@lawfirm.test"])
+    out = outbound.process(sub, rt)
+    deletions = [c for c in out.header_changes if c[0] == "Authentication-Results"]
+    assert deletions == [("Authentication-Results", 3, ""), ("Authentication-Results", 1, "")]
+    assert "removed_forged_ar=2" in out.notes
+    # Apply what Postfix would: the deletions, the new body, the signature on top; then verify.
+    kept = [h for i, h in enumerate(headers) if i not in (0, 5)]
+    body = b"".join(outbound.stream(sub, out.new_body))
+    final = outbound.header_block(out.signatures + kept) + body
+    assert b"bank.test" not in final and b"other.example; spf=pass" in final
+    key = rt.signing_keys()["lawfirm.test"][0]
+    record = dkimkeys.dns_record(key.private_key, key.selector, key.domain)[1].encode()
+    assert dkim.verify(final, dnsfunc=lambda name, timeout=5: record)

@@ -41,6 +41,8 @@ def test_defaults_and_values(tmp_path):
         ("[milter]\ndisplay_name_check = 'warn'\n", ["milter.display_name_check", "refuse or off"]),
         ("[postfix]\nsubmission = '587'\n", ["postfix.submission", "HOST:PORT"]),
         ("[postfix]\nsubmission = 'localhost:0'\n", ["postfix.submission", "HOST:PORT"]),
+        ("[inbound]\ndisplay_name_spoof = 'warn'\n", ["inbound.display_name_spoof", "tag, reject or off"]),
+        ("[inbound]\ninvalid_from = 'accept'\n", ["inbound.invalid_from", "reject or tag"]),
         ("[milter\n", ["not valid TOML"]),
     ],
 )

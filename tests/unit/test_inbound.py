@@ -9,6 +9,7 @@ mattermail.milter.dkim_sign.  Third-party material from the corpus (the
 
 from __future__ import annotations
 
+import os
 import re
 from collections import Counter
 from collections.abc import Iterator
@@ -202,13 +203,23 @@ def test_dkim_short_key_is_policy(env: Env) -> None:
     assert r.result == "policy" and "1024 bits" in r.reason and "2048" in r.reason
 
 
-def test_dkim_key_problems_are_permerror(env: Env) -> None:
+def test_dkim_key_problems_are_permerror_and_say_what_is_wrong(env: Env) -> None:
     env.zone("dk5.test", 'revoked._domainkey IN TXT "v=DKIM1; k=rsa; p="\n'
-             'junk._domainkey IN TXT "v=DKIM1; k=rsa; p=bm90IGEga2V5"\n')
-    for sel, why in (("missing", "no key"), ("revoked", "revoked"), ("junk", "unusable key")):
+             'junk._domainkey IN TXT "v=DKIM1; k=rsa; p=bm90IGEga2V5"\n'
+             'v2._domainkey IN TXT "v=DKIM2; k=rsa; p=bm90IGEga2V5"\n'
+             'kx._domainkey IN TXT "v=DKIM1; k=xyz; p=bm90IGEga2V5"\n'
+             'tag._domainkey IN TXT "v=DKIM1; p"\n'
+             + key_line(RSA, "web", "dk5.test").replace('"v=DKIM1;', '"v=DKIM1; s=web;') + "\n")
+    expected = {"missing": "key record not found", "revoked": "key revoked (empty p=)",
+                "junk": "unusable key: public key data cannot be parsed",
+                "v2": "unusable key: key record is not v=DKIM1", "kx": "unusable key: unsupported key type (k=)",
+                "web": "unusable key: not for email (s=)", "tag": "key record syntax error"}
+    got = {}
+    for sel in expected:
         raw = message("dk5.test", [dkimkeys.SigningKey("dk5.test", sel, "rsa-sha256", RSA)])
         [r] = verify_dkim(raw, env.resolver)
-        assert r.result == "permerror" and why in r.reason, (sel, r)
+        got[sel] = (r.result, r.reason)
+    assert got == {sel: ("permerror", why) for sel, why in expected.items()}
 
 
 def test_dkim_malformed_signature_is_neutral(env: Env) -> None:
@@ -618,3 +629,301 @@ def test_arc_chain_from_a_trusted_forwarder(env):
     assert arc_trusted(sealed, env.resolver, ["mx.other.test"]) is None
     assert arc_trusted(sealed.replace(b"body", b"bodY"), env.resolver, ["mx.forwarder.test"]) is None
     assert arc_trusted(msg, env.resolver, ["mx.forwarder.test"]) is None
+
+
+# --- issue 11: authors, display names, hostile text in our Authentication-Results ----------
+
+from mattermail.milter import author  # noqa: E402
+from mattermail.milter.inbound import check_author, pvalue, quoted_value, strictest  # noqa: E402
+from mattermail.milter.outbound import split_message  # noqa: E402
+
+AUTHSERV = "mx.lawfirm.test"
+FIRM = ("lawfirm.test",)
+
+
+class NoDNS:
+    """A resolver that answers every question with "no record", at once."""
+
+    def txt(self, name: str) -> list[str]:
+        return []
+
+
+def parsed_ar(value: str) -> authres.AuthenticationResultsHeader:
+    return authres.all_features().parse_value(re.sub(r"\r?\n\t", " ", value))
+
+
+def assert_ar_as_decided(value: str, spf: SPFResult, dk: list[DKIMResult], dms: list[DMARCResult],
+                         impersonated: str = "", where: str = "") -> None:
+    """Our A-R parses with authres, and says exactly what we decided: nothing injected, nothing lost."""
+    assert "\r" not in value.replace("\r\n\t", "") and all(len(line) < 998 for line in value.splitlines()), where
+    header = parsed_ar(value)
+    want = ([("spf", spf.result)] + ([("dkim", d.result) for d in dk] or [("dkim", "none")])
+            + [("dmarc", d.result) for d in dms] + ([("x-display-name", "spoofed")] if impersonated else []))
+    got = [(r.method, r.result) for r in header.results]
+    assert header.authserv_id == AUTHSERV and got == want, (where, value, got)
+    for r, d in zip(header.results[1:], dk):
+        assert bool(r.reason) == bool(d.reason), (where, value)
+        if d.domain and re.fullmatch(r"[A-Za-z0-9_.-]+", d.domain) and len(d.domain) <= 253 and ".." not in d.domain \
+                and not d.domain.startswith((".", "-")):
+            assert r.header_d == d.domain, (where, value)
+    for r, d in zip(header.results[len(dk or [None]) + 1:], dms):
+        assert r.method == "dmarc" and (not d.from_domain or r.header_from), (where, value)
+
+
+HOSTILE = [
+    "@x')dkim=pass header.d=paypal.com(",
+    'say "hi" (there) \\ back\\slash',
+    "line\r\ndkim=pass header.d=paypal.com",
+    "ünïcode \udce9 and \x80\x00 bytes",
+    "a" * 1000,
+    "\\" * 1000,
+    '"' * 1000,
+    "x;dkim=pass",
+    "; dmarc=pass header.from=paypal.com",
+    "",
+    "(",
+]
+
+
+@pytest.mark.parametrize("text", HOSTILE)
+def test_authentication_results_quotes_every_hostile_value(text: str) -> None:
+    spf = SPFResult("softfail", "mailfrom", text or "x", "")
+    dk = [DKIMResult("neutral", text, text, text, text), DKIMResult("fail", "ok.test", "s1", text, "rsa-sha256")]
+    dm = [DMARCResult("permerror", text, "", "", "none", False, False, text),
+          DMARCResult("fail", "ok.test", "ok.test", "reject", "reject", False, False, "")]
+    value = authentication_results(AUTHSERV, spf, dk, dm, text)
+    assert_ar_as_decided(value, spf, dk, dm, where=repr(text[:40]))
+    helo = SPFResult("none", "helo", text or "[127.0.0.1]", "")
+    assert_ar_as_decided(authentication_results(AUTHSERV, helo, [], dm[:1], "192.0.2.1"), helo, [], dm[:1])
+    assert all(len(line) < 400 for line in value.splitlines()), value  # bounded (<= 2 values of 202), whatever came in
+
+
+def test_quoted_value_and_pvalue() -> None:
+    assert quoted_value("body-hash-did-not-verify") == "body-hash-did-not-verify"
+    assert quoted_value("i= is not within d=") == '"i= is not within d="'
+    assert quoted_value("@x')dkim=pass header.d=paypal.com(") == '"@x\')dkim=pass header.d=paypal.com("'
+    assert quoted_value('a"b\\c\r\nd\x00é') == '"a\\"b\\\\c d??"'
+    cut = quoted_value("\\" * 1000)
+    assert cut == '"' + "\\\\" * 97 + '..."'  # cut before escaping: never half a quoted-pair
+    assert len(quoted_value("x y" * 500)) == 102
+    assert pvalue("example.test") == "example.test" and pvalue("bob@example.test") == "bob@example.test"
+    assert pvalue("@example.test") == "@example.test"
+    assert pvalue("[127.0.0.1]") == '"[127.0.0.1]"'
+    assert pvalue('"a b"@example.test') == '"\\"a b\\"@example.test"'
+    assert pvalue("paypal.com; dkim=pass") == '"paypal.com; dkim=pass"'
+
+
+def test_dkim_tag_injection_stays_inside_a_quoted_reason(env: Env) -> None:
+    """The probe's shape: text in i= must not become a dkim=pass of ours."""
+    raw = (b"DKIM-Signature: v=1; a=rsa-sha256; d=example.test; s=x; i=@x')dkim=pass header.d=paypal.com(; "
+           b"h=from; bh=AAAA; b=AAAA\r\nFrom: bob@example.test\r\nSubject: t\r\n\r\nhi\r\n")
+    [r] = verify_dkim(raw, env.resolver)
+    assert (r.result, r.domain, r.selector, r.reason) == ("neutral", "example.test", "x", "i= is not within d=")
+    spf = SPFResult("pass", "mailfrom", "example.test", "")
+    dm = [DMARCResult("none", "example.test", "example.test", "", "none", False, False, "")]
+    value = authentication_results(AUTHSERV, spf, [r], dm, CLIENT)
+    assert 'dkim=neutral reason="i= is not within d=" header.d=example.test header.s=x header.a=rsa-sha256' in value
+    assert "paypal" not in value
+    assert_ar_as_decided(value, spf, [r], dm)
+
+
+@pytest.mark.parametrize(("sig", "reason"), [
+    (b"v=1; a=rsa-sha256; d=dk7.test; h=from; bh=AAAA; b=AAAA", "signature has no s="),
+    (b"v=1; a=rsa-md5; d=dk7.test; s=x; h=from; bh=AAAA; b=AAAA", "unsupported signature algorithm (a=)"),
+    (b"v=2; a=rsa-sha256; d=dk7.test; s=x; h=from; bh=AAAA; b=AAAA", "unsupported version (v=)"),
+    (b"v=1; a=rsa-sha256; d=dk7.test; s=x; h=from; bh=AAAA; b=AAAA; t=99999999999", "t= is in the future"),
+    (b"v=1; a=rsa-sha256; d=dk7.test; s=x; h=from; bh=AAAA; b=AAAA; l=ten", "l= is not a number"),
+    (b"v=1; a=rsa-sha256; d=dk7.test; s=x; h=from; bh=AAAA; b=AAAA; q=http", "unsupported query method (q=)"),
+    (b"v=1; a=rsa-sha256; d=dk7.test; s=x; h=from; bh=AAAA; b=AAAA; c=odd/odd", "unsupported canonicalization (c=)"),
+    (b"v=1; a=rsa-sha256; d=dk7.test; s=x; h=from; bh=AAAA; b=AAAA; x=1", "signature expired (x= is past)"),
+    (b"v=1; a=rsa-sha256; d=dk7.test; s=x; s=y; h=from; bh=AAAA; b=AAAA", "signature is not a valid tag list"),
+])
+def test_dkim_reasons_name_the_problem_in_our_words(env: Env, sig: bytes, reason: str) -> None:
+    env.zone("dk7.test", key_line(RSA, "x", "dk7.test"))  # some checks come after the key lookup
+    [r] = verify_dkim(b"DKIM-Signature: " + sig + b"\r\nFrom: a@dk7.test\r\n\r\nx\r\n", env.resolver)
+    assert r.reason == reason and r.result in ("neutral", "fail"), r
+
+
+def test_dkim_dns_failure_reason_is_fixed_text(dead: Env) -> None:
+    raw = message("dk1.test", [dkimkeys.SigningKey("dk1.test", "mm", "rsa-sha256", RSA)])
+    [r] = verify_dkim(raw, dead.resolver)
+    assert r.reason in ("DNS timeout looking up the key", "DNS server failure looking up the key"), r
+
+
+def test_our_authentication_results_parse_for_every_corpus_message(corpus) -> None:
+    """Real and malformed messages through the real A-R path: DKIM verified (no keys anywhere),
+    DMARC per author domain, display-name check; the header must parse and say what we decided."""
+    paths = sorted(p for p in corpus.path.rglob("*") if p.suffix in (".eml", ".msg", ".txt") and p.is_file())
+    seen = signatures = authors_seen = 0
+    for path in paths:
+        raw = path.read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        if b"\r\n\r\n" not in raw:
+            continue
+        headers, _ = split_message(raw)
+        seen += 1
+        who = author.authors([v for n, v in headers if n.strip().lower() == "from"])
+        rp = next((v for n, v in headers if n.strip().lower() == "return-path"), "")
+        spf = SPFResult("none", "mailfrom", rp.strip().strip("<>").rpartition("@")[2], "")
+        dk = verify_dkim(raw, NoDNS())  # type: ignore[arg-type]
+        dms = [check_dmarc(d, spf, spf.domain, dk, NoDNS()) for d in (who.domains if who.valid else ("",))]  # type: ignore[arg-type]
+        spoof = author.impersonated(who, FIRM)
+        value = authentication_results(AUTHSERV, spf, dk, dms, "192.0.2.1", impersonated=spoof)
+        assert_ar_as_decided(value, spf, dk, dms, spoof, where=str(path))
+        assert not any(r.result == "pass" for r in parsed_ar(value).results if r.method == "dkim"), path
+        signatures += len(dk)
+        authors_seen += len(who.mailboxes)
+    print(f"A-R corpus: {seen} messages, {signatures} DKIM signatures, {authors_seen} author mailboxes")
+    assert seen >= 700 and signatures >= 20, f"{seen} messages, {signatures} DKIM signatures, {authors_seen} authors"
+
+
+# --- authors and DMARC for several of them ---------------------------------------------
+
+POLICY = InboundPolicy()
+
+
+def verdict(values: list[str], null_sender: bool = False, **policy: str):
+    d = check_author(author.authors(values), null_sender, InboundPolicy(**policy))  # type: ignore[arg-type]
+    return d and (d.action, d.smtp_code, d.xcode, d.text)
+
+
+def test_several_from_fields_are_refused_even_for_bounces() -> None:
+    two = [" alice@lawfirm.test", " bob@example.test"]
+    want = ("reject", "550", "5.7.1", "Message has 2 From: header fields; RFC 5322 allows exactly one")
+    assert verdict(two) == want and verdict(two, null_sender=True) == want
+    assert verdict(two, invalid_from="tag") == want
+
+
+def test_no_usable_author_is_refused_unless_a_bounce_shows_no_address() -> None:
+    none = ("reject", "550", "5.7.1", "Message has no From: header field, so no valid author address (RFC 5322)")
+    bad = ("reject", "550", "5.7.1", "Message has no valid author address in its From: header field (RFC 5322)")
+    assert verdict([]) == none
+    for value in (" =?utf-8?q?ceo=40lawfirm.test?=", " undisclosed-recipients:;", " <>", " alice@lawfirm.test@evil.test",
+                  " alice@lawfirm.test, junk", " MAILER-DAEMON"):
+        assert verdict([value]) == bad, value
+    # Real bounces (sisimai corpus shapes) come with a null sender and no address: accepted.
+    for value in (" MAILER-DAEMON <>", " <>", " Mail Delivery Subsystem <MAILER-DAEMON>", " mailer-daemon"):
+        assert verdict([value], null_sender=True) is None, value
+    assert verdict([], null_sender=True) is None
+    # ...but not when the From shows an address a reader would trust.
+    assert verdict([" =?utf-8?q?ceo=40lawfirm.test?="], null_sender=True) == bad
+    assert verdict([" =?utf-8?q?ceo=40lawfirm.test?="], invalid_from="tag")[0] == "tag"
+
+
+def test_several_mailboxes_and_groups_give_every_author_domain() -> None:
+    cases = {
+        " alice@lawfirm.test, bob@example.test": ("lawfirm.test", "example.test"),
+        " Team: alice@lawfirm.test, bob@example.test;": ("lawfirm.test", "example.test"),
+        " alice@lawfirm.test <bob@example.test>": ("lawfirm.test", "example.test"),
+        " A <a@Example.Test.>, B <b@example.test>": ("example.test",),
+        ' "Bob, Jr." <bob@example.test>': ("example.test",),
+        " Ålice <alice@bücher.test>": ("xn--bcher-kva.test",),
+    }
+    for value, domains in cases.items():
+        who = author.authors([value])
+        assert who.valid and who.domains == domains and verdict([value]) is None, (value, who)
+    many = " " + ", ".join(f"a@d{i}.test" for i in range(9))
+    assert verdict([many]) == ("reject", "550", "5.7.1", "From: names 9 author domains; at most 8 are accepted")
+
+
+def dmarc(result: str, domain: str, disposition: str = "none", policy: str = "reject") -> DMARCResult:
+    return DMARCResult(result, domain, domain, policy, disposition, False, False, "")  # type: ignore[arg-type]
+
+
+def test_strictest_dmarc_result_decides() -> None:
+    p, n = dmarc("pass", "example.test"), dmarc("none", "other.test", policy="")
+    rej, qua = dmarc("fail", "lawfirm.test", "reject"), dmarc("fail", "q.test", "quarantine", "quarantine")
+    tmp = dmarc("temperror", "t.test")
+    assert strictest([p, rej]) is rej and strictest([rej, p]) is rej
+    assert strictest([p, qua, tmp]) is qua and strictest([p, tmp, n]) is tmp
+    assert strictest([p, n]) is n and strictest([p, p]).result == "pass"
+    d = decide(spf_pass("example.test"), strictest([p, rej]), POLICY)
+    assert (d.action, d.smtp_code, d.xcode) == ("reject", "550", "5.7.1") and "lawfirm.test" in d.text
+
+
+def test_dmarc_for_a_multi_author_message_rejects_on_the_failing_domain(env: Env) -> None:
+    env.zone("firm11.test", '_dmarc IN TXT "v=DMARC1; p=reject"')
+    env.zone("out11.test", f'@ IN TXT "v=spf1 ip4:{CLIENT} -all"\n_dmarc IN TXT "v=DMARC1; p=none"')
+    spf = check_spf(env.resolver, CLIENT, "bob@out11.test", "h.test", 5)
+    who = author.authors([" alice@firm11.test, bob@out11.test"])
+    results = [check_dmarc(d, spf, "out11.test", [], env.resolver) for d in who.domains]
+    assert [(r.from_domain, r.result, r.disposition) for r in results] == [
+        ("firm11.test", "fail", "reject"), ("out11.test", "pass", "none")]
+    d = decide(spf, strictest(results), POLICY)
+    assert (d.action, d.text) == ("reject", "The domain firm11.test publishes a DMARC policy of reject and this "
+                                            "message failed authentication")
+    value = authentication_results(AUTHSERV, spf, [], results, CLIENT)
+    assert "dmarc=fail (p=reject dis=reject) header.from=firm11.test" in value
+    assert "dmarc=pass (p=none dis=none) header.from=out11.test" in value
+    assert_ar_as_decided(value, spf, [], results)
+
+
+# --- display names -----------------------------------------------------------------------
+
+def test_display_name_showing_a_firm_address_from_outside_is_found() -> None:
+    spoofs = {
+        ' "ceo@lawfirm.test" <bob@example.test>': "ceo@lawfirm.test",
+        " =?utf-8?q?ceo=40lawfirm.test?= <bob@example.test>": "ceo@lawfirm.test",
+        " =?utf-8?b?Q0VPIDxjZW9AbGF3ZmlybS50ZXN0Pg==?= <bob@example.test>": "ceo@lawfirm.test",  # CEO <ceo@...>
+        ' "CEO (ceo\uff20lawfirm.test)" <bob@example.test>': "ceo@lawfirm.test",  # fullwidth @
+        " bob@example.test (Partner@LawFirm.Test)": "partner@lawfirm.test",
+        ' "ceo @ mail.lawfirm.test" <bob@example.test>': "ceo@mail.lawfirm.test",  # a subdomain is ours too
+        ' "ceo@lawfirm.test" <ceo@lawfirm.test.evil.test>': "ceo@lawfirm.test",
+        " =?utf-8*en?q?ceo=40lawfirm.test?= <bob@example.test>": "ceo@lawfirm.test",  # RFC 2231 language
+        " =?utf-8?q?ceo=40law?=\n\t=?utf-8?q?firm.test?= <bob@example.test>": "ceo@lawfirm.test",  # split word
+    }
+    for value, addr in spoofs.items():
+        assert author.impersonated(author.authors([value]), FIRM) == addr, value
+    fine = [" Bob <bob@example.test>", " =?utf-8?b?####?= <bob@example.test>", " =?x-unknown?q?ceo?= <b@example.test>", ' "alice@lawfirm.test" <alice@lawfirm.test>',
+            " alice@lawfirm.test, bob@example.test",  # two authors: DMARC judges both
+            ' "bob@example.test" <bob@example.test>', ' "ceo@lawfirm.testing.test" <bob@example.test>']
+    for value in fine:
+        assert author.impersonated(author.authors([value]), FIRM) == "", value
+    assert author.impersonated(author.authors([' "ceo@lawfirm.test" <b@example.test>']), ()) == ""
+
+
+def test_display_name_spoof_tag_reject_off_and_trusted_forwarder() -> None:
+    spf, dm = spf_pass("example.test"), dmarc("pass", "example.test")
+    d = decide(spf, dm, InboundPolicy(), "ceo@lawfirm.test")
+    assert (d.action, d.reason) == ("tag", "From display name impersonates <ceo@lawfirm.test>")
+    d = decide(spf, dm, InboundPolicy(display_name_spoof="reject"), "ceo@lawfirm.test")
+    assert (d.action, d.smtp_code, d.xcode, d.text) == (
+        "reject", "550", "5.7.1", "The From: display name impersonates <ceo@lawfirm.test>, an address of this organization")
+    assert decide(spf, dm, InboundPolicy(display_name_spoof="off"), "ceo@lawfirm.test").action == "accept"
+    assert decide(spf, dm, InboundPolicy(display_name_spoof="reject", trusted_forwarder=True),
+                  "ceo@lawfirm.test").action == "tag"
+    # DMARC reject still comes first and names the domain.
+    d = decide(spf, dmarc("fail", "lawfirm.test", "reject"), InboundPolicy(display_name_spoof="reject"), "ceo@lawfirm.test")
+    assert "DMARC" in d.text
+    value = authentication_results(AUTHSERV, spf, [], [dm], CLIENT, impersonated="ceo@lawfirm.test")
+    assert value.endswith(";\n\tx-display-name=spoofed policy.impersonates=ceo@lawfirm.test")
+    header = parsed_ar(value)
+    assert [(r.method, r.result) for r in header.results][-1] == ("x-display-name", "spoofed")
+    assert str(header.results[-1].properties[0].value) == "ceo@lawfirm.test"
+
+
+def test_strip_our_results_odd_shapes() -> None:
+    headers = [
+        ("Authentication-Results", "\n\tmx.lawfirm.test\n\t 1\n\t;\n\tdkim=pass header.d=bank.test"),  # folded + version
+        ("Authentication-Results ", " MX.LAWFIRM.TEST (ours?)  ; dmarc=pass"),  # space before the colon
+        ("Authentication-Results", " mx.lawfirm.test1; spf=pass"),  # another id
+        ("Authentication-Results", " (c (nested) \\) x) mx.lawfirm.test;spf=pass"),
+    ]
+    assert strip_our_results(headers, AUTHSERV) == [4, 2, 1]
+
+
+def test_display_name_check_stays_linear_and_bounded_on_100kb_from_values() -> None:
+    """Postfix lets a header reach 100 KB: the check must not rescan a long run from every position
+    (quadratic: minutes), and the address it reports stays short enough for a log line or a reply."""
+    import time
+
+    shapes = {
+        "letters then address": (' "' + "a" * 100_000 + ' ceo@lawfirm.test" <b@example.test>', "ceo@lawfirm.test"),
+        "one long local part": (' "' + "x" * 100_000 + 'ceo@lawfirm.test" <b@example.test>', "x" * 61 + "ceo@lawfirm.test"),
+        "dotted run": (' "' + "a." * 50_000 + '@lawfirm.test" <b@example.test>', "a." * 32 + "@lawfirm.test"),
+        "words and spaces": (' "' + "ab " * 33_000 + 'ceo @ lawfirm.test" <b@example.test>', "ceo@lawfirm.test"),
+    }
+    for name, (value, want) in shapes.items():
+        start = time.perf_counter()
+        got = author.impersonated(author.authors([value]), FIRM)
+        took = time.perf_counter() - start
+        assert got == want and took < 5, f"{name}: {took:.3f}s for {len(value)} chars, got {got[:80]!r}"

@@ -199,3 +199,109 @@ def test_other_recipients_pass_rcpt(tmp_path, rcpt):
     ctx._envfrom("<x@example.test>")
     assert ctx._envrcpt(rcpt) == Milter.CONTINUE, rcpt
     assert ctx.getpriv().msg.recipients == [rcpt.strip("<>")]
+
+
+# --- issue 11: authors, display names, forged Authentication-Results ----------------------
+
+import dataclasses  # noqa: E402
+
+
+class RecordingCtx(Ctx):
+    """TestCtx deletes every field of a name on chgheader; record what the milter asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.changes: list[tuple[str, int, str]] = []
+
+    def chgheader(self, field, idx, value):
+        self.changes.append((field, idx, value))
+        return super().chgheader(field, idx, value)
+
+
+def configure(**inbound) -> None:
+    cfg = MatterMilter.runtime.config
+    MatterMilter.runtime = Runtime(dataclasses.replace(
+        cfg, general=dataclasses.replace(cfg.general, sending_domains=("lawfirm.test",), hostname="mx.lawfirm.test"),
+        inbound=dataclasses.replace(cfg.inbound, **inbound),
+        dns=dataclasses.replace(cfg.dns, timeout=0.1)))  # dead either way: no need to wait a second
+
+
+def feed_raw(raw: bytes, sender: str = "bob@example.test", ip: str = "192.0.2.7", auth: str | None = None) -> RecordingCtx:
+    configure() if "lawfirm.test" not in MatterMilter.runtime.config.general.sending_domains else None
+    ctx = RecordingCtx()
+    ctx._setsymval("i", "4QX1Y9")
+    if auth:
+        ctx._setsymval("{auth_authen}", auth)
+    assert ctx._connect(ip=ip) == Milter.CONTINUE
+    ctx.rc = ctx._feedFile(io.BytesIO(raw), sender, "alice@lawfirm.test")
+    return ctx
+
+
+def our_ar(ctx: Ctx) -> str:
+    values = [v for v in ctx._msg.get_all("Authentication-Results", []) if str(v).lstrip().startswith("mx.lawfirm.test")]
+    assert len(values) == 1, values
+    return str(values[0])
+
+
+BODY = b"To: alice@lawfirm.test\nSubject: probe\n\nhi\n"
+
+
+def test_two_from_fields_are_refused_before_any_dns(caplog, monkeypatch):
+    caplog.set_level(logging.INFO, "mattermail.milter")
+    monkeypatch.setattr("mattermail.milter.app.inbound.verify_dkim", lambda *a: pytest.fail("DKIM work for a refused message"))
+    ctx = feed_raw(b"From: alice@lawfirm.test\nFrom: bob@example.test\n" + BODY)
+    assert ctx.rc == Milter.REJECT
+    assert ctx._reply == ("550", "5.7.1", "Message has 2 From: header fields; RFC 5322 allows exactly one")
+    assert "verdict=reject reason=2 From header fields" in caplog.messages[-1]
+
+
+def test_no_from_and_encoded_word_from_are_refused_but_a_bounce_without_address_is_not(caplog):
+    caplog.set_level(logging.INFO, "mattermail.milter")
+    ctx = feed_raw(BODY)
+    assert (ctx.rc, ctx._reply) == (Milter.REJECT, ("550", "5.7.1", "Message has no From: header field, so no valid "
+                                                                    "author address (RFC 5322)"))
+    ctx = feed_raw(b"From: =?utf-8?q?ceo=40lawfirm.test?=\n" + BODY)
+    assert (ctx.rc, ctx._reply) == (Milter.REJECT, ("550", "5.7.1", "Message has no valid author address in its "
+                                                                    "From: header field (RFC 5322)"))
+    ctx = feed_raw(b"From: Mail Delivery Subsystem <MAILER-DAEMON>\n" + BODY, sender="")
+    assert ctx.rc == Milter.ACCEPT and "dmarc=permerror" in our_ar(ctx)
+    configure(invalid_from="tag")
+    ctx = feed_raw(BODY)
+    assert ctx.rc == Milter.ACCEPT and "verdict=tag reason=no From header field" in caplog.messages[-1]
+
+
+def test_multi_author_from_gets_a_dmarc_result_per_domain(caplog):
+    caplog.set_level(logging.INFO, "mattermail.milter")
+    ctx = feed_raw(b"From: alice@lawfirm.test, bob@example.test\n" + BODY)
+    assert ctx.rc == Milter.ACCEPT  # the fixture's DNS is dead: temperror, accepted and tagged
+    ar = our_ar(ctx)
+    assert "header.from=lawfirm.test" in ar and "header.from=example.test" in ar, ar
+    assert "dmarc=temperror,temperror" in caplog.messages[-1]
+
+
+def test_display_name_spoof_is_tagged_or_refused(caplog):
+    caplog.set_level(logging.INFO, "mattermail.milter")
+    raw = b'From: "=?utf-8?q?ceo=40lawfirm.test?=" <bob@example.test>\n' + BODY
+    ctx = feed_raw(raw)
+    assert ctx.rc == Milter.ACCEPT
+    assert "x-display-name=spoofed policy.impersonates=ceo@lawfirm.test" in our_ar(ctx)
+    assert "display_name_spoof=<ceo@lawfirm.test>" in caplog.messages[-1]
+    configure(display_name_spoof="reject")
+    ctx = feed_raw(raw)
+    assert (ctx.rc, ctx._reply) == (Milter.REJECT, ("550", "5.7.1", "The From: display name impersonates "
+                                                                    "<ceo@lawfirm.test>, an address of this organization"))
+    configure(display_name_spoof="off")
+    assert "x-display-name" not in our_ar(feed_raw(raw))
+
+
+def test_forged_authentication_results_are_removed_on_submission_too(caplog):
+    caplog.set_level(logging.INFO, "mattermail.milter")
+    raw = (b"Authentication-Results: mx.lawfirm.test; dkim=pass header.d=bank.test\n"
+           b"Authentication-Results: other.example; spf=pass\n"
+           b"authentication-results: (x)\n MX.LawFirm.Test 1; dmarc=pass\n"
+           b"From: alice@lawfirm.test\nTo: carol@lawfirm.test\nSubject: forged\n\nhi\n")
+    for kw in ({"auth": "alice@lawfirm.test"}, {"ip": "127.0.0.1"}):  # SASL submission; trusted network
+        ctx = feed_raw(raw, sender="alice@lawfirm.test", **kw)
+        assert ctx.rc == Milter.ACCEPT, kw
+        assert ctx.changes == [("Authentication-Results", 3, ""), ("Authentication-Results", 1, "")], kw
+        assert "removed_forged_ar=2" in caplog.messages[-1] and " outbound " in caplog.messages[-1]
