@@ -18,6 +18,8 @@ captured_envelope (for a capture copy: the sender's original envelope as the
 milter recorded it — mail_from, recipients including Bcc'd ones, login,
 queue_id, verified; null for other mail), recipients (the addresses it was filed for, from its events) and filings
 (matter, person, rule, recipient, detail).
+
+The queries are mattermail.store.listing's; this module parses options and renders.
 """
 
 from __future__ import annotations

@@ -244,6 +244,8 @@ def list_messages(store: Store, *, matter: str | None = None, person: int | None
         where.append("EXISTS (SELECT 1 FROM filings f WHERE f.message = m.id AND f.person = ?)")
         params.append(person)
     if direction is not None:
+        if direction not in ("inbound", "outbound"):
+            raise ValueError(f"direction: {direction!r}")
         where.append("m.direction = ?")
         params.append(direction)
     if unfiled:

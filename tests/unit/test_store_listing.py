@@ -124,6 +124,8 @@ def test_filters(fill):
     assert ls(person=fill.jane.id) == ["lunch", "plus"]
     assert ls(person=fill.bob.id, matter="1234") == []
     assert ls(direction="outbound") == ["dinner", "advice"]
+    with pytest.raises(ValueError):
+        ls(direction="sideways")
     assert ls(unverified=True) == ["planted"]
     # unfiled: no filing, not system mail ("auto"), not a personal copy ("dinner")
     assert ls(unfiled=True) == ["garbled", "undated", "planted", "stray"]
@@ -205,6 +207,8 @@ def test_search_words_phrases_prefix_or_not_subject(fill):
     assert sorted(hits(fill, "zebrafish OR inventory")) == ["estate", "plus"]
     assert hits(fill, "zebrafish AND inventory") == []  # AND: every word, as without it
     assert sorted(hits(fill, "estate OR hearing")) == ["estate", "hearing"]
+    assert sorted(hits(fill, "zebrafish OR inventory OR hearing")) == ["estate", "hearing", "plus"]
+    assert hits(fill, "march zebrafish OR hearing") == ["hearing"]  # OR binds the two words beside it only
     assert hits(fill, "hearing -march") == [] and hits(fill, "hearing NOT march") == []
     assert hits(fill, "subject:hearing") == ["hearing"] and hits(fill, "subject:march") == []
     assert hits(fill, "SUBJECT:\"hearing\" march") == ["hearing"]
