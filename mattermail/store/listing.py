@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from types import MappingProxyType
 from typing import Any
 
 from mattermail.store.engine import Store
@@ -305,7 +306,7 @@ def _parse_detail(text: str | None) -> Mapping[str, Any] | str:
         parsed = json.loads(text or "")
     except (TypeError, ValueError):
         return text or ""
-    return parsed if isinstance(parsed, dict) else text or ""
+    return MappingProxyType(parsed) if isinstance(parsed, dict) else text or ""  # read-only, as the dataclass
 
 
 def message_detail(store: Store, message: MessageSummary, names: Names | None = None) -> MessageDetail:
