@@ -10,9 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
-# Kept but filed nowhere: no filing, not system (loop) mail, not a personal capture copy.
-UNFILED = ("m.system = 0 AND NOT EXISTS (SELECT 1 FROM filings f WHERE f.message = m.id)"
-           " AND NOT EXISTS (SELECT 1 FROM events e WHERE e.message = m.id AND e.kind = 'personal')")
+from mattermail.store.listing import UNFILED  # the one definition of "unfiled"
 
 _COUNTS = {
     "messages": "SELECT COUNT(*) FROM messages",
