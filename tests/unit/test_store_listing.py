@@ -12,8 +12,9 @@ import pytest
 
 from mattermail.store import directory as d
 from mattermail.store import messages as store_messages
+from mattermail.store.listing import UNFILED
 from mattermail.store import (
-    UNFILED, EnvelopeRecord, Store, count_unfiled, get_message, insert_message, list_messages, message_datetime,
+    EnvelopeRecord, Store, count_unfiled, get_message, insert_message, list_messages, message_datetime,
     message_detail, messages_by_sha256_prefix, parse_search, record_capture, record_deliveries, record_envelope,
     search, transaction,
 )
