@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import os
 import sqlite3
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import sqlite_utils
 
+from mattermail.atomicfile import sync_dir, write_atomic
 from mattermail.store.schema import MIGRATIONS
 
 
@@ -103,33 +102,18 @@ class Store:
             dest.parent.mkdir(parents=True, exist_ok=True)
             self._dirs.add(dest.parent)
         try:
-            fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-", suffix=".eml")
-        except FileNotFoundError:  # removed since
+            write_atomic(dest, raw, mode=0o600, sync_directory=sync_dir)
+        except FileNotFoundError:  # the directory was removed since
             self._dirs.discard(dest.parent)
             dest.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-", suffix=".eml")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(raw)
-                f.flush()
-                os.fsync(f.fileno())
-            os.rename(tmp, dest)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        if sync_dir:
-            self.sync_dirs([dest.parent])
+            write_atomic(dest, raw, mode=0o600, sync_directory=sync_dir)
         return sha, dest
 
     @staticmethod
     def sync_dirs(dirs: Iterable[Path]) -> None:
         """fsync each directory (makes the renames of :meth:`write_blob` durable)."""
         for d in dirs:
-            dfd = os.open(d, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            sync_dir(d)
 
     def count(self, table: str) -> int:
         return self.db[table].count

@@ -13,6 +13,9 @@ index serve "newest N"; that is a schema change.)
 A message's *status*: ``filed`` (it has filings), ``personal`` (no filings, a ``personal`` event: a capture
 copy with no known correspondent) or ``unfiled`` (neither). ``unfiled`` as a list filter and as the status
 count (:data:`UNFILED`, :func:`count_unfiled`) also leaves out system mail (bounces, auto-replies).
+
+Size: over 400 lines because list, show, search and export share one set of row types and
+filters; splitting them would split the one definition of what a listing means ("unfiled", order).
 """
 
 from __future__ import annotations

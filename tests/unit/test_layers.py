@@ -16,6 +16,7 @@ PRODUCT = {"mattermail": "mattermail", "milter": "mattermail.milter", "router": 
            "ctl": "mattermail.ctl"}
 STORE = REPO / "mattermail" / "store"
 DRIVERS = {"sqlite3", "sqlite_utils", "psycopg", "psycopg_pool"}
+DEV_ONLY = {"mattermail_dev", "dnslib"}  # the dev stack's tools (postfix/dev/), never shipped
 SQL_CALLS = {"execute", "executemany", "executescript"}
 
 
@@ -54,6 +55,8 @@ def _violations(path: Path, module: str) -> list[str]:
         top = name.split(".")[0]
         if top in DRIVERS:
             bad.append(f"{rel}:{line}: imports {name} (database access belongs in mattermail/store/)")
+        if top in DEV_ONLY:
+            bad.append(f"{rel}:{line}: imports {name} (a dev tool; the product must not need it)")
         if module.startswith("mattermail.milter") and (name == "mattermail.router" or name.startswith("mattermail.router.")):
             bad.append(f"{rel}:{line}: the milter imports {name}")
         if module.startswith("mattermail.router") and (name == "mattermail.milter" or name.startswith("mattermail.milter.")):
@@ -81,7 +84,7 @@ def test_no_sql_or_cross_import_outside_the_store(path, module):
 def test_the_checker_finds_what_it_forbids(tmp_path):
     """The rules above can fail: each forbidden shape in a scratch module is reported."""
     f = tmp_path / "x.py"
-    f.write_text("import sqlite3\nfrom mattermail.router import lmtp\nfrom ..router.store import Store\n"
+    f.write_text("import sqlite3\nimport dnslib\nfrom mattermail.router import lmtp\nfrom ..router.store import Store\n"
                  "def f(store):\n    store.db.execute('SELECT 1')\n")
     global REPO
     saved, REPO = REPO, tmp_path
@@ -90,6 +93,7 @@ def test_the_checker_finds_what_it_forbids(tmp_path):
     finally:
         REPO = saved
     text = "\n".join(bad)
+    assert "imports dnslib (a dev tool" in text
     assert "imports sqlite3" in text and "milter imports mattermail.router.lmtp" in text
     assert "milter imports mattermail.router.store" in text and "calls .execute()" in text and "store.db" in text, text
 
@@ -106,3 +110,15 @@ def test_a_daemon_loads_nothing_of_the_other(entry, forbidden):
     r = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == "[]", f"{entry} loaded {r.stdout.strip()}"
+
+
+def test_the_product_package_ships_no_dev_tools():
+    """pip install . (and the Debian package) installs the product only: no dev stack, no dnslib."""
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    requires = cfg["options"]["install_requires"]
+    scripts = cfg["options.entry_points"]["console_scripts"]
+    assert "dnslib" not in requires and "devstack" not in scripts and "sink" not in scripts, (requires, scripts)
+    assert not [p.name for p in (REPO / "mattermail").glob("*.py") if p.stem in ("devstack", "devdns", "sink")]
