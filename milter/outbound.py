@@ -25,6 +25,7 @@ from mattermail.milter import sender as senderpolicy
 from mattermail.milter.dkim_sign import BodyHasher, select_keys, sign
 from mattermail.milter.disclaimer import Disclaimer, apply_edits, plan, segments
 from mattermail.milter.inbound import strip_our_results
+from mattermail.milter.longlines import LineScan, fold_header, fold_points, insert_folds
 from mattermail.milter.runtime import Runtime
 from mattermail.router.store import EnvelopeRecord
 
@@ -51,6 +52,9 @@ class Submission:
     body_offset: int
     # Streams bytes [start, end) of the message without mapping it (the spool's pread).
     read: Callable[[int, int], Iterator[bytes]] | None = None
+    # Content spans of the body's lines over 998 octets, offsets from the body's start, when the
+    # adapter scanned the body as it arrived (longlines.LineScan); None: process() scans it.
+    long_lines: list[tuple[int, int]] | None = None
 
     def read_range(self, start: int, end: int) -> Iterator[bytes]:
         if self.read is not None:
@@ -176,6 +180,10 @@ def process(sub: Submission, rt: Runtime) -> Outcome:
         out.header_changes += [("Authentication-Results", idx, "") for idx in forged]  # highest first
         out.notes.append(f"removed_forged_ar={len(forged)}")
 
+    # Postfix's smtp client breaks lines over 998 octets when it sends them, after we signed:
+    # fold them here, the same way, so what we sign is what goes on the wire.
+    headers, body = _fold_long_lines(sub, out, headers, body)
+
     # 4. DKIM, last, over exactly what leaves.
     domain = author.rpartition("@")[2]
     keys = select_keys(domain, rt.signing_keys(), cfg.dkim.sign_subdomains) if domain else []
@@ -195,6 +203,45 @@ def process(sub: Submission, rt: Runtime) -> Outcome:
     else:
         out.notes.append(f"dkim=none (no key for {domain or 'empty From'})")
     return out
+
+
+def _fold_long_lines(sub: Submission, out: Outcome, headers: list[Header],
+                     body: list[tuple[int, int] | bytes]) -> tuple[list[Header], list[tuple[int, int] | bytes]]:
+    """Headers and body with their lines over 998 octets folded (see longlines); the changes go
+    into ``out`` (header changes, a replacement body) and a note on the log line."""
+    folded = [(n, fold_header(n, v)) for n, v in headers]
+    if any(v is not None for _, v in folded):
+        new_headers = [(n, v if f is None else f) for (n, v), (_, f) in zip(headers, folded)]
+        if out.header_changes:  # the disclaimer changed or added some: diff against what Postfix holds
+            out.header_changes = header_changes(sub.headers, new_headers)
+        else:  # headers are as submitted: change the folded ones in place
+            seen: dict[str, int] = {}
+            for n, f in folded:
+                nth = seen[n.lower()] = seen.get(n.lower(), 0) + 1
+                if f is not None:
+                    out.header_changes.append((n, nth, f))
+        out.notes.append(f"long_header_lines=folded({sum(f is not None for _, f in folded)})")
+        headers = new_headers
+    if out.new_body is None and sub.long_lines is not None:  # scanned as it arrived
+        spans = sub.long_lines
+    else:  # changed by the disclaimer (or not scanned): scan what will be sent
+        scanner = LineScan()
+        if isinstance(sub.raw, bytes):
+            for piece in body:
+                if isinstance(piece, bytes):
+                    scanner.feed(piece)
+                else:
+                    scanner.feed(sub.raw, *piece)
+        else:
+            for chunk in stream(sub, body):
+                scanner.feed(bytes(chunk))
+        spans = scanner.finish()
+    if spans:
+        points = fold_points(spans)
+        body = insert_folds(body, points)
+        out.new_body = body
+        out.notes.append(f"long_lines=folded({len(spans)})")
+    return headers, body
 
 
 def stream(sub: Submission, pieces: list[tuple[int, int] | bytes]) -> Iterator[bytes]:
