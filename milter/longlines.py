@@ -74,16 +74,18 @@ class LineScan:
                 return
             self._close(base, nl, buf[nl - 1] == _CR if nl > start else self._last_cr)
             s = pos = nl + 1
+        rfind = buf.rfind
         while pos < end:
             lim = s + LIMIT + 1  # an LF before lim ends every line up to it within LIMIT octets
-            if lim > end:  # fewer than LIMIT + 1 octets of this line so far: nothing to decide yet
-                nl = buf.rfind(b"\n", pos, end)
+            if lim <= end:
+                nl = rfind(b"\n", pos, lim)
+                if nl >= 0:  # the usual case: one call per ~1,000 octets
+                    s = pos = nl + 1
+                    continue
+            else:  # fewer than LIMIT + 1 octets of this line so far: nothing to decide yet
+                nl = rfind(b"\n", pos, end)
                 if nl < 0:
                     break
-                s = pos = nl + 1
-                continue
-            nl = buf.rfind(b"\n", pos, lim)
-            if nl >= 0:
                 s = pos = nl + 1
                 continue
             # LIMIT + 1 octets without an LF: a long line, unless they are LIMIT octets, CR, then LF.

@@ -322,3 +322,28 @@ def test_milter_folds_a_line_split_across_two_body_chunks(runtime, monkeypatch, 
     assert rc == Milter.ACCEPT
     assert ctx._bodyreplaced and ctx._body.getvalue().partition(b"\n\n")[2] == postfix_send(body), cut
     assert "long_lines=folded(1)" in caplog.messages[-1], caplog.messages[-1]
+
+
+@pytest.mark.parametrize("disclaimer", [False, True])
+def test_long_header_with_forged_results_and_a_reencoded_body(runtime, disclaimer):
+    """The header folds, the disclaimer's header changes and the deletion of a forged A-R all reach Postfix."""
+    if disclaimer:
+        storemod.set_disclaimer(runtime.store(), "default", "", "Confidential.", None)
+    ours = runtime.config.authserv_id
+    refs = " " + " ".join(f"<{i}.thread@lawfirm.test>" for i in range(60))
+    headers = [("Authentication-Results", f" {ours}; dkim=pass header.d=bank.test"),
+               ("From", " Alice <alice@lawfirm.test>"), ("To", " bob@example.test"), ("References", refs),
+               ("Subject", " s"), ("Content-Type", " text/plain"), ("Content-Transfer-Encoding", " 7bit")]
+    sub = outbound.Submission.of(headers, LONG_TEXT + b"\r\n", queue_id="Q5", login="alice@lawfirm.test",
+                                 client="127.0.0.1", mail_from="alice@lawfirm.test", recipients=["bob@example.test"])
+    out = outbound.process(sub, runtime)
+    notes = " ".join(out.notes)
+    assert "long_header_lines=folded(1)" in notes and "removed_forged_ar=1" in notes, notes
+    assert ("long_lines=folded(1)" in notes) is not disclaimer, notes  # with it, the text is QP instead
+    assert out.header_changes[-1] == ("Authentication-Results", 1, ""), out.header_changes
+    final = apply(sub.headers, out.header_changes)
+    assert [n for n, _ in final].count("Authentication-Results") == 0
+    assert [v for n, v in final if n == "Content-Transfer-Encoding"] == [" quoted-printable" if disclaimer else " 7bit"]
+    assert ("disclaimer=default" in notes) is disclaimer, notes
+    wire, results = sent_and_verified(runtime, sub, out)
+    assert wire != b"CHANGED ON THE WIRE" and results == [True, True], (results, notes)
