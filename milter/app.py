@@ -28,6 +28,7 @@ import Milter
 
 from mattermail.logs import QueueIdAdapter
 from mattermail.milter import author, inbound, outbound
+from mattermail.milter import sender as senderpolicy
 from mattermail.milter.direction import Direction, direction
 from mattermail.milter.longlines import LineScan
 from mattermail.milter.runtime import Runtime
