@@ -22,7 +22,7 @@ from typing import Any
 
 from mattermail.milter import capture
 from mattermail.milter import sender as senderpolicy
-from mattermail.milter.dkim_sign import BodyHasher, select_keys, sign
+from mattermail.milter.dkim_sign import SIGNED_HEADERS, BodyHasher, select_keys, sign
 from mattermail.milter.disclaimer import Disclaimer, apply_edits, plan, segments
 from mattermail.milter.inbound import strip_our_results
 from mattermail.milter.longlines import LineScan, fold_header, fold_points, insert_folds
@@ -206,15 +206,28 @@ def process(sub: Submission, rt: Runtime) -> Outcome:
     return out
 
 
+# Each changed header field costs Postfix's cleanup a reverse jump in the queue file on every later
+# header edit, and record.c's rec_goto() gives up after 10,000 (REVERSE_JUMP_LIMIT): ~140 edits.
+MAX_HEADER_FOLDS = 64
+
+
 def _fold_long_lines(sub: Submission, out: Outcome, headers: list[Header],
                      body: list[tuple[int, int] | bytes]) -> tuple[list[Header], list[tuple[int, int] | bytes]]:
     """Headers and body with their lines over 998 octets folded (see longlines); the changes go
-    into ``out`` (header changes, a replacement body) and a note on the log line."""
+    into ``out`` (header changes, a replacement body) and a note on the log line.
+
+    Only signed header fields are folded: Postfix's own fold of an unsigned one (X-*, Received)
+    breaks no signature of ours, and each field we change is a queue-file edit for Postfix."""
     # The header block as submitted is in the spool: one scan of it (~1 us) spares a look at each field.
     head = LineScan()
     head.feed(sub.raw, 0, sub.body_offset)
-    folded = [(n, fold_header(n, v)) for n, v in headers] if out.header_changes or head.finish() else []
-    if any(v is not None for _, v in folded):
+    folded: list[tuple[str, str | None]] = []
+    if out.header_changes or head.finish():
+        folded = [(n, fold_header(n, v) if n.strip().lower() in SIGNED_HEADERS else None) for n, v in headers]
+    count = sum(f is not None for _, f in folded)
+    if count > MAX_HEADER_FOLDS:
+        out.notes.append(f"long_header_lines=not_folded ({count} signed fields, over {MAX_HEADER_FOLDS})")
+    elif count:
         new_headers = [(n, v if f is None else f) for (n, v), (_, f) in zip(headers, folded)]
         if out.header_changes:  # the disclaimer changed or added some: diff against what Postfix holds
             out.header_changes = header_changes(sub.headers, new_headers)
@@ -224,7 +237,7 @@ def _fold_long_lines(sub: Submission, out: Outcome, headers: list[Header],
                 nth = seen[n.lower()] = seen.get(n.lower(), 0) + 1
                 if f is not None:
                     out.header_changes.append((n, nth, f))
-        out.notes.append(f"long_header_lines=folded({sum(f is not None for _, f in folded)})")
+        out.notes.append(f"long_header_lines=folded({count})")
         headers = new_headers
     if out.new_body is None and sub.long_lines is not None:  # scanned as it arrived
         spans = sub.long_lines

@@ -37,6 +37,8 @@ import time
 import dkim
 import pytest
 
+from mattermail.milter import outbound
+
 from .probe_support import (alive, blob, mx, our_ar_count, pid_of, queue_id, sink_copies, stored, submission, tag,
                             transaction)
 from .test_outbound import dkim_results
@@ -199,6 +201,35 @@ def test_hostile_mime(stack, shape):
 
     next_message_flows(stack, pids)
     print(f"\n{shape}: {seen} in {time.monotonic() - t0:.1f}s")
+
+
+@pytest.mark.parametrize("fields", [outbound.MAX_HEADER_FOLDS, outbound.MAX_HEADER_FOLDS + 1])
+def test_long_signed_header_fields_are_folded_up_to_what_postfix_can_edit(stack, fields):
+    """Each long signed field is a header edit for Postfix's cleanup, which gives up (451) somewhere past
+    ~140 edits: up to MAX_HEADER_FOLDS are folded and both signatures verify at the sink; one more and the
+    milter folds none (logged), Postfix folds them and the message is still delivered."""
+    t = tag(f"cc{fields}")
+    cc = b"".join(b"Cc:" + b"".join(b" c%03d-%02d@example.test," % (i, j) for j in range(50)) + b"\r\n"
+                  for i in range(fields))
+    raw = head("alice@lawfirm.test", OUTSIDE_RCPT, t, cc) + b"Content-Type: text/plain\r\n\r\nmany long Cc lines\r\n"
+    with submission(stack) as c:
+        code, text = transaction(c, "alice@lawfirm.test", [OUTSIDE_RCPT], raw)
+    assert code == 250, f"{fields} Cc lines of {len(cc) // fields} octets: {code} {text!r}"
+    qid = queue_id(text)
+    note = stack.log_line("milter", qid, "long_header_lines=")
+    stack.log_line("postfix", f"{qid}: to=<{OUTSIDE_RCPT}>", "status=sent", timeout=60)
+    sent = sink_copies(stack, f"<{t}@probe.test>".encode())[0][0]
+    longest = max(len(line) for line in sent.split(b"\r\n"))
+    try:
+        results: list[object] = list(dkim_results(stack, sent))
+    except dkim.ValidationError as e:
+        results = [f"dkimpy: {e}"]
+    if fields <= outbound.MAX_HEADER_FOLDS:
+        assert f"long_header_lines=folded({fields})" in note and results == [True, True], (note, results)
+    else:
+        assert "long_header_lines=not_folded" in note and results != [True, True], (note, results)
+    assert longest <= 998, f"longest line at the sink: {longest}"
+    print(f"\n{fields} long Cc lines: 250, DKIM {results}, longest line at the sink {longest}")
 
 
 # -- size -----------------------------------------------------------------------------------------------
