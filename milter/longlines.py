@@ -19,6 +19,11 @@ So the outbound core hands Postfix a body that has nothing left to fold:
 * :func:`fold_header` folds a long header line at whitespace (a real RFC 5322
   fold, which relaxed canonicalization does not even see), and only where a
   run of 998 octets has no whitespace inserts ``CRLF SPACE`` like Postfix.
+  The core folds only signed fields, at most ``outbound.MAX_HEADER_FOLDS``.
+
+Assumes Postfix's default ``smtp_line_length_limit = 998`` (and
+``lmtp_line_length_limit``, for the capture copy); a smaller limit there would
+break lines again after signing.
 """
 
 from __future__ import annotations
