@@ -30,6 +30,7 @@ from mattermail.logs import QueueIdAdapter
 from mattermail.milter import author, inbound, outbound
 from mattermail.milter import sender as senderpolicy
 from mattermail.milter.direction import Direction, direction
+from mattermail.milter.longlines import LineScan
 from mattermail.milter.runtime import Runtime
 from mattermail.milter.spool import MessageSpool
 
@@ -55,6 +56,7 @@ class Message:
     headers: list[tuple[str, str]] = field(default_factory=list)
     spool: MessageSpool = field(default_factory=MessageSpool)
     body_offset: int = -1  # where the body starts in the spool, once the header block is written
+    lines: LineScan = field(default_factory=LineScan)  # outbound: the body's lines over 998 octets
 
     def start_body(self) -> None:
         if self.body_offset < 0:
@@ -220,6 +222,8 @@ class MatterMilter(Milter.Base):
                 if msg.body_offset < 0:
                     msg.start_body()
                 msg.spool.write(chunk)
+                if msg.way is Direction.OUTBOUND:
+                    msg.lines.feed(chunk)
             except Exception:
                 self._passive_failed("body")
         return _NOREPLY if self._protocol & Milter.P_NR_BODY else _CONTINUE
@@ -302,7 +306,7 @@ class MatterMilter(Milter.Base):
         sub = outbound.Submission(queue_id=msg.queue_id, login=msg.auth_authen, client=self.client_ip or "local",
                                   mail_from=msg.mail_from, recipients=list(msg.recipients),
                                   headers=list(msg.headers), raw=raw, body_offset=msg.body_offset,
-                                  read=msg.spool.read_range)
+                                  read=msg.spool.read_range, long_lines=msg.lines.finish())
         out = outbound.process(sub, self.runtime)
         notes = " ".join(out.notes)
         if out.reject:

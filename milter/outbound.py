@@ -21,9 +21,10 @@ from typing import Any
 
 from mattermail import capture
 from mattermail.milter import sender as senderpolicy
-from mattermail.milter.dkim_sign import BodyHasher, select_keys, sign
+from mattermail.milter.dkim_sign import SIGNED_HEADERS, BodyHasher, select_keys, sign
 from mattermail.milter.disclaimer import Disclaimer, apply_edits, plan, segments
 from mattermail.milter.inbound import strip_our_results
+from mattermail.milter.longlines import LineScan, fold_header, fold_points, insert_folds
 from mattermail.milter.runtime import Runtime
 from mattermail.store import EnvelopeRecord, StoreError
 
@@ -50,6 +51,9 @@ class Submission:
     body_offset: int
     # Streams bytes [start, end) of the message without mapping it (the spool's pread).
     read: Callable[[int, int], Iterator[bytes]] | None = None
+    # Content spans of the body's lines over 998 octets, offsets from the body's start, when the
+    # adapter scanned the body as it arrived (longlines.LineScan); None: process() scans it.
+    long_lines: list[tuple[int, int]] | None = None
 
     def read_range(self, start: int, end: int) -> Iterator[bytes]:
         if self.read is not None:
@@ -167,6 +171,11 @@ def process(sub: Submission, rt: Runtime) -> Outcome:
         else:
             out.notes.append(f"disclaimer=skipped ({result.reason})")
 
+    # Postfix's smtp client breaks lines over 998 octets when it sends them, after we signed: fold
+    # them here, the same way, so what we sign is what goes on the wire. (Before the A-R deletions
+    # below, which name fields by their place in the submitted header.)
+    headers, body = _fold_long_lines(sub, out, headers, body)
+
     # Only we write Authentication-Results under our authserv-id: a submitted one (a user's
     # "mx.lawfirm.test; dkim=pass header.d=bank.test" to a colleague) is deleted. Never signed
     # (dkim_sign leaves A-R out of h=), so the signature below covers the same fields either way.
@@ -194,6 +203,61 @@ def process(sub: Submission, rt: Runtime) -> Outcome:
     else:
         out.notes.append(f"dkim=none (no key for {domain or 'empty From'})")
     return out
+
+
+# Each changed header field costs Postfix's cleanup a reverse jump in the queue file on every later
+# header edit, and record.c's rec_goto() gives up after 10,000 (REVERSE_JUMP_LIMIT): ~140 edits.
+MAX_HEADER_FOLDS = 64
+
+
+def _fold_long_lines(sub: Submission, out: Outcome, headers: list[Header],
+                     body: list[tuple[int, int] | bytes]) -> tuple[list[Header], list[tuple[int, int] | bytes]]:
+    """Headers and body with their lines over 998 octets folded (see longlines); the changes go
+    into ``out`` (header changes, a replacement body) and a note on the log line.
+
+    Only signed header fields are folded: Postfix's own fold of an unsigned one (X-*, Received)
+    breaks no signature of ours, and each field we change is a queue-file edit for Postfix."""
+    # The header block as submitted is in the spool: one scan of it (~1 us) spares a look at each field.
+    head = LineScan()
+    head.feed(sub.raw, 0, sub.body_offset)
+    folded: list[tuple[str, str | None]] = []
+    if out.header_changes or head.finish():
+        folded = [(n, fold_header(n, v) if n.strip().lower() in SIGNED_HEADERS else None) for n, v in headers]
+    count = sum(f is not None for _, f in folded)
+    if count > MAX_HEADER_FOLDS:
+        out.notes.append(f"long_header_lines=not_folded ({count} signed fields, over {MAX_HEADER_FOLDS})")
+    elif count:
+        new_headers = [(n, v if f is None else f) for (n, v), (_, f) in zip(headers, folded)]
+        if out.header_changes:  # the disclaimer changed or added some: diff against what Postfix holds
+            out.header_changes = header_changes(sub.headers, new_headers)
+        else:  # headers are as submitted: change the folded ones in place
+            seen: dict[str, int] = {}
+            for n, f in folded:
+                nth = seen[n.lower()] = seen.get(n.lower(), 0) + 1
+                if f is not None:
+                    out.header_changes.append((n, nth, f))
+        out.notes.append(f"long_header_lines=folded({count})")
+        headers = new_headers
+    if out.new_body is None and sub.long_lines is not None:  # scanned as it arrived
+        spans = sub.long_lines
+    else:  # changed by the disclaimer (or not scanned): scan what will be sent
+        scanner = LineScan()
+        if isinstance(sub.raw, bytes):
+            for piece in body:
+                if isinstance(piece, bytes):
+                    scanner.feed(piece)
+                else:
+                    scanner.feed(sub.raw, *piece)
+        else:
+            for chunk in stream(sub, body):
+                scanner.feed(bytes(chunk))
+        spans = scanner.finish()
+    if spans:
+        points = fold_points(spans)
+        body = insert_folds(body, points)
+        out.new_body = body
+        out.notes.append(f"long_lines=folded({len(spans)})")
+    return headers, body
 
 
 def stream(sub: Submission, pieces: list[tuple[int, int] | bytes]) -> Iterator[bytes]:
