@@ -41,10 +41,10 @@ import statistics
 import tempfile
 import time
 
-from mattermail.router import directory
+from mattermail.store import directory
 from mattermail.router.filing import route
 from mattermail.router.rules import RouterRules
-from mattermail.router.store import Store
+from mattermail.store import Store
 
 from mattermail.config import from_dict
 
@@ -158,7 +158,7 @@ def pct(xs: list[float], p: float) -> float:
     return ys[lo] + (ys[hi] - ys[lo]) * (k - lo)
 
 
-# The lookups, as the code runs them (router/filing.py, router/store.py, router/directory.py, ctl/).
+# The lookups, as the code runs them (router/filing.py, mattermail/store/, mattermail/store/directory.py, ctl/).
 ROUTER_QUERIES = {
     "alias (rule 1, plus base)": "SELECT person, matter FROM aliases WHERE address = ?",
     "matter status (rules 2-4)": "SELECT status FROM matters WHERE id = ?",

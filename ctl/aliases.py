@@ -12,7 +12,7 @@ import click
 
 from mattermail.ctl.base import Context, cli, json_option, pass_ctx, user_errors, valid_address, valid_matter_id
 from mattermail.ctl.terminal import echo, echo_json, safe
-from mattermail.router import directory
+from mattermail.store import directory
 
 
 def _target(a: directory.Alias) -> str:

@@ -18,7 +18,7 @@ import click
 from mattermail import config as configmod
 from mattermail import passwords, privileges, validate
 from mattermail.ctl.terminal import echo, safe
-from mattermail.router import store as storemod
+from mattermail import store as storemod
 
 
 class UserFacingError(click.ClickException):

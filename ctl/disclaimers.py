@@ -22,7 +22,7 @@ from mattermail.ctl.base import (
 )
 from mattermail.ctl.terminal import echo, echo_json, safe, write_raw
 from mattermail.milter import disclaimer as disclaimermod
-from mattermail.router import store as storemod
+from mattermail import store as storemod
 
 _FULL_DOCUMENT = re.compile(r"<(?:html|body)[\s>/]", re.IGNORECASE)
 

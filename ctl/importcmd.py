@@ -39,7 +39,7 @@ from mattermail.ctl.base import Context, UserFacingError, cli, json_option, pass
 from mattermail.ctl.terminal import echo, echo_json, progressbar, safe, stderr_is_terminal
 from mattermail.router import filing
 from mattermail.router.rules import RouterRules
-from mattermail.router.store import find_message
+from mattermail.store import find_message
 
 _HEADER_LINE = re.compile(rb"^[!-9;-~]+[ \t]*:")
 _EXTENSION = re.compile(r"^\.[A-Za-z0-9]{1,8}$")

@@ -8,7 +8,6 @@ all matters are added in one transaction: a bad line imports nothing.
 
 from __future__ import annotations
 
-import sqlite3
 
 import click
 
@@ -17,8 +16,7 @@ from mattermail.ctl.base import (
 )
 from mattermail.ctl.terminal import echo, echo_json, safe
 from mattermail.ctl.persons import BadLine, check_address, check_name, csv_label, raise_first, read_csv, split_list
-from mattermail.router import directory
-from mattermail.router.store import Store
+from mattermail.store import directory
 
 MATTER_COLUMNS = ("id", "title", "persons")
 
@@ -29,15 +27,6 @@ def _matter_or_fail(ctx: Context, matter_id: str) -> directory.Matter:
     if m is None:
         raise UserFacingError(f"id: no matter {matter_id}")
     return m
-
-
-def _filed_messages(store: Store, matter_id: str) -> int | None:
-    """How many messages are filed against the matter; None when the store has no filings table."""
-    try:
-        row = store.db.execute("SELECT COUNT(DISTINCT message) FROM filings WHERE matter = ?", [matter_id]).fetchone()
-    except sqlite3.OperationalError:
-        return None
-    return int(row[0])
 
 
 def _matter_dict(m: directory.Matter) -> dict[str, object]:
@@ -105,7 +94,7 @@ def matter_show(ctx: Context, matter_id: str, as_json: bool) -> None:
     """
     m = _matter_or_fail(ctx, matter_id)
     aliases = [a.address for a in directory.list_aliases(ctx.store) if a.matter == m.id]
-    filed = _filed_messages(ctx.store, m.id)
+    filed = directory.filed_message_count(ctx.store, m.id)
     if as_json:
         echo_json({**_matter_dict(m), "aliases": aliases, "filed_messages": filed})
         return

@@ -18,6 +18,11 @@ captured_envelope (for a capture copy: the sender's original envelope as the
 milter recorded it — mail_from, recipients including Bcc'd ones, login,
 queue_id, verified; null for other mail), recipients (the addresses it was filed for, from its events) and filings
 (matter, person, rule, recipient, detail).
+
+The queries are mattermail.store.listing's; this module parses options and renders.
+
+Size: over 400 lines for four click commands with their help texts and examples; the queries
+live in mattermail/store/listing.py, the rendering helpers here are shared by all four.
 """
 
 from __future__ import annotations
@@ -25,14 +30,12 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import sqlite3
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email import policy
 from email.header import decode_header, make_header
 from email.parser import BytesHeaderParser
-from email.utils import parsedate_to_datetime
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import click
@@ -42,46 +45,18 @@ from mattermail.ctl.base import (
     Context, UserFacingError, cli, json_option, pass_ctx, user_errors, valid_address, valid_matter_id,
 )
 from mattermail.ctl.terminal import echo, echo_json, safe, write_raw
-from mattermail.router import directory
-from mattermail.router.store import Store
+from mattermail.store import directory, listing
+from mattermail.store import FilingView, MessageDetail, MessageSummary, Names, Store
 
-_COLUMNS = "id, sha256, size, message_id, subject, header_from, date, received, direction, system, capture"
 DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"]
 
 
 # -- shared helpers (also used by ctl/routecmd.py) -----------------------------------------------
 
 
-class Names:
-    """Person ids → primary addresses, matter ids → titles; cached per command."""
-
-    def __init__(self, store: Store) -> None:
-        self.db = store.db
-        self._persons: dict[int, str] = {}
-        self._matters: dict[str, str | None] = {}
-
-    def person(self, pid: int | None) -> str | None:
-        if pid is None:
-            return None
-        if pid not in self._persons:
-            row = self.db.execute("SELECT address FROM person_addresses WHERE person = ? ORDER BY position, address "
-                                  "LIMIT 1", [pid]).fetchone()
-            self._persons[pid] = row[0] if row else f"person #{pid} (removed)"
-        return self._persons[pid]
-
-    def matter_title(self, matter: str | None) -> str | None:
-        if matter is None:
-            return None
-        if matter not in self._matters:
-            row = self.db.execute("SELECT title FROM matters WHERE id = ?", [matter]).fetchone()
-            self._matters[matter] = row[0] if row else None
-        return self._matters[matter]
-
-
-def filing_dict(names: Names, matter: str | None, person: int | None, rule: str, recipient: str,
-                detail: str) -> dict[str, Any]:
-    return {"matter": matter, "matter_title": names.matter_title(matter), "person": names.person(person),
-            "person_id": person, "rule": rule, "recipient": recipient, "detail": detail}
+def filing_dict(f: FilingView) -> dict[str, Any]:
+    return {"matter": f.matter, "matter_title": f.matter_title, "person": f.person, "person_id": f.person_id,
+            "rule": f.rule, "recipient": f.recipient, "detail": f.detail}
 
 
 def filing_line(f: dict[str, Any]) -> str:
@@ -96,93 +71,35 @@ def filing_line(f: dict[str, Any]) -> str:
     return f"{', '.join(parts)}: rule {safe(f['rule'])}{where}{detail}"
 
 
-def message_datetime(date_header: str, received: float) -> datetime:
-    """The Date header in UTC (naive = UTC); the store time when it is missing or unreadable."""
-    try:
-        dt = parsedate_to_datetime(date_header) if date_header else None
-    except (TypeError, ValueError, IndexError, OverflowError):
-        dt = None
-    if dt is None:
-        return datetime.fromtimestamp(received, UTC)
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    try:
-        return dt.astimezone(UTC)
-    except (OverflowError, ValueError):
-        return datetime.fromtimestamp(received, UTC)
-
-
 def _iso(dt: datetime) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-@dataclass
-class Row:
-    id: int
-    sha256: str
-    size: int
-    message_id: str
-    subject: str
-    header_from: str
-    date: str
-    received: float
-    direction: str
-    system: int
-    capture: str  # "verified", "unverified" (a copy to the capture address that did not verify) or ""
-
-    @property
-    def when(self) -> datetime:
-        return message_datetime(self.date, self.received)
+def _stamp(t: float) -> str:
+    return _iso(datetime.fromtimestamp(t, UTC))
 
 
-def _rows(store: Store, where: str = "", params: list[Any] | None = None) -> list[Row]:
-    q = f"SELECT {_COLUMNS} FROM messages m" + (f" WHERE {where}" if where else "")
-    return [Row(*r) for r in store.db.execute(q, params or [])]
-
-
-def _events(store: Store, mid: int) -> list[tuple[float, str, str, dict[str, Any] | str]]:
-    out = []
-    for t, kind, qid, detail in store.db.execute(
-            "SELECT time, kind, queue_id, detail FROM events WHERE message = ? ORDER BY id", [mid]):
-        try:
-            parsed: dict[str, Any] | str = json.loads(detail)
-        except (TypeError, ValueError):
-            parsed = detail or ""
-        out.append((t, kind, qid or "", parsed))
-    return out
-
-
-def message_dict(store: Store, names: Names, row: Row) -> dict[str, Any]:
-    filings = [filing_dict(names, f.matter, f.person, f.rule, f.recipient, f.detail)
-               for f in directory.filings_for(store, row.id)]
-    deliveries = store.db.execute("SELECT recipient, envelope_from FROM deliveries WHERE message = ? ORDER BY id",
-                                  [row.id]).fetchall()
-    events = _events(store, row.id)
-    kinds = {e[1] for e in events}
-    recipients: list[str] = []
-    system_reason = ""
-    for _t, _k, _q, detail in events:
-        if isinstance(detail, dict):
-            if detail.get("recipient") and detail["recipient"] not in recipients:
-                recipients.append(detail["recipient"])
-            system_reason = system_reason or detail.get("system", "")
-    status = "filed" if filings else "personal" if "personal" in kinds else "unfiled"
-    captured = store.db.execute(
-        "SELECT e.mail_from, e.recipients, e.login, e.queue_id, c.verified FROM captures c "
-        "JOIN envelopes e ON e.ref = c.ref WHERE c.message = ? ORDER BY c.recorded LIMIT 1", [row.id]).fetchone()
+def message_dict(detail: MessageDetail) -> dict[str, Any]:
+    m = detail.message
+    ce = detail.captured_envelope
     return {
-        "id": row.id, "sha256": row.sha256, "size": row.size, "message_id": row.message_id,
-        "date": _iso(row.when), "stored": _iso(datetime.fromtimestamp(row.received, UTC)),
-        "from": row.header_from, "subject": row.subject, "direction": row.direction,
-        "capture": row.capture or None,
-        "system": bool(row.system), "system_reason": system_reason if row.system else "", "status": status,
-        "envelope_from": deliveries[0][1] if deliveries else None,
-        "envelope_recipients": [d[0] for d in deliveries],
-        "captured_envelope": None if captured is None else {
-            "mail_from": captured[0], "recipients": json.loads(captured[1]), "login": captured[2],
-            "queue_id": captured[3], "verified": bool(captured[4])},
-        "recipients": recipients, "filings": filings,
+        "id": m.id, "sha256": m.sha256, "size": m.size, "message_id": m.message_id,
+        "date": _iso(m.when), "stored": _stamp(m.received),
+        "from": m.header_from, "subject": m.subject, "direction": m.direction,
+        "capture": m.capture or None,
+        "system": m.system, "system_reason": detail.system_reason, "status": detail.status,
+        "envelope_from": detail.deliveries[0].envelope_from if detail.deliveries else None,
+        "envelope_recipients": [d.recipient for d in detail.deliveries],
+        "captured_envelope": None if ce is None else {
+            "mail_from": ce.mail_from, "recipients": list(ce.recipients), "login": ce.login,
+            "queue_id": ce.queue_id, "verified": ce.verified},
+        "recipients": list(detail.recipients), "filings": [filing_dict(f) for f in detail.filings],
     }
+
+
+def _dicts(store: Store, rows: list[MessageSummary]) -> list[dict[str, Any]]:
+    names = Names(store)
+    return [message_dict(listing.message_detail(store, r, names)) for r in rows]
 
 
 def _status_text(d: dict[str, Any]) -> str:
@@ -215,18 +132,6 @@ def _person_or_fail(store: Store, email: str, field: str = "--person") -> direct
     if p is None:
         raise UserFacingError(f"{field}: no person with address {email.strip().lower()}")
     return p
-
-
-def _filter_sql(store: Store, matter: str | None, person: str | None) -> tuple[list[str], list[Any]]:
-    where: list[str] = []
-    params: list[Any] = []
-    if matter is not None:
-        where.append("EXISTS (SELECT 1 FROM filings f WHERE f.message = m.id AND f.matter = ?)")
-        params.append(_matter_or_fail(store, matter))
-    if person is not None:
-        where.append("EXISTS (SELECT 1 FROM filings f WHERE f.message = m.id AND f.person = ?)")
-        params.append(_person_or_fail(store, person).id)
-    return where, params
 
 
 def _one_line(text: str, width: int = 60) -> str:
@@ -278,28 +183,17 @@ def messages_list(ctx: Context, matter: str | None, person: str | None, since: d
       mattermailctl messages list --unfiled --json
     """
     store = ctx.store
-    where, params = _filter_sql(store, matter, person)
-    if unfiled:
-        where += ["NOT EXISTS (SELECT 1 FROM filings f WHERE f.message = m.id)", "m.system = 0",
-                  "NOT EXISTS (SELECT 1 FROM events e WHERE e.message = m.id AND e.kind = 'personal')"]
-    if direction:
-        where.append("m.direction = ?")
-        params.append(direction)
-    if unverified:
-        where.append("m.capture = 'unverified'")
     lo = since.replace(tzinfo=UTC) if since else None
     hi = None
     if until:
         hi = until.replace(tzinfo=UTC)
         if (until.hour, until.minute, until.second) == (0, 0, 0):
             hi += timedelta(days=1) - timedelta(microseconds=1)  # a day: the whole day
-    rows = [r for r in _rows(store, " AND ".join(where), params)
-            if (lo is None or r.when >= lo) and (hi is None or r.when <= hi)]
-    rows.sort(key=lambda r: (r.when, r.id), reverse=True)
-    if limit:
-        rows = rows[:limit]
-    names = Names(store)
-    dicts = [message_dict(store, names, r) for r in rows]
+    rows = listing.list_messages(
+        store, matter=_matter_or_fail(store, matter) if matter is not None else None,
+        person=_person_or_fail(store, person).id if person is not None else None,
+        since=lo, until=hi, direction=direction, unfiled=unfiled, unverified=unverified, limit=limit)
+    dicts = _dicts(store, rows)
     if as_json:
         echo_json(dicts)
         return
@@ -309,12 +203,13 @@ def messages_list(ctx: Context, matter: str | None, person: str | None, since: d
         echo(_table_line(d))
 
 
-def _find(store: Store, ident: str) -> Row:
+def _find(store: Store, ident: str) -> MessageSummary:
     ident = ident.strip()
     if ident.isdigit():
-        rows = _rows(store, "m.id = ?", [int(ident)])
+        found = listing.get_message(store, int(ident))
+        rows = [found] if found else []
     elif len(ident) >= 8 and all(c in "0123456789abcdef" for c in ident.lower()):
-        rows = _rows(store, "m.sha256 LIKE ?", [ident.lower() + "%"])
+        rows = listing.messages_by_sha256_prefix(store, ident, limit=0)
         if len(rows) > 1:
             raise UserFacingError(f"ID: sha256 prefix {ident} matches {len(rows)} messages; give more digits")
     else:
@@ -366,7 +261,8 @@ def messages_show(ctx: Context, ident: str, raw: bool, as_json: bool) -> None:
                 f"ID: the stored file of message {row.id} cannot be read: {e.strerror or e}") from None
         write_raw(data)
         return
-    d = message_dict(store, Names(store), row)
+    detail = listing.message_detail(store, row)
+    d = message_dict(detail)
     try:
         headers = _header_summary(path.read_bytes())
         d["file"] = str(path)
@@ -375,14 +271,11 @@ def messages_show(ctx: Context, ident: str, raw: bool, as_json: bool) -> None:
         d["file"] = None
         d["file_error"] = f"{path}: {e.strerror or e}"
     d["headers"] = [{"name": n, "value": v} for n, v in headers]
-    d["deliveries"] = [
-        {"recipient": r, "envelope_from": ef, "queue_id": q,
-         "delivered": _iso(datetime.fromtimestamp(t, UTC))}
-        for r, ef, q, t in store.db.execute(
-            "SELECT recipient, envelope_from, queue_id, delivered FROM deliveries WHERE message = ? ORDER BY id",
-            [row.id])]
-    d["events"] = [{"time": _iso(datetime.fromtimestamp(t, UTC)), "kind": k, "queue_id": q, "detail": det}
-                   for t, k, q, det in _events(store, row.id)]
+    d["deliveries"] = [{"recipient": dl.recipient, "envelope_from": dl.envelope_from, "queue_id": dl.queue_id,
+                        "delivered": _stamp(dl.delivered)} for dl in detail.deliveries]
+    d["events"] = [{"time": _stamp(e.time), "kind": e.kind, "queue_id": e.queue_id,
+                    "detail": dict(e.detail) if isinstance(e.detail, Mapping) else e.detail}
+                   for e in detail.events]
     if as_json:
         echo_json(d)
         return
@@ -430,34 +323,37 @@ def messages_show(ctx: Context, ident: str, raw: bool, as_json: bool) -> None:
 @pass_ctx
 @user_errors
 def messages_search(ctx: Context, query: str, matter: str | None, limit: int, as_json: bool) -> None:
-    """Full-text search of subjects and body text (SQLite FTS5 syntax), best match first.
+    """Full-text search of subjects and body text, best match first.
 
-    Words are matched by stem (porter): "report" also finds "reports". FTS5
-    syntax: AND, OR, NOT, "an exact phrase", prefix*, subject:word. Quote
-    words that contain punctuation ("smith-jones").
+    QUERY is plain words; every word must appear, matched by stem (porter):
+    "report" also finds "reports". No prefix matching unless asked for:
+
+    \b
+      "an exact phrase"    those words in that order
+      settle*              any word starting with "settle"
+      draft OR agreement   either word (OR joins the two words beside it)
+      -word, NOT word      leave out messages containing it
+      subject:word         only in the subject (also subject:"a phrase")
+
+    Anything else (punctuation, brackets, AND, NEAR, a lone * or ") is part
+    of a word: it never makes the query fail. A query with nothing to look
+    for (only punctuation, only -words) finds no messages. Put -- before a
+    QUERY that starts with -:  mattermailctl messages search -- -draft report
 
     \b
     Example:
-      mattermailctl messages search 'settlement AND "draft agreement"' --matter 1234
+      mattermailctl messages search 'settlement "draft agreement"' --matter 1234
     """
     if not query.strip():
         raise UserFacingError("QUERY: empty; give one or more words")
     store = ctx.store
-    where, params = _filter_sql(store, matter, None)
-    sql = ("SELECT m.id, snippet(messages_fts, -1, '[', ']', '…', 12) FROM messages_fts "
-           "JOIN messages m ON m.id = messages_fts.rowid WHERE messages_fts MATCH ?"
-           + "".join(f" AND {w}" for w in where) + " ORDER BY rank" + (" LIMIT ?" if limit else ""))
-    try:
-        hits = store.db.execute(sql, [query, *params, *([limit] if limit else [])]).fetchall()
-    except sqlite3.OperationalError as e:
-        reason = str(e).removeprefix("fts5: ")
-        raise UserFacingError(f"QUERY: {query!r} is not a valid full-text query ({reason}); "
-                              f"put words with punctuation in double quotes") from None
+    hits = listing.search(store, query, matter=_matter_or_fail(store, matter) if matter is not None else None,
+                          limit=limit)
     names = Names(store)
     out = []
-    for mid, snip in hits:
-        d = message_dict(store, names, _rows(store, "m.id = ?", [mid])[0])
-        d["snippet"] = " ".join((snip or "").split())
+    for hit in hits:
+        d = message_dict(listing.message_detail(store, hit.message, names))
+        d["snippet"] = hit.snippet
         out.append(d)
     if as_json:
         echo_json(out)
@@ -500,7 +396,7 @@ def messages_export(ctx: Context, matter: str | None, person: str | None, force:
     if (matter is None) == (person is None):
         raise click.UsageError("give exactly one of --matter or --person")
     store = ctx.store
-    where, params = _filter_sql(store, matter, person)
+    matter = _matter_or_fail(store, matter) if matter is not None else None
     pid = _person_or_fail(store, person).id if person is not None else None
     out_dir = Path(dest)
     if out_dir.exists() and not out_dir.is_dir():
@@ -511,7 +407,7 @@ def messages_export(ctx: Context, matter: str | None, person: str | None, force:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserFacingError(f"DIR: cannot create {dest}: {e.strerror or e}") from None
-    rows = sorted(_rows(store, " AND ".join(where), params), key=lambda r: (r.when, r.id))
+    rows = listing.list_messages(store, matter=matter, person=pid, newest_first=False)
     names = Names(store)
     buf = io.StringIO()
     w = csvcells.writer(buf)  # a cell starting with = + - @ TAB CR gets a ' in front (formula injection)
@@ -524,12 +420,13 @@ def messages_export(ctx: Context, matter: str | None, person: str | None, force:
         except OSError as e:
             missing.append(f"message {r.id}: {e.strerror or e}")
             fname = ""
-        fs = directory.filings_for(store, r.id)
-        mine = [f for f in fs if (matter is not None and f.matter == matter) or (pid is not None and f.person == pid)]
+        fs = listing.filings_of(store, r.id, names)
+        mine = [f for f in fs if (matter is not None and f.matter == matter)
+                or (pid is not None and f.person_id == pid)]
         w.writerow([fname, r.id, _iso(r.when), r.header_from, r.subject, r.message_id, r.sha256, r.size, r.direction,
-                    r.system, " ".join(dict.fromkeys(f.rule for f in mine)),
+                    int(r.system), " ".join(dict.fromkeys(f.rule for f in mine)),
                     "; ".join(" ".join(filter(None, [f"matter:{f.matter}" if f.matter else "",
-                                                      f"person:{names.person(f.person)}" if f.person else "",
+                                                      f"person:{f.person}" if f.person_id is not None else "",
                                                       f"rule:{f.rule}", f"recipient:{f.recipient}" if f.recipient
                                                       else ""])) for f in fs), r.capture])
     try:

@@ -22,7 +22,7 @@ from mattermail.ctl.base import (
     Context, UserFacingError, cli, json_option, pass_ctx, user_errors, valid_address, valid_name,
 )
 from mattermail.ctl.terminal import echo, echo_data, echo_json, safe
-from mattermail.router import directory
+from mattermail.store import directory
 
 PERSON_COLUMNS = ("email", "name", "other_emails")
 _LIST_SEP = re.compile(r"[;,\s]+")

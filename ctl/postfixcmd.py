@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from mattermail import postfixconf
+from mattermail.ctl import postfixconf
 from mattermail.ctl.base import Context, UserFacingError, cli, pass_ctx
 from mattermail.ctl.terminal import echo
 

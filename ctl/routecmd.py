@@ -16,8 +16,9 @@ import click
 
 from mattermail.ctl.base import Context, UserFacingError, cli, json_option, pass_ctx, user_errors, valid_address
 from mattermail.ctl.terminal import echo, echo_json, safe
-from mattermail.ctl.messages import Names, filing_dict, filing_line
+from mattermail.ctl.messages import filing_dict, filing_line
 from mattermail.router import filing
+from mattermail.store import Names
 
 
 @cli.group("route")
@@ -63,7 +64,7 @@ def route_explain(ctx: Context, file: str, recipient: str | None, envelope_from:
     store = ctx.store
     res = filing.route(raw, rcpt, store, ctx.config, envelope_from=envelope_from)
     names = Names(store)
-    filings = [filing_dict(names, f.matter, f.person_id, f.rule, f.recipient, f.detail) for f in res.filings]
+    filings = [filing_dict(names.filing(f.matter, f.person_id, f.rule, f.recipient, f.detail)) for f in res.filings]
     result = "filed" if res.filings else "personal" if res.personal and not res.unfiled_reason else "unfiled"
     out: dict[str, Any] = {
         "file": file, "result": result, "resolved": [_resolved(r) for r in res.resolved], "trace": res.trace,

@@ -11,14 +11,12 @@ import json
 import os
 import re
 import socket
-import sqlite3
 import struct
 import subprocess
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import click
 
@@ -26,6 +24,8 @@ from mattermail import config as configmod
 from mattermail.ctl.base import Context, cli, json_option, pass_ctx
 from mattermail.ctl.terminal import echo, echo_json, safe
 from mattermail.daemon import parse_listen
+from mattermail.store import StoreError
+from mattermail.store import status as store_status
 
 TIMEOUT = 3.0
 QUEUES = ("active", "deferred", "hold", "incoming")
@@ -263,29 +263,6 @@ def recent_errors(config_dir: Path, lines: int) -> dict[str, Any]:
 
 # -- the store ----------------------------------------------------------------------------
 
-_COUNTS = {
-    "messages": "SELECT COUNT(*) FROM messages",
-    "filings": "SELECT COUNT(*) FROM filings",
-    # Kept but filed nowhere: no filing, not system (loop) mail, not a personal capture copy.
-    "unfiled": "SELECT COUNT(*) FROM messages m WHERE m.system = 0"
-               " AND NOT EXISTS (SELECT 1 FROM filings f WHERE f.message = m.id)"
-               " AND NOT EXISTS (SELECT 1 FROM events e WHERE e.message = m.id AND e.kind = 'personal')",
-    "persons": "SELECT COUNT(*) FROM persons",
-    "matters": "SELECT COUNT(*) FROM matters",
-    "aliases": "SELECT COUNT(*) FROM aliases",
-    "users": "SELECT COUNT(*) FROM users",
-}
-
-
-def open_store_readonly(path: Path) -> sqlite3.Connection:
-    """A read-only connection to the store; OSError/sqlite3.Error when it is missing or unreadable."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no store file")
-    if not os.access(path, os.R_OK):
-        raise PermissionError(f"{path}: permission denied")
-    return sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=5)
-
-
 def _dir_size(d: Path) -> tuple[int, int]:
     total = files = 0
     for root, _, names in os.walk(d):
@@ -305,12 +282,8 @@ def store_stats(cfg: configmod.Store) -> dict[str, Any]:
     out["wal_bytes"] = wal.stat().st_size if wal.is_file() else 0
     out["messages_dir_bytes"], out["message_files"] = _dir_size(cfg.messages_dir)
     try:
-        db = open_store_readonly(cfg.path)
-        try:
-            out["counts"] = {k: db.execute(q).fetchone()[0] for k, q in _COUNTS.items()}
-        finally:
-            db.close()
-    except (OSError, sqlite3.Error) as e:
+        out["counts"] = store_status.counts(cfg.path)
+    except (OSError, StoreError) as e:
         out["counts"] = {}
         out["error"] = str(e)
     return out

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import smtplib
 import socket
-import sqlite3
 import ssl
 import sys
 import time
@@ -24,7 +23,8 @@ import click
 
 from mattermail import config as configmod
 from mattermail.ctl.base import Context, UserFacingError, cli, pass_ctx, valid_address
-from mattermail.ctl.statuscmd import open_store_readonly
+from mattermail.store import StoreError
+from mattermail.store import status as store_status
 from mattermail.ctl.terminal import echo, safe
 
 HELO = "mattermailctl-test-send"
@@ -169,18 +169,8 @@ def _is_capture(recipient: str, base: str) -> bool:
 
 def _find_capture(store: configmod.Store, capture_address: str, message_id: str) -> tuple[int, Path] | None:
     """(message row id, raw file) of the stored copy with ``message_id`` that came in as a capture copy."""
-    db = open_store_readonly(store.path)
-    try:
-        for mid, sha in db.execute("SELECT id, sha256 FROM messages WHERE message_id = ?", [message_id]).fetchall():
-            captured = db.execute("SELECT 1 FROM captures WHERE message = ?", [mid]).fetchone() is not None
-            if not captured:
-                captured = any(_is_capture(r, capture_address) for (r,) in
-                               db.execute("SELECT recipient FROM deliveries WHERE message = ?", [mid]))
-            if captured:
-                return mid, store.messages_dir / sha[:2] / f"{sha}.eml"
-    finally:
-        db.close()
-    return None
+    return store_status.find_capture_copy(store.path, store.messages_dir, message_id,
+                                          lambda r: _is_capture(r, capture_address))
 
 
 def _dkim_tags(value: str) -> dict[str, str]:
@@ -199,8 +189,8 @@ def _check_stored(cfg: configmod.Config, message_id: str, wait: float) -> None:
         _report("signed", None, "not checked: no capture copy to look at")
         return
     try:
-        open_store_readonly(cfg.store.path).close()
-    except (OSError, sqlite3.Error) as e:
+        store_status.check_readable(cfg.store.path)
+    except (OSError, StoreError) as e:
         _report("captured", None, f"store not readable here ({e})")
         _report("signed", None, "not checked: no capture copy to look at")
         return
@@ -209,7 +199,7 @@ def _check_stored(cfg: configmod.Config, message_id: str, wait: float) -> None:
     while True:
         try:
             found = _find_capture(cfg.store, cfg.capture.address, message_id)
-        except (OSError, sqlite3.Error) as e:  # a store being migrated or locked: try again until the deadline
+        except (OSError, StoreError) as e:  # a store being migrated or locked: try again until the deadline
             last_error = str(e)
         else:
             last_error = ""

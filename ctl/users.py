@@ -9,7 +9,7 @@ import click
 from mattermail import passwords
 from mattermail.ctl.base import Context, UserFacingError, cli, json_option, pass_ctx, user_errors, valid_address
 from mattermail.ctl.terminal import echo, echo_json, safe
-from mattermail.router import store as storemod
+from mattermail import store as storemod
 
 def _read_password(confirm: bool = True) -> str:
     if sys.stdin.isatty():

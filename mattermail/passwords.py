@@ -8,12 +8,13 @@ libsodium, which only accepts p=1. The hash goes into Dovecot's passwd-file as
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 from argon2 import PasswordHasher
 from argon2.exceptions import VerificationError
+
+from mattermail.atomicfile import write_atomic
 
 SCHEME = "{ARGON2ID}"
 _hasher = PasswordHasher(time_cost=3, memory_cost=65536, parallelism=1)
@@ -55,13 +56,7 @@ def write_sender_login_map(path: Path, pairs: Iterable[tuple[str, str]], postfix
         owners.setdefault(address, []).append(login)
     text = "".join(f"{a}\t{','.join(sorted(ls))}\n" for a, ls in sorted(owners.items()))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".login-map-")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    write_atomic(path, text, mode=0o644)
     postmap = shutil.which("postmap") or ("/usr/sbin/postmap" if os.path.exists("/usr/sbin/postmap") else None)
     if postmap is None:
         return f"postmap not found: {path} written but not compiled for Postfix"
@@ -74,24 +69,19 @@ def write_sender_login_map(path: Path, pairs: Iterable[tuple[str, str]], postfix
 def write_passwd_file(path: Path, entries: Iterable[tuple[str, str]], group: str | None = None) -> None:
     """Atomically rewrite Dovecot's passwd-file (``login:{SCHEME}hash``), mode 0640."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".passwd-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for login, pw_hash in entries:
-                if ":" in login:
-                    raise PasswordError(f"login: {login!r} must not contain ':'")
-                f.write(f"{login}:{pw_hash}\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o640)
-        if group is not None:
-            import grp
+    lines = []
+    for login, pw_hash in entries:
+        if ":" in login:
+            raise PasswordError(f"login: {login!r} must not contain ':'")
+        lines.append(f"{login}:{pw_hash}\n")
+    gid = None
+    if group is not None:
+        import grp
 
-            try:
-                os.chown(tmp, -1, grp.getgrnam(group).gr_gid)
-            except (KeyError, PermissionError):
-                pass  # group absent (dev machine without Dovecot) or not root: keep ours
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            pass  # group absent (dev machine without Dovecot): keep ours
+        if gid is not None and os.geteuid() != 0 and gid not in os.getgroups():
+            gid = None  # not ours to give (not root, not a member): keep ours
+    write_atomic(path, "".join(lines), mode=0o640, gid=gid)

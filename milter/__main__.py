@@ -25,7 +25,7 @@ import Milter
 
 from mattermail import config as configmod
 from mattermail import daemon
-from mattermail.milter import capture
+from mattermail import capture
 from mattermail.milter.app import MatterMilter
 from mattermail.milter.runtime import Runtime
 

@@ -14,20 +14,19 @@ from __future__ import annotations
 import logging
 import mmap
 import re
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from mattermail.milter import capture
+from mattermail import capture
 from mattermail.milter import sender as senderpolicy
 from mattermail.milter.dkim_sign import SIGNED_HEADERS, BodyHasher, select_keys, sign
 from mattermail.milter.disclaimer import Disclaimer, apply_edits, plan, segments
 from mattermail.milter.inbound import strip_our_results
 from mattermail.milter.longlines import LineScan, fold_header, fold_points, insert_folds
 from mattermail.milter.runtime import Runtime
-from mattermail.router.store import EnvelopeRecord
+from mattermail.store import EnvelopeRecord, StoreError
 
 log = logging.getLogger("mattermail.milter.outbound")
 
@@ -285,7 +284,7 @@ def _capture(sub: Submission, rt: Runtime, out: Outcome) -> None:
         rt.record_envelope(EnvelopeRecord(ref=ref, queue_id=sub.queue_id, mail_from=sub.mail_from,
                                           recipients=tuple(sub.recipients), login=sub.login or "",
                                           client=sub.client, created=time.time()))
-    except (capture.CaptureError, sqlite3.Error, OSError) as e:
+    except (capture.CaptureError, StoreError, OSError) as e:
         if cfg.on_failure == "tempfail":
             out.tempfail = f"capture impossible: {e}"
         else:

@@ -19,9 +19,9 @@ from pathlib import Path
 from mattermail import dkimkeys
 from mattermail.config import Config
 from mattermail.dns import Resolver
-from mattermail.milter import capture
+from mattermail import capture
 from mattermail.milter.direction import parse_networks
-from mattermail.router import store as storemod
+from mattermail import store as storemod
 
 log = logging.getLogger("mattermail.milter")
 
@@ -66,15 +66,12 @@ class Runtime:
             # power cut could lose is an envelope record: the message itself is in Postfix's
             # (fsynced) queue, and the router files it from its headers, logging missing-envelope.
             self._store = storemod.Store(self.config.store.path, self.config.store.messages_dir,
-                                         synchronous="NORMAL")
+                                         durable=False)
         return self._store
 
     def owned_addresses(self, login: str) -> set[str]:
         with self._lock:
-            rows = self.store().db.execute(
-                "SELECT address FROM user_addresses WHERE login = ?", [storemod.normalise_address(login)]
-            ).fetchall()
-        return {r[0] for r in rows}
+            return storemod.owned_addresses(self.store(), login)
 
     def disclaimer_for(self, sender: str) -> storemod.DisclaimerRow | None:
         with self._lock:
@@ -117,7 +114,7 @@ class Runtime:
             return self._keys
 
     def refuses_recipient(self, rcpt: bytes) -> bool:
-        """Whether a client's RCPT TO names the capture address (milter/capture.py)."""
+        """Whether a client's RCPT TO names the capture address (mattermail/capture.py)."""
         dom = self.capture_domain
         return (dom is not None and dom in rcpt.lower()
                 and capture.names_capture_address(rcpt.decode("utf-8", "surrogateescape"), self.config.capture.address))

@@ -35,9 +35,9 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 stamp=.venv/.mattermail-installed
-if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then
-    echo "dev-deps: pip install -e .[test]"
+if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ] || [ postfix/dev/pyproject.toml -nt "$stamp" ]; then
+    echo "dev-deps: pip install -e .[test] -e postfix/dev (the dev tools, not part of the product)"
     .venv/bin/pip install -q --disable-pip-version-check -U pip setuptools wheel
-    .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+    .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' -e postfix/dev
     touch "$stamp"
 fi

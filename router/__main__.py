@@ -17,10 +17,10 @@ import logging
 import signal
 
 from mattermail import daemon
-from mattermail.milter.capture import CaptureError, load_secret
+from mattermail.capture import CaptureError, load_secret
 from mattermail.router.lmtp import DeliveryHandler, serve
 from mattermail.router.rules import RouterRules
-from mattermail.router.store import Store, recover_stale_tmp
+from mattermail.store import Store, recover_stale_tmp
 from mattermail.srs import SRSConfigError, load_codec
 
 log = logging.getLogger("mattermail.router")

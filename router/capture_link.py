@@ -10,8 +10,8 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from mattermail.milter.capture import parse_capture_address
-from mattermail.router.store import EnvelopeRecord, Store, get_envelope
+from mattermail.capture import parse_capture_address
+from mattermail.store import EnvelopeRecord, Store, get_envelope
 
 __all__ = ["CaptureInfo", "inspect_captures"]
 

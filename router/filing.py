@@ -18,7 +18,6 @@ configured ``router.catchall_headers`` in order, trusting the topmost
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from email import policy
@@ -30,40 +29,21 @@ from mattermail.config import Config
 from mattermail.logs import QueueIdAdapter
 from mattermail.router import forward as fwd
 from mattermail.router.capture_link import CaptureInfo, inspect_captures
-from mattermail.router.directory import Filing, log_event, record_filing, transaction
+from mattermail.store import directory
+from mattermail.store.directory import Filing, log_event, record_filing, transaction
 from mattermail.router.resolve import addresses_in, loop_reason, resolve
 from mattermail.router.rules import FilingDecision, RouterRules, RoutingResult, RuleContext, apply_rules, merge
-from mattermail.router.store import (EnvelopeRecord, Store, find_message, insert_message, normalise_address,
+from mattermail.store import (EnvelopeRecord, Store, find_message, insert_message, normalise_address,
                                      record_capture, record_deliveries)
 from mattermail.router.text import body_text
 
-__all__ = ["FileResult", "RecipientOutcome", "StoreLookups", "after_commit", "capture_state", "file_message",
+__all__ = ["FileResult", "RecipientOutcome", "after_commit", "capture_state", "file_message",
            "file_stored", "load_capture_secret", "route", "system_reason"]
 
 log = logging.getLogger("mattermail.router.filing")
 _quiet = logging.getLogger("mattermail.router.filing.explain")  # route() reports in its trace, not the log
 _quiet.addHandler(logging.NullHandler())
 _quiet.propagate = False
-
-
-class StoreLookups:
-    """The rules' directory questions, each one indexed query on the store."""
-
-    def __init__(self, store: Store) -> None:
-        self.db = store.db
-
-    def alias(self, address: str) -> tuple[int | None, str | None] | None:
-        row = self.db.execute("SELECT person, matter FROM aliases WHERE address = ?",
-                              [normalise_address(address)]).fetchone()
-        return (row[0], row[1]) if row else None
-
-    def matter_status(self, matter_id: str) -> str | None:
-        row = self.db.execute("SELECT status FROM matters WHERE id = ?", [matter_id]).fetchone()
-        return row[0] if row else None
-
-    def persons(self, address: str) -> list[int]:
-        return [r[0] for r in self.db.execute("SELECT person FROM person_addresses WHERE address = ? ORDER BY person",
-                                              [normalise_address(address)])]
 
 
 @dataclass
@@ -102,7 +82,7 @@ def load_capture_secret(cfg: Config) -> bytes | None:
     """The capture HMAC secret, or None when capture is off or the file is unreadable."""
     if not cfg.capture.address:
         return None
-    from mattermail.milter.capture import CaptureError, load_secret
+    from mattermail.capture import CaptureError, load_secret
 
     try:
         return load_secret(cfg.capture.secret_file)
@@ -176,7 +156,7 @@ def route(raw: bytes, recipient: str | None, store: Store, cfg: Config, envelope
         cap = caps.get(addr) if addr else None
         if cap is not None and envelope is not None:
             cap = CaptureInfo(cap.ref, True, envelope, cap.duplicate, cap.note)
-        r = apply_rules(_context(msg, addr, envelope_from, _trusted(cap), loop), StoreLookups(store), rules)
+        r = apply_rules(_context(msg, addr, envelope_from, _trusted(cap), loop), directory.Lookups(store), rules)
         r.resolved = [f"{addr} ({source})"] if addr else []
         if cap is not None:
             what = "capture copy" if cap.verified else "UNVERIFIED capture copy (filed as inbound mail)"
@@ -232,7 +212,7 @@ def file_stored(raw: bytes, sha: str, envelope_from: str | None, recipients: lis
         capture_info = inspect_captures([a for a, _ in addresses], cfg.capture.address,
                                         load_capture_secret(cfg), store, qlog)
     capture_info = {k.strip().strip("<>"): v for k, v in capture_info.items()}
-    lookups = StoreLookups(store)
+    lookups = directory.Lookups(store)
     outcomes: list[RecipientOutcome] = []
     for addr, _source in addresses or [("", "")]:
         cap = capture_info.get(addr)
@@ -297,10 +277,7 @@ def _decision(f: FilingDecision) -> dict:
 def _forward(raw: bytes, msg: Message, result: FileResult, store: Store, cfg: Config, queue_id: str,
              envelope_from: str | None, qlog: QueueIdAdapter) -> None:
     """Forward the unfiled recipients not forwarded before (a redelivery sends no second notice)."""
-    done: set[str] = set()
-    for (detail,) in store.db.execute("SELECT detail FROM events WHERE message = ? AND kind = 'forwarded'",
-                                      [result.message_id]):
-        done.update(json.loads(detail).get("recipients", []))
+    done = directory.forwarded_recipients(store, result.message_id)
     todo = [o for o in result.outcomes if o.kind == "unfiled" and o.recipient not in done]
     if not todo:
         return

@@ -26,7 +26,7 @@ from mattermail.router.capture_link import inspect_captures
 from mattermail.router.filing import FileResult, after_commit, file_stored
 from mattermail.router.rules import RouterRules
 from mattermail.srs import SRSCodec
-from mattermail.router.store import Store
+from mattermail.store import Store, transaction
 
 log = logging.getLogger("mattermail.router.lmtp")
 
@@ -174,27 +174,24 @@ class DeliveryHandler:
         try:
             if written:
                 store.sync_dirs(dirs)  # the renames durable before the commit
-                store.db.execute("BEGIN IMMEDIATE")
-                for i, sha in written:
-                    j = batch[i]
-                    try:
-                        captures = inspect_captures(j.rcpts, self.capture_address, self.capture_secret, store, j.qlog)
-                        # in its own savepoint (directory.transaction inside the open transaction)
-                        result = file_stored(j.raw, sha, j.sender, j.rcpts, store, self.config,
-                                             j.qlog.extra["queue_id"], captures, rules=self.rules)
-                    except Exception:
-                        if not store.db.conn.in_transaction:  # SQLite rolled the whole batch back
-                            raise
-                        j.qlog.exception("storing or filing failed, deferring %d recipient(s)", len(j.rcpts))
-                        replies[i] = _deferred(j.rcpts)
-                        continue
-                    filed.append((i, result))
-                store.db.execute("COMMIT")
+                with transaction(store):  # one commit for the batch
+                    for i, sha in written:
+                        j = batch[i]
+                        try:
+                            captures = inspect_captures(j.rcpts, self.capture_address, self.capture_secret, store,
+                                                        j.qlog)
+                            # in its own savepoint (a nested transaction)
+                            result = file_stored(j.raw, sha, j.sender, j.rcpts, store, self.config,
+                                                 j.qlog.extra["queue_id"], captures, rules=self.rules)
+                        except Exception:
+                            if not store.in_transaction:  # the database rolled the whole batch back
+                                raise
+                            j.qlog.exception("storing or filing failed, deferring %d recipient(s)", len(j.rcpts))
+                            replies[i] = _deferred(j.rcpts)
+                            continue
+                        filed.append((i, result))
                 self.commits += 1
         except Exception:
-            if store.db.conn.in_transaction:
-                with contextlib.suppress(Exception):
-                    store.db.execute("ROLLBACK")
             for i, _ in written:
                 if replies[i] is None:
                     batch[i].qlog.exception("storing or filing failed, deferring %d recipient(s)",

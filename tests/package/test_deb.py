@@ -339,7 +339,7 @@ service auth {{
         wait_for(auth.exists, 20, "dovecot's auth socket")
 
     def dns_start(self) -> None:
-        from mattermail import devdns
+        from mattermail_dev import devdns
 
         self.dns_dir.mkdir()
         for z in (REPO / "postfix" / "dev" / "zones").glob("*.zone"):
@@ -351,7 +351,7 @@ service auth {{
     def sink_start(self) -> None:
         from aiosmtpd.controller import Controller
 
-        from mattermail.sink import SinkHandler
+        from mattermail_dev.sink import SinkHandler
 
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))

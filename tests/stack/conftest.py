@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from mattermail.devstack import Ports, Stack
+from mattermail_dev.devstack import Ports, Stack
 
 BIN = Path(sys.executable).parent
 PASSWORD = "correct-horse-battery"

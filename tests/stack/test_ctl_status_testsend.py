@@ -83,7 +83,7 @@ def test_send_passes_every_step_including_signed_and_captured(stack):
 
 
 def test_send_server_option_overrides_the_config(stack):
-    from mattermail.devdns import free_port
+    from mattermail_dev.devdns import free_port
 
     port = free_port()  # nothing listens there
     r = run(stack, "test-send", "--user", "alice@lawfirm.test", "--server", f"127.0.0.1:{port}",

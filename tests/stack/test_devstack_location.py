@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from mattermail import devstack
-from mattermail.devstack import Ports, Stack, StackError
+from mattermail_dev import devstack
+from mattermail_dev.devstack import Ports, Stack, StackError
 
 from .conftest import PASSWORD, StackClient
 

@@ -131,7 +131,7 @@ FROM_SPOOFS = [
     ("alice@lawfirm.test", "BOB@LAWFIRM.TEST", "bob@lawfirm.test"),
     ("alice@lawfirm.test", "bob@lawfirm.test.", "bob@lawfirm.test"),
     ("alice@lawfirm.test", "bob@LawFirm.Test.", "bob@lawfirm.test"),
-    ("alice@lawfirm.test", "bob@lawf\u0131rm.test", "bob@lawf\u0131rm.test"),  # dotless i
+    ("alice@lawfirm.test", "bob@lawf\u0131rm.test", "bob@lawf?rm.test"),  # dotless i; replies are ASCII
     ("alice@lawfirm.test", "bob@xn--lawfrm-dua.test", "bob@xn--lawfrm-dua.test"),
     ("alice@lawfirm.test", '"bob"@lawfirm.test', "bob@lawfirm.test"),
     ("alice@lawfirm.test", "bob@lawfirm.test (alice@lawfirm.test)", "bob@lawfirm.test"),

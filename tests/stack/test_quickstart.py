@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from mattermail.devstack import Ports, Stack
+from mattermail_dev.devstack import Ports, Stack
 
 from .conftest import wait_for
 

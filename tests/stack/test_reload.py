@@ -11,8 +11,8 @@ from contextlib import contextmanager
 
 import pytest
 
-from mattermail.router import directory as d
-from mattermail.router.store import Store, UserError
+from mattermail.store import directory as d
+from mattermail.store import Store, UserError
 
 from .conftest import wait_for
 from .test_outbound import dkim_results

@@ -7,9 +7,9 @@ import sqlite3
 
 import pytest
 
-from mattermail.router import directory as d
+from mattermail.store import directory as d
 from mattermail.router.lmtp import queue_id_of
-from mattermail.router.store import Store, UserError
+from mattermail.store import Store, UserError
 
 CA = "matters.lawfirm.test"
 

@@ -32,8 +32,9 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from mattermail.router import directory as d
-from mattermail.router.store import Store, UserError, insert_message
+from mattermail.store import directory as d
+from mattermail import capture
+from mattermail.store import EnvelopeRecord, Store, UserError, insert_message, record_envelope
 
 from .conftest import wait_for
 
@@ -533,8 +534,17 @@ def test_ten_thousand_addresses_in_to(stack, matter):
         person = d.person_by_email(store, "rcpt09999@example49.test").id  # type: ignore[union-attr]
     store.close()
     raw3 = ten_thousand_to(marker + "-capture").replace(f"From: {SENDER}".encode(), b"From: alice@lawfirm.test")
+    # A verified copy, as the milter makes it: its envelope recorded, its reference signed.
+    ref = capture.new_ref()
+    store = Store(stack.stack.var / "store.sqlite", messages_dir(stack))
+    try:
+        record_envelope(store, EnvelopeRecord(ref, "", "alice@lawfirm.test", ("rcpt00000@example0.test",),
+                                              "alice@lawfirm.test", "127.0.0.1", time.time()))
+    finally:
+        store.close()
+    rcpt = capture.capture_address(f"capture@{CA}", ref, capture.load_secret(stack.stack.var / "capture.key"))
     t0 = time.monotonic()
-    assert [c for c, _ in via_lmtp(stack, raw3, [f"capture@{CA}"], mail_from="alice@lawfirm.test")] == [250]
+    assert [c for c, _ in via_lmtp(stack, raw3, [rcpt], mail_from="alice@lawfirm.test")] == [250]
     assert time.monotonic() - t0 < 30
     with db(stack) as conn:
         row3 = stored_row(conn, sha(raw3))

@@ -7,9 +7,10 @@ import re
 import pytest
 
 from mattermail import config, dkimkeys
-from mattermail.milter import capture, outbound
+from mattermail import capture
+from mattermail.milter import outbound
 from mattermail.milter.runtime import Runtime
-from mattermail.router import store as storemod
+from mattermail import store as storemod
 
 SECRET = b"0123456789abcdef0123456789abcdef"
 BASE = "capture@matters.lawfirm.test"

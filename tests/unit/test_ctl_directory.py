@@ -8,8 +8,8 @@ from click.testing import CliRunner
 
 from mattermail.ctl import aliases, matters, persons  # noqa: F401  (register their groups on cli)
 from mattermail.ctl.base import cli
-from mattermail.router import directory as d
-from mattermail.router.store import Store, UserError, insert_message
+from mattermail.store import directory as d
+from mattermail.store import Store, UserError, insert_message
 
 CATCHALL = '[general]\ncatchall_domains = ["matters.lawfirm.test"]'
 

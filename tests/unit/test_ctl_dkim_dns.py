@@ -19,7 +19,7 @@ from dnslib import RR
 from mattermail.ctl.base import cli
 
 from mattermail import dkimkeys
-from mattermail.devdns import free_port, serve
+from mattermail_dev.devdns import free_port, serve
 
 OUR_IP = "192.0.2.10"
 MONTH = f"{datetime.date.today():%Y%m}"

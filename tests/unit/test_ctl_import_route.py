@@ -13,9 +13,9 @@ from click.testing import CliRunner
 
 from mattermail.ctl import aliases, importcmd, matters, messages, persons, routecmd  # noqa: F401  (register on cli)
 from mattermail.ctl.base import cli
-from mattermail.milter.capture import capture_address
-from mattermail.router import directory as d
-from mattermail.router.store import EnvelopeRecord, Store, find_message, record_envelope
+from mattermail.capture import capture_address
+from mattermail.store import directory as d
+from mattermail.store import EnvelopeRecord, Store, find_message, record_envelope
 
 CA = "matters.lawfirm.test"
 SECRET = b"k" * 32

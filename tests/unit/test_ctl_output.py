@@ -21,8 +21,8 @@ from click.testing import CliRunner
 from mattermail.ctl import csvcells, statuscmd, terminal
 from mattermail.ctl.cli import cli
 from mattermail.ctl.terminal import safe, safe_lines
-from mattermail.router import directory as d
-from mattermail.router.store import Store
+from mattermail.store import directory as d
+from mattermail.store import Store
 
 CA = "matters.lawfirm.test"
 CTL = Path(__file__).resolve().parents[2] / "ctl"

@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from mattermail.ctl.cli import cli
-from mattermail.router import directory as d
-from mattermail.router.store import Store
+from mattermail.store import directory as d
+from mattermail.store import Store
 
 CA = "matters.lawfirm.test"
 

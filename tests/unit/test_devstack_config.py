@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import subprocess
 
-from mattermail import config, devstack
-from mattermail.devstack import Ports, Stack
+from mattermail import config
+from mattermail_dev import devstack
+from mattermail_dev.devstack import Ports, Stack
 
 
 def test_config_from_before_general_user_gets_user_empty(tmp_path, capsys):

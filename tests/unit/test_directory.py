@@ -1,7 +1,7 @@
 import pytest
 
-from mattermail.router import directory as d
-from mattermail.router.store import Store, UserError, insert_message
+from mattermail.store import directory as d
+from mattermail.store import Store, UserError, insert_message
 
 CATCHALL = ["matters.lawfirm.test"]
 

@@ -10,7 +10,7 @@ import pytest
 
 from mattermail import dkimkeys
 from mattermail.config import DNS
-from mattermail.devdns import free_port, serve
+from mattermail_dev.devdns import free_port, serve
 from mattermail.dns import Resolver
 from mattermail.dnscheck import Finding, blocking, check_domain
 

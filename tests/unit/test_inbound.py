@@ -25,7 +25,7 @@ from dnslib import RR
 
 from mattermail import dkimkeys
 from mattermail.config import DNS
-from mattermail.devdns import free_port, serve
+from mattermail_dev.devdns import free_port, serve
 from mattermail.dns import Resolver, TempError
 from mattermail.milter.dkim_sign import sign
 from mattermail.milter.inbound import (

@@ -10,7 +10,7 @@ from Milter import testctx
 from mattermail import config
 from mattermail.milter.app import MatterMilter, Message, _guard
 from mattermail.milter.runtime import Runtime
-from mattermail.router import store as storemod
+from mattermail import store as storemod
 
 MSG = b"From: alice@lawfirm.test\nTo: bob@example.test\nSubject: hi\n\nhello\n"
 

@@ -24,7 +24,7 @@ from click.testing import CliRunner
 from mattermail.ctl.base import cli
 
 from mattermail import config as configmod
-from mattermail import postfixconf
+from mattermail.ctl import postfixconf
 
 STOCK = Path("/usr/share/postfix")
 pytestmark = pytest.mark.skipif(
@@ -380,7 +380,7 @@ def test_stock_config_after_configure_starts_and_submission_mail_is_signed_and_c
     import tempfile
     from email.message import EmailMessage
 
-    from mattermail.devstack import Ports, Stack
+    from mattermail_dev.devstack import Ports, Stack
 
     var = Path(tempfile.mkdtemp(prefix="mattermail-pfconf-"))
     os.chmod(var, 0o755)

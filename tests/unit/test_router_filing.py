@@ -10,11 +10,11 @@ import time
 import pytest
 
 from mattermail.config import from_dict
-from mattermail.milter.capture import capture_address
-from mattermail.router import directory as d
+from mattermail.capture import capture_address
+from mattermail.store import directory as d
 from mattermail.router import filing, forward
 from mattermail.router.capture_link import inspect_captures
-from mattermail.router.store import EnvelopeRecord, Store, record_envelope
+from mattermail.store import EnvelopeRecord, Store, record_envelope
 
 CA = "matters.lawfirm.test"
 SECRET = b"s" * 32
@@ -209,7 +209,7 @@ def test_a_copy_to_the_capture_address_that_does_not_verify_is_kept_inbound_and_
 
 
 def test_insert_refuses_an_outbound_row_that_is_not_a_verified_capture(store):
-    from mattermail.router.store import insert_message
+    from mattermail.store import insert_message
 
     with pytest.raises(ValueError, match="verified capture"):
         insert_message(store, b"Subject: x\r\n\r\nx\r\n", "0" * 64, "outbound", capture="unverified")

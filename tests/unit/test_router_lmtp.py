@@ -10,8 +10,9 @@ import time
 import pytest
 
 from mattermail.config import from_dict
-from mattermail.router import directory, forward, lmtp
-from mattermail.router.store import Store
+from mattermail.router import forward, lmtp
+from mattermail.store import directory
+from mattermail.store import Store
 
 MSG = (b"Received: from mx.lawfirm.test by mx.lawfirm.test (Postfix) with ESMTP id 4ABCDEF12\r\n"
        b"\tfor <1234@matters.lawfirm.test>; Mon, 23 Nov 2026 12:00:00 +0000\r\n"

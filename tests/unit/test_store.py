@@ -5,8 +5,9 @@ import hashlib
 
 import pytest
 
-from mattermail.router import directory, filing, lmtp
-from mattermail.router import store as storemod
+from mattermail.router import filing, lmtp
+from mattermail.store import directory
+from mattermail import store as storemod
 
 RAW = (b"Received: from mx.lawfirm.test by mx.lawfirm.test (Postfix) with ESMTP id 4ABC123\r\n"
        b"\tfor <1234@matters.lawfirm.test>; Mon, 23 Nov 2026 12:00:00 +0000\r\n"
@@ -153,7 +154,9 @@ def test_migration_5_marks_planted_outbound_records_unverified(tmp_path, monkeyp
     """Rows a store of schema 4 recorded as outbound without a verified capture become inbound, unverified."""
     n = [i for i, fn in enumerate(storemod.MIGRATIONS, 1) if fn.__name__ == "_m005_capture_verification"]
     assert n == [5]
-    monkeypatch.setattr(storemod, "MIGRATIONS", storemod.MIGRATIONS[:4])
+    from mattermail.store import engine
+
+    monkeypatch.setattr(engine, "MIGRATIONS", storemod.MIGRATIONS[:4])
     old = storemod.Store(tmp_path / "s.sqlite", tmp_path / "m")
     assert old.schema_version() == 4
     rows = {}

@@ -18,7 +18,7 @@ from pathlib import Path
 from dnslib import QTYPE, RCODE, RR, DNSRecord
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
-log = logging.getLogger("mattermail.devdns")
+log = logging.getLogger("mattermail_dev.devdns")
 
 
 class ZoneDirResolver(BaseResolver):

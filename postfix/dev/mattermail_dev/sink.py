@@ -20,7 +20,7 @@ from pathlib import Path
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-log = logging.getLogger("mattermail.sink")
+log = logging.getLogger("mattermail_dev.sink")
 
 
 class SinkHandler:

@@ -17,6 +17,9 @@ Chroot: Debian runs smtpd, cleanup and lmtp chrooted in the queue directory, so
 a unix socket they use (milter, LMTP router, SRS socketmap) must live under it
 and is written relative to it (``unix:/var/spool/postfix/mattermail/milter.sock``
 in mattermail's config is ``unix:/mattermail/milter.sock`` in main.cf).
+
+Size: over 400 lines because main.cf and master.cf each need reading, merging and rollback;
+the policy (desired_settings) and the editing (apply) are its two halves.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from mattermail.atomicfile import write_atomic
 from mattermail.config import Config
 
 DEFAULT_SPOOL = "/var/spool/postfix"
@@ -518,18 +522,7 @@ def _write_edits(config_dir: Path, plan: _Plan, files: bool = True) -> None:
 
 def _atomic_write(path: Path, content: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, content, mode=0o644)
 
 
 def _unified(path: Path, old: str | None, new: str) -> str:

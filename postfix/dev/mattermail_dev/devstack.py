@@ -13,6 +13,9 @@ Postfix's and Dovecot's daemons run as ``postfix`` / ``dovecot`` and must
 enter the state directory. A checkout where they cannot (one under /root,
 mode 0700) gets its ``var`` moved to /var/lib/mattermail-dev/<hash of the
 path>/ with ``var`` left as a symlink to it (see :func:`place_var`).
+
+Size: over 400 lines because it renders and drives six real programs (Postfix, Dovecot, DNS,
+sink, milter, router, SRS) with their start-up checks; it is a dev tool, not shipped.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 TEMPLATES = REPO / "postfix" / "dev"
 BIN = Path(sys.executable).parent
 

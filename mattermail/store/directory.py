@@ -1,20 +1,19 @@
 """Persons, matters, aliases, filings and the event log: the store's directory.
 
-Plain functions over :class:`~mattermail.router.store.Store`; errors a person
-can fix raise :class:`~mattermail.router.store.UserError` with the field
+Plain functions over :class:`~mattermail.store.engine.Store`; errors a person
+can fix raise :class:`~mattermail.store.engine.UserError` with the field
 named. Every lookup the router does has an index (see migration 4).
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from mattermail import validate
-from mattermail.router.store import Store, UserError, normalise_address
+from mattermail.store.engine import Store, UserError, normalise_address, transaction
 
 
 @dataclass(frozen=True)
@@ -51,37 +50,6 @@ class Filing:
     rule: str
     recipient: str
     detail: str = ""
-
-
-class _Tx:
-    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error; inside a transaction already (the router's
-    batches, router/lmtp.py), a SAVEPOINT ... RELEASE instead, rolled back to the savepoint on error."""
-
-    _names = itertools.count(1)
-
-    def __init__(self, store: Store) -> None:
-        self.db = store.db
-        self.savepoint: str | None = None
-
-    def __enter__(self) -> None:
-        if self.db.conn.in_transaction:
-            self.savepoint = f"tx{next(self._names)}"
-            self.db.execute(f"SAVEPOINT {self.savepoint}")
-        else:
-            self.db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if self.savepoint is None:
-            self.db.execute("ROLLBACK" if exc_type else "COMMIT")
-            return
-        if exc_type and self.db.conn.in_transaction:
-            self.db.execute(f"ROLLBACK TO {self.savepoint}")
-        if self.db.conn.in_transaction:
-            self.db.execute(f"RELEASE {self.savepoint}")
-
-
-def transaction(store: Store) -> _Tx:
-    return _Tx(store)
 
 
 # -- persons --------------------------------------------------------------------------------
@@ -336,3 +304,41 @@ def import_matters(store: Store, rows: Sequence[tuple[str, str, Sequence[str]]])
             for pid in dict.fromkeys(pids):
                 store.db.execute("INSERT INTO matter_persons (matter, person) VALUES (?, ?)", [matter_id, pid])
     return len(rows)
+
+
+# -- the router's questions (each one indexed query) -----------------------------------------------
+
+
+class Lookups:
+    """The routing rules' directory questions (router/rules.py ``Lookups``), each one indexed query."""
+
+    def __init__(self, store: Store) -> None:
+        self._db = store.db
+
+    def alias(self, address: str) -> tuple[int | None, str | None] | None:
+        row = self._db.execute("SELECT person, matter FROM aliases WHERE address = ?",
+                               [normalise_address(address)]).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def matter_status(self, matter_id: str) -> str | None:
+        row = self._db.execute("SELECT status FROM matters WHERE id = ?", [matter_id]).fetchone()
+        return row[0] if row else None
+
+    def persons(self, address: str) -> list[int]:
+        return [r[0] for r in self._db.execute(
+            "SELECT person FROM person_addresses WHERE address = ? ORDER BY person", [normalise_address(address)])]
+
+
+def forwarded_recipients(store: Store, message: int) -> set[str]:
+    """The recipients whose unfiled notice for ``message`` was already forwarded (events ``forwarded``)."""
+    done: set[str] = set()
+    for (detail,) in store.db.execute("SELECT detail FROM events WHERE message = ? AND kind = 'forwarded'",
+                                      [message]):
+        done.update(json.loads(detail).get("recipients", []))
+    return done
+
+
+def filed_message_count(store: Store, matter_id: str) -> int:
+    """How many distinct messages are filed against the matter."""
+    row = store.db.execute("SELECT COUNT(DISTINCT message) FROM filings WHERE matter = ?", [matter_id]).fetchone()
+    return int(row[0])

@@ -1,0 +1,32 @@
+"""The store layer: the one package that owns mattermail's data (schema, migrations, every query).
+
+The milter, the router and ``mattermailctl`` call the typed functions exported here (one module per
+aggregate: users, disclaimers, envelopes, messages, directory, listing; status for read-only looks) and never hold SQL, a cursor or a
+connection; ``transaction(store)`` is the one way to group changes. Raw messages are files named by
+their SHA-256 (:meth:`Store.write_blob`), durable before the rows that name them are committed.
+"""
+
+from mattermail.store.disclaimers import (DISCLAIMER_SCOPES, DisclaimerRow, disclaimer_for, list_disclaimers,
+                                          remove_disclaimer, set_disclaimer)
+from mattermail.store.engine import Store, StoreError, UserError, data_version, normalise_address, recover_stale_tmp, transaction
+from mattermail.store.envelopes import EnvelopeRecord, get_envelope, record_capture, record_envelope
+from mattermail.store.listing import (CapturedEnvelope, Delivery, Event, FilingView, MessageDetail,
+                                      MessageSummary, Names, SearchHit, SearchQuery, SearchTerm, count_unfiled,
+                                      filings_of, get_message, list_messages, message_datetime, message_detail,
+                                      messages_by_sha256_prefix, parse_search, search)
+from mattermail.store.messages import find_message, insert_message, record_deliveries
+from mattermail.store.schema import CAPTURE_STATES, MIGRATIONS
+from mattermail.store.users import (User, add_user, list_users, login_addresses, owned_addresses, password_hashes,
+                                    remove_user, set_password)
+
+__all__ = [
+    # listing (what people read)
+    "CapturedEnvelope", "Delivery", "Event", "FilingView", "MessageDetail", "MessageSummary", "Names",
+    "SearchHit", "SearchQuery", "SearchTerm", "count_unfiled", "filings_of", "get_message", "list_messages",
+    "message_datetime", "message_detail", "messages_by_sha256_prefix", "parse_search", "search",
+    "CAPTURE_STATES", "DISCLAIMER_SCOPES", "DisclaimerRow", "EnvelopeRecord", "MIGRATIONS", "Store", "StoreError", "User",
+    "UserError", "add_user", "data_version", "disclaimer_for", "find_message", "get_envelope", "insert_message",
+    "list_disclaimers", "list_users", "login_addresses", "normalise_address", "owned_addresses", "password_hashes", "record_capture",
+    "record_deliveries", "record_envelope", "recover_stale_tmp", "remove_disclaimer", "remove_user",
+    "set_disclaimer", "set_password", "transaction",
+]

@@ -1,0 +1,200 @@
+"""The store: one SQLite file (WAL) plus raw messages as files named by SHA-256.
+
+Every reader and writer goes through this package (mattermail.store), so the database can be
+replaced later without touching the router, the milter or the CLI.
+
+Durability order for a delivery (see DESIGN.md "Store"): the raw message is
+written to a temp file, fsynced, renamed to ``<sha256[:2]>/<sha256>.eml`` and
+the directory fsynced; only then is the database row committed, and only
+after the commit does the LMTP server answer ``250``. A message delivered
+twice (Postfix retrying after a crash) is stored once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+
+import sqlite_utils
+
+from mattermail.atomicfile import sync_dir, write_atomic
+from mattermail.store.schema import MIGRATIONS
+
+
+class UserError(Exception):
+    """A store operation that cannot be done; the message names the field."""
+
+
+# What a store operation raises when the database itself fails (locked past the timeout, disk full,
+# unreadable, a broken file): callers catch this name, never the driver's.
+StoreError: type[Exception] = sqlite3.Error
+
+
+def normalise_address(address: str) -> str:
+    """Lower-case the domain (local parts are case-sensitive in theory, not in practice)."""
+    return address.strip().strip("<>").lower()
+
+
+class Store:
+    """An open store: the database and the directory of raw message files.
+
+    ``durable=True`` (the router, ctl): a commit is on disk before it returns, power cut included.
+    ``durable=False`` (the milter's envelope records): a commit survives any process crash, but a
+    power cut may lose the last ones (SQLite WAL with synchronous=NORMAL; see milter/runtime.py).
+    """
+
+    def __init__(self, path: Path, messages_dir: Path, durable: bool = True) -> None:
+        self.path = Path(path)
+        self.messages_dir = Path(messages_dir)
+        self._dirs: set[Path] = set()  # hash directories known to exist
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        self.db = sqlite_utils.Database(conn)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        # FULL: every commit is fsynced (the router answers 250 only after it).
+        self.db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self.migrate()
+
+    # -- schema ------------------------------------------------------------
+    def schema_version(self) -> int:
+        return self.db.execute("PRAGMA user_version").fetchone()[0]
+
+    def migrate(self) -> None:
+        for number, fn in enumerate(MIGRATIONS, start=1):
+            if self.schema_version() >= number:
+                continue
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                if self.schema_version() < number:  # another process may have won the race
+                    fn(self.db)
+                    self.db.execute(f"PRAGMA user_version = {number}")
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+
+    def close(self) -> None:
+        self.db.close()
+
+    @property
+    def in_transaction(self) -> bool:
+        """Whether a transaction is open (SQLite ends one by itself on some errors: a batch checks)."""
+        return self.db.conn.in_transaction
+
+    # -- raw messages --------------------------------------------------------
+    def blob_path(self, sha256: str) -> Path:
+        return self.messages_dir / sha256[:2] / f"{sha256}.eml"
+
+    def write_blob(self, raw: bytes, sync_dir: bool = True) -> tuple[str, Path]:
+        """Write ``raw`` durably under its SHA-256 (tmp, fsync, rename, fsync dir).
+
+        ``sync_dir=False`` leaves the directory fsync to the caller (:meth:`sync_dirs` on the returned
+        path's parent, before the commit): the router's batches fsync each directory once."""
+        sha = hashlib.sha256(raw).hexdigest()
+        dest = self.blob_path(sha)
+        if dest.exists():
+            return sha, dest
+        if dest.parent not in self._dirs:  # mkdir of an existing directory still takes its parent's lock
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            self._dirs.add(dest.parent)
+        try:
+            write_atomic(dest, raw, mode=0o600, sync_directory=sync_dir)
+        except FileNotFoundError:  # the directory was removed since
+            self._dirs.discard(dest.parent)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(dest, raw, mode=0o600, sync_directory=sync_dir)
+        return sha, dest
+
+    @staticmethod
+    def sync_dirs(dirs: Iterable[Path]) -> None:
+        """fsync each directory (makes the renames of :meth:`write_blob` durable)."""
+        for d in dirs:
+            sync_dir(d)
+
+    def count(self, table: str) -> int:
+        return self.db[table].count
+
+
+def data_version(store: Store) -> int:
+    """Changes whenever another connection commits: a cheap "reload?" check for the milter."""
+    return store.db.execute("PRAGMA data_version").fetchone()[0]
+
+
+# -- start-up recovery ------------------------------------------------------------------
+
+
+def recover_stale_tmp(messages_dir: Path | str) -> int:
+    """Remove the temp files of blob writes that never finished; returns how many. Call at start-up.
+
+    :meth:`Store.write_blob` writes ``<sha256[:2]>/.tmp-*.eml`` and renames it into place; a process killed
+    in between (SIGKILL, power loss) leaves a half-written ``.tmp-*`` file that nothing ever renames or
+    removes (the redelivery writes a temp file of its own). Such a delivery was never answered ``250``, so
+    Postfix still has the message and the file is safe to delete. A blob write in progress in another
+    process (``mattermailctl import``) whose temp file this removes fails cleanly (its rename raises and
+    nothing is committed); re-running the import stores it.
+    """
+    root = Path(messages_dir)
+    if not root.is_dir():
+        return 0
+    removed = 0
+    for sub in root.iterdir():
+        if not sub.is_dir() or sub.is_symlink():
+            continue
+        for tmp in sub.glob(".tmp-*"):
+            try:
+                tmp.unlink()
+            except FileNotFoundError:
+                continue
+            removed += 1
+    return removed
+
+
+# -- the one way to run a transaction -------------------------------------------------
+
+
+class _Tx:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error; inside a transaction already (the router's
+    batches, router/lmtp.py), a SAVEPOINT ... RELEASE instead, rolled back to the savepoint on error."""
+
+    _names = itertools.count(1)
+
+    def __init__(self, store: Store) -> None:
+        self.db = store.db
+        self.savepoint: str | None = None
+
+    def __enter__(self) -> None:
+        if self.db.conn.in_transaction:
+            self.savepoint = f"tx{next(self._names)}"
+            self.db.execute(f"SAVEPOINT {self.savepoint}")
+        else:
+            self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.savepoint is None:
+            if exc_type is None:
+                try:
+                    self.db.execute("COMMIT")
+                    return
+                except BaseException:
+                    self._rollback()
+                    raise
+            self._rollback()
+            return
+        if exc_type and self.db.conn.in_transaction:
+            self.db.execute(f"ROLLBACK TO {self.savepoint}")
+        if self.db.conn.in_transaction:
+            self.db.execute(f"RELEASE {self.savepoint}")
+
+
+    def _rollback(self) -> None:
+        if self.db.conn.in_transaction:  # SQLite ends a transaction by itself on some errors
+            self.db.execute("ROLLBACK")
+
+
+def transaction(store: Store) -> _Tx:
+    """``with transaction(store):`` — the one way to group changes; nested, a savepoint."""
+    return _Tx(store)

@@ -1,0 +1,43 @@
+"""Envelopes the milter records for capture copies, and the router's links from copies to them."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+from mattermail.store.engine import Store
+
+# -- envelopes of captured messages ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EnvelopeRecord:
+    ref: str
+    queue_id: str
+    mail_from: str
+    recipients: tuple[str, ...]
+    login: str
+    client: str
+    created: float
+
+
+def record_envelope(store: Store, env: EnvelopeRecord) -> None:
+    store.db.execute(
+        "INSERT INTO envelopes (ref, queue_id, mail_from, recipients, login, client, created) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [env.ref, env.queue_id, env.mail_from, json.dumps(list(env.recipients)), env.login, env.client, env.created],
+    )
+
+
+def record_capture(store: Store, message: int, ref: str, verified: bool) -> None:
+    store.db.execute("INSERT OR IGNORE INTO captures (message, ref, verified, recorded) VALUES (?, ?, ?, ?)",
+                     [message, ref, int(verified), time.time()])
+
+
+def get_envelope(store: Store, ref: str) -> EnvelopeRecord | None:
+    row = store.db.execute(
+        "SELECT ref, queue_id, mail_from, recipients, login, client, created FROM envelopes WHERE ref = ?", [ref]
+    ).fetchone()
+    if row is None:
+        return None
+    return EnvelopeRecord(row[0], row[1], row[2], tuple(json.loads(row[3])), row[4], row[5], row[6])

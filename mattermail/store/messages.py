@@ -1,0 +1,63 @@
+"""Stored messages and their deliveries: rows written inside the caller's transaction."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from email import policy
+from email.message import Message
+from email.parser import BytesHeaderParser
+
+from mattermail.store.engine import Store, normalise_address
+from mattermail.store.schema import CAPTURE_STATES
+
+# -- filing: the message row inside the caller's transaction (router/filing.py) -------------
+
+
+def find_message(store: Store, sha256: str) -> int | None:
+    """The id of the stored message with this SHA-256, or None."""
+    row = store.db.execute("SELECT id FROM messages WHERE sha256 = ?", [sha256]).fetchone()
+    return row[0] if row else None
+
+
+def insert_message(store: Store, raw: bytes, sha256: str, direction: str = "inbound", body_text: str = "",
+                   system: bool = False, headers: Message | None = None, capture: str = "") -> tuple[int, bool]:
+    """(id, new) of the messages row for ``raw``, inserted when new; call inside a transaction,
+    after :meth:`Store.write_blob` made the file durable. ``headers``: ``raw``'s header-only parse
+    (compat32), when the caller has it already. ``capture``: one of :data:`CAPTURE_STATES`; only a
+    "verified" capture copy may be "outbound"."""
+    if capture not in CAPTURE_STATES:
+        raise ValueError(f"capture: {capture!r}")
+    if direction == "outbound" and capture != "verified":
+        raise ValueError("only a verified capture copy is recorded as outbound")
+    existing = find_message(store, sha256)
+    if existing is not None:
+        return existing, False
+    from email.header import decode_header, make_header
+
+    hdr = headers if headers is not None else BytesHeaderParser(policy=policy.compat32).parsebytes(raw)
+
+    def h(name: str) -> str:
+        value = str(hdr.get(name, "") or "")
+        try:  # RFC 2047 words decoded, so subjects read and search as written
+            value = str(make_header(decode_header(value)))
+        except Exception:
+            pass
+        return " ".join(value.split())[:998]
+
+    cur = store.db.execute(
+        "INSERT INTO messages (sha256, size, message_id, subject, header_from, date, received, direction, body_text,"
+        " system, capture) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [sha256, len(raw), h("Message-ID"), h("Subject"), h("From"), h("Date"), time.time(), direction, body_text,
+         int(system), capture])
+    return int(cur.lastrowid), True
+
+
+def record_deliveries(store: Store, message: int, envelope_from: str, recipients: Iterable[str],
+                      queue_id: str = "") -> None:
+    """One deliveries row per recipient (a retried delivery is recorded once); inside a transaction."""
+    now = time.time()
+    for rcpt in recipients:
+        store.db.execute(
+            "INSERT OR IGNORE INTO deliveries (message, recipient, envelope_from, queue_id, delivered)"
+            " VALUES (?, ?, ?, ?, ?)", [message, normalise_address(rcpt), envelope_from, queue_id, now])

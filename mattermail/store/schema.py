@@ -1,0 +1,158 @@
+"""The schema: numbered migrations, each applied once in its own transaction (see engine.migrate).
+
+SQLite's dialect lives here and in the other modules of this package only; nothing outside
+mattermail.store sees a table, a PRAGMA or FTS5 syntax.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sqlite_utils
+
+# Numbered migrations, each applied once in its own transaction.
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = []
+
+
+def migration(fn: Callable[[sqlite_utils.Database], None]) -> Callable[[sqlite_utils.Database], None]:
+    MIGRATIONS.append(fn)
+    return fn
+
+
+@migration
+def _m001_initial(db: sqlite_utils.Database) -> None:
+    db["users"].create(
+        {"login": str, "password_hash": str, "created": float},
+        pk="login",
+    )
+    db["user_addresses"].create(
+        {"login": str, "address": str},
+        pk=("login", "address"),
+        foreign_keys=[("login", "users", "login")],
+    )
+    db["user_addresses"].create_index(["address"])
+    db["messages"].create(
+        {
+            "id": int,
+            "sha256": str,
+            "size": int,
+            "message_id": str,
+            "subject": str,
+            "header_from": str,
+            "date": str,
+            "received": float,
+        },
+        pk="id",
+    )
+    db["messages"].create_index(["sha256"], unique=True)
+    db["messages"].create_index(["message_id"])
+    db["deliveries"].create(
+        {
+            "id": int,
+            "message": int,
+            "recipient": str,
+            "envelope_from": str,
+            "queue_id": str,
+            "delivered": float,
+        },
+        pk="id",
+        foreign_keys=[("message", "messages", "id")],
+    )
+    # Postfix retrying a delivery must not record it twice.
+    db["deliveries"].create_index(["message", "recipient", "queue_id"], unique=True)
+
+
+@migration
+def _m002_disclaimers_and_envelopes(db: sqlite_utils.Database) -> None:
+    # scope: "default" (key ""), "domain" (key = domain) or "sender" (key = address).
+    db["disclaimers"].create(
+        {"scope": str, "key": str, "text": str, "html": str, "updated": float},
+        pk=("scope", "key"),
+        not_null={"text"},
+    )
+    # The complete envelope of an outbound message, written by the milter before
+    # it adds the capture recipient; the capture address carries ``ref`` (signed).
+    db["envelopes"].create(
+        {"ref": str, "queue_id": str, "mail_from": str, "recipients": str, "login": str,
+         "client": str, "created": float},
+        pk="ref",
+    )
+    db["envelopes"].create_index(["queue_id"])
+
+
+@migration
+def _m003_captures(db: sqlite_utils.Database) -> None:
+    # A capture copy, linked to the envelope the milter recorded; verified = the HMAC checked out.
+    db["captures"].create(
+        {"message": int, "ref": str, "verified": int, "recorded": float},
+        pk=("message", "ref"),
+        foreign_keys=[("message", "messages", "id")],
+    )
+
+
+@migration
+def _m004_directory_and_filings(db: sqlite_utils.Database) -> None:
+    """Persons and their addresses, matters, aliases, filings, the event log and full-text search."""
+    db["persons"].create({"id": int, "name": str, "created": float}, pk="id")
+    db["person_addresses"].create(
+        {"person": int, "address": str, "position": int},
+        pk=("person", "address"),
+        foreign_keys=[("person", "persons", "id")],
+    )
+    db["person_addresses"].create_index(["address"])
+    db["matters"].create({"id": str, "title": str, "status": str, "created": float}, pk="id",
+                         not_null={"title", "status"}, defaults={"status": "open"})
+    db["matter_persons"].create(
+        {"matter": str, "person": int}, pk=("matter", "person"),
+        foreign_keys=[("matter", "matters", "id"), ("person", "persons", "id")],
+    )
+    db["aliases"].create(
+        {"address": str, "person": int, "matter": str, "created": float}, pk="address",
+        foreign_keys=[("person", "persons", "id"), ("matter", "matters", "id")],
+    )
+    for col, typ, default in (("direction", str, "inbound"), ("body_text", str, ""), ("system", int, 0)):
+        db["messages"].add_column(col, typ, not_null_default=default)
+    db["filings"].create(
+        {"id": int, "message": int, "matter": str, "person": int, "rule": str, "recipient": str,
+         "detail": str, "created": float},
+        pk="id",
+        foreign_keys=[("message", "messages", "id")],
+    )
+    # A redelivery after a crash files nothing twice.
+    db.execute("CREATE UNIQUE INDEX filings_once ON filings "
+               "(message, COALESCE(matter, ''), COALESCE(person, 0), recipient)")
+    db["filings"].create_index(["matter"])
+    db["filings"].create_index(["person"])
+    db["events"].create(
+        {"id": int, "time": float, "kind": str, "message": int, "queue_id": str, "detail": str}, pk="id")
+    db["events"].create_index(["message"])
+    # Full-text search over subject and body text (external-content FTS5, kept in step by triggers;
+    # written out rather than enable_fts(), whose executescript would commit mid-migration).
+    db.execute("CREATE VIRTUAL TABLE messages_fts USING fts5(subject, body_text, content='messages', "
+               "content_rowid='id', tokenize='porter')")
+    db.execute("CREATE TRIGGER messages_ai AFTER INSERT ON messages BEGIN "
+               "INSERT INTO messages_fts (rowid, subject, body_text) VALUES (new.id, new.subject, new.body_text); END")
+    db.execute("CREATE TRIGGER messages_ad AFTER DELETE ON messages BEGIN "
+               "INSERT INTO messages_fts (messages_fts, rowid, subject, body_text) "
+               "VALUES ('delete', old.id, old.subject, old.body_text); END")
+    db.execute("CREATE TRIGGER messages_au AFTER UPDATE ON messages BEGIN "
+               "INSERT INTO messages_fts (messages_fts, rowid, subject, body_text) "
+               "VALUES ('delete', old.id, old.subject, old.body_text); "
+               "INSERT INTO messages_fts (rowid, subject, body_text) VALUES (new.id, new.subject, new.body_text); END")
+
+
+@migration
+def _m005_capture_verification(db: sqlite_utils.Database) -> None:
+    """messages.capture: "verified" (a capture copy whose reference verified and whose envelope the milter
+    recorded: the only mail recorded as outbound), "unverified" (it came to the capture address some other
+    way: kept, filed as inbound) or "" (not a capture copy). Existing rows: outbound ones without a verified
+    capture were planted from outside (or came through a path that skipped the milter) and become inbound."""
+    db["messages"].add_column("capture", str, not_null_default="")
+    db.execute("UPDATE messages SET capture = 'verified' WHERE EXISTS (SELECT 1 FROM captures c "
+               "JOIN envelopes e ON e.ref = c.ref WHERE c.message = messages.id AND c.verified = 1)")
+    db.execute("UPDATE messages SET capture = 'unverified', direction = 'inbound' "
+               "WHERE capture = '' AND (direction = 'outbound' OR EXISTS (SELECT 1 FROM captures c "
+               "WHERE c.message = messages.id))")
+
+
+CAPTURE_STATES = ("", "verified", "unverified")

@@ -1,0 +1,64 @@
+"""Read-only looks at a store another process writes: counts for ``mattermailctl status`` and the
+capture copy ``mattermailctl test-send`` waits for. Opens the database read-only, creates nothing."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import quote
+
+from mattermail.store.listing import UNFILED  # the one definition of "unfiled"
+
+_COUNTS = {
+    "messages": "SELECT COUNT(*) FROM messages",
+    "filings": "SELECT COUNT(*) FROM filings",
+    "unfiled": f"SELECT COUNT(*) FROM messages m WHERE {UNFILED}",
+    "persons": "SELECT COUNT(*) FROM persons",
+    "matters": "SELECT COUNT(*) FROM matters",
+    "aliases": "SELECT COUNT(*) FROM aliases",
+    "users": "SELECT COUNT(*) FROM users",
+}
+
+
+@contextmanager
+def _readonly(path: Path) -> Iterator[sqlite3.Connection]:
+    """A read-only connection; OSError when the file is missing or unreadable, StoreError on a bad file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no store file")
+    if not os.access(path, os.R_OK):
+        raise PermissionError(f"{path}: permission denied")
+    db = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=5)
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+def check_readable(path: Path) -> None:
+    """Raise OSError or StoreError when the store at ``path`` cannot be read."""
+    with _readonly(path) as db:
+        db.execute("SELECT 1 FROM messages LIMIT 1").fetchall()
+
+
+def counts(path: Path) -> dict[str, int]:
+    """Messages, filings, unfiled messages, persons, matters, aliases and users in the store at ``path``."""
+    with _readonly(path) as db:
+        return {k: db.execute(q).fetchone()[0] for k, q in _COUNTS.items()}
+
+
+def find_capture_copy(path: Path, messages_dir: Path, message_id: str,
+                      is_capture: Callable[[str], bool]) -> tuple[int, Path] | None:
+    """(id, raw file) of the stored message with this Message-ID that came in as a capture copy: linked to
+    an envelope, or delivered to an address ``is_capture`` recognises. None when there is none (yet)."""
+    with _readonly(path) as db:
+        for mid, sha in db.execute("SELECT id, sha256 FROM messages WHERE message_id = ?", [message_id]).fetchall():
+            captured = db.execute("SELECT 1 FROM captures WHERE message = ?", [mid]).fetchone() is not None
+            if not captured:
+                captured = any(is_capture(r) for (r,) in
+                               db.execute("SELECT recipient FROM deliveries WHERE message = ?", [mid]))
+            if captured:
+                return mid, messages_dir / sha[:2] / f"{sha}.eml"
+    return None
