@@ -22,7 +22,7 @@ from mattermail import config, dkimkeys
 from mattermail.milter import outbound
 from mattermail.milter.longlines import LIMIT, LineScan, fold_header, fold_points, insert_folds, scan
 from mattermail.milter.runtime import Runtime
-from mattermail.router import store as storemod
+from mattermail import store as storemod
 
 CONT, NORM = "L", "N"
 
