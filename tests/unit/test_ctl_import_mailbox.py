@@ -123,6 +123,26 @@ def test_sample_split_where_a_reader_expects_and_quoting_kept(tmp_path):
     assert got[4].startswith(from_line(5).encode()) and got[5].endswith(b"no newline at the end")
 
 
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n"], ids=["LF", "CRLF"])
+def test_corpus_messages_in_one_mbox_split_as_before(corpus, tmp_path, newline):
+    """Every corpus message (bounces quote headers and bodies, some have "From " lines) written unquoted
+    into one mbox, as a careless exporter would: the same messages, byte for byte, as the old splitter."""
+    files = corpus.messages("bounces/sisimai/maildir-bsd") + corpus.messages("mime")
+    path = tmp_path / "corpus.mbox"
+    with open(path, "wb") as f:
+        for n, p in enumerate(files):
+            raw = p.read_bytes()
+            f.write(b"From MAILER-DAEMON Mon Jan  1 10:00:00 2024" + newline + raw
+                    + (b"" if raw.endswith(b"\n") else newline) + newline)
+    items = importcmd.mbox_messages(path)
+    old, new = old_messages(path), [item.read() for item in items]
+    joined = sum(len(item.keys) > 1 for item in items)  # messages mailbox.mbox alone would have cut
+    seen = f"{len(files)} files, {len(new)} messages now, {len(old)} before, {joined} joined back"
+    assert len(files) > 900 and len(new) == len(old) and joined > 0, seen
+    differ = [i for i, (o, n) in enumerate(zip(old, new)) if o != n]
+    assert not differ, f"{seen}: {len(differ)} differ from before, the first: {differ[:5]}"
+
+
 # -- through the command -----------------------------------------------------------------------
 
 
