@@ -99,10 +99,10 @@ def _gone(what: str) -> OSError:
 class MboxFile:
     """An mbox file, open through :class:`mailbox.mbox` only while it is listed or its messages read.
 
-    Listing builds the stdlib's table of contents and closes the file; the first
-    read opens it again (one more pass over the file to rebuild the table) and
-    the last read closes it, so a tree of many mbox files never holds more than
-    one open.
+    Listing builds the stdlib's table of contents; in a directory tree it then
+    closes the file and the first read opens it again (one more pass over the
+    file to rebuild the table), so a tree of many mbox files never holds more
+    than one open. The last read closes it.
     """
 
     def __init__(self, path: Path) -> None:
@@ -170,7 +170,21 @@ def _first_from_line(f: BinaryIO) -> int:
     return pos
 
 
-def mbox_messages(path: Path) -> list[MboxItem]:
+def _pieces(box: mailbox.mbox) -> list[tuple[int, int, int, bool]]:
+    """Per message mailbox.mbox found, in file order: key, From_ line length, length (From_ line included),
+    whether it ends with a CRLF empty line."""
+    found = []
+    for key in box.iterkeys():
+        with box.get_file(key, from_=True) as f:
+            from_line = len(f.readline())
+            f.seek(0, os.SEEK_END)
+            length = f.tell()
+            f.seek(max(0, length - 3))
+            found.append((key, from_line, length, f.read() == b"\n\r\n"))
+    return found
+
+
+def mbox_messages(path: Path, keep_open: bool = False) -> list[MboxItem]:
     """The messages of an mbox, read by :class:`mailbox.mbox` and joined where a From_ line does not follow
     an empty line (see the module docstring).
 
@@ -179,40 +193,36 @@ def mbox_messages(path: Path) -> list[MboxItem]:
     it, before that empty line; a CRLF empty line stays at the end. So the byte
     right after each of its messages says whether an empty line was left out:
     ``\\n`` yes, ``F`` (the next From_ line) or the end of the file no.
+
+    ``keep_open``: leave the mbox open for the reads (one pass over it fewer).
     """
     mbox = MboxFile(path)
-    box = mbox.open()
-    try:
-        found: list[tuple[int, int, int, bool]] = []  # (key, From_ line length, length, ends with CRLF empty line)
-        for key in box.iterkeys():  # in file order
-            with box.get_file(key, from_=True) as f:
-                from_line = len(f.readline())
-                f.seek(0, os.SEEK_END)
-                length = f.tell()
-                f.seek(max(0, length - 3))
-                found.append((key, from_line, length, f.read() == b"\n\r\n"))
-    finally:
-        mbox.close()
-    mbox.pieces = len(found)
     items: list[MboxItem] = []
-    with open(path, "rb") as raw:
-        pos = _first_from_line(raw)
-        starts_message = True  # the first From_ line does
-        for n, (key, from_line, length, crlf_empty) in enumerate(found, 1):
-            raw.seek(pos + length)
-            after = raw.read(1)
-            if n < len(found) and after not in (b"F", b"\n"):
-                raise _gone("the mbox")
-            lf_empty = after == b"\n"  # mailbox.mbox left an LF empty line out after this message
-            if starts_message:
-                items.append(MboxItem(mbox, len(items) + 1, pos + from_line, (key,), 0))
-            else:  # a From_ line inside a body: part of the message before it
-                items[-1] = replace(items[-1], keys=items[-1].keys + (key,))
-            if crlf_empty and not lf_empty:
-                items[-1] = replace(items[-1], trim=2)
-            starts_message = lf_empty or crlf_empty
-            pos += length + lf_empty
-    mbox.unread = len(items)
+    try:
+        found = _pieces(mbox.open())
+        with open(path, "rb") as raw:
+            pos = _first_from_line(raw)
+            starts_message = True  # the first From_ line does
+            for n, (key, from_line, length, crlf_empty) in enumerate(found, 1):
+                raw.seek(pos + length)
+                after = raw.read(1)
+                if n < len(found) and after not in (b"F", b"\n"):
+                    raise _gone("the mbox")
+                lf_empty = after == b"\n"  # mailbox.mbox left an LF empty line out after this message
+                if starts_message:
+                    items.append(MboxItem(mbox, len(items) + 1, pos + from_line, (key,), 0))
+                else:  # a From_ line inside a body: part of the message before it
+                    items[-1] = replace(items[-1], keys=items[-1].keys + (key,))
+                if crlf_empty and not lf_empty:
+                    items[-1] = replace(items[-1], trim=2)
+                starts_message = lf_empty or crlf_empty
+                pos += length + lf_empty
+    except BaseException:
+        mbox.close()
+        raise
+    if not (keep_open and items):
+        mbox.close()
+    mbox.pieces, mbox.unread = len(found), len(items)
     return items
 
 
@@ -277,9 +287,9 @@ def _first_line(path: Path) -> bytes:
         return f.read(_SNIFF).split(b"\n", 1)[0]
 
 
-def _add_mbox(plan: Plan, path: Path) -> None:
+def _add_mbox(plan: Plan, path: Path, keep_open: bool = False) -> None:
     try:
-        items = mbox_messages(path)
+        items = mbox_messages(path, keep_open)
     except OSError as e:
         plan.errors.append((str(path), f"cannot read: {e.strerror or e}"))
         return
@@ -305,7 +315,7 @@ def _add_file(plan: Plan, path: Path, explicit: bool) -> None:
     is_mbox = first.startswith(b"From ")
     if explicit or suffix == ".eml":
         if suffix == ".mbox" or (is_mbox and suffix != ".eml"):
-            _add_mbox(plan, path)
+            _add_mbox(plan, path, keep_open=explicit)  # PATH itself: the only file
         else:
             plan.items.append(FileItem(path))
         return

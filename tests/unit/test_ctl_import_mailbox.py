@@ -316,3 +316,12 @@ def test_a_maildir_file_removed_during_the_import_is_an_error_and_a_moved_one_is
     assert (f"error: {md} (message 1700000001.M1P1.host): cannot read: the file was removed or changed "
             f"during the import") in r.stderr, r.stderr
     assert find_message(env.store, sha(mail(2))) is not None
+
+
+def test_an_mbox_given_as_path_stays_open_from_listing_to_its_last_message(tmp_path):
+    path = tmp_path / "archive"
+    path.write_bytes(SAMPLES["LF"])
+    plan = importcmd.plan_import(path)
+    assert len(plan.items) == 6 and open_under(tmp_path) == 1, (len(plan.items), open_under(tmp_path))
+    got = [item.read() for item in plan.items]
+    assert got == old_messages(path) and open_under(tmp_path) == 0, open_under(tmp_path)
