@@ -170,17 +170,13 @@ def _first_from_line(f: BinaryIO) -> int:
     return pos
 
 
-def _pieces(box: mailbox.mbox) -> list[tuple[int, int, int, bool]]:
-    """Per message mailbox.mbox found, in file order: key, From_ line length, length (From_ line included),
-    whether it ends with a CRLF empty line."""
+def _lengths(box: mailbox.mbox) -> list[tuple[int, int]]:
+    """Key and length (From_ line included) of each message mailbox.mbox found, in file order."""
     found = []
     for key in box.iterkeys():
         with box.get_file(key, from_=True) as f:
-            from_line = len(f.readline())
             f.seek(0, os.SEEK_END)
-            length = f.tell()
-            f.seek(max(0, length - 3))
-            found.append((key, from_line, length, f.read() == b"\n\r\n"))
+            found.append((key, f.tell()))
     return found
 
 
@@ -199,18 +195,21 @@ def mbox_messages(path: Path, keep_open: bool = False) -> list[MboxItem]:
     mbox = MboxFile(path)
     items: list[MboxItem] = []
     try:
-        found = _pieces(mbox.open())
+        found = _lengths(mbox.open())
         with open(path, "rb") as raw:
             pos = _first_from_line(raw)
             starts_message = True  # the first From_ line does
-            for n, (key, from_line, length, crlf_empty) in enumerate(found, 1):
-                raw.seek(pos + length)
-                after = raw.read(1)
-                if n < len(found) and after not in (b"F", b"\n"):
-                    raise _gone("the mbox")
-                lf_empty = after == b"\n"  # mailbox.mbox left an LF empty line out after this message
+            for n, (key, length) in enumerate(found, 1):
+                raw.seek(pos)
+                from_line = raw.readline()
+                raw.seek(pos + length - 3)
+                tail = raw.read(4)  # its last 3 bytes and the one after it
+                if not from_line.startswith(b"From ") or (n < len(found) and tail[3:] not in (b"F", b"\n")):
+                    raise _gone("the mbox")  # not the file mailbox.mbox listed
+                lf_empty = tail[3:] == b"\n"  # mailbox.mbox left an LF empty line out after this message
+                crlf_empty = tail[:3] == b"\n\r\n"  # it ends with a CRLF empty line
                 if starts_message:
-                    items.append(MboxItem(mbox, len(items) + 1, pos + from_line, (key,), 0))
+                    items.append(MboxItem(mbox, len(items) + 1, pos + len(from_line), (key,), 0))
                 else:  # a From_ line inside a body: part of the message before it
                     items[-1] = replace(items[-1], keys=items[-1].keys + (key,))
                 if crlf_empty and not lf_empty:
