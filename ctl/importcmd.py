@@ -8,30 +8,43 @@ skipped before filing, so a re-run stores, files and logs nothing new.
 What is read:
 
 * a file: an mbox when its first line starts with ``From ``, else one message;
-* a Maildir (a directory with ``cur/`` and ``new/``): every file in ``cur/``
-  and ``new/`` (``tmp/`` holds unfinished deliveries and is skipped), and
-  Maildir++ sub-folders;
+* a Maildir (a directory with ``cur/`` and ``new/``), through the standard
+  library's :class:`mailbox.Maildir`: every message in ``cur/`` and ``new/``
+  (``tmp/`` holds unfinished deliveries and is skipped; hidden files are
+  skipped); its other files and folders are walked like any directory's, and
+  its Maildir++ sub-folders (``.Sent``, ``.Sent.2023``) are Maildirs themselves;
 * any other directory, recursively: ``*.eml`` files, ``*.mbox`` files, and
   files without an extension whose first line is a header field (a message)
   or ``From `` (an mbox); everything else, and hidden files, are skipped.
 
-mbox: a message starts at a ``From `` line at the top of the file or after an
-empty line; that line is not part of the message, nor is the empty line
-before the next one. ``>From`` quoting is left as it is.
+mbox, through the standard library's :class:`mailbox.mbox`, which finds the
+``From `` lines and reads one message at a time (a multi-GB mbox is never held
+in memory, only its table of offsets). On top of it one rule is kept from
+before, because mbox writers do not all quote ``From `` in bodies: a ``From ``
+line starts a message only at the top of the file or after an empty line (LF
+or CRLF); any other ``From `` line is part of the message it appears in. The
+``From `` line is not part of the message, nor is the empty line before the
+next one. ``>From`` quoting is left as it is (no mboxrd un-quoting: mboxo and
+mboxrd files cannot be told apart, and the stored bytes stay those of the
+file, so a message imported twice, or also delivered, keeps one SHA-256).
 
-A message is an error (counted, its path listed, the import goes on) when it
-cannot be read, is empty, does not start with a header field, or filing it
-fails.
+A message is an error (counted, named, the import goes on) when it cannot be
+read (unreadable, or removed during the import), is empty, does not start with
+a header field, or filing it fails.
 """
 
 from __future__ import annotations
 
+import errno
+import glob
 import hashlib
+import mailbox
 import os
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import BinaryIO, Protocol
 
 import click
 
@@ -46,21 +59,219 @@ _EXTENSION = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
 _SNIFF = 4096
 
 
-@dataclass(frozen=True)
-class Item:
-    """One message to import: a whole file, or bytes [start, end) of an mbox."""
+class Item(Protocol):
+    """One message to import."""
 
-    label: str
+    @property
+    def name(self) -> str: ...  # short, for the progress bar
+
+    @property
+    def label(self) -> str: ...  # names the file (and the message in it) in an error
+
+    def read(self) -> bytes: ...  # OSError (its strerror says why) when it cannot be read
+
+
+@dataclass(frozen=True)
+class FileItem:
+    """A whole file that is one message."""
+
     path: Path
-    start: int | None = None
-    end: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def label(self) -> str:
+        return str(self.path)
 
     def read(self) -> bytes:
-        with open(self.path, "rb") as f:
-            if self.start is None:
-                return f.read()
-            f.seek(self.start)
-            return f.read(self.end - self.start)
+        return self.path.read_bytes()
+
+
+# -- mbox ------------------------------------------------------------------------------------
+
+
+def _gone(what: str) -> OSError:
+    return FileNotFoundError(errno.ENOENT, f"{what} was removed or changed during the import")
+
+
+class MboxFile:
+    """An mbox file, open through :class:`mailbox.mbox` only while it is listed or its messages read.
+
+    Listing builds the stdlib's table of contents; in a directory tree it then
+    closes the file and the first read opens it again (one more pass over the
+    file to rebuild the table), so a tree of many mbox files never holds more
+    than one open. The last read closes it.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.pieces = 0  # how many messages mailbox.mbox found (one per From_ line)
+        self.unread = 0
+        self._box: mailbox.mbox | None = None
+
+    def open(self) -> mailbox.mbox:
+        if self._box is None:
+            try:
+                self._box = mailbox.mbox(self.path, factory=None, create=False)
+            except mailbox.NoSuchMailboxError:
+                raise _gone("the mbox") from None
+        return self._box
+
+    def close(self) -> None:
+        if self._box is not None:
+            self._box.close()
+            self._box = None
+
+    def read(self, keys: tuple[int, ...], trim: int) -> bytes:
+        try:
+            box = self.open()
+            if len(box) != self.pieces:
+                raise _gone("the mbox")
+            raw = b"".join(box.get_bytes(k, from_=i > 0) for i, k in enumerate(keys))
+            return raw[:len(raw) - trim]
+        finally:
+            self.unread -= 1
+            if self.unread <= 0:
+                self.close()
+
+
+@dataclass(frozen=True)
+class MboxItem:
+    """One message of an mbox: the stdlib's messages ``keys`` joined (a From_ line inside a body does not
+    split it), less ``trim`` bytes (an empty CRLF line before the next From_ line)."""
+
+    mbox: MboxFile
+    number: int
+    start: int  # byte offset of the message in the file, after its From_ line
+    keys: tuple[int, ...]
+    trim: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.mbox.path.name} #{self.number}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.mbox.path} (message {self.number} at byte {self.start})"
+
+    def read(self) -> bytes:
+        return self.mbox.read(self.keys, self.trim)
+
+
+def _first_from_line(f: BinaryIO) -> int:
+    """The offset of the first line starting with ``From `` (where mailbox.mbox starts its first message)."""
+    pos = 0
+    for line in f:
+        if line.startswith(b"From "):
+            return pos
+        pos += len(line)
+    return pos
+
+
+def _lengths(box: mailbox.mbox) -> list[tuple[int, int]]:
+    """Key and length (From_ line included) of each message mailbox.mbox found, in file order."""
+    found = []
+    for key in box.iterkeys():
+        with box.get_file(key, from_=True) as f:
+            f.seek(0, os.SEEK_END)
+            found.append((key, f.tell()))
+    return found
+
+
+def mbox_messages(path: Path, keep_open: bool = False) -> list[MboxItem]:
+    """The messages of an mbox, read by :class:`mailbox.mbox` and joined where a From_ line does not follow
+    an empty line (see the module docstring).
+
+    mailbox.mbox starts a message at every line starting with ``From `` and ends
+    the one before it just before that line, or, when an LF empty line precedes
+    it, before that empty line; a CRLF empty line stays at the end. So the byte
+    right after each of its messages says whether an empty line was left out:
+    ``\\n`` yes, ``F`` (the next From_ line) or the end of the file no.
+
+    ``keep_open``: leave the mbox open for the reads (one pass over it fewer).
+    """
+    mbox = MboxFile(path)
+    items: list[MboxItem] = []
+    try:
+        found = _lengths(mbox.open())
+        with open(path, "rb") as raw:
+            pos = _first_from_line(raw)
+            starts_message = True  # the first From_ line does
+            for n, (key, length) in enumerate(found, 1):
+                raw.seek(pos)
+                from_line = raw.readline()
+                raw.seek(pos + length - 3)
+                tail = raw.read(4)  # its last 3 bytes and the one after it
+                if not from_line.startswith(b"From ") or (n < len(found) and tail[3:] not in (b"F", b"\n")):
+                    raise _gone("the mbox")  # not the file mailbox.mbox listed
+                lf_empty = tail[3:] == b"\n"  # mailbox.mbox left an LF empty line out after this message
+                crlf_empty = tail[:3] == b"\n\r\n"  # it ends with a CRLF empty line
+                if starts_message:
+                    items.append(MboxItem(mbox, len(items) + 1, pos + len(from_line), (key,), 0))
+                else:  # a From_ line inside a body: part of the message before it
+                    items[-1] = replace(items[-1], keys=items[-1].keys + (key,))
+                if crlf_empty and not lf_empty:
+                    items[-1] = replace(items[-1], trim=2)
+                starts_message = lf_empty or crlf_empty
+                pos += length + lf_empty
+    except BaseException:
+        mbox.close()
+        raise
+    if not (keep_open and items):
+        mbox.close()
+    mbox.pieces, mbox.unread = len(found), len(items)
+    return items
+
+
+# -- Maildir ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MaildirItem:
+    """One message of a Maildir folder, by its :class:`mailbox.Maildir` key (the file name before ``:``)."""
+
+    box: mailbox.Maildir
+    folder: Path
+    key: str
+
+    @property
+    def name(self) -> str:
+        return self.key
+
+    @property
+    def label(self) -> str:
+        """The file's path (looked up only for an error: mailbox.Maildir does not say it)."""
+        for sub in ("cur", "new"):
+            for p in sorted((self.folder / sub).glob(glob.escape(self.key) + "*")):
+                if p.name == self.key or p.name.startswith(self.key + self.box.colon):
+                    return str(p)
+        return f"{self.folder} (message {self.key})"
+
+    def read(self) -> bytes:
+        try:
+            return self.box.get_bytes(self.key)
+        except KeyError:  # gone from new/ and cur/ (mailbox.Maildir also looks for it after a move)
+            raise _gone("the file") from None
+
+
+def _add_maildir(plan: Plan, folder: Path) -> None:
+    box = mailbox.Maildir(folder, factory=None, create=False)
+    try:
+        keys = sorted(box.iterkeys())
+    except OSError as e:
+        plan.errors.append((str(e.filename or folder), f"cannot read directory: {e.strerror or e}"))
+        return
+    for key in keys:
+        item = MaildirItem(box, folder, key)
+        if key.startswith("."):  # hidden: not a delivery (.keep and the like)
+            plan.skipped.append(item.label)
+        else:
+            plan.items.append(item)
+
+
+# -- planning --------------------------------------------------------------------------------
 
 
 @dataclass
@@ -75,31 +286,9 @@ def _first_line(path: Path) -> bytes:
         return f.read(_SNIFF).split(b"\n", 1)[0]
 
 
-def mbox_items(path: Path) -> list[Item]:
-    """The messages of an mbox, as byte ranges (the From_ line and the separating empty line excluded)."""
-    items: list[Item] = []
-    start: int | None = None
-    pos = 0
-    prev_blank = True
-    blank_at: int | None = None  # offset of the empty line just before ``pos``, if any
-    with open(path, "rb") as f:
-        for line in f:
-            if line.startswith(b"From ") and prev_blank:
-                if start is not None:
-                    items.append((start, blank_at if blank_at is not None else pos))
-                start = pos + len(line)
-            stripped = line.rstrip(b"\r\n")
-            blank_at = pos if not stripped else None
-            prev_blank = not stripped
-            pos += len(line)
-    if start is not None:
-        items.append((start, blank_at if blank_at is not None else pos))
-    return [Item(f"{path} (message {i} at byte {s})", path, s, max(s, e)) for i, (s, e) in enumerate(items, 1)]
-
-
-def _add_mbox(plan: Plan, path: Path) -> None:
+def _add_mbox(plan: Plan, path: Path, keep_open: bool = False) -> None:
     try:
-        items = mbox_items(path)
+        items = mbox_messages(path, keep_open)
     except OSError as e:
         plan.errors.append((str(path), f"cannot read: {e.strerror or e}"))
         return
@@ -112,7 +301,7 @@ def _is_maildir(path: Path) -> bool:
     return (path / "cur").is_dir() and (path / "new").is_dir()
 
 
-def _add_file(plan: Plan, path: Path, explicit: bool, in_maildir: bool) -> None:
+def _add_file(plan: Plan, path: Path, explicit: bool) -> None:
     if not explicit and path.name.startswith("."):
         plan.skipped.append(str(path))
         return
@@ -123,11 +312,11 @@ def _add_file(plan: Plan, path: Path, explicit: bool, in_maildir: bool) -> None:
         plan.errors.append((str(path), f"cannot read: {e.strerror or e}"))
         return
     is_mbox = first.startswith(b"From ")
-    if explicit or in_maildir or suffix == ".eml":
-        if suffix == ".mbox" or (is_mbox and not in_maildir and suffix != ".eml"):
-            _add_mbox(plan, path)
+    if explicit or suffix == ".eml":
+        if suffix == ".mbox" or (is_mbox and suffix != ".eml"):
+            _add_mbox(plan, path, keep_open=explicit)  # PATH itself: the only file
         else:
-            plan.items.append(Item(str(path), path))
+            plan.items.append(FileItem(path))
         return
     if suffix == ".mbox":
         _add_mbox(plan, path)
@@ -136,7 +325,7 @@ def _add_file(plan: Plan, path: Path, explicit: bool, in_maildir: bool) -> None:
     elif is_mbox:
         _add_mbox(plan, path)
     elif _HEADER_LINE.match(first):
-        plan.items.append(Item(str(path), path))
+        plan.items.append(FileItem(path))
     else:
         plan.skipped.append(str(path))
 
@@ -148,11 +337,11 @@ def _walk(plan: Plan, root: Path) -> None:
     for dirpath, dirnames, filenames in os.walk(root, onerror=onerror):
         here = Path(dirpath)
         dirnames.sort()
-        if _is_maildir(here) and "tmp" in dirnames:
-            dirnames.remove("tmp")  # deliveries in progress, never finished messages
-        in_maildir = here.name in ("cur", "new") and _is_maildir(here.parent)
+        if _is_maildir(here):  # its Maildir++ sub-folders (.Sent, ...) are Maildirs further down the walk
+            dirnames[:] = [d for d in dirnames if d not in ("cur", "new", "tmp")]
+            _add_maildir(plan, here)
         for name in sorted(filenames):
-            _add_file(plan, here / name, explicit=False, in_maildir=in_maildir)
+            _add_file(plan, here / name, explicit=False)
 
 
 def plan_import(path: Path) -> Plan:
@@ -160,7 +349,7 @@ def plan_import(path: Path) -> Plan:
     if path.is_dir():
         _walk(plan, path)
     else:
-        _add_file(plan, path, explicit=True, in_maildir=False)
+        _add_file(plan, path, explicit=True)
     return plan
 
 
@@ -202,7 +391,7 @@ class Summary:
 
 def import_one(ctx: Context, item: Item, rules: RouterRules, summary: Summary) -> None:
     try:
-        raw = item.read()
+        raw = item.read()  # one message in memory at a time
     except OSError as e:
         summary.errors.append((item.label, f"cannot read: {e.strerror or e}"))
         return
@@ -269,7 +458,7 @@ def import_cmd(ctx: Context, path: str, as_json: bool) -> None:
     plan = plan_import(p)
     summary = Summary(errors=list(plan.errors), skipped=plan.skipped)
     if stderr_is_terminal() and plan.items:
-        with progressbar(plan.items, "importing", lambda i: Path(i.label).name[:30]) as bar:
+        with progressbar(plan.items, "importing", lambda i: i.name[:30]) as bar:
             for item in bar:
                 import_one(ctx, item, rules, summary)
     else:
