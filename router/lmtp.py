@@ -33,6 +33,7 @@ from mattermail.store import BlobWriter, Spooled, Store
 log = logging.getLogger("mattermail.router.lmtp")
 
 MAX_MESSAGE_SIZE = 64 * 1024 * 1024
+MAX_HEAD = 4 * 1024 * 1024  # header bytes kept in memory (and read by the rules); the rest is only on disk
 
 
 def queue_id_of(raw: bytes) -> str:
@@ -79,34 +80,34 @@ class MatterLMTP(LMTP):
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         try:
-            state = await self._receive(spool)
+            refusal, head = await self._receive(spool)
         except BaseException:
             spool.discard()
             raise
-        if state is not None:
+        if refusal is not None:
             spool.discard()
-            await self.push(state)
+            await self.push(refusal)
             self._set_post_data_state()
             return
-        received = self._received
         try:
-            self.envelope.received = Received(spool.finish(), bytes(received))  # type: ignore[attr-defined]
+            self.envelope.received = Received(spool.finish(), bytes(head))  # type: ignore[attr-defined]
         except OSError as e:
             log.error("writing the spool file failed: %s", e)
+            reply = "\r\n".join(f"451 4.3.0 <{r}> temporary failure storing message, try again later"
+                                 for r in self.envelope.rcpt_tos)
             self._set_post_data_state()
-            await self.push("\r\n".join(f"451 4.3.0 <{r}> temporary failure storing message, try again later"
-                                          for r in self.envelope.rcpt_tos))
+            await self.push(reply)
             return
         status = await self._call_handler_hook("DATA")
         self._set_post_data_state()
         await self.push(status)
 
-    async def _receive(self, spool: BlobWriter) -> str | None:
-        """Read DATA up to the lone dot into ``spool`` (the header block also into ``self._received``);
-        None, or the refusal to answer once the data is drained (as aiosmtpd's own smtp_DATA)."""
+    async def _receive(self, spool: BlobWriter) -> tuple[str | None, bytearray]:
+        """Read DATA up to the lone dot into ``spool``: (None, or the refusal to answer once the data is
+        drained, as aiosmtpd's own smtp_DATA; the header block, at most ``MAX_HEAD`` bytes of it)."""
         limit = self.data_size_limit
         num_bytes, fragments, refusal = 0, [], None
-        self._received = head = bytearray()
+        head = bytearray()
         in_head = True
         while self.transport is not None:  # pragma: nobranch
             try:
@@ -138,8 +139,8 @@ class MatterLMTP(LMTP):
             spool.write(line)
             if in_head:
                 head += line
-                in_head = line != b"\r\n"
-        return refusal
+                in_head = line != b"\r\n" and len(head) < MAX_HEAD
+        return refusal, head
 
     async def push(self, status: str) -> None:
         rcpts = self.envelope.rcpt_tos if self.envelope is not None else []

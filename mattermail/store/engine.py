@@ -242,6 +242,7 @@ def recover_stale_tmp(messages_dir: Path | str) -> int:
     root = Path(messages_dir)
     if not root.is_dir():
         return 0
+    # (also the spool files of messages the router was receiving: ``.spool/.tmp-*``, never answered 250)
     removed = 0
     for sub in root.iterdir():
         if not sub.is_dir() or sub.is_symlink():

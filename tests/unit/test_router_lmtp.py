@@ -227,3 +227,22 @@ def test_a_failed_filing_defers_only_its_message_in_the_batch(tmp_path, monkeypa
     assert store.count("messages") == 2 and store.count("deliveries") == 2
     assert not store.in_transaction
     store.close()
+
+
+@pytest.mark.parametrize("data,code", [(b"x" * 2000 + b"\r\n", 500), ((b"y" * 70 + b"\r\n") * 40, 552)])
+def test_refused_data_gets_one_reply_per_recipient_and_leaves_no_spool_file(tmp_path, monkeypatch, data, code):
+    monkeypatch.setattr(lmtp, "MAX_MESSAGE_SIZE", 2048)
+    store = Store(tmp_path / "s.sqlite", tmp_path / "m")
+    with running(store) as port, smtplib.LMTP("127.0.0.1", port) as c:
+        c.ehlo()
+        c.mail("bob@example.test")
+        for r in ("a@matters.lawfirm.test", "b@matters.lawfirm.test"):
+            assert c.rcpt(r)[0] == 250
+        c.putcmd("data")
+        assert c.getreply()[0] == 354
+        c.send(b"Subject: big\r\n\r\n" + data + b".\r\n")
+        replies = [c.getreply() for _ in range(2)]
+        assert [r[0] for r in replies] == [code, code], replies
+        assert c.noop()[0] == 250  # the session goes on
+    assert store.count("messages") == 0 and not list((tmp_path / "m" / ".spool").iterdir())
+    store.close()
