@@ -95,11 +95,13 @@ def unfiled_notice(raw: bytes, reasons: Sequence[tuple[str, str]], to: str, host
 
 
 def send_notice(original: Path, reasons: Sequence[tuple[str, str]], to: str, cfg: Config, queue_id: str = "",
-                subject: str = "", sender: str = "", message_id: str = "", timeout: float = 60.0) -> None:
+                subject: str = "", sender: str = "", message_id: str = "", timeout: float = 60.0,
+                spool: Path | None = None) -> None:
     """Hand the notice about the stored message at ``original`` to Postfix
-    (``sendmail -C <config_dir> -f <> -- <to>``), through a temp file beside the store (not memory)."""
+    (``sendmail -C <config_dir> -f <> -- <to>``), through an unnamed temp file in ``spool`` (default: the
+    system's temp directory), never the whole message in memory."""
     cmd = [SENDMAIL, "-C", str(cfg.postfix.config_dir), "-i", "-f", "<>", "--", to]
-    spool = Path(original).parent.parent / ".spool"
+    spool = Path(spool or tempfile.gettempdir())
     try:
         spool.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=spool, prefix=".notice-") as tmp, open(original, "rb") as src:

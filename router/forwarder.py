@@ -40,7 +40,8 @@ def send_record(store: Store, cfg: Config, rec: ForwardRecord, base_delay: float
     qlog = QueueIdAdapter(log, {"queue_id": rec.queue_id})
     try:
         fwd.send_notice(store.blob_path(rec.sha256), rec.reasons, rec.to, cfg, rec.queue_id, rec.subject,
-                        rec.envelope_from, fwd.notice_message_id(rec.id, rec.sha256, cfg.general.hostname))
+                        rec.envelope_from, fwd.notice_message_id(rec.id, rec.sha256, cfg.general.hostname),
+                        spool=store.spool_dir)
     except fwd.ForwardError as e:
         delay = min(max_delay, base_delay * 2 ** min(rec.attempts, 30))
         qlog.error("forwarding unfiled mail to <%s> failed (outbox %d, attempt %d), retry in %ds: %s",

@@ -106,7 +106,8 @@ class MatterLMTP(LMTP):
         """Read DATA up to the lone dot into ``spool``: (None, or the refusal to answer once the data is
         drained, as aiosmtpd's own smtp_DATA; the header block, at most ``MAX_HEAD`` bytes of it)."""
         limit = self.data_size_limit
-        num_bytes, fragments, refusal = 0, [], None
+        num_bytes, refusal = 0, None
+        fragments: list[bytes] = []
         head = bytearray()
         in_head = True
         while self.transport is not None:  # pragma: nobranch

@@ -122,9 +122,14 @@ class Store:
             self.sync_dirs([dest.parent])
         return sha, dest
 
+    @property
+    def spool_dir(self) -> Path:
+        """Where messages being received are written (``.tmp-*`` files) before :meth:`adopt`."""
+        return self.messages_dir / SPOOL_DIR
+
     def spool(self) -> BlobWriter:
         """A temp file in the store for a message being received (see :class:`BlobWriter`)."""
-        return BlobWriter(self.messages_dir / SPOOL_DIR)
+        return BlobWriter(self.spool_dir)
 
     def adopt(self, spooled: Spooled) -> Path:
         """Make a finished :class:`BlobWriter` file the durable blob of its SHA-256 (fsync, rename; the
