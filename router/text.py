@@ -27,7 +27,7 @@ from html.parser import HTMLParser
 __all__ = ["MAX_SCAN", "MAX_TEXT", "body_text", "html_to_text", "text_of"]
 
 MAX_TEXT = 200_000  # characters kept per message
-MAX_SCAN = 2 * 1024 * 1024  # body bytes parsed per message
+MAX_SCAN = 1024 * 1024  # body bytes parsed per message: MAX_TEXT characters in nearly any encoding
 _STRUCTURE = ("content-type", "content-transfer-encoding", "content-disposition")
 _MAX_PARTS = 1000
 

@@ -67,3 +67,28 @@ def test_the_parsed_header_block_gives_the_same_text_as_a_full_parse():
     ]
     for raw in shapes:
         assert body_text(raw, headers=parse_headers(raw[:head_length(raw)])) == body_text(raw) == full_parse(raw), raw
+
+
+def test_a_large_attachment_is_neither_parsed_nor_decoded_for_the_index():
+    """Only the first MAX_SCAN bytes of the body are parsed: the text part before a 20 MB attachment is
+    indexed, in bounded memory; a text part after the scanned prefix is not."""
+    import os
+    import tracemalloc
+    from email.message import EmailMessage
+
+    from mattermail.router import text
+
+    m = EmailMessage()
+    m["Subject"] = "exhibits"
+    m.set_content("The figures are attached.\n")
+    m.add_attachment(os.urandom(20 * 1024 * 1024), maintype="application", subtype="octet-stream")
+    m.add_attachment("a note after the exhibits\n", subtype="plain", disposition="inline")
+    raw = m.as_bytes()
+    tracemalloc.start()
+    try:
+        found = body_text(raw)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert found == "The figures are attached.", found
+    assert peak < 12 * text.MAX_SCAN, f"{peak / 1e6:.1f} MB for a {len(raw) / 1e6:.1f} MB message"
