@@ -8,8 +8,11 @@ Used by the LMTP handler, ``mattermailctl import`` and ``mattermailctl route exp
   deliveries, capture links, filings and one event per recipient; committed
   before the caller answers ``250``. A redelivery files nothing twice (unique
   index on filings). Unfiled mail is kept (event ``unfiled`` with the reason)
-  and, after the commit, forwarded to ``router.failed_mail_address`` — never
-  for system (loop) mail, at most once per recipient.
+  and, in the same transaction, queued in the outbox (mattermail/store/outbox.py)
+  for ``router.failed_mail_address`` — never for system (loop) mail, at most
+  once per recipient; the router's forwarder (router/forwarder.py) sends it.
+* The router's batches (router/batch.py) call :func:`file_stored` and
+  :func:`after_commit` themselves.
 
 Recipients: the LMTP envelope when there is one; otherwise (imports) the
 configured ``router.catchall_headers`` in order, trusting the topmost
@@ -20,22 +23,20 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from email import policy
 from email.header import decode_header, make_header
 from email.message import Message
-from email.parser import BytesParser
 
 from mattermail.config import Config
 from mattermail.logs import QueueIdAdapter
-from mattermail.router import forward as fwd
 from mattermail.router.capture_link import CaptureInfo, inspect_captures
 from mattermail.store import directory
 from mattermail.store.directory import Filing, log_event, record_filing, transaction
+from mattermail.router.message import MessageData
 from mattermail.router.resolve import addresses_in, loop_reason, resolve
 from mattermail.router.rules import FilingDecision, RouterRules, RoutingResult, RuleContext, apply_rules, merge
 from mattermail.store import (EnvelopeRecord, Store, find_message, insert_message, normalise_address,
-                                     record_capture, record_deliveries)
-from mattermail.router.text import body_text
+                              queue_forward, queued_recipients, record_capture, record_deliveries)
+from mattermail.router.text import MAX_SCAN, text_of
 
 __all__ = ["FileResult", "RecipientOutcome", "after_commit", "capture_state", "file_message",
            "file_stored", "load_capture_secret", "route", "system_reason"]
@@ -76,6 +77,7 @@ class FileResult:
     direction: str
     system: bool
     outcomes: list[RecipientOutcome] = field(default_factory=list)
+    outbox: list[int] = field(default_factory=list)  # notices queued for the failed-mail address
 
 
 def load_capture_secret(cfg: Config) -> bytes | None:
@@ -99,7 +101,7 @@ def system_reason(raw: bytes | Message, envelope_from: str | None = None) -> tup
 
 
 def _headers(raw: bytes) -> Message:
-    return BytesParser(policy=policy.compat32).parsebytes(raw, headersonly=True)
+    return MessageData.from_bytes(raw).headers
 
 
 def _decoded(value: object) -> str:
@@ -183,29 +185,33 @@ def _trusted(cap: CaptureInfo | None) -> CaptureInfo | None:
 def file_message(raw: bytes, envelope_from: str | None, recipients: list[str], store: Store, cfg: Config,
                  queue_id: str = "", capture_info: dict[str, CaptureInfo] | None = None, *,
                  rules: RouterRules | None = None, forward: bool = True, source: str = "lmtp") -> FileResult:
-    """Store ``raw`` once and file it for each recipient, in one transaction; then forward what is unfiled.
+    """Store ``raw`` once and file it for each recipient, in one transaction; then send what it queued for
+    the failed-mail address (a failure leaves the notice in the outbox, retried by the router's forwarder).
 
     ``envelope_from`` None and no ``recipients`` = no envelope (imports): the recipients come from the
     headers. ``capture_info`` (from :func:`inspect_captures`; computed here when None) maps capture
     recipients to their envelopes. ``forward=False`` never forwards (bulk imports). Raises on any store
-    failure, with nothing committed; outcomes with ``forward_error`` set should be deferred (4xx)."""
+    failure, with nothing committed; ``forward_error`` set on an outcome: its notice is still queued."""
     sha, _ = store.write_blob(raw)  # durable before the commit
-    result = file_stored(raw, sha, envelope_from, recipients, store, cfg, queue_id, capture_info, rules=rules,
-                         source=source)
-    after_commit(raw, result, envelope_from, store, cfg, queue_id, forward=forward)
+    result = file_stored(MessageData.from_bytes(raw), sha, envelope_from, recipients, store, cfg, queue_id,
+                         capture_info, rules=rules, source=source, forward=forward)
+    after_commit(result, store, cfg, queue_id, send=forward)
     return result
 
 
-def file_stored(raw: bytes, sha: str, envelope_from: str | None, recipients: list[str], store: Store, cfg: Config,
-                queue_id: str = "", capture_info: dict[str, CaptureInfo] | None = None, *,
-                rules: RouterRules | None = None, source: str = "lmtp") -> FileResult:
-    """The filing part of :func:`file_message`, for ``raw`` already written (``sha``, its durable file):
+def file_stored(data: MessageData | bytes, sha: str, envelope_from: str | None, recipients: list[str],
+                store: Store, cfg: Config, queue_id: str = "", capture_info: dict[str, CaptureInfo] | None = None,
+                *, rules: RouterRules | None = None, source: str = "lmtp", forward: bool = True) -> FileResult:
+    """The filing part of :func:`file_message`, for a message already written (``sha``, its durable file):
     the rows in one transaction — a savepoint when the caller has one open (the router's batches), which
-    then commits before answering. Call :func:`after_commit` once committed. The header block is parsed
-    once, for the rules, the messages row and (when it is all there is to parse) the body text."""
+    then commits before answering — and, with ``forward``, the outbox record of its unfiled recipients.
+    Call :func:`after_commit` once committed. ``data``'s parsed header block serves the rules, the
+    messages row and the body text (of which at most ``MAX_SCAN`` bytes are read)."""
+    if isinstance(data, bytes):
+        data = MessageData.from_bytes(data)
     qlog = QueueIdAdapter(log, {"queue_id": queue_id})
     rules = rules or RouterRules.from_config(cfg)
-    msg = _headers(raw)
+    msg = data.headers
     loop = system_reason(msg, envelope_from)
     addresses = _addresses(msg, recipients, cfg)
     if capture_info is None:
@@ -230,10 +236,12 @@ def file_stored(raw: bytes, sha: str, envelope_from: str | None, recipients: lis
         qlog.warning("capture copy to %s does not verify (%s): stored as inbound mail, marked unverified",
                      ", ".join(f"<{a}>" for a in capture_info), ";".join(i.note.strip() for i in capture_info.values()))
     existing = find_message(store, sha)
-    text = body_text(raw, headers=msg) if existing is None else ""
+    text = text_of(msg, data.body_prefix(MAX_SCAN)) if existing is None else ""
+    to = cfg.router.failed_mail_address if forward and loop is None else ""
+    outbox: list[int] = []
     with transaction(store):
         mid, new = (existing, False) if existing is not None else insert_message(
-            store, raw, sha, direction, text, loop is not None, headers=msg, capture=capture)
+            store, data.raw, sha, direction, text, loop is not None, headers=msg, capture=capture, size=data.size)
         record_deliveries(store, mid, envelope_from or "", recipients, queue_id)
         for info in capture_info.values():
             if info.ref is not None:
@@ -242,18 +250,39 @@ def file_stored(raw: bytes, sha: str, envelope_from: str | None, recipients: lis
             o.new_filings = sum(record_filing(store, Filing(mid, f.matter, f.person_id, f.rule, f.recipient, f.detail))
                                 for f in o.result.filings)
             log_event(store, o.kind, _event(o, source), mid, queue_id)
-    return FileResult(mid, sha, new, direction, loop is not None, outcomes)
+        if to:
+            outbox = _queue_unfiled(store, mid, msg, outcomes, to, envelope_from, queue_id)
+    return FileResult(mid, sha, new, direction, loop is not None, outcomes, outbox)
 
 
-def after_commit(raw: bytes, result: FileResult, envelope_from: str | None, store: Store, cfg: Config,
-                 queue_id: str = "", *, forward: bool = True) -> None:
-    """After :func:`file_stored`'s rows are committed: log the rules' warnings, forward what is unfiled."""
+def _queue_unfiled(store: Store, mid: int, msg: Message, outcomes: list[RecipientOutcome], to: str,
+                   envelope_from: str | None, queue_id: str) -> list[int]:
+    """The outbox record for the unfiled recipients not forwarded or queued before (a redelivery adds none)."""
+    done = directory.forwarded_recipients(store, mid) | queued_recipients(store, mid)
+    todo = [o for o in outcomes if o.kind == "unfiled" and (o.recipient or "(no recipient)") not in done]
+    if not todo:
+        return []
+    reasons = [(o.recipient or "(no recipient)", o.result.unfiled_reason or "") for o in todo]
+    return [queue_forward(store, mid, queue_id, to, reasons, envelope_from or _decoded(msg.get("From", "")),
+                          _decoded(msg.get("Subject", "")))]
+
+
+def after_commit(result: FileResult, store: Store, cfg: Config, queue_id: str = "", *, send: bool = False) -> None:
+    """After :func:`file_stored`'s rows are committed: log the rules' warnings; with ``send``, send the
+    notices it queued now (the router leaves them to its forwarder thread). A failed send stays queued and
+    sets ``forward_error`` on the unfiled outcomes."""
     qlog = QueueIdAdapter(log, {"queue_id": queue_id})
     for o in result.outcomes:
         for w in o.result.warnings:
             qlog.warning("to=<%s>: %s", o.recipient, w)
-    if forward and not result.system and cfg.router.failed_mail_address:
-        _forward(raw, _headers(raw), result, store, cfg, queue_id, envelope_from, qlog)
+    if send and result.outbox:
+        from mattermail.router.forwarder import send_pending
+
+        errors = send_pending(store, cfg, ids=result.outbox)
+        if errors:
+            for o in result.outcomes:
+                if o.kind == "unfiled":
+                    o.forward_error = errors[0]
 
 
 def _event(o: RecipientOutcome, source: str) -> dict:
@@ -272,25 +301,3 @@ def _event(o: RecipientOutcome, source: str) -> dict:
 
 def _decision(f: FilingDecision) -> dict:
     return {"matter": f.matter, "person": f.person_id, "rule": f.rule, "detail": f.detail}
-
-
-def _forward(raw: bytes, msg: Message, result: FileResult, store: Store, cfg: Config, queue_id: str,
-             envelope_from: str | None, qlog: QueueIdAdapter) -> None:
-    """Forward the unfiled recipients not forwarded before (a redelivery sends no second notice)."""
-    done = directory.forwarded_recipients(store, result.message_id)
-    todo = [o for o in result.outcomes if o.kind == "unfiled" and o.recipient not in done]
-    if not todo:
-        return
-    reasons = [(o.recipient or "(no recipient)", o.result.unfiled_reason or "") for o in todo]
-    try:
-        fwd.forward_unfiled(raw, reasons, cfg, queue_id, _decoded(msg.get("Subject", "")),
-                            envelope_from or _decoded(msg.get("From", "")))
-    except Exception as e:
-        qlog.error("forwarding unfiled mail to <%s> failed: %s", cfg.router.failed_mail_address, e)
-        for o in todo:
-            o.forward_error = str(e)
-        return
-    log_event(store, "forwarded", {"to": cfg.router.failed_mail_address, "recipients": [o.recipient for o in todo]},
-              result.message_id, queue_id)
-    qlog.info("unfiled mail forwarded to <%s> (%s)", cfg.router.failed_mail_address,
-              "; ".join(f"{r}: {why}" for r, why in reasons))

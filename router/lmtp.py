@@ -1,9 +1,11 @@
-"""The LMTP front of the router: aiosmtpd's LMTP server adapted to the store.
+"""The LMTP front of the router: aiosmtpd's LMTP server, DATA streamed to the store, replies per recipient.
 
-LMTP answers once per recipient after DATA. Each answer is ``250`` only after
-the message file is durable and the message, its filings and events are
-committed (router/filing.py); any failure answers ``451 4.3.0`` so Postfix
-keeps the message queued and retries (nothing lost, nothing filed twice).
+LMTP answers once per recipient after DATA. DATA is written to a spool file in the store as it arrives
+(:class:`MatterLMTP`; only the header block stays in memory), queued for the writer thread, filed with its
+batch (router/batch.py) and answered ``250`` only after its file and rows are committed; any failure
+answers ``451 4.3.0`` so Postfix keeps the message queued and retries (nothing lost, nothing filed twice).
+Notices for unfiled mail are queued in the same commit and sent by the forwarder (router/forwarder.py),
+never by the writer thread.
 """
 
 from __future__ import annotations
@@ -21,31 +23,30 @@ from aiosmtpd.smtp import Envelope, Session
 
 from mattermail.config import Config
 from mattermail.daemon import parse_listen
-from mattermail.logs import QueueIdAdapter
-from mattermail.router.capture_link import inspect_captures
-from mattermail.router.filing import FileResult, after_commit, file_stored
+from mattermail.router.batch import CaptureSettings, Item, Outcome, file_batch
+from mattermail.router.forwarder import Forwarder
+from mattermail.router.message import MessageData, head_length, parse_headers, queue_id_from
 from mattermail.router.rules import RouterRules
 from mattermail.srs import SRSCodec
-from mattermail.store import Store, transaction
+from mattermail.store import BlobWriter, Spooled, Store
 
 log = logging.getLogger("mattermail.router.lmtp")
 
 MAX_MESSAGE_SIZE = 64 * 1024 * 1024
+MAX_HEAD = 4 * 1024 * 1024  # header bytes kept in memory (and read by the rules); the rest is only on disk
 
 
 def queue_id_of(raw: bytes) -> str:
-    """Postfix's queue id from its topmost Received header ("with LMTP id X" / "with ESMTP id X")."""
-    head = raw[:8192].split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
-    text = head.decode("ascii", "replace").replace("\r\n", "\n").replace("\n\t", " ").replace("\n ", " ")
-    for line in text.split("\n"):
-        if line.lower().startswith("received:"):
-            words = line.split()
-            for i, w in enumerate(words[:-1]):
-                # "with ESMTP id X", or "(Postfix, from userid 0) id X" for mail from sendmail/pickup
-                if w == "id" and i > 1 and (words[i - 2].lower() == "with" or words[i - 1].endswith(")")):
-                    return words[i + 1].rstrip(";")
-            return ""
-    return ""
+    """Postfix's queue id from the topmost Received header of ``raw`` ("with LMTP id X" / "with ESMTP id X")."""
+    return queue_id_from(parse_headers(raw[:head_length(raw)]))
+
+
+@dataclass
+class Received:
+    """DATA as :class:`MatterLMTP` received it: in a spool file, with its header block."""
+
+    spooled: Spooled
+    head: bytes
 
 
 class MatterLMTP(LMTP):
@@ -57,6 +58,90 @@ class MatterLMTP(LMTP):
     """
 
     _DATA_REFUSALS = ("500 Line too long", "552 Error: Too much mail data")
+
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA (same checks, limits and replies), but each line goes to a spool file in the store
+        as it arrives instead of a list joined at the end: memory holds the header block, not the message.
+        The handler gets ``envelope.received`` (a :class:`Received`); ``content`` stays None."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        try:
+            spool: BlobWriter = self.event_handler.spool()
+        except OSError as e:
+            log.error("cannot create a spool file in the store: %s", e)
+            await self.push("451 4.3.0 Error: cannot store the message now, try again later")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            refusal, head = await self._receive(spool)
+        except BaseException:
+            spool.discard()
+            raise
+        if refusal is not None:
+            spool.discard()
+            await self.push(refusal)
+            self._set_post_data_state()
+            return
+        try:
+            self.envelope.received = Received(spool.finish(), bytes(head))  # type: ignore[attr-defined]
+        except OSError as e:
+            log.error("writing the spool file failed: %s", e)
+            reply = "\r\n".join(f"451 4.3.0 <{r}> temporary failure storing message, try again later"
+                                 for r in self.envelope.rcpt_tos)
+            self._set_post_data_state()
+            await self.push(reply)
+            return
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push(status)
+
+    async def _receive(self, spool: BlobWriter) -> tuple[str | None, bytearray]:
+        """Read DATA up to the lone dot into ``spool``: (None, or the refusal to answer once the data is
+        drained, as aiosmtpd's own smtp_DATA; the header block, at most ``MAX_HEAD`` bytes of it)."""
+        limit = self.data_size_limit
+        num_bytes, refusal = 0, None
+        fragments: list[bytes] = []
+        head = bytearray()
+        in_head = True
+        while self.transport is not None:  # pragma: nobranch
+            try:
+                line: bytes = await self._reader.readuntil(b"\r\n")
+            except asyncio.CancelledError:
+                log.info("connection lost during DATA")
+                self._writer.close()
+                raise
+            except asyncio.LimitOverrunError as e:
+                refusal = refusal or "500 Line too long (see RFC5321 4.5.3.1.6)"
+                line = await self._reader.read(e.consumed)
+            if not fragments and line == b".\r\n":
+                break
+            num_bytes += len(line)
+            if refusal is None and limit and num_bytes > limit:
+                refusal = "552 Error: Too much mail data"
+            fragments.append(line)
+            if not line.endswith(b"\r\n"):
+                continue
+            line = b"".join(fragments)
+            fragments.clear()
+            if refusal is not None:
+                continue
+            if len(line) > self.line_length_limit:
+                refusal = "500 Line too long (see RFC5321 4.5.3.1.6)"
+                continue
+            if line.startswith(b"."):
+                line = line[1:]
+            spool.write(line)
+            if in_head:
+                head += line
+                in_head = line != b"\r\n" and len(head) < MAX_HEAD
+        return refusal, head
 
     async def push(self, status: str) -> None:
         rcpts = self.envelope.rcpt_tos if self.envelope is not None else []
@@ -70,10 +155,7 @@ class MatterLMTP(LMTP):
 @dataclass
 class _Delivery:
     """One DATA waiting for its batch: what to file and where its replies go."""
-    raw: bytes
-    sender: str
-    rcpts: list[str]
-    qlog: QueueIdAdapter
+    item: Item
     future: asyncio.Future
 
 
@@ -81,14 +163,28 @@ def _deferred(rcpts: list[str]) -> str:
     return "\r\n".join("451 4.3.0 <%s> temporary failure storing message, try again later" % r for r in rcpts)
 
 
-class DeliveryHandler:
-    """Files each message (router/filing.py) and answers per recipient: 250 after the commit, else 451.
+def replies(outcome: Outcome) -> str:
+    """One reply per recipient: ``250`` when the message is committed (logged per recipient), else ``451``."""
+    it, result = outcome.item, outcome.result
+    if result is None:
+        return _deferred(it.rcpts)
+    out = []
+    for r, o in zip(it.rcpts, result.outcomes):
+        it.log.info("to=<%s>, from=<%s>, size=%d, sha256=%s, status=stored%s%s%s%s",
+                    r, it.sender, it.data.size, result.sha256[:16], "" if result.new else " (duplicate content)",
+                    o.capture_note, f" {o.summary}" if o.summary else "",
+                    f" system=({o.result.system_reason})" if o.result.system else "")
+        out.append(f"250 2.0.0 <{r}> stored as {result.sha256[:16]}")
+    return "\r\n".join(out)
 
-    Group commit: one writer thread owns the store while delivering. DATAs wait on a queue; the writer
-    takes the first and every other already waiting (up to ``MAX_BATCH``), writes and fsyncs each file,
-    fsyncs each directory once, then files every message in its own savepoint of ONE transaction and
-    commits once. A message whose filing fails is rolled back to its savepoint and deferred (451); if
-    the commit fails, the whole batch is. No 250 before its message's file and rows are durable.
+
+class DeliveryHandler:
+    """Queues each DATA for the writer thread and turns its batch outcome into the LMTP replies.
+
+    Group commit: one writer thread owns the store while delivering; it takes the first queued DATA and
+    every other already waiting (up to ``MAX_BATCH``) and files them with :func:`file_batch` (one
+    COMMIT). No 250 before its message's file and rows are durable. The forwarder thread sends the
+    notices that batches queued (started by :meth:`start`, which also drains a crashed run's records).
     """
 
     MAX_BATCH = 32
@@ -102,26 +198,48 @@ class DeliveryHandler:
         self.config = config or Config()
         self.rules = RouterRules.from_config(self.config)
         self.commits = 0  # batches committed (one COMMIT each)
+        self.forwarder = Forwarder(store, lambda: self.config)
         self._queue: asyncio.Queue[_Delivery] | None = None
         self._writer: ThreadPoolExecutor | None = None
         self._batcher: asyncio.Task | None = None
 
-    async def handle_DATA(self, server: LMTP, session: Session, envelope: Envelope) -> str:
-        raw = envelope.original_content or b""
+    def start(self) -> None:
+        """Start the forwarder (it first sends what a previous run left in the outbox)."""
+        self.forwarder.start()
+
+    def spool(self) -> BlobWriter:
+        return self.store.spool()
+
+    def item(self, envelope: Envelope) -> Item:
+        """The envelope of a DATA, as an :class:`Item` (headers parsed here, once)."""
         rcpts = list(envelope.rcpt_tos)
         # Postfix rewrote foreign senders for SRS on the way in; record the real one.
         sender = self.srs.unwrap(envelope.mail_from or "") if self.srs else (envelope.mail_from or "")
         sender = "" if sender.strip() == "<>" else sender  # the null sender, as aiosmtpd gives it
-        qlog = QueueIdAdapter(log, {"queue_id": queue_id_of(raw)})
-        loop = asyncio.get_running_loop()
+        received: Received | None = getattr(envelope, "received", None)
+        if received is not None:
+            data = MessageData.from_file(received.spooled.path, received.head, received.spooled.size)
+            return Item(data, sender, rcpts, queue_id_from(data.headers), received.spooled)
+        data = MessageData.from_bytes(envelope.original_content or b"")
+        return Item(data, sender, rcpts, queue_id_from(data.headers))
+
+    async def handle_DATA(self, server: LMTP, session: Session, envelope: Envelope) -> str:
+        job = _Delivery(self.item(envelope), asyncio.get_running_loop().create_future())
         if self._queue is None:
             self._queue = asyncio.Queue()
             self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="router-store")
-            self._batcher = loop.create_task(self._run_batches())
-        job = _Delivery(raw, sender, rcpts, qlog, loop.create_future())
+            self._batcher = asyncio.get_running_loop().create_task(self._run_batches())
         self._queue.put_nowait(job)
         # One reply per recipient, as LMTP requires; aiosmtpd pushes the lines as given.
         return await job.future
+
+    def _file(self, batch: list[_Delivery]) -> list[Outcome]:
+        """In the writer thread: the batch filed, one commit."""
+        capture = CaptureSettings(self.capture_address, self.capture_secret)
+        outcomes = file_batch(self.store, self.config, self.rules, capture, [j.item for j in batch])
+        if any(o.result is not None for o in outcomes):
+            self.commits += 1
+        return outcomes
 
     async def _run_batches(self) -> None:
         assert self._queue is not None
@@ -131,20 +249,24 @@ class DeliveryHandler:
             while len(batch) < self.MAX_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
-                replies = await loop.run_in_executor(self._writer, self._deliver_batch, batch)
-            except BaseException as e:  # not expected (_deliver_batch answers everything), or shutting down
-                replies = [_deferred(j.rcpts) for j in batch]
+                outcomes = await loop.run_in_executor(self._writer, self._file, batch)
+            except BaseException as e:  # not expected (file_batch answers everything), or shutting down
                 if not isinstance(e, asyncio.CancelledError):
                     log.exception("delivery batch failed, deferring %d message(s)", len(batch))
-                for j, r in zip(batch, replies):
+                outcomes = [Outcome(j.item) for j in batch]
+                for j in batch:
+                    j.item.discard()
+                for j, o in zip(batch, outcomes):
                     if not j.future.done():
-                        j.future.set_result(r)
+                        j.future.set_result(replies(o))
                 if isinstance(e, asyncio.CancelledError):
                     raise
                 continue
-            for j, r in zip(batch, replies):
+            if any(o.result is not None and o.result.outbox for o in outcomes):
+                self.forwarder.wake()
+            for j, o in zip(batch, outcomes):
                 if not j.future.done():  # the client may have gone (its task cancelled)
-                    j.future.set_result(r)
+                    j.future.set_result(replies(o))
 
     async def aclose(self) -> None:
         """Stop taking batches and wait for the one being written (call before closing the store)."""
@@ -154,80 +276,13 @@ class DeliveryHandler:
                 await self._batcher
         if self._writer is not None:
             self._writer.shutdown(wait=True)
-
-    def _deliver_batch(self, batch: list[_Delivery]) -> list[str]:
-        """In the writer thread: file ``batch``, one commit; one reply string per delivery."""
-        store = self.store
-        replies: list[str | None] = [None] * len(batch)
-        written: list[tuple[int, str]] = []  # (index, sha256)
-        dirs: dict[Path, None] = {}
-        for i, j in enumerate(batch):
-            try:
-                sha, path = store.write_blob(j.raw, sync_dir=False)  # file fsynced
-            except Exception:
-                j.qlog.exception("storing or filing failed, deferring %d recipient(s)", len(j.rcpts))
-                replies[i] = _deferred(j.rcpts)
-                continue
-            dirs[path.parent] = None
-            written.append((i, sha))
-        filed: list[tuple[int, FileResult]] = []
-        try:
-            if written:
-                store.sync_dirs(dirs)  # the renames durable before the commit
-                with transaction(store):  # one commit for the batch
-                    for i, sha in written:
-                        j = batch[i]
-                        try:
-                            captures = inspect_captures(j.rcpts, self.capture_address, self.capture_secret, store,
-                                                        j.qlog)
-                            # in its own savepoint (a nested transaction)
-                            result = file_stored(j.raw, sha, j.sender, j.rcpts, store, self.config,
-                                                 j.qlog.extra["queue_id"], captures, rules=self.rules)
-                        except Exception:
-                            if not store.in_transaction:  # the database rolled the whole batch back
-                                raise
-                            j.qlog.exception("storing or filing failed, deferring %d recipient(s)", len(j.rcpts))
-                            replies[i] = _deferred(j.rcpts)
-                            continue
-                        filed.append((i, result))
-                self.commits += 1
-        except Exception:
-            for i, _ in written:
-                if replies[i] is None:
-                    batch[i].qlog.exception("storing or filing failed, deferring %d recipient(s)",
-                                            len(batch[i].rcpts))
-                    replies[i] = _deferred(batch[i].rcpts)
-            return [r or "" for r in replies]
-        for i, result in filed:  # committed: forward what is unfiled, then answer
-            j = batch[i]
-            try:
-                after_commit(j.raw, result, j.sender, store, self.config, j.qlog.extra["queue_id"])
-            except Exception:
-                j.qlog.exception("storing or filing failed, deferring %d recipient(s)", len(j.rcpts))
-                replies[i] = _deferred(j.rcpts)
-                continue
-            replies[i] = self._replies(j, result)
-        return [r or "" for r in replies]
-
-    @staticmethod
-    def _replies(j: _Delivery, result: FileResult) -> str:
-        replies = []
-        for r, o in zip(j.rcpts, result.outcomes):
-            j.qlog.info("to=<%s>, from=<%s>, size=%d, sha256=%s, status=stored%s%s%s%s",
-                        r, j.sender, len(j.raw), result.sha256[:16], "" if result.new else " (duplicate content)",
-                        o.capture_note, f" {o.summary}" if o.summary else "",
-                        f" system=({o.result.system_reason})" if o.result.system else "")
-            if o.forward_error:
-                replies.append(f"451 4.3.0 <{r}> stored, but forwarding to the failed-mail address failed; "
-                               "try again later")
-            else:
-                replies.append(f"250 2.0.0 <{r}> stored as {result.sha256[:16]}")
-        return "\r\n".join(replies)
+        await asyncio.get_running_loop().run_in_executor(None, self.forwarder.stop)
 
 
 async def serve(listen: tuple[str, ...], store: Store, handler: DeliveryHandler | None = None) -> list[asyncio.base_events.Server]:
     loop = asyncio.get_running_loop()
     handler = handler or DeliveryHandler(store)
+    handler.start()
 
     def factory() -> LMTP:
         return MatterLMTP(handler, data_size_limit=MAX_MESSAGE_SIZE, enable_SMTPUTF8=True, decode_data=False,

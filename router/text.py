@@ -6,11 +6,17 @@ encoding and charset; attachments (``Content-Disposition: attachment``) and
 non-text parts are skipped, ``message/rfc822`` parts are read like the rest.
 Unknown charsets fall back to UTF-8 with replacement characters. Anything
 unreadable yields what was found so far (possibly ``""``).
+
+Bounded: only the first ``MAX_SCAN`` bytes of the body are parsed (the text
+part of a message comes before its attachments; a text part beyond them is
+not indexed), and the header block is the one the caller parsed already. So
+a 35 MB message costs a few MB here, whatever its attachments.
 """
 
 from __future__ import annotations
 
 import codecs
+import copy
 import html
 import re
 from email import policy
@@ -18,9 +24,11 @@ from email.message import Message
 from email.parser import BytesParser
 from html.parser import HTMLParser
 
-__all__ = ["MAX_TEXT", "body_text", "html_to_text"]
+__all__ = ["MAX_SCAN", "MAX_TEXT", "body_text", "html_to_text", "text_of"]
 
 MAX_TEXT = 200_000  # characters kept per message
+MAX_SCAN = 1024 * 1024  # body bytes parsed per message: MAX_TEXT characters in nearly any encoding
+_STRUCTURE = ("content-type", "content-transfer-encoding", "content-disposition")
 _MAX_PARTS = 1000
 
 _BLOCK = {"p", "br", "div", "tr", "li", "h1", "h2", "h3", "h4", "h5", "h6", "table", "blockquote", "pre", "hr"}
@@ -103,16 +111,28 @@ def _texts(part: Message, out: list[str], budget: list[int]) -> None:
 
 def body_text(raw: bytes, limit: int = MAX_TEXT, *, headers: Message | None = None) -> str:
     """The readable text of ``raw`` (at most ``limit`` characters); ``""`` when there is none.
+    ``headers``: ``raw``'s header block parsed (compat32), when the caller has it."""
+    from mattermail.router.message import head_length, parse_headers
 
-    ``headers``: ``raw`` parsed with ``headersonly=True`` (compat32), when the caller has it. A message
-    that is neither ``multipart/*`` nor ``message/*`` then needs no second parse: its header-only parse
-    is exactly what the full parse would give (the header block, and the rest as its payload)."""
+    n = head_length(raw)
+    return text_of(headers if headers is not None else parse_headers(raw[:n]), raw[n:n + MAX_SCAN], limit)
+
+
+def text_of(headers: Message, body: bytes, limit: int = MAX_TEXT) -> str:
+    """The readable text of a message given its parsed header block and (a prefix of) its body."""
     out: list[str] = []
     try:
-        if headers is not None and headers.get_content_maintype() not in ("multipart", "message"):
-            msg = headers
-        else:
-            msg = BytesParser(policy=policy.compat32).parsebytes(raw)
+        # a header block with a line that is no header: the parser made the rest of it the body
+        # (as parsed: get_payload() would replace its 8-bit bytes)
+        lead = getattr(headers, "_payload", None)
+        lead = lead if isinstance(lead, str) else ""
+        if headers.get_content_maintype() not in ("multipart", "message"):
+            msg = copy.copy(headers)  # the header list is shared, the payload is this copy's own
+            msg.set_payload(lead + body.decode("ascii", "surrogateescape"))
+        else:  # the MIME structure needs a parse, from the headers that shape it (not the whole block again)
+            head = "".join(f"{k}: {v}\r\n" for k, v in headers.items() if k.lower() in _STRUCTURE)
+            msg = BytesParser(policy=policy.compat32).parsebytes(
+                (head + "\r\n" + lead).encode("ascii", "surrogateescape") + body)
         _texts(msg, out, [_MAX_PARTS])
     except Exception:  # RecursionError on absurd nesting, odd encodings: keep what we have
         pass

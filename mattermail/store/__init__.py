@@ -8,12 +8,15 @@ their SHA-256 (:meth:`Store.write_blob`), durable before the rows that name them
 
 from mattermail.store.disclaimers import (DISCLAIMER_SCOPES, DisclaimerRow, disclaimer_for, list_disclaimers,
                                           remove_disclaimer, set_disclaimer)
-from mattermail.store.engine import Store, StoreError, UserError, data_version, normalise_address, recover_stale_tmp, transaction
+from mattermail.store.engine import (BlobWriter, Spooled, Store, StoreError, UserError, data_version, normalise_address,
+                                     recover_stale_tmp, transaction)
 from mattermail.store.envelopes import EnvelopeRecord, get_envelope, record_capture, record_envelope
 from mattermail.store.listing import (CapturedEnvelope, Delivery, Event, FilingView, MessageDetail,
                                       MessageSummary, Names, SearchHit, SearchQuery, SearchTerm, count_unfiled,
                                       filings_of, get_message, list_messages, message_datetime, message_detail,
                                       messages_by_sha256_prefix, parse_search, search)
+from mattermail.store.outbox import (ForwardRecord, forward_failed, mark_forwarded, next_forward_due,
+                                     pending_forwards, queue_forward, queued_recipients)
 from mattermail.store.messages import find_message, insert_message, record_deliveries
 from mattermail.store.schema import CAPTURE_STATES, MIGRATIONS
 from mattermail.store.users import (User, add_user, list_users, login_addresses, owned_addresses, password_hashes,
@@ -24,6 +27,8 @@ __all__ = [
     "CapturedEnvelope", "Delivery", "Event", "FilingView", "MessageDetail", "MessageSummary", "Names",
     "SearchHit", "SearchQuery", "SearchTerm", "count_unfiled", "filings_of", "get_message", "list_messages",
     "message_datetime", "message_detail", "messages_by_sha256_prefix", "parse_search", "search",
+    "BlobWriter", "ForwardRecord", "Spooled", "forward_failed", "mark_forwarded", "next_forward_due",
+    "pending_forwards", "queue_forward", "queued_recipients",
     "CAPTURE_STATES", "DISCLAIMER_SCOPES", "DisclaimerRow", "EnvelopeRecord", "MIGRATIONS", "Store", "StoreError", "User",
     "UserError", "add_user", "data_version", "disclaimer_for", "find_message", "get_envelope", "insert_message",
     "list_disclaimers", "list_users", "login_addresses", "normalise_address", "owned_addresses", "password_hashes", "record_capture",

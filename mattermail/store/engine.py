@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
 import sqlite3
+import tempfile
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import sqlite_utils
@@ -109,6 +112,41 @@ class Store:
             write_atomic(dest, raw, mode=0o600, sync_directory=sync_dir)
         return sha, dest
 
+    @property
+    def spool_dir(self) -> Path:
+        """Where messages being received are written (``.tmp-*`` files) before :meth:`adopt`."""
+        return self.messages_dir / SPOOL_DIR
+
+    def spool(self) -> BlobWriter:
+        """A temp file in the store for a message being received (see :class:`BlobWriter`)."""
+        return BlobWriter(self.spool_dir)
+
+    def adopt(self, spooled: Spooled) -> Path:
+        """Make a finished :class:`BlobWriter` file the durable blob of its SHA-256 (fsync, rename; the
+        caller fsyncs the returned path's directory before its commit, as after ``write_blob(sync_dir=False)``).
+        When that blob exists already, the temp file is removed."""
+        dest = self.blob_path(spooled.sha256)
+        if dest.exists():
+            Path(spooled.path).unlink(missing_ok=True)
+            return dest
+        if dest.parent not in self._dirs:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            self._dirs.add(dest.parent)
+        fd = os.open(spooled.path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.rename(spooled.path, dest)
+        except FileNotFoundError:
+            if not Path(spooled.path).exists():
+                raise
+            self._dirs.discard(dest.parent)  # the hash directory was removed under us
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(spooled.path, dest)
+        return dest
+
     @staticmethod
     def sync_dirs(dirs: Iterable[Path]) -> None:
         """fsync each directory (makes the renames of :meth:`write_blob` durable)."""
@@ -117,6 +155,61 @@ class Store:
 
     def count(self, table: str) -> int:
         return self.db[table].count
+
+
+SPOOL_DIR = ".spool"  # under messages_dir: messages being received (``.tmp-*`` files, see recover_stale_tmp)
+
+
+@dataclass(frozen=True)
+class Spooled:
+    """A message received into a temp file by :class:`BlobWriter`: not durable until :meth:`Store.adopt`."""
+
+    path: Path
+    sha256: str
+    size: int
+
+
+class BlobWriter:
+    """A message streamed to ``<messages_dir>/.spool/.tmp-*.eml`` while its SHA-256 is computed, so the
+    receiver never holds it in memory. :meth:`finish` closes it (a :class:`Spooled`); :meth:`discard`
+    removes it. A process killed meanwhile leaves a ``.tmp-*`` file that :func:`recover_stale_tmp` removes."""
+
+    _FLUSH = 256 * 1024
+
+    def __init__(self, spool_dir: Path) -> None:
+        spool_dir.mkdir(parents=True, exist_ok=True)
+        fd, path = tempfile.mkstemp(dir=spool_dir, prefix=".tmp-", suffix=".eml")
+        self.path = Path(path)
+        self._file = os.fdopen(fd, "wb")
+        self._hash = hashlib.sha256()
+        self._buf = bytearray()
+        self.size = 0
+
+    def write(self, data: bytes | bytearray) -> None:
+        self._buf += data
+        self.size += len(data)
+        if len(self._buf) >= self._FLUSH:
+            self._flush()
+
+    def _flush(self) -> None:
+        self._hash.update(self._buf)
+        self._file.write(self._buf)
+        self._buf.clear()
+
+    def finish(self) -> Spooled:
+        try:
+            self._flush()
+            self._file.close()
+        except BaseException:
+            self.discard()
+            raise
+        return Spooled(self.path, self._hash.hexdigest(), self.size)
+
+    def discard(self) -> None:
+        self._buf.clear()
+        if not self._file.closed:
+            self._file.close()
+        self.path.unlink(missing_ok=True)
 
 
 def data_version(store: Store) -> int:
@@ -140,6 +233,7 @@ def recover_stale_tmp(messages_dir: Path | str) -> int:
     root = Path(messages_dir)
     if not root.is_dir():
         return 0
+    # (also the spool files of messages the router was receiving: ``.spool/.tmp-*``, never answered 250)
     removed = 0
     for sub in root.iterdir():
         if not sub.is_dir() or sub.is_symlink():

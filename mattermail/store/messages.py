@@ -20,12 +20,14 @@ def find_message(store: Store, sha256: str) -> int | None:
     return row[0] if row else None
 
 
-def insert_message(store: Store, raw: bytes, sha256: str, direction: str = "inbound", body_text: str = "",
-                   system: bool = False, headers: Message | None = None, capture: str = "") -> tuple[int, bool]:
+def insert_message(store: Store, raw: bytes | None, sha256: str, direction: str = "inbound", body_text: str = "",
+                   system: bool = False, headers: Message | None = None, capture: str = "",
+                   size: int | None = None) -> tuple[int, bool]:
     """(id, new) of the messages row for ``raw``, inserted when new; call inside a transaction,
     after :meth:`Store.write_blob` made the file durable. ``headers``: ``raw``'s header-only parse
-    (compat32), when the caller has it already. ``capture``: one of :data:`CAPTURE_STATES`; only a
-    "verified" capture copy may be "outbound"."""
+    (compat32), when the caller has it already; with ``headers`` and ``size`` given, ``raw`` may be None
+    (the router streams messages to their file and never holds them). ``capture``: one of
+    :data:`CAPTURE_STATES`; only a "verified" capture copy may be "outbound"."""
     if capture not in CAPTURE_STATES:
         raise ValueError(f"capture: {capture!r}")
     if direction == "outbound" and capture != "verified":
@@ -35,6 +37,10 @@ def insert_message(store: Store, raw: bytes, sha256: str, direction: str = "inbo
         return existing, False
     from email.header import decode_header, make_header
 
+    if headers is None or size is None:
+        if raw is None:
+            raise ValueError("insert_message: raw, or headers and size")
+        size = len(raw)
     hdr = headers if headers is not None else BytesHeaderParser(policy=policy.compat32).parsebytes(raw)
 
     def h(name: str) -> str:
@@ -48,7 +54,7 @@ def insert_message(store: Store, raw: bytes, sha256: str, direction: str = "inbo
     cur = store.db.execute(
         "INSERT INTO messages (sha256, size, message_id, subject, header_from, date, received, direction, body_text,"
         " system, capture) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [sha256, len(raw), h("Message-ID"), h("Subject"), h("From"), h("Date"), time.time(), direction, body_text,
+        [sha256, size, h("Message-ID"), h("Subject"), h("From"), h("Date"), time.time(), direction, body_text,
          int(system), capture])
     return int(cur.lastrowid), True
 

@@ -156,3 +156,17 @@ def _m005_capture_verification(db: sqlite_utils.Database) -> None:
 
 
 CAPTURE_STATES = ("", "verified", "unverified")
+
+
+@migration
+def _m006_outbox(db: sqlite_utils.Database) -> None:
+    """The "to forward" records of unfiled mail (store/outbox.py): written in the filing transaction, drained
+    by the router's forwarder after the commit. AUTOINCREMENT: an id is never reused, the notice's Message-ID
+    derives from it."""
+    db.execute("CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, message INTEGER NOT NULL "
+               "REFERENCES messages(id), queue_id TEXT NOT NULL DEFAULT '', recipient TEXT NOT NULL, "
+               "reasons TEXT NOT NULL, envelope_from TEXT NOT NULL DEFAULT '', subject TEXT NOT NULL DEFAULT '', "
+               "created REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_try REAL NOT NULL DEFAULT 0, "
+               "last_error TEXT NOT NULL DEFAULT '', sent REAL)")
+    db.execute("CREATE INDEX outbox_pending ON outbox (next_try) WHERE sent IS NULL")
+    db.execute("CREATE INDEX outbox_message ON outbox (message)")

@@ -13,6 +13,9 @@ from mattermail.config import from_dict
 from mattermail.capture import capture_address
 from mattermail.store import directory as d
 from mattermail.router import filing, forward
+from mattermail.router.forward import notice_message_id
+from mattermail.router.forwarder import send_pending
+from mattermail.store import pending_forwards
 from mattermail.router.capture_link import inspect_captures
 from mattermail.store import EnvelopeRecord, Store, record_envelope
 
@@ -132,17 +135,27 @@ def test_unfiled_mail_is_kept_and_forwarded_once_with_the_reason(store, tmp_path
     assert len(list(fake_sendmail.glob("*.eml"))) == 1
 
 
-def test_forward_failure_defers_and_is_retried(store, tmp_path, fake_sendmail, monkeypatch):
+def test_a_failed_forward_stays_in_the_outbox_until_sent_once(store, tmp_path, fake_sendmail, monkeypatch):
     cfg = make_cfg(tmp_path, failed_mail_address="failed@lawfirm.test")
     raw = msg(to=f"nobody@{CA}", frm="stranger@other.test")
     monkeypatch.setenv("FAKE_SENDMAIL_EXIT", "75")
     res = filing.file_message(raw, "stranger@other.test", [f"nobody@{CA}"], store, cfg, "Q5")
     assert res.outcomes[0].forward_error and "exit 75" in res.outcomes[0].forward_error
     assert store.count("messages") == 1  # the original is kept whatever happens
+    [rec] = pending_forwards(store)
+    assert rec.attempts == 1 and "exit 75" in rec.last_error
     monkeypatch.setenv("FAKE_SENDMAIL_EXIT", "0")
+    # Postfix redelivering the message queues no second notice; the record is not due yet either
     res = filing.file_message(raw, "stranger@other.test", [f"nobody@{CA}"], store, cfg, "Q5")
-    assert res.outcomes[0].forward_error is None
+    assert res.outbox == [] and len(pending_forwards(store)) == 1
+    assert send_pending(store, cfg) == []  # nothing due: the retry waits for its backoff
+    assert len(pending_forwards(store)) == 1
+    assert send_pending(store, cfg, ids=[rec.id]) == []
+    assert pending_forwards(store) == []
     assert store.db.execute("SELECT count(*) FROM events WHERE kind = 'forwarded'").fetchone()[0] == 1
+    sent = sorted(fake_sendmail.glob("*.eml"))
+    assert len(sent) == 2  # the failed attempt's, then the one that succeeded
+    assert f"Message-ID: {notice_message_id(rec.id, rec.sha256, cfg.general.hostname)}".encode() in sent[-1].read_bytes()
 
 
 def test_system_mail_is_filed_as_system_and_never_forwarded(store, tmp_path, fake_sendmail):

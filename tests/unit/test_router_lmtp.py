@@ -10,9 +10,10 @@ import time
 import pytest
 
 from mattermail.config import from_dict
-from mattermail.router import forward, lmtp
-from mattermail.store import directory
-from mattermail.store import Store
+from mattermail.router import batch, forward, lmtp
+from mattermail.router.message import MessageData
+from mattermail.router.rules import RouterRules
+from mattermail.store import Store, directory, pending_forwards
 
 MSG = (b"Received: from mx.lawfirm.test by mx.lawfirm.test (Postfix) with ESMTP id 4ABCDEF12\r\n"
        b"\tfor <1234@matters.lawfirm.test>; Mon, 23 Nov 2026 12:00:00 +0000\r\n"
@@ -21,6 +22,7 @@ MSG = (b"Received: from mx.lawfirm.test by mx.lawfirm.test (Postfix) with ESMTP 
 
 @contextlib.contextmanager
 def running(store, handler=None):
+    handler = handler or lmtp.DeliveryHandler(store)
     loop = asyncio.new_event_loop()
     started = threading.Event()
     holder = {}
@@ -42,6 +44,7 @@ def running(store, handler=None):
         asyncio.run_coroutine_threadsafe(cancel_tasks(), loop).result(5)
         loop.call_soon_threadsafe(loop.stop)
         t.join(5)
+        handler.forwarder.stop()
 
 
 @pytest.fixture
@@ -81,12 +84,32 @@ def test_store_failure_defers_every_recipient(server, monkeypatch):
     def fail(*a, **k):
         raise OSError("disk full")
 
-    # The router files through store.write_blob + one transaction (router/filing.py), not Store.deliver.
-    monkeypatch.setattr(store, "write_blob", fail)
+    # DATA is streamed to a spool file, which the writer thread makes durable (Store.adopt) before filing.
+    monkeypatch.setattr(store, "adopt", fail)
     replies = lmtp_send(port, ["a@matters.lawfirm.test", "b@matters.lawfirm.test"])
     assert [r[0] for r in replies] == [451, 451]
     assert b"try again later" in replies[0][1]
     assert store.count("messages") == 0
+    assert not list((store.messages_dir / ".spool").iterdir())  # the spool file of the deferred DATA is gone
+
+
+def test_data_is_streamed_to_the_store_not_kept_in_memory(server, monkeypatch):
+    """The handler gets the spool file and the header block; envelope.content is never filled."""
+    store, port = server
+    seen = []
+    real_item = lmtp.DeliveryHandler.item
+
+    def item(self, envelope):
+        seen.append((envelope.content, envelope.original_content, envelope.received.head))
+        return real_item(self, envelope)
+
+    monkeypatch.setattr(lmtp.DeliveryHandler, "item", item)
+    replies = lmtp_send(port, ["1234@matters.lawfirm.test"])
+    assert replies[0][0] == 250, replies
+    head = MSG.split(b"\r\n\r\n")[0] + b"\r\n\r\n"
+    assert seen == [(None, None, head)]
+    [sha] = [r[0] for r in store.db.execute("SELECT sha256 FROM messages")]
+    assert store.blob_path(sha).read_bytes() == MSG
 
 
 def test_queue_id_from_received():
@@ -108,16 +131,25 @@ def test_each_recipient_is_filed_before_its_250_and_logged(server, caplog):
     assert lines[1].endswith('status=stored unfiled="unknown matter 9999"')
 
 
-def test_failed_forward_defers_only_the_unfiled_recipient(tmp_path, monkeypatch):
+def test_a_failing_forward_answers_250_and_keeps_the_notice_in_the_outbox(tmp_path, monkeypatch, caplog):
     store = Store(tmp_path / "s.sqlite", tmp_path / "m")
     directory.add_matter(store, "1234", "Smith v Jones")
     monkeypatch.setattr(forward, "SENDMAIL", "/bin/false")
+    caplog.set_level(logging.INFO, "mattermail.router")
     cfg = from_dict({"router": {"failed_mail_address": "failed@lawfirm.test"}})
     with running(store, lmtp.DeliveryHandler(store, config=cfg)) as port:
         replies = lmtp_send(port, ["1234@matters.lawfirm.test", "nobody@matters.lawfirm.test"])
-    assert [code for code, _ in replies] == [250, 451]
-    assert b"failed-mail address" in replies[1][1]
-    assert store.count("messages") == 1 and store.count("filings") == 1  # kept; Postfix retries the second
+        assert [code for code, _ in replies] == [250, 250]  # stored and queued: Postfix need not retry
+        deadline = time.monotonic() + 10
+        while not [r for r in caplog.records if "forwarding unfiled mail" in r.getMessage()]:
+            assert time.monotonic() < deadline, "the forwarder never tried"
+            time.sleep(0.02)
+    line = next(r.getMessage() for r in caplog.records if "forwarding unfiled mail" in r.getMessage())
+    assert line.startswith("4ABCDEF12: forwarding unfiled mail to <failed@lawfirm.test> failed") and "exit 1" in line
+    assert store.count("messages") == 1 and store.count("filings") == 1
+    [rec] = pending_forwards(store)
+    assert rec.attempts == 1 and rec.reasons == (("nobody@matters.lawfirm.test", "no rule matched"),) \
+        and "exit 1" in rec.last_error and rec.next_try > time.time() + 10, rec
     store.close()
 
 
@@ -136,7 +168,7 @@ def test_concurrent_deliveries_are_group_committed(tmp_path, monkeypatch):
     monkeypatch.setattr(store.db, "execute", counting)
     # Hold the writer on the first batch until every other DATA is queued behind it.
     gate = threading.Event()
-    deliver = handler._deliver_batch
+    deliver = handler._file
 
     taken = []
 
@@ -145,7 +177,7 @@ def test_concurrent_deliveries_are_group_committed(tmp_path, monkeypatch):
         gate.wait(10)
         return deliver(batch)
 
-    monkeypatch.setattr(handler, "_deliver_batch", held)
+    monkeypatch.setattr(handler, "_file", held)
     n = 8
     results = [None] * n
 
@@ -173,28 +205,44 @@ def test_concurrent_deliveries_are_group_committed(tmp_path, monkeypatch):
     assert [r[0] for r in results] == [250] * n
     assert store.count("messages") == n and store.count("filings") == n and store.count("deliveries") == n
     assert len(commits) == handler.commits == 2  # the first batch, then all the others together
-    assert not list((tmp_path / "m").glob("*/.tmp-*"))
+    assert not list((tmp_path / "m").glob("*/.tmp-*")) and not list((tmp_path / "m" / ".spool").iterdir())
     store.close()
 
 
 def test_a_failed_filing_defers_only_its_message_in_the_batch(tmp_path, monkeypatch):
     store = Store(tmp_path / "s.sqlite", tmp_path / "m")
-    handler = lmtp.DeliveryHandler(store)
-    real = lmtp.file_stored
+    real = batch.file_stored
 
-    def flaky(raw, *a, **k):
-        if b"body 1" in raw:
+    def flaky(data, *a, **k):
+        if b"body 1" in data.raw:
             raise RuntimeError("disk I/O error")
-        return real(raw, *a, **k)
+        return real(data, *a, **k)
 
-    monkeypatch.setattr(lmtp, "file_stored", flaky)
-    jobs = []
-    for i in range(3):
-        raw = MSG.replace(b"body", b"body %d" % i)
-        jobs.append(lmtp._Delivery(raw, "bob@example.test", [f"m{i}@matters.lawfirm.test"],
-                                   lmtp.QueueIdAdapter(lmtp.log, {"queue_id": ""}), None))
-    replies = handler._deliver_batch(jobs)
-    assert [r[:3] for r in replies] == ["250", "451", "250"] and handler.commits == 1
+    monkeypatch.setattr(batch, "file_stored", flaky)
+    items = [batch.Item(MessageData.from_bytes(MSG.replace(b"body", b"body %d" % i)), "bob@example.test",
+                        [f"m{i}@matters.lawfirm.test"]) for i in range(3)]
+    cfg = from_dict({})
+    outcomes = batch.file_batch(store, cfg, RouterRules.from_config(cfg), batch.CaptureSettings(), items)
+    assert [lmtp.replies(o)[:3] for o in outcomes] == ["250", "451", "250"]
     assert store.count("messages") == 2 and store.count("deliveries") == 2
-    assert not store.db.conn.in_transaction
+    assert not store.in_transaction
+    store.close()
+
+
+@pytest.mark.parametrize("data,code", [(b"x" * 2000 + b"\r\n", 500), ((b"y" * 70 + b"\r\n") * 40, 552)])
+def test_refused_data_gets_one_reply_per_recipient_and_leaves_no_spool_file(tmp_path, monkeypatch, data, code):
+    monkeypatch.setattr(lmtp, "MAX_MESSAGE_SIZE", 2048)
+    store = Store(tmp_path / "s.sqlite", tmp_path / "m")
+    with running(store) as port, smtplib.LMTP("127.0.0.1", port) as c:
+        c.ehlo()
+        c.mail("bob@example.test")
+        for r in ("a@matters.lawfirm.test", "b@matters.lawfirm.test"):
+            assert c.rcpt(r)[0] == 250
+        c.putcmd("data")
+        assert c.getreply()[0] == 354
+        c.send(b"Subject: big\r\n\r\n" + data + b".\r\n")
+        replies = [c.getreply() for _ in range(2)]
+        assert [r[0] for r in replies] == [code, code], replies
+        assert c.noop()[0] == 250  # the session goes on
+    assert store.count("messages") == 0 and not list((tmp_path / "m" / ".spool").iterdir())
     store.close()

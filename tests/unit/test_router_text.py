@@ -38,9 +38,19 @@ def test_never_raises_and_is_capped():
     assert len(body_text(b"\r\n" + b"word " * 100_000, limit=1000)) == 1000
 
 
-def test_header_only_parse_gives_the_same_text():
-    """body_text(raw, headers=...) skips the full parse for a message that is not multipart/* or message/*."""
-    from mattermail.router.filing import _headers
+def test_the_parsed_header_block_gives_the_same_text_as_a_full_parse():
+    """body_text reuses the caller's header-block parse (router/message.py) and parses at most the MIME
+    structure of the body again; the text is what a full parse of the message gives."""
+    from email import policy
+    from email.parser import BytesParser
+
+    from mattermail.router import text
+    from mattermail.router.message import head_length, parse_headers
+
+    def full_parse(raw):
+        out = []
+        text._texts(BytesParser(policy=policy.compat32).parsebytes(raw), out, [text._MAX_PARTS])
+        return text._tidy("\n\n".join(t for t in out if t))
 
     shapes = [
         b"", b"no header at all\r\njust a body\r\n", b"Subject: only a header\r\n",
@@ -56,4 +66,29 @@ def test_header_only_parse_gives_the_same_text():
         b" leading continuation\r\nSubject: x\r\n\r\nb\r\n", b"From: x\n\nbare LF\n", bytes(range(256)) * 4,
     ]
     for raw in shapes:
-        assert body_text(raw, headers=_headers(raw)) == body_text(raw), raw
+        assert body_text(raw, headers=parse_headers(raw[:head_length(raw)])) == body_text(raw) == full_parse(raw), raw
+
+
+def test_a_large_attachment_is_neither_parsed_nor_decoded_for_the_index():
+    """Only the first MAX_SCAN bytes of the body are parsed: the text part before a 20 MB attachment is
+    indexed, in bounded memory; a text part after the scanned prefix is not."""
+    import os
+    import tracemalloc
+    from email.message import EmailMessage
+
+    from mattermail.router import text
+
+    m = EmailMessage()
+    m["Subject"] = "exhibits"
+    m.set_content("The figures are attached.\n")
+    m.add_attachment(os.urandom(20 * 1024 * 1024), maintype="application", subtype="octet-stream")
+    m.add_attachment("a note after the exhibits\n", subtype="plain", disposition="inline")
+    raw = m.as_bytes()
+    tracemalloc.start()
+    try:
+        found = body_text(raw)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert found == "The figures are attached.", found
+    assert peak < 12 * text.MAX_SCAN, f"{peak / 1e6:.1f} MB for a {len(raw) / 1e6:.1f} MB message"

@@ -1,11 +1,14 @@
-"""The store, through the path production takes: the router's batches (router/lmtp.py
-``DeliveryHandler._deliver_batch`` -> ``Store.write_blob`` + router/filing.py ``file_stored``)."""
+"""The store, through the path production takes: the router's batches (router/batch.py ``file_batch``
+-> ``Store.write_blob`` + router/filing.py ``file_stored``, answered by router/lmtp.py ``replies``)."""
 
 import hashlib
 
 import pytest
 
-from mattermail.router import filing, lmtp
+from mattermail.config import from_dict
+from mattermail.router import batch, filing, lmtp
+from mattermail.router.message import MessageData
+from mattermail.router.rules import RouterRules
 from mattermail.store import directory
 from mattermail import store as storemod
 
@@ -25,13 +28,12 @@ def store(tmp_path):
 
 def deliver(store, *messages: tuple[bytes, list[str]]) -> list[str]:
     """One router batch (one transaction, a savepoint per message), as the LMTP server runs it."""
-    handler = lmtp.DeliveryHandler(store)
-    jobs = [lmtp._Delivery(raw, "a@example.test", rcpts,
-                           lmtp.QueueIdAdapter(lmtp.log, {"queue_id": lmtp.queue_id_of(raw)}), None)
-            for raw, rcpts in messages]
-    replies = handler._deliver_batch(jobs)
+    cfg = from_dict({})
+    items = [batch.Item(MessageData.from_bytes(raw), "a@example.test", rcpts, lmtp.queue_id_of(raw))
+             for raw, rcpts in messages]
+    outcomes = batch.file_batch(store, cfg, RouterRules.from_config(cfg), batch.CaptureSettings(), items)
     assert not store.db.conn.in_transaction
-    return replies
+    return [lmtp.replies(o) for o in outcomes]
 
 
 def counts(store) -> dict[str, int]:

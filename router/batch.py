@@ -1,0 +1,118 @@
+"""Group commit: a batch of received messages filed with one COMMIT, one outcome per message.
+
+:func:`file_batch` is the whole durability order of a delivery (see DESIGN.md "Store"): it writes and
+fsyncs each message file (or makes a spooled one durable), fsyncs each hash directory once, then files
+every message in its own savepoint of ONE transaction (router/filing.py ``file_stored``: its rows and,
+for unfiled mail, its outbox record) and commits once. A message whose filing fails is rolled back to
+its savepoint and comes back without a result (the LMTP edge defers it); if the commit fails, every
+message does. A result means: its file and its rows are durable. Nothing here speaks a protocol.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from mattermail.config import Config
+from mattermail.logs import QueueIdAdapter
+from mattermail.router.capture_link import inspect_captures
+from mattermail.router.filing import FileResult, after_commit, file_stored
+from mattermail.router.message import MessageData
+from mattermail.router.rules import RouterRules
+from mattermail.store import Spooled, Store, transaction
+
+__all__ = ["CaptureSettings", "Item", "Outcome", "file_batch"]
+
+log = logging.getLogger("mattermail.router.lmtp")
+
+
+@dataclass(frozen=True)
+class CaptureSettings:
+    """The capture address and its HMAC secret (None: copies are stored unlinked)."""
+
+    address: str = ""
+    secret: bytes | None = None
+
+
+@dataclass
+class Item:
+    """One received message to file: its data, envelope sender and recipients, Postfix's queue id.
+    ``spooled``: the temp file the LMTP server streamed it to (``data.path`` until it is made durable)."""
+
+    data: MessageData
+    sender: str
+    rcpts: list[str]
+    queue_id: str = ""
+    spooled: Spooled | None = None
+
+    @property
+    def log(self) -> QueueIdAdapter:
+        return QueueIdAdapter(log, {"queue_id": self.queue_id})
+
+    def discard(self) -> None:
+        """Remove the spool file if it was never made durable (a batch that did not run)."""
+        if self.spooled is not None and self.data.path == self.spooled.path:
+            Path(self.spooled.path).unlink(missing_ok=True)
+
+
+@dataclass
+class Outcome:
+    """What became of one item: ``result`` once committed, None when it must be deferred."""
+
+    item: Item
+    result: FileResult | None = None
+    sha256: str = ""
+
+
+def file_batch(store: Store, cfg: Config, rules: RouterRules, capture: CaptureSettings,
+               items: Sequence[Item]) -> list[Outcome]:
+    """File ``items`` with one commit; one :class:`Outcome` per item, in order. Never raises for a
+    store or filing failure (it is logged with the queue id and the item has no result)."""
+    outcomes = [Outcome(it) for it in items]
+    written: list[Outcome] = []
+    dirs: dict[Path, None] = {}
+    for o in outcomes:
+        it = o.item
+        try:
+            if it.spooled is not None:
+                path = store.adopt(it.spooled)  # file fsynced, renamed into place
+                it.data.path, o.sha256 = path, it.spooled.sha256
+            else:
+                assert it.data.raw is not None
+                o.sha256, path = store.write_blob(it.data.raw, sync_dir=False)  # file fsynced
+        except Exception:
+            it.log.exception("storing or filing failed, deferring %d recipient(s)", len(it.rcpts))
+            it.discard()
+            continue
+        dirs[path.parent] = None
+        written.append(o)
+    if not written:
+        return outcomes
+    deferred: set[int] = set()  # ids of the items already deferred (and logged) in their savepoint
+    try:
+        store.sync_dirs(dirs)  # the renames durable before the commit
+        with transaction(store):  # one commit for the batch
+            for o in written:
+                it = o.item
+                try:
+                    caps = inspect_captures(it.rcpts, capture.address, capture.secret, store, it.log)
+                    # in its own savepoint (a nested transaction)
+                    o.result = file_stored(it.data, o.sha256, it.sender, it.rcpts, store, cfg, it.queue_id, caps,
+                                           rules=rules)
+                except Exception:
+                    if not store.in_transaction:  # the database rolled the whole batch back
+                        raise
+                    it.log.exception("storing or filing failed, deferring %d recipient(s)", len(it.rcpts))
+                    deferred.add(id(o))
+    except Exception:  # the commit (or the whole transaction) failed: nothing of the batch is stored
+        for o in written:
+            if id(o) not in deferred:
+                o.item.log.exception("storing or filing failed, deferring %d recipient(s)", len(o.item.rcpts))
+            o.result = None
+        return outcomes
+    for o in written:
+        if o.result is not None:
+            after_commit(o.result, store, cfg, o.item.queue_id)  # the rules' warnings; notices: the forwarder
+    return outcomes
