@@ -8,6 +8,7 @@ from email import policy
 from email.message import Message
 from email.parser import BytesHeaderParser
 
+from mattermail.store import chain
 from mattermail.store.engine import Store, normalise_address
 from mattermail.store.schema import CAPTURE_STATES
 
@@ -25,7 +26,7 @@ def insert_message(store: Store, raw: bytes, sha256: str, direction: str = "inbo
     """(id, new) of the messages row for ``raw``, inserted when new; call inside a transaction,
     after :meth:`Store.write_blob` made the file durable. ``headers``: ``raw``'s header-only parse
     (compat32), when the caller has it already. ``capture``: one of :data:`CAPTURE_STATES`; only a
-    "verified" capture copy may be "outbound"."""
+    "verified" capture copy may be "outbound". A new row appends its ``stored`` chain entry."""
     if capture not in CAPTURE_STATES:
         raise ValueError(f"capture: {capture!r}")
     if direction == "outbound" and capture != "verified":
@@ -50,7 +51,9 @@ def insert_message(store: Store, raw: bytes, sha256: str, direction: str = "inbo
         " system, capture) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [sha256, len(raw), h("Message-ID"), h("Subject"), h("From"), h("Date"), time.time(), direction, body_text,
          int(system), capture])
-    return int(cur.lastrowid), True
+    mid = int(cur.lastrowid)
+    chain.append(store, "stored", mid, sha256)
+    return mid, True
 
 
 def record_deliveries(store: Store, message: int, envelope_from: str, recipients: Iterable[str],

@@ -155,4 +155,18 @@ def _m005_capture_verification(db: sqlite_utils.Database) -> None:
                "WHERE c.message = messages.id))")
 
 
+@migration
+def _m006_records_chain(db: sqlite_utils.Database) -> None:
+    """The records chain (store/chain.py) and legal holds; the chain of what is already stored, built once.
+
+    NOTE for the merge: written as the 6th migration; the outbox helper also adds a 6th — renumber one
+    to 7 (the order between the two does not matter: they touch different tables)."""
+    from mattermail.store import chain
+
+    chain.create_table(db)
+    db.execute("CREATE TABLE holds (matter TEXT PRIMARY KEY REFERENCES matters(id), reason TEXT NOT NULL, "
+               "actor TEXT NOT NULL, since REAL NOT NULL)")
+    chain.genesis(db)
+
+
 CAPTURE_STATES = ("", "verified", "unverified")
