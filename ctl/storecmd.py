@@ -25,20 +25,29 @@ def store_group() -> None:
 @store_group.command("verify")
 @click.option("--head", "head_only", is_flag=True,
               help="Only print the chain's length and current digest (keep them outside the server).")
+@click.option("--expect", "expect", multiple=True, metavar="LENGTH:DIGEST",
+              help="A head recorded earlier (from --head): entry LENGTH must still have that digest. Repeatable.")
 @json_option
 @pass_ctx
 @user_errors
-def store_verify(ctx: Context, head_only: bool, as_json: bool) -> None:
+def store_verify(ctx: Context, head_only: bool, expect: tuple[str, ...], as_json: bool) -> None:
     """Walk the records chain and re-hash every raw message; exit 1 naming the first problem.
 
     Runs while mail flows (it reads one consistent snapshot). A progress bar
     is shown on standard error when that is a terminal.
 
+    The chain proves nothing against someone who rewrites all of it: keep
+    the --head output outside the server (mail it off, print it, a
+    write-once medium) and give it back with --expect to check that the
+    chain still runs through it.
+
     \b
     Example:
       mattermailctl store verify
-      mattermailctl store verify --head >> /media/offsite/mattermail-heads.txt
+      mattermailctl store verify --head | mail -s "mattermail chain head" records@lawfirm.test
+      mattermailctl store verify --expect 1822:3f1c...e09a
     """
+    heads = [_expected(v) for v in expect]
     store = ctx.store
     if head_only:
         length, digest = chain.head(store)
@@ -46,6 +55,7 @@ def store_verify(ctx: Context, head_only: bool, as_json: bool) -> None:
             echo_json({"length": length, "head": digest})
         else:
             echo(f"chain length {length} head {digest}")
+            echo(f"(check later with: mattermailctl store verify --expect {length}:{digest})")
         return
 
     def wrap(items):
@@ -54,7 +64,7 @@ def store_verify(ctx: Context, head_only: bool, as_json: bool) -> None:
         bar = progressbar(items, "re-hashing raw messages", lambda i: f"message {i[0]}")
         return _bar_iter(bar)
 
-    rep = verify(store, wrap)
+    rep = verify(store, wrap, heads)
     if as_json:
         echo_json({"ok": rep.ok, "length": rep.length, "head": rep.head, "messages": rep.messages,
                    "files": rep.files, "filings": rep.filings,
@@ -71,6 +81,15 @@ def store_verify(ctx: Context, head_only: bool, as_json: bool) -> None:
                               f"first: {first.line()}")
     if not as_json:
         echo("store verify: OK")
+
+
+def _expected(value: str) -> tuple[int, str]:
+    length, _, digest = value.strip().replace(" ", ":").partition(":")
+    digest = digest.strip().lower()
+    if not length.isdigit() or int(length) < 1 or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise UserFacingError(f"--expect: {value!r} is not LENGTH:DIGEST (a length and a 64-digit hex digest, "
+                              "as `store verify --head` prints them)")
+    return int(length), digest
 
 
 def _bar_iter(bar):

@@ -77,9 +77,13 @@ def _fname(t: tuple) -> str:
 Wrap = Callable[[list[tuple[int, str]]], Iterable[tuple[int, str]]]
 
 
-def verify(store: Store, wrap: Wrap | None = None) -> Report:
-    """Check the store; ``wrap`` wraps the (message id, sha256) list being re-hashed (a progress bar)."""
+def verify(store: Store, wrap: Wrap | None = None, expect: Iterable[tuple[int, str]] = ()) -> Report:
+    """Check the store; ``wrap`` wraps the (message id, sha256) list being re-hashed (a progress bar).
+
+    ``expect``: (length, digest) heads recorded earlier outside the server (``store verify --head``): entry
+    ``length`` must still carry that hash, else the chain was rewritten from there (hashes recomputed)."""
     rep = Report()
+    wanted = dict(expect)
     db = store.db
     live: dict[int, tuple[str, int]] = {}  # message -> (sha256, entry that stored it)
     filings: dict[int, dict[tuple, int]] = {}  # message -> filing -> entry
@@ -103,9 +107,16 @@ def verify(store: Store, wrap: Wrap | None = None) -> Report:
                 problems.append(Problem(e.seq, e.message, fpath, e.kind,
                                         "its hash does not match its contents (entry altered, or moved here from "
                                         "another position)"))
+            if e.seq in wanted and wanted.pop(e.seq) != e.hash:
+                problems.append(Problem(e.seq, e.message, fpath, e.kind,
+                                        "its hash is not the head recorded for length "
+                                        f"{e.seq} (the chain was rewritten from here or before)"))
             prev_seq, prev_hash = e.seq, e.hash
             _replay(e, live, filings, holds)
         rep.head = prev_hash
+        for length in sorted(wanted):
+            problems.append(Problem(length, None, None, None, f"the chain has no entry {length}, but a head of "
+                                                              f"that length was recorded (entries removed)"))
         _compare(store, rep, live, filings, holds)
         todo = sorted((mid, sha) for mid, (sha, _) in live.items())
     finally:

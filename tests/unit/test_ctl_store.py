@@ -269,3 +269,24 @@ def wait(pred, timeout=30.0):
             return True
         time.sleep(0.01)
     return False
+
+
+def test_verify_expect_checks_a_recorded_head(env):
+    head = env.json("store", "verify", "--head")
+    text = env.ok("store", "verify", "--head").stdout
+    assert f"store verify --expect {head['length']}:{head['head']}" in text, text
+    env.ok("store", "verify", "--expect", f"{head['length']}:{head['head']}")
+    r = env.run("store", "verify", "--expect", f"{head['length']}:{'0' * 64}")
+    assert r.exit_code == 1 and f"entry {head['length']}" in r.output and "rewritten" in r.output, r.output
+    r = env.run("store", "verify", "--expect", "abc")
+    assert r.exit_code == 1 and "--expect: 'abc' is not LENGTH:DIGEST" in r.output, r.output
+
+
+def test_the_progress_bar_goes_to_stderr_on_a_terminal_only(env, monkeypatch):
+    from mattermail.ctl import storecmd
+
+    r = env.ok("store", "verify")
+    assert "re-hashing" not in r.output
+    monkeypatch.setattr(storecmd, "stderr_is_terminal", lambda: True)
+    r = env.ok("store", "verify")
+    assert "re-hashing raw messages" in r.stderr and "re-hashing" not in r.stdout, (r.stdout, r.stderr)

@@ -226,3 +226,24 @@ def test_an_existing_store_gets_its_chain_at_upgrade(tmp_path):
     assert rep.ok, lines(rep)
     store_one(s, 3)
     assert verify(s).ok and chain.head(s)[0] == 5
+
+
+def test_a_rewritten_chain_passes_alone_but_not_against_a_recorded_head(store):
+    recorded = chain.head(store)
+    # rewrite from entry 2 on, recomputing every hash: the chain is self-consistent again
+    rows = list(chain.entries(store.db))
+    prev = rows[0].hash
+    sql = []
+    for e in rows[1:]:
+        actor = "forger" if e.seq == 2 else e.actor
+        h = chain.entry_hash(prev, e.seq, e.kind, actor, e.message, e.sha256, e.detail, e.time)
+        sql.append(f"UPDATE chain SET actor = '{actor}', prev_hash = '{prev}', hash = '{h}' WHERE seq = {e.seq}")
+        prev = h
+    tamper(store, *sql)
+    assert verify(store).ok, "a fully rewritten chain is consistent by itself"
+    rep = verify(store, expect=[recorded])
+    assert [(p.seq, p.what) for p in rep.problems] == [
+        (10, "its hash is not the head recorded for length 10 (the chain was rewritten from here or before)")], lines(rep)
+    rep = verify(store, expect=[(11, recorded[1])])
+    assert [p.seq for p in rep.problems] == [11] and "no entry 11" in rep.problems[0].what, lines(rep)
+    assert verify(store, expect=[chain.head(store)]).ok
