@@ -83,6 +83,41 @@ def store_verify(ctx: Context, head_only: bool, expect: tuple[str, ...], as_json
         echo("store verify: OK")
 
 
+@store_group.command("log")
+@click.option("--message", "message_id", type=int, metavar="ID", help="Only entries about this message "
+              "(also a deleted one).")
+@click.option("--kind", type=click.Choice(chain.KINDS), help="Only entries of this kind.")
+@click.option("--limit", type=click.IntRange(min=0), default=50, show_default=True, metavar="N",
+              help="The last N entries (0: all).")
+@json_option
+@pass_ctx
+@user_errors
+def store_log(ctx: Context, message_id: int | None, kind: str | None, limit: int, as_json: bool) -> None:
+    """Show the records chain: seq, time (UTC), event, actor, message, details; oldest first.
+
+    \b
+    Example:
+      mattermailctl store log --kind deleted
+      mattermailctl store log --message 42 --json
+    """
+    from datetime import UTC, datetime
+
+    rows = chain.recent(ctx.store, message_id, kind, limit)
+    out = [{"seq": e.seq, "time": datetime.fromtimestamp(e.time, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "kind": e.kind, "actor": e.actor, "message": e.message, "sha256": e.sha256, "detail": e.details,
+            "hash": e.hash} for e in rows]
+    if as_json:
+        echo_json(out)
+        return
+    if not out:
+        echo("no entries")
+    for d in out:
+        det = " ".join(f"{safe(k)}={safe(v)}" for k, v in d["detail"].items()
+                       if v not in (None, "", []) and not isinstance(v, list))
+        msg = f"message {d['message']}" if d["message"] is not None else "-"
+        echo(f"{d['seq']}\t{d['time']}\t{d['kind']}\t{safe(d['actor'])}\t{msg}\t{det}".rstrip())
+
+
 def _expected(value: str) -> tuple[int, str]:
     length, _, digest = value.strip().replace(" ", ":").partition(":")
     digest = digest.strip().lower()

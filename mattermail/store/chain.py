@@ -134,6 +134,23 @@ def history(store: Store, message: int) -> tuple[ChainEntry, ...]:
                                                      [message]))
 
 
+def recent(store: Store, message: int | None = None, kind: str | None = None,
+           limit: int | None = None) -> list[ChainEntry]:
+    """The last ``limit`` entries (all when None/0), optionally of one message or kind, oldest first."""
+    where, params = [], []
+    if message is not None:
+        where.append("message = ?")
+        params.append(message)
+    if kind is not None:
+        where.append("kind = ?")
+        params.append(kind)
+    sql = f"SELECT {_COLS} FROM chain" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY seq DESC"
+    if limit:
+        sql += " LIMIT ?"
+        params.append(limit)
+    return [_entry(r) for r in reversed(store.db.execute(sql, params).fetchall())]
+
+
 def head(store: Store) -> tuple[int, str]:
     """(length, digest) of the chain now: what an admin records outside the server."""
     return head_of(store.db)

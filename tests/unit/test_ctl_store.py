@@ -290,3 +290,15 @@ def test_the_progress_bar_goes_to_stderr_on_a_terminal_only(env, monkeypatch):
     monkeypatch.setattr(storecmd, "stderr_is_terminal", lambda: True)
     r = env.ok("store", "verify")
     assert "re-hashing raw messages" in r.stderr and "re-hashing" not in r.stdout, (r.stdout, r.stderr)
+
+
+def test_store_log_shows_a_deleted_messages_trail(env):
+    env.ok("messages", "delete", 2, "--reason", "wrong mailbox", env={"SUDO_USER": "carol"})
+    log = env.json("store", "log", "--message", 2)
+    assert [(e["kind"], e["message"]) for e in log] == [("stored", 2), ("filed", 2), ("deleted", 2)], log
+    assert log[-1]["actor"] == "carol" and log[-1]["detail"]["reason"] == "wrong mailbox"
+    assert log[-1]["detail"]["filings"][0]["matter"] == "5678"
+    text = env.ok("store", "log", "--kind", "deleted").stdout.strip().splitlines()
+    assert len(text) == 1 and text[0].split("\t")[2:5] == ["deleted", "carol", "message 2"], text
+    assert "reason=wrong mailbox" in text[0]
+    assert len(env.json("store", "log", "--limit", 2)) == 2
