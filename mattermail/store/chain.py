@@ -116,6 +116,15 @@ def append(store: Store, kind: str, message: int | None = None, sha256: str = ""
         return append_db(store.db, kind, who, message, sha256, detail)
 
 
+def atomic(store: Store) -> Any:
+    """The caller's transaction when one is open, else one of its own: a change and its entry commit together."""
+    import contextlib
+
+    from mattermail.store.engine import transaction
+
+    return contextlib.nullcontext() if store.in_transaction else transaction(store)
+
+
 _COLS = "seq, prev_hash, hash, kind, actor, message, sha256, detail, time"
 
 

@@ -46,13 +46,14 @@ def insert_message(store: Store, raw: bytes, sha256: str, direction: str = "inbo
             pass
         return " ".join(value.split())[:998]
 
-    cur = store.db.execute(
-        "INSERT INTO messages (sha256, size, message_id, subject, header_from, date, received, direction, body_text,"
-        " system, capture) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [sha256, len(raw), h("Message-ID"), h("Subject"), h("From"), h("Date"), time.time(), direction, body_text,
-         int(system), capture])
-    mid = int(cur.lastrowid)
-    chain.append(store, "stored", mid, sha256)
+    with chain.atomic(store):
+        cur = store.db.execute(
+            "INSERT INTO messages (sha256, size, message_id, subject, header_from, date, received, direction,"
+            " body_text, system, capture) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [sha256, len(raw), h("Message-ID"), h("Subject"), h("From"), h("Date"), time.time(), direction,
+             body_text, int(system), capture])
+        mid = int(cur.lastrowid)
+        chain.append(store, "stored", mid, sha256)
     return mid, True
 
 

@@ -247,3 +247,20 @@ def test_a_rewritten_chain_passes_alone_but_not_against_a_recorded_head(store):
     rep = verify(store, expect=[(11, recorded[1])])
     assert [p.seq for p in rep.problems] == [11] and "no entry 11" in rep.problems[0].what, lines(rep)
     assert verify(store, expect=[chain.head(store)]).ok
+
+
+def test_a_message_whose_entry_cannot_be_written_is_not_stored(store, monkeypatch):
+    """Outside a caller's transaction too: the row and its entry commit together or not at all."""
+    def broken(*a, **k):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(chain, "append_db", broken)
+    data = raw(42)
+    sha, _ = store.write_blob(data)
+    with pytest.raises(sqlite3.OperationalError):
+        insert_message(store, data, sha)
+    with pytest.raises(sqlite3.OperationalError):
+        d.record_filing(store, d.Filing(1, "5678", None, "matter-address", "5678@m.test", ""))
+    monkeypatch.undo()
+    assert store.count("messages") == 5 and store.count("filings") == 4
+    assert verify(store).ok
