@@ -145,9 +145,11 @@ def _files_bar(label: str):
 
 @cli.command("backup")
 @click.argument("dest", metavar="DIR")
+@click.option("--since", "previous", metavar="PREVIOUS_DIR", type=click.Path(file_okay=False, exists=True),
+              help="An earlier backup: raw files already in it are hard-linked, not copied (incremental).")
 @pass_ctx
 @user_errors
-def backup_cmd(ctx: Context, dest: str) -> None:
+def backup_cmd(ctx: Context, dest: str, previous: str | None) -> None:
     """Back the store up into DIR (new or empty) while mail flows.
 
     DIR gets store.sqlite (SQLite's online backup: one consistent snapshot),
@@ -155,17 +157,24 @@ def backup_cmd(ctx: Context, dest: str) -> None:
     manifest.json (chain length and head at the snapshot, counts, the
     SHA-256 of every file). Keep the printed head with your records.
 
+    With --since, raw files already in an earlier backup are hard-linked
+    from it (each still re-hashed): DIR is complete by itself, and costs
+    only the new messages' space.
+
     \b
     Example:
       mattermailctl backup /srv/backup/mattermail-$(date +%F)
+      mattermailctl backup --since /srv/backup/mattermail-2024-03-01 /srv/backup/mattermail-2024-03-02
     """
     from pathlib import Path
 
     from mattermail.store import backup
 
-    res = backup.backup(ctx.store, Path(dest), _files_bar("copying raw messages"))
+    res = backup.backup(ctx.store, Path(dest), _files_bar("copying raw messages"),
+                        Path(previous) if previous else None)
+    linked = f", {res.linked} linked from {safe(previous)}" if previous else ""
     echo(f"backup in {safe(res.directory)}: {res.messages} messages, {res.filings} filings, {res.files} raw files "
-         f"({res.bytes} bytes); chain length {res.length} head {res.head}")
+         f"({res.bytes} bytes{linked}); chain length {res.length} head {res.head}")
 
 
 @cli.command("restore")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import sqlite3
 import time
@@ -41,6 +42,7 @@ class BackupResult:
     filings: int
     files: int
     bytes: int
+    linked: int = 0  # raw files hard-linked from the previous backup
 
 
 def _sha_file(path: Path) -> str:
@@ -62,9 +64,16 @@ def _empty_dir(dest: Path) -> None:
         raise UserError(f"DIR: cannot create {dest}: {e.strerror or e}") from None
 
 
-def backup(store: Store, dest: Path, wrap: Wrap | None = None) -> BackupResult:
-    """Write a consistent backup of ``store`` into ``dest`` (new or empty), while mail flows."""
+def backup(store: Store, dest: Path, wrap: Wrap | None = None, previous: Path | None = None) -> BackupResult:
+    """Write a consistent backup of ``store`` into ``dest`` (new or empty), while mail flows.
+
+    ``previous``: an earlier backup; raw files it holds (checked against its manifest's hashes) are hard-linked
+    from it instead of copied (copied when the link fails: another file system). ``linked`` counts them."""
     dest = Path(dest)
+    before: dict[str, Path] = {}
+    if previous is not None:
+        for name, info in read_manifest(Path(previous))["files"].items():
+            before[info["sha256"]] = Path(previous) / name
     _empty_dir(dest)
     target = sqlite3.connect(dest / DB_NAME)
     try:
@@ -77,16 +86,22 @@ def backup(store: Store, dest: Path, wrap: Wrap | None = None) -> BackupResult:
     finally:
         target.close()
     files: dict[str, int] = {}
-    total = 0
+    total = linked = 0
     for mid, sha in (wrap(rows) if wrap else rows):
         src = store.blob_path(sha)
         out = dest / "messages" / sha[:2] / f"{sha}.eml"
         out.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            shutil.copyfile(src, out)
-        except FileNotFoundError:
-            raise UserError(f"message {mid}: its raw file {src} is missing (deleted since the snapshot, or lost: "
-                            f"run `mattermailctl store verify`); the backup in {dest} is incomplete") from None
+        if _link(before.get(sha), out):
+            if _sha_file(out) == sha:
+                linked += 1
+            else:  # the earlier backup's copy is damaged: take the store's
+                out.unlink()
+        if not out.exists():
+            try:
+                shutil.copyfile(src, out)
+            except FileNotFoundError:
+                raise UserError(f"message {mid}: its raw file {src} is missing (deleted since the snapshot, or lost: "
+                                f"run `mattermailctl store verify`); the backup in {dest} is incomplete") from None
         got = _sha_file(out)
         if got != sha:
             raise UserError(f"message {mid}: its raw file {src} does not hash to its SHA-256 (it is {got}): "
@@ -98,7 +113,17 @@ def backup(store: Store, dest: Path, wrap: Wrap | None = None) -> BackupResult:
                 "database": {"file": DB_NAME, "sha256": _sha_file(dest / DB_NAME)},
                 "files": {f"messages/{s[:2]}/{s}.eml": {"sha256": s, "size": n} for s, n in sorted(files.items())}}
     write_atomic(dest / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n", mode=0o600)
-    return BackupResult(dest, length, head, len(rows), filings, len(files), total)
+    return BackupResult(dest, length, head, len(rows), filings, len(files), total, linked)
+
+
+def _link(old: Path | None, out: Path) -> bool:
+    if old is None:
+        return False
+    try:
+        os.link(old, out)
+    except OSError:  # gone, or another file system: copy instead
+        return False
+    return True
 
 
 def read_manifest(src: Path) -> dict:

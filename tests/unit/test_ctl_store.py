@@ -302,3 +302,27 @@ def test_store_log_shows_a_deleted_messages_trail(env):
     assert len(text) == 1 and text[0].split("\t")[2:5] == ["deleted", "carol", "message 2"], text
     assert "reason=wrong mailbox" in text[0]
     assert len(env.json("store", "log", "--limit", 2)) == 2
+
+
+def test_an_incremental_backup_links_what_the_previous_one_holds(env, tmp_path):
+    env.ok("backup", tmp_path / "bk1")
+    env.ok("messages", "delete", 3, "--reason", "gone")
+    src = tmp_path / "src2"
+    src.mkdir()
+    (src / "4.eml").write_bytes(eml(f"1234@{CA}", "Later", 4))
+    env.ok("import", src)
+    r = env.ok("backup", "--since", tmp_path / "bk1", tmp_path / "bk2")
+    assert "3 raw files" in r.stdout and f"2 linked from {tmp_path / 'bk1'}" in r.stdout, r.stdout
+    m1 = json.loads((tmp_path / "bk1" / "manifest.json").read_text())
+    m2 = json.loads((tmp_path / "bk2" / "manifest.json").read_text())
+    shared = sorted(set(m1["files"]) & set(m2["files"]))
+    assert len(shared) == 2 and all((tmp_path / "bk2" / n).stat().st_nlink == 2 for n in shared), shared
+    other = fresh_env(tmp_path, "other")
+    assert "store verify: OK" in other.ok("restore", tmp_path / "bk2").stdout
+    # a damaged file in the previous backup is not carried over: the store's copy is taken
+    victim = tmp_path / "bk2" / shared[0]
+    victim.write_bytes(victim.read_bytes() + b"x")  # also changes bk1's copy (the same inode)
+    r = env.ok("backup", "--since", tmp_path / "bk2", tmp_path / "bk3")
+    assert "1 linked" not in r.stdout and "2 linked" in r.stdout, r.stdout
+    third = fresh_env(tmp_path, "third")
+    assert "store verify: OK" in third.ok("restore", tmp_path / "bk3").stdout
