@@ -264,3 +264,21 @@ def test_a_message_whose_entry_cannot_be_written_is_not_stored(store, monkeypatc
     monkeypatch.undo()
     assert store.count("messages") == 5 and store.count("filings") == 4
     assert verify(store).ok
+
+
+def test_verify_reads_one_snapshot_while_others_write_and_delete(store, tmp_path):
+    """Between the snapshot and the re-hashing, another process stores a message and deletes one: no problem."""
+    other = Store(store.path, store.messages_dir)
+    other.actor = "bob"
+
+    def meanwhile(items):
+        store_one(other, 77)
+        records.delete_message(other, 3, "deleted while verify runs")
+        assert not store.blob_path(hashlib.sha256(raw(3)).hexdigest()).exists()
+        return items
+
+    rep = verify(store, wrap=meanwhile)
+    other.close()
+    assert rep.ok and rep.messages == 5 and rep.length == 10, (rep.messages, rep.length, lines(rep))
+    after = verify(store)
+    assert after.ok and after.messages == 5 and after.length == 13, (after.messages, after.length, lines(after))
