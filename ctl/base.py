@@ -93,10 +93,24 @@ class Context:
         if self._store is None:
             cfg = self.config.store
             self._store = storemod.Store(cfg.path, cfg.messages_dir)
+            self._store.actor = admin_name()  # named in the records chain for what this command changes
         return self._store
 
 
 pass_ctx = click.make_pass_decorator(Context)
+
+
+def admin_name() -> str:
+    """Who runs this command: ``$SUDO_USER`` under sudo, else the login name."""
+    import getpass
+
+    sudo = os.environ.get("SUDO_USER", "").strip()
+    if sudo:
+        return sudo
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -195,3 +195,42 @@ def matter_import(ctx: Context, csv_file: str) -> None:
     raise_first(errors)
     n = directory.import_matters(ctx.store, good)
     echo(f"imported {n} matter{'' if n == 1 else 's'} from {label}")
+
+
+# -- legal hold (mattermail.store.records) -------------------------------------------------------------
+
+
+@matter.command("hold")
+@click.argument("matter_id", metavar="ID")
+@click.option("--reason", required=True, help="Why (kept in the records chain).")
+@pass_ctx
+@user_errors
+def matter_hold(ctx: Context, matter_id: str, reason: str) -> None:
+    """Put a matter under legal hold: its messages cannot be deleted or refiled away.
+
+    \b
+    Example:
+      mattermailctl matter hold 1234 --reason "litigation hold, letter of 2024-03-01"
+    """
+    from mattermail.store import records
+
+    h = records.hold_matter(ctx.store, valid_matter_id(matter_id, "ID"), reason)
+    echo(f"matter {safe(h.matter)} is under legal hold ({safe(h.reason)})")
+
+
+@matter.command("release")
+@click.argument("matter_id", metavar="ID")
+@click.option("--reason", required=True, help="Why (kept in the records chain).")
+@pass_ctx
+@user_errors
+def matter_release(ctx: Context, matter_id: str, reason: str) -> None:
+    """Lift a matter's legal hold.
+
+    \b
+    Example:
+      mattermailctl matter release 1234 --reason "case settled, hold lifted by the GC"
+    """
+    from mattermail.store import records
+
+    h = records.release_matter(ctx.store, valid_matter_id(matter_id, "ID"), reason)
+    echo(f"matter {safe(h.matter)}: legal hold released (it was: {safe(h.reason)})")

@@ -276,6 +276,7 @@ def messages_show(ctx: Context, ident: str, raw: bool, as_json: bool) -> None:
     d["events"] = [{"time": _stamp(e.time), "kind": e.kind, "queue_id": e.queue_id,
                     "detail": dict(e.detail) if isinstance(e.detail, Mapping) else e.detail}
                    for e in detail.events]
+    d["history"] = [history_dict(h) for h in detail.history]
     if as_json:
         echo_json(d)
         return
@@ -312,6 +313,10 @@ def messages_show(ctx: Context, ident: str, raw: bool, as_json: bool) -> None:
                     if k not in ("filings",) and v not in ("", [], None)]
             det = " ".join(bits)
         echo(f"  {e['time']}  {safe(e['kind'])}  {safe(det)}".rstrip())
+    echo("history (records chain):" + ("" if d["history"] else " (none)"))
+    for h in d["history"]:
+        echo(f"  #{h['seq']}  {h['time']}  {safe(h['kind'])}  by {safe(h['actor'])}  {_history_text(h['detail'])}"
+             .rstrip())
 
 
 @messages.command("search")
@@ -438,3 +443,84 @@ def messages_export(ctx: Context, matter: str | None, person: str | None, force:
     if missing:
         raise UserFacingError(f"DIR: {len(missing)} stored file{'s' if len(missing) > 1 else ''} could not be "
                               f"copied ({missing[0]})")
+
+
+# -- the record: history, refile, delete (queries and checks in mattermail.store.records) --------------
+
+
+def history_dict(h: Any) -> dict[str, Any]:
+    return {"seq": h.seq, "time": _stamp(h.time), "kind": h.kind, "actor": h.actor, "sha256": h.sha256,
+            "detail": h.details, "hash": h.hash}
+
+
+def _history_text(det: dict[str, Any]) -> str:
+    bits = []
+    for k in ("matter", "person", "rule", "recipient", "reason"):
+        if det.get(k) not in (None, "", []):
+            bits.append(f"{k}={safe(det[k])}")
+    for k in ("from", "to", "filings"):
+        if det.get(k):
+            bits.append(f"{k}=" + ",".join(safe(f.get("matter") or f"person #{f.get('person')}") for f in det[k]))
+    return " ".join(bits)
+
+
+def _message_or_fail(store: Store, message_id: int) -> MessageSummary:
+    row = listing.get_message(store, message_id)
+    if row is None:
+        raise UserFacingError(f"ID: no message {message_id}")
+    return row
+
+
+@messages.command("refile")
+@click.argument("message_id", metavar="ID", type=int)
+@click.option("--matter", required=True, metavar="ID", help="The matter it belongs to.")
+@click.option("--person", metavar="EMAIL", help="Also file it to this person.")
+@click.option("--reason", required=True, help="Why (kept in the records chain).")
+@pass_ctx
+@user_errors
+def messages_refile(ctx: Context, message_id: int, matter: str, person: str | None, reason: str) -> None:
+    """Move a misfiled message: its filings are replaced by one to --matter (and --person).
+
+    The change, who made it ($SUDO_USER or the login name) and the reason
+    are appended to the records chain. A message filed to a matter under
+    legal hold cannot be refiled to another matter.
+
+    \b
+    Example:
+      mattermailctl messages refile 42 --matter 1234 --reason "sent to the wrong alias"
+    """
+    from mattermail.store import records
+
+    store = ctx.store
+    _message_or_fail(store, message_id)
+    m = _matter_or_fail(store, matter)
+    pid = _person_or_fail(store, person).id if person is not None else None
+    entry = records.refile_message(store, message_id, m, pid, reason)
+    echo(f"message {message_id} refiled to matter {safe(m)}" + (f" and {safe(person)}" if person else "")
+         + f" (chain entry {entry.seq})")
+
+
+@messages.command("delete")
+@click.argument("message_id", metavar="ID", type=int)
+@click.option("--reason", required=True, help="Why (kept in the records chain).")
+@pass_ctx
+@user_errors
+def messages_delete(ctx: Context, message_id: int, reason: str) -> None:
+    """Delete a message and its filings; its raw file is removed after the chain records it.
+
+    The chain keeps the message's SHA-256, who deleted it and why. A
+    message filed to a matter under legal hold cannot be deleted.
+
+    \b
+    Example:
+      mattermailctl messages delete 42 --reason "personal mail, not a record"
+    """
+    from mattermail.store import records
+
+    store = ctx.store
+    _message_or_fail(store, message_id)
+    entry, path, error = records.delete_message(store, message_id, reason)
+    echo(f"message {message_id} deleted (chain entry {entry.seq}, sha256 {entry.sha256})")
+    if error:
+        raise UserFacingError(f"ID: message {message_id} is deleted from the record, but its raw file could not "
+                              f"be removed: {error}")

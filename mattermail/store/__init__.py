@@ -4,6 +4,10 @@ The milter, the router and ``mattermailctl`` call the typed functions exported h
 aggregate: users, disclaimers, envelopes, messages, directory, listing; status for read-only looks) and never hold SQL, a cursor or a
 connection; ``transaction(store)`` is the one way to group changes. Raw messages are files named by
 their SHA-256 (:meth:`Store.write_blob`), durable before the rows that name them are committed.
+
+The record: every new message, filing and unfiled/personal outcome appends a hash-linked entry to the
+records chain (``chain``) in the same transaction; ``records`` has refile, delete and legal hold (each
+chained), ``verify`` checks chain, tables and raw files, ``backup`` writes and restores online backups.
 """
 
 from mattermail.store.disclaimers import (DISCLAIMER_SCOPES, DisclaimerRow, disclaimer_for, list_disclaimers,

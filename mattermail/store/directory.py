@@ -7,12 +7,14 @@ named. Every lookup the router does has an index (see migration 4).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from mattermail import validate
+from mattermail.store import chain
 from mattermail.store.engine import Store, UserError, normalise_address, transaction
 
 
@@ -241,11 +243,22 @@ def list_aliases(store: Store) -> list[Alias]:
 
 
 def record_filing(store: Store, f: Filing) -> bool:
-    """Record a filing once (a redelivery files nothing twice); True when it is new. Call inside a transaction."""
-    cur = store.db.execute(
-        "INSERT OR IGNORE INTO filings (message, matter, person, rule, recipient, detail, created) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?)", [f.message, f.matter, f.person, f.rule, f.recipient, f.detail, time.time()])
-    return cur.rowcount == 1
+    """Record a filing once (a redelivery files nothing twice); True when it is new. Call inside a transaction.
+    A new filing appends its ``filed`` chain entry."""
+    with chain.atomic(store):
+        cur = store.db.execute(
+            "INSERT OR IGNORE INTO filings (message, matter, person, rule, recipient, detail, created) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)", [f.message, f.matter, f.person, f.rule, f.recipient, f.detail, time.time()])
+        if cur.rowcount != 1:
+            return False
+        chain.append(store, "filed", f.message, _sha256_of(store, f.message),
+                     chain.filing_detail(f.matter, f.person, f.rule, f.recipient, f.detail))
+    return True
+
+
+def _sha256_of(store: Store, message: int) -> str:
+    row = store.db.execute("SELECT sha256 FROM messages WHERE id = ?", [message]).fetchone()
+    return row[0] if row else ""
 
 
 def filings_for(store: Store, message: int) -> list[Filing]:
@@ -255,9 +268,16 @@ def filings_for(store: Store, message: int) -> list[Filing]:
 
 
 def log_event(store: Store, kind: str, detail: dict | str, message: int | None = None, queue_id: str = "") -> None:
+    """An events row; an ``unfiled`` or ``personal`` outcome for a message also appends its chain entry."""
     text = detail if isinstance(detail, str) else json.dumps(detail, sort_keys=True)
-    store.db.execute("INSERT INTO events (time, kind, message, queue_id, detail) VALUES (?, ?, ?, ?, ?)",
-                     [time.time(), kind, message, queue_id, text])
+    chained = kind in ("unfiled", "personal") and message is not None
+    with chain.atomic(store) if chained else contextlib.nullcontext():
+        store.db.execute("INSERT INTO events (time, kind, message, queue_id, detail) VALUES (?, ?, ?, ?, ?)",
+                         [time.time(), kind, message, queue_id, text])
+        if chained:
+            d = detail if isinstance(detail, dict) else {}
+            chain.append(store, kind, message, _sha256_of(store, message),
+                         {k: d[k] for k in ("recipient", "reason", "source") if k in d} | {"queue_id": queue_id})
 
 
 # -- bulk imports (mattermailctl person import / matter import) -----------------------------------

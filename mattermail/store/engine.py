@@ -51,6 +51,8 @@ class Store:
 
     def __init__(self, path: Path, messages_dir: Path, durable: bool = True) -> None:
         self.path = Path(path)
+        # who the records chain names for changes made through this store (mattermailctl: the admin)
+        self.actor = "router"
         self.messages_dir = Path(messages_dir)
         self._dirs: set[Path] = set()  # hash directories known to exist
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,7 @@ from email.utils import parsedate_to_datetime
 from types import MappingProxyType
 from typing import Any
 
+from mattermail.store.chain import ChainEntry, history
 from mattermail.store.engine import Store
 
 # -- the one definition of "unfiled" -----------------------------------------------------------------
@@ -131,6 +132,7 @@ class MessageDetail:
     deliveries: tuple[Delivery, ...]  # the LMTP envelope; empty for imports
     events: tuple[Event, ...]
     captured_envelope: CapturedEnvelope | None  # the first recorded, for a capture copy
+    history: tuple[ChainEntry, ...] = ()  # its records-chain entries, oldest first (store/chain.py)
 
     @property
     def status(self) -> str:
@@ -330,7 +332,8 @@ def message_detail(store: Store, message: MessageSummary, names: Names | None = 
         except (TypeError, ValueError):
             rcpts = ()
         captured = CapturedEnvelope(row[0] or "", rcpts, row[2] or "", row[3] or "", bool(row[4]))
-    return MessageDetail(message, filings_of(store, message.id, names), deliveries, events, captured)
+    return MessageDetail(message, filings_of(store, message.id, names), deliveries, events, captured,
+                         history(store, message.id))
 
 
 # -- search ---------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from email import policy
 from email.message import Message
 from email.parser import BytesHeaderParser
 
+from mattermail.store import chain
 from mattermail.store.engine import Store, normalise_address
 from mattermail.store.schema import CAPTURE_STATES
 
@@ -27,7 +28,8 @@ def insert_message(store: Store, raw: bytes | None, sha256: str, direction: str 
     after :meth:`Store.write_blob` made the file durable. ``headers``: ``raw``'s header-only parse
     (compat32), when the caller has it already; with ``headers`` and ``size`` given, ``raw`` may be None
     (the router streams messages to their file and never holds them). ``capture``: one of
-    :data:`CAPTURE_STATES`; only a "verified" capture copy may be "outbound"."""
+    :data:`CAPTURE_STATES`; only a "verified" capture copy may be "outbound". A new row appends its
+    ``stored`` chain entry."""
     if capture not in CAPTURE_STATES:
         raise ValueError(f"capture: {capture!r}")
     if direction == "outbound" and capture != "verified":
@@ -51,12 +53,15 @@ def insert_message(store: Store, raw: bytes | None, sha256: str, direction: str 
             pass
         return " ".join(value.split())[:998]
 
-    cur = store.db.execute(
-        "INSERT INTO messages (sha256, size, message_id, subject, header_from, date, received, direction, body_text,"
-        " system, capture) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [sha256, size, h("Message-ID"), h("Subject"), h("From"), h("Date"), time.time(), direction, body_text,
-         int(system), capture])
-    return int(cur.lastrowid), True
+    with chain.atomic(store):
+        cur = store.db.execute(
+            "INSERT INTO messages (sha256, size, message_id, subject, header_from, date, received, direction,"
+            " body_text, system, capture) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [sha256, size, h("Message-ID"), h("Subject"), h("From"), h("Date"), time.time(), direction,
+             body_text, int(system), capture])
+        mid = int(cur.lastrowid)
+        chain.append(store, "stored", mid, sha256)
+    return mid, True
 
 
 def record_deliveries(store: Store, message: int, envelope_from: str, recipients: Iterable[str],

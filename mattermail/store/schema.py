@@ -155,9 +155,6 @@ def _m005_capture_verification(db: sqlite_utils.Database) -> None:
                "WHERE c.message = messages.id))")
 
 
-CAPTURE_STATES = ("", "verified", "unverified")
-
-
 @migration
 def _m006_outbox(db: sqlite_utils.Database) -> None:
     """The "to forward" records of unfiled mail (store/outbox.py): written in the filing transaction, drained
@@ -170,3 +167,19 @@ def _m006_outbox(db: sqlite_utils.Database) -> None:
                "last_error TEXT NOT NULL DEFAULT '', sent REAL)")
     db.execute("CREATE INDEX outbox_pending ON outbox (next_try) WHERE sent IS NULL")
     db.execute("CREATE INDEX outbox_message ON outbox (message)")
+
+
+@migration
+def _m007_records_chain(db: sqlite_utils.Database) -> None:
+    """The records chain (store/chain.py) and legal holds; the chain of what is already stored, built once."""
+    from mattermail.store import chain
+
+    chain.create_table(db)
+    db.execute("CREATE TABLE holds (matter TEXT PRIMARY KEY REFERENCES matters(id), reason TEXT NOT NULL, "
+               "actor TEXT NOT NULL, since REAL NOT NULL)")
+    chain.genesis(db)
+
+
+CAPTURE_STATES = ("", "verified", "unverified")
+
+

@@ -1,0 +1,328 @@
+"""mattermailctl store verify, messages refile/delete, matter hold/release — through the CLI on a tmp store."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+
+import pytest
+from click.testing import CliRunner
+
+from mattermail.ctl.cli import cli
+from mattermail.store import Store
+
+CA = "matters.lawfirm.test"
+
+
+def eml(to: str, subject: str, n: int) -> bytes:
+    return (f"Delivered-To: {to}\r\nFrom: jane@client.example\r\nTo: x@else.example\r\nSubject: {subject}\r\n"
+            f"Date: Mon, 0{n} Jan 2024 09:00:00 +0000\r\nMessage-ID: <{n}@test>\r\n\r\nbody {n}\r\n").encode()
+
+
+class Env:
+    def __init__(self, cfg, tmp):
+        self.cfg, self.tmp = cfg, tmp
+
+    def run(self, *args, env=None):
+        return CliRunner().invoke(cli, ["--config", str(self.cfg), *map(str, args)], env=env)
+
+    def ok(self, *args, env=None):
+        r = self.run(*args, env=env)
+        assert r.exit_code == 0, r.output
+        return r
+
+    def json(self, *args):
+        return json.loads(self.ok(*args, "--json").stdout)
+
+    def path_of(self, mid: int):
+        sha = self.json("messages", "show", mid)["sha256"]
+        return self.tmp / "messages" / sha[:2] / f"{sha}.eml"
+
+
+@pytest.fixture
+def env(write_config, tmp_path):
+    cfg = write_config(f'[general]\ncatchall_domains = ["{CA}"]\n')
+    e = Env(cfg, tmp_path)
+    s = Store(tmp_path / "store.sqlite", tmp_path / "messages")
+    s.close()
+    e.ok("person", "add", "bob@partner.example", "--name", "Bob")
+    e.ok("matter", "add", "1234", "--title", "Smith v Jones")
+    e.ok("matter", "add", "5678", "--title", "Estate of Brown")
+    src = tmp_path / "src"
+    src.mkdir()
+    for n, (to, subj) in enumerate([(f"1234@{CA}", "Hearing"), (f"5678@{CA}", "Inventory"),
+                                    (f"1234@{CA}", "Settlement")], start=1):
+        (src / f"{n}.eml").write_bytes(eml(to, subj, n))
+    r = e.ok("import", src)
+    assert "imported 3: filed 3" in r.stdout, r.stdout
+    return e
+
+
+def test_verify_clean_store_exits_0_and_head_prints_length_and_digest(env):
+    r = env.ok("store", "verify")
+    assert "store verify: OK" in r.stdout and "chain length 6 head " in r.stdout, r.stdout
+    head = env.json("store", "verify", "--head")
+    assert head["length"] == 6 and len(head["head"]) == 64, head
+    assert f"chain length 6 head {head['head']}" in env.ok("store", "verify", "--head").stdout
+    j = env.json("store", "verify")
+    assert j["ok"] and j["problems"] == [] and (j["messages"], j["filings"], j["files"]) == (3, 3, 3), j
+
+
+def test_verify_names_a_flipped_byte(env):
+    path = env.path_of(2)
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x20
+    path.write_bytes(bytes(data))
+    r = env.run("store", "verify")
+    assert r.exit_code == 1, r.output
+    assert f"entry 3, stored, message 2, file {path}: raw file altered" in r.output, r.output
+    assert "Traceback" not in r.output
+    j = json.loads(env.run("store", "verify", "--json").stdout)
+    assert not j["ok"] and [(p["message"], p["file"]) for p in j["problems"]] == [(2, str(path))], j
+
+
+def test_verify_names_a_deleted_filing_and_a_deleted_entry(env):
+    con = sqlite3.connect(env.tmp / "store.sqlite", isolation_level=None)
+    con.execute("DELETE FROM filings WHERE message = 3")
+    con.close()
+    r = env.run("store", "verify")
+    assert r.exit_code == 1 and "entry 6, filed, message 3" in r.output and "missing from the filings table" \
+        in r.output, r.output
+    con = sqlite3.connect(env.tmp / "store.sqlite", isolation_level=None)
+    con.execute("DROP TRIGGER chain_no_delete")
+    con.execute("DELETE FROM chain WHERE seq = 2")
+    con.close()
+    r = env.run("store", "verify")
+    assert r.exit_code == 1 and "first: entry 3, stored, message 2" in r.output and \
+        "entry 2 before it is missing" in r.output, r.output
+
+
+def test_refile_is_in_history_and_verify(env):
+    r = env.ok("messages", "refile", 2, "--matter", "1234", "--person", "bob@partner.example",
+               "--reason", "sent to the wrong alias", env={"SUDO_USER": "alice"})
+    assert "message 2 refiled to matter 1234 and bob@partner.example (chain entry 7)" in r.stdout, r.stdout
+    d = env.json("messages", "show", 2)
+    assert [(f["matter"], f["person"], f["rule"]) for f in d["filings"]] == [("1234", "bob@partner.example", "refile")]
+    assert [(h["kind"], h["actor"]) for h in d["history"]] == [("stored", env_actor()), ("filed", env_actor()),
+                                                               ("refiled", "alice")], d["history"]
+    assert d["history"][-1]["detail"]["reason"] == "sent to the wrong alias"
+    assert d["history"][-1]["detail"]["from"][0]["matter"] == "5678"
+    text = env.ok("messages", "show", 2).stdout
+    assert "#7" in text and "refiled  by alice" in text and "reason=sent to the wrong alias" in text, text
+    env.ok("store", "verify")
+
+
+def env_actor() -> str:
+    from mattermail.ctl.base import admin_name
+
+    return admin_name()
+
+
+def test_delete_removes_the_file_after_the_chain_records_it(env):
+    path = env.path_of(1)
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    r = env.ok("messages", "delete", 1, "--reason", "personal mail", env={"SUDO_USER": "bob"})
+    assert f"message 1 deleted (chain entry 7, sha256 {sha})" in r.stdout, r.stdout
+    assert not path.exists()
+    r = env.run("messages", "show", 1)
+    assert r.exit_code == 1 and "no message 1" in r.output, r.output
+    con = sqlite3.connect(env.tmp / "store.sqlite")
+    row = con.execute("SELECT kind, actor, sha256, detail FROM chain WHERE seq = 7").fetchone()
+    con.close()
+    assert row[:3] == ("deleted", "bob", sha) and json.loads(row[3])["reason"] == "personal mail", row
+    assert env.json("store", "verify")["messages"] == 2
+
+
+def test_a_held_matter_refuses_delete_and_refile_away(env):
+    r = env.ok("matter", "hold", "1234", "--reason", "litigation hold")
+    assert "matter 1234 is under legal hold (litigation hold)" in r.stdout
+    for args in (("messages", "delete", 1, "--reason", "x"),
+                 ("messages", "refile", 3, "--matter", "5678", "--reason", "x")):
+        r = env.run(*args)
+        assert r.exit_code == 1, r.output
+        assert "matter 1234, which is under legal hold (\"litigation hold\"" in r.output, r.output
+        assert len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output, r.output
+    assert env.path_of(1).exists()
+    r = env.run("matter", "hold", "1234", "--reason", "again")
+    assert r.exit_code == 1 and "already under legal hold" in r.output
+    # a message of an unheld matter may still be refiled INTO the held one
+    env.ok("messages", "refile", 2, "--matter", "1234", "--reason", "belongs to Smith")
+    r = env.ok("matter", "release", "1234", "--reason", "settled")
+    assert "legal hold released (it was: litigation hold)" in r.stdout
+    env.ok("messages", "delete", 1, "--reason", "after the hold")
+    kinds = [k for (k,) in sqlite3.connect(env.tmp / "store.sqlite").execute("SELECT kind FROM chain ORDER BY seq")]
+    assert kinds[6:] == ["hold", "refiled", "release", "deleted"], kinds
+    env.ok("store", "verify")
+
+
+def test_errors_name_the_field(env):
+    for args, needle in [(("messages", "delete", 99, "--reason", "x"), "ID: no message 99"),
+                         (("messages", "refile", 1, "--matter", "0000", "--reason", "x"), "--matter: no matter 0000"),
+                         (("messages", "delete", 1, "--reason", "  "), "--reason: give the reason"),
+                         (("matter", "release", "1234", "--reason", "x"), "not under legal hold"),
+                         (("matter", "hold", "9999", "--reason", "x"), "ID: no matter 9999")]:
+        r = env.run(*args)
+        assert r.exit_code == 1 and needle in r.output, (args, r.output)
+
+
+# -- backup and restore ---------------------------------------------------------------------------------
+
+
+def fresh_env(write_config_dir, name):
+    """A second, empty store (its own config) to restore into."""
+    base = write_config_dir / name
+    base.mkdir()
+    cfg = base / "mattermail.toml"
+    cfg.write_text(env_config_text(base))
+    return Env(cfg, base)
+
+
+def env_config_text(base):
+    return (f'[store]\npath = "{base}/store.sqlite"\nmessages_dir = "{base}/messages"\n'
+            f'[general]\ncatchall_domains = ["{CA}"]\n')
+
+
+def test_backup_then_restore_onto_an_empty_store_verifies(env, tmp_path):
+    env.ok("messages", "delete", 3, "--reason", "gone before the backup")
+    r = env.ok("backup", tmp_path / "bk")
+    head = env.json("store", "verify", "--head")
+    assert "2 messages, 2 filings, 2 raw files" in r.stdout and f"chain length {head['length']} head {head['head']}" \
+        in r.stdout, r.stdout
+    manifest = json.loads((tmp_path / "bk" / "manifest.json").read_text())
+    assert manifest["chain"] == head and len(manifest["files"]) == 2, manifest
+    r = env.run("backup", tmp_path / "bk")
+    assert r.exit_code == 1 and "is not empty" in r.output, r.output
+
+    other = fresh_env(tmp_path, "other")
+    r = other.ok("restore", tmp_path / "bk")
+    assert "restored 2 messages, 2 filings, 2 raw files" in r.stdout, r.stdout
+    assert f"store verify: OK (chain length {head['length']} head {head['head']}, as at the backup)" in r.stdout
+    listed = other.json("messages", "list")
+    assert sorted(m["id"] for m in listed) == [1, 2], listed
+    assert other.json("store", "verify", "--head") == head
+    # once restored, it is not empty any more
+    r = other.run("restore", tmp_path / "bk")
+    assert r.exit_code == 1 and "is not empty (2 messages" in r.output, r.output
+
+
+def test_restore_refuses_an_altered_backup_naming_the_file(env, tmp_path):
+    env.ok("backup", tmp_path / "bk")
+    manifest = json.loads((tmp_path / "bk" / "manifest.json").read_text())
+    name = sorted(manifest["files"])[1]
+    f = tmp_path / "bk" / name
+    f.write_bytes(f.read_bytes().replace(b"body", b"bodY"))
+    other = fresh_env(tmp_path, "other")
+    r = other.run("restore", tmp_path / "bk")
+    assert r.exit_code == 1 and f"{f} does not match its SHA-256 in the manifest" in r.output, r.output
+    assert other.json("store", "verify", "--head")["length"] == 0
+
+
+def test_a_backup_taken_while_mail_is_written_restores_consistently(env, tmp_path):
+    import threading
+
+    from mattermail.store import Store, insert_message, transaction
+    from mattermail.store import directory as d
+
+    stop = threading.Event()
+    written = []
+
+    def writer():
+        s = Store(tmp_path / "store.sqlite", tmp_path / "messages")
+        n = 100
+        while not stop.is_set() and n < 400:
+            data = eml(f"1234@{CA}", "burst", 1)[:-2] + f"{n}\r\n".encode()
+            sha, _ = s.write_blob(data)
+            with transaction(s):
+                mid, _ = insert_message(s, data, sha)
+                d.record_filing(s, d.Filing(mid, "1234", None, "matter-address", f"1234@{CA}", ""))
+            written.append(mid)
+            n += 1
+        s.close()
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        assert wait(lambda: len(written) >= 20), len(written)
+        env.ok("backup", tmp_path / "bk")
+        during = len(written)
+    finally:
+        stop.set()
+        t.join(timeout=60)
+    manifest = json.loads((tmp_path / "bk" / "manifest.json").read_text())
+    other = fresh_env(tmp_path, "other")
+    r = other.ok("restore", tmp_path / "bk")
+    assert "store verify: OK" in r.stdout, r.stdout
+    # the snapshot holds the 3 imported messages and a prefix of the burst; two chain entries each
+    assert 3 + 20 <= manifest["messages"] <= 3 + during + 1, (manifest["messages"], during, len(written))
+    assert manifest["chain"]["length"] == 2 * manifest["messages"], manifest["chain"]
+    ids = sorted(m["id"] for m in other.json("messages", "list", "--limit", "0"))
+    assert ids == list(range(1, manifest["messages"] + 1)), ids
+
+
+def wait(pred, timeout=30.0):
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_verify_expect_checks_a_recorded_head(env):
+    head = env.json("store", "verify", "--head")
+    text = env.ok("store", "verify", "--head").stdout
+    assert f"store verify --expect {head['length']}:{head['head']}" in text, text
+    env.ok("store", "verify", "--expect", f"{head['length']}:{head['head']}")
+    r = env.run("store", "verify", "--expect", f"{head['length']}:{'0' * 64}")
+    assert r.exit_code == 1 and f"entry {head['length']}" in r.output and "rewritten" in r.output, r.output
+    r = env.run("store", "verify", "--expect", "abc")
+    assert r.exit_code == 1 and "--expect: 'abc' is not LENGTH:DIGEST" in r.output, r.output
+
+
+def test_the_progress_bar_goes_to_stderr_on_a_terminal_only(env, monkeypatch):
+    from mattermail.ctl import storecmd
+
+    r = env.ok("store", "verify")
+    assert "re-hashing" not in r.output
+    monkeypatch.setattr(storecmd, "stderr_is_terminal", lambda: True)
+    r = env.ok("store", "verify")
+    assert "re-hashing raw messages" in r.stderr and "re-hashing" not in r.stdout, (r.stdout, r.stderr)
+
+
+def test_store_log_shows_a_deleted_messages_trail(env):
+    env.ok("messages", "delete", 2, "--reason", "wrong mailbox", env={"SUDO_USER": "carol"})
+    log = env.json("store", "log", "--message", 2)
+    assert [(e["kind"], e["message"]) for e in log] == [("stored", 2), ("filed", 2), ("deleted", 2)], log
+    assert log[-1]["actor"] == "carol" and log[-1]["detail"]["reason"] == "wrong mailbox"
+    assert log[-1]["detail"]["filings"][0]["matter"] == "5678"
+    text = env.ok("store", "log", "--kind", "deleted").stdout.strip().splitlines()
+    assert len(text) == 1 and text[0].split("\t")[2:5] == ["deleted", "carol", "message 2"], text
+    assert "reason=wrong mailbox" in text[0]
+    assert len(env.json("store", "log", "--limit", 2)) == 2
+
+
+def test_an_incremental_backup_links_what_the_previous_one_holds(env, tmp_path):
+    env.ok("backup", tmp_path / "bk1")
+    env.ok("messages", "delete", 3, "--reason", "gone")
+    src = tmp_path / "src2"
+    src.mkdir()
+    (src / "4.eml").write_bytes(eml(f"1234@{CA}", "Later", 4))
+    env.ok("import", src)
+    r = env.ok("backup", "--since", tmp_path / "bk1", tmp_path / "bk2")
+    assert "3 raw files" in r.stdout and f"2 linked from {tmp_path / 'bk1'}" in r.stdout, r.stdout
+    m1 = json.loads((tmp_path / "bk1" / "manifest.json").read_text())
+    m2 = json.loads((tmp_path / "bk2" / "manifest.json").read_text())
+    shared = sorted(set(m1["files"]) & set(m2["files"]))
+    assert len(shared) == 2 and all((tmp_path / "bk2" / n).stat().st_nlink == 2 for n in shared), shared
+    other = fresh_env(tmp_path, "other")
+    assert "store verify: OK" in other.ok("restore", tmp_path / "bk2").stdout
+    # a damaged file in the previous backup is not carried over: the store's copy is taken
+    victim = tmp_path / "bk2" / shared[0]
+    victim.write_bytes(victim.read_bytes() + b"x")  # also changes bk1's copy (the same inode)
+    r = env.ok("backup", "--since", tmp_path / "bk2", tmp_path / "bk3")
+    assert "1 linked" not in r.stdout and "2 linked" in r.stdout, r.stdout
+    third = fresh_env(tmp_path, "third")
+    assert "store verify: OK" in third.ok("restore", tmp_path / "bk3").stdout
