@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import click
+from mattermail.atomicfile import sync_dir
 from mattermail.ctl import base
 from mattermail.ctl.base import Context, UserFacingError, cli, json_option, pass_ctx
 from mattermail.ctl.terminal import echo, echo_json, safe
@@ -95,14 +96,6 @@ def _free_selector(alg: str, taken: set[str], today: datetime.date) -> str:
     while f"mm{today:%Y%m%d}{suffix}{n}" in taken:
         n += 1
     return f"mm{today:%Y%m%d}{suffix}{n}"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _owner(path: Path) -> str:
@@ -352,7 +345,7 @@ def _rotate_finish(ctx: Context, domain: str, alg: str | None, selector: str | N
         retired = [k for k in existing if k.state == "active" and k.alg == kf.alg]
         for old in retired:
             os.rename(old.path, old.path.with_name(old.path.name + ".retired"))
-        _fsync_dir(kf.path.parent)
+        sync_dir(kf.path.parent)
         echo(f"{domain}: {kf.alg} key {kf.selector} is now active")
         for old in retired:
             echo(f"{domain}: retired {old.selector} (kept as {old.path.name}.retired); keep the TXT record "
