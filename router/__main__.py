@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 
 from mattermail import daemon
 from mattermail.capture import CaptureError, load_secret
@@ -51,13 +52,32 @@ async def _run(cfg) -> None:
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload, handler)
     log.info("ready: store %s", cfg.store.path)
+    watch = loop.create_task(_watch_store(store, stop))
     await stop.wait()
+    watch.cancel()
     for s in servers:
         s.close()
         await s.wait_closed()
     await handler.aclose()
     store.close()
     log.info("stopped")
+    if store.replaced():
+        sys.exit(EX_STORE_REPLACED)
+
+
+EX_STORE_REPLACED = 75  # EX_TEMPFAIL: systemd's Restart=on-failure starts the router again, on the new file
+STORE_CHECK_SECONDS = 1.0
+
+
+async def _watch_store(store: Store, stop: asyncio.Event) -> None:
+    """Stop (exit 75, restarted by systemd) when the database file is replaced on disk, as by a restore into a
+    new store: this process's connection would go on filing into the old file, answering 250 for mail the
+    restored store never sees. Deliveries in flight are deferred (451) and Postfix retries them."""
+    while not stop.is_set():
+        await asyncio.sleep(STORE_CHECK_SECONDS)
+        if store.replaced():
+            log.error("store %s was replaced on disk: stopping, to be restarted on the new file", store.path)
+            stop.set()
 
 
 def reload(handler: DeliveryHandler) -> bool:

@@ -90,13 +90,13 @@ class Store:
         self.messages_dir = Path(messages_dir)
         self._dirs: set[Path] = set()  # hash directories known to exist
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._identity = _identity(self.path)
         conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
         self.db = sqlite_utils.Database(conn)
         self.db.execute("PRAGMA journal_mode=WAL")
         # FULL: every commit is fsynced (the router answers 250 only after it).
         self.db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         self.db.execute("PRAGMA foreign_keys=ON")
+        self._identity = _identity(self.path)  # the file this connection reads (see replaced)
         self.migrate()
 
     # -- schema ------------------------------------------------------------

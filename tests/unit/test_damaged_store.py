@@ -202,3 +202,48 @@ def test_milter_replaced_store_file_is_reopened(write_config, tmp_path):
     s.close()
     assert rt.owned_addresses("erin@lawfirm.test") == {"erin@lawfirm.test"}, "the milter read the old file"
     assert rt.owned_addresses("alice@lawfirm.test") == set(), "alice is only in the old file"
+
+
+# -- the router ----------------------------------------------------------------------------------
+
+def test_router_defers_every_recipient_on_a_damaged_store(write_config, tmp_path):
+    from tests.unit.test_router_lmtp import lmtp_send, running
+
+    _populated(write_config, tmp_path)
+    db = tmp_path / "store.sqlite"
+    store = Store(db, tmp_path / "messages")  # the running router's connection, then the file is damaged
+    _damage_pages(db)
+    try:
+        with running(store) as port:
+            replies = lmtp_send(port, ["1234@matters.lawfirm.test", "alice+5@matters.lawfirm.test"])
+    finally:
+        store.close()
+    codes = [code for code, _ in replies]
+    assert codes == [451, 451], f"damaged store: router answered {replies}"
+
+
+def test_router_stops_when_its_store_file_is_replaced(tmp_path, monkeypatch):
+    import asyncio
+
+    from mattermail.router import __main__ as router_main
+
+    db = tmp_path / "store.sqlite"
+    store = Store(db, tmp_path / "messages")
+    monkeypatch.setattr(router_main, "STORE_CHECK_SECONDS", 0.05)
+
+    async def scenario() -> bool:
+        stop = asyncio.Event()
+        watch = asyncio.get_running_loop().create_task(router_main._watch_store(store, stop))
+        await asyncio.sleep(0.2)
+        assert not stop.is_set(), "stopped while the file was still the one it opened"
+        db.rename(tmp_path / "aside.sqlite")
+        Store(db, tmp_path / "messages").close()  # a restore into a new store
+        await asyncio.wait_for(stop.wait(), 5)
+        await watch
+        return stop.is_set()
+
+    try:
+        assert asyncio.run(scenario())
+        assert store.replaced()
+    finally:
+        store.close()
