@@ -196,7 +196,9 @@ def test_milter_replaced_store_file_is_reopened(write_config, tmp_path):
     add_user(s, "alice@lawfirm.test", "{PLAIN}x", ["alice@lawfirm.test"])
     s.close()
     assert rt.owned_addresses("alice@lawfirm.test") == {"alice@lawfirm.test"}
-    db.rename(tmp_path / "old.sqlite")
+    for name in ("store.sqlite", "store.sqlite-wal", "store.sqlite-shm"):  # moved aside, as an admin would
+        if (tmp_path / name).exists():
+            (tmp_path / name).rename(tmp_path / f"old-{name}")
     s = Store(db, tmp_path / "messages")  # a new, empty store in its place
     add_user(s, "erin@lawfirm.test", "{PLAIN}x", ["erin@lawfirm.test"])
     s.close()
