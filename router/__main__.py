@@ -21,7 +21,7 @@ from mattermail import daemon
 from mattermail.capture import CaptureError, load_secret
 from mattermail.router.lmtp import DeliveryHandler, serve
 from mattermail.router.rules import RouterRules
-from mattermail.store import Store, recover_stale_tmp
+from mattermail.store import Store, StoreError, describe_error, recover_stale_tmp
 from mattermail.srs import SRSConfigError, load_codec
 
 log = logging.getLogger("mattermail.router")
@@ -29,7 +29,14 @@ PROG = "mattermail-router"
 
 
 async def _run(cfg) -> None:
-    store = Store(cfg.store.path, cfg.store.messages_dir)
+    try:
+        store = Store(cfg.store.path, cfg.store.messages_dir)
+    except StoreError as e:  # one line, and exit 75: restarted by systemd; Postfix defers meanwhile
+        kind, text = describe_error(e)
+        log.error("cannot open the store %s (%s: %s): catch-all mail waits in Postfix's queue; run "
+                  "'mattermailctl store verify', or restore a backup", cfg.store.path, kind, text)
+        print(f"{PROG}: fatal: cannot open the store {cfg.store.path} ({kind}: {text})", file=sys.stderr)
+        sys.exit(EX_STORE_REPLACED)
     stale = recover_stale_tmp(cfg.store.messages_dir)
     if stale:
         log.warning("removed %d half-written message file(s) (.tmp-*) left under %s by an interrupted delivery",
@@ -65,7 +72,8 @@ async def _run(cfg) -> None:
         sys.exit(EX_STORE_REPLACED)
 
 
-EX_STORE_REPLACED = 75  # EX_TEMPFAIL: systemd's Restart=on-failure starts the router again, on the new file
+# EX_TEMPFAIL: systemd's Restart=on-failure starts the router again (on the new file; or once the store opens)
+EX_STORE_REPLACED = 75
 STORE_CHECK_SECONDS = 1.0
 
 

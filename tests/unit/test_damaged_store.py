@@ -249,3 +249,18 @@ def test_router_stops_when_its_store_file_is_replaced(tmp_path, monkeypatch):
         assert store.replaced()
     finally:
         store.close()
+
+
+def test_router_on_a_damaged_store_exits_75_with_one_line(write_config, tmp_path, capsys):
+    import asyncio
+
+    from mattermail.router import __main__ as router_main
+
+    cfg = _populated(write_config, tmp_path)
+    _damage_header(tmp_path / "store.sqlite")
+    with pytest.raises(SystemExit) as exc:
+        asyncio.run(router_main._run(load(cfg)))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 75, exc.value.code
+    assert err == [f"mattermail-router: fatal: cannot open the store {tmp_path / 'store.sqlite'} "
+                   "(damaged: file is not a database)"], err
