@@ -97,6 +97,7 @@ class Store:
         self.db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         self.db.execute("PRAGMA foreign_keys=ON")
         self._identity = _identity(self.path)  # the file this connection reads (see replaced)
+        self._wal_identity: tuple[int, int] | None = None
         self.migrate()
 
     # -- schema ------------------------------------------------------------
@@ -122,12 +123,19 @@ class Store:
 
     def replaced(self) -> bool:
         """Whether the database file at :attr:`path` is no longer the one this connection opened (removed,
-        or another file put in its place, as by a restore into a fresh store): a long-lived reader (the
-        milter) then reopens, or it would go on reading the old file's rows."""
+        or another file put in its place, as by a restore into a fresh store), or its WAL file was replaced
+        or removed while this connection had it open (SQLite removes it only when the last connection
+        closes): a long-lived reader (the milter) then reopens, or it would go on reading the old rows."""
         if self._identity is None:  # created by this connection: remember the file it made
             self._identity = _identity(self.path)
             return False
-        return _identity(self.path) != self._identity
+        if _identity(self.path) != self._identity:
+            return True
+        wal = _identity(Path(f"{self.path}-wal"))
+        if self._wal_identity is None:  # the WAL is made at the first read: remember it when seen
+            self._wal_identity = wal
+            return False
+        return wal != self._wal_identity
 
     @property
     def in_transaction(self) -> bool:

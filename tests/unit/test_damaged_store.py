@@ -264,3 +264,28 @@ def test_router_on_a_damaged_store_exits_75_with_one_line(write_config, tmp_path
     assert exc.value.code == 75, exc.value.code
     assert err == [f"mattermail-router: fatal: cannot open the store {tmp_path / 'store.sqlite'} "
                    "(damaged: file is not a database)"], err
+
+
+def test_milter_with_the_wal_replaced_underneath_defers_instead_of_reading_its_old_view(write_config, tmp_path):
+    """The issue's case: the WAL file replaced under running daemons. New connections see a damaged store;
+    the milter's open one still read the old WAL and passed mail. Now it notices, reopens, and defers."""
+    rt = _runtime(write_config, tmp_path)
+    db = tmp_path / "store.sqlite"
+    writer = Store(db, tmp_path / "messages")  # another process keeps the WAL in use (the router)
+    add_user(writer, "alice@lawfirm.test", "{PLAIN}x", ["alice@lawfirm.test"])
+    code, reply = run_eom(rt, login="alice@lawfirm.test", sender="alice@lawfirm.test")
+    assert code == "accept", (code, reply)
+    for n in range(30):  # frames in the WAL, not yet checkpointed
+        add_user(writer, f"user{n}@lawfirm.test", "{PLAIN}x" * 20, [f"alias{n}@lawfirm.test"])
+    wal = Path(f"{db}-wal")
+    size = wal.stat().st_size
+    assert size > 0, "nothing in the WAL"
+    wal.rename(tmp_path / "old-wal")
+    wal.write_bytes(b"\x5a" * size)  # a garbage WAL in its place
+    try:
+        code, reply = run_eom(rt, login="alice@lawfirm.test", sender="alice@lawfirm.test")
+        assert code == "451" and "store" in reply.lower(), f"WAL replaced: milter answered {code} {reply}"
+        r = _run(write_config(), ["user", "list"])
+        _assert_one_line(r, ["user", "list"], db, "is damaged")
+    finally:
+        writer.close()
