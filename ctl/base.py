@@ -116,8 +116,8 @@ def store_failure(path: str | None, e: BaseException) -> str:
     kind, text = storemod.describe_error(e)
     where = f"the store {path}" if path else "the store"
     if kind == "damaged":
-        return (f"{where} is damaged ({text}): run 'mattermailctl store verify', or move it aside and "
-                f"restore a backup with 'mattermailctl restore DIR'")
+        return (f"{where} is damaged ({text}): run 'mattermailctl store verify', or move it (with its -wal and "
+                f"-shm files) aside and restore a backup with 'mattermailctl restore DIR'")
     if kind == "busy":
         return f"{where} is busy ({text}): another process holds it locked; try again in a moment"
     if kind == "unavailable":
