@@ -2,6 +2,8 @@
 
 Exit status: 0 on success, 1 on a user error (one line naming the field),
 2 on usage errors (click's own), 78 when the config file cannot be loaded.
+A store that cannot be read (damaged, locked, unreadable) is one line naming the
+file and what to do, exit status 1, for every command (:func:`store_failure`).
 """
 
 from __future__ import annotations
@@ -47,6 +49,10 @@ class SafeGroup(click.Group):
         except click.ClickException as e:
             _escaped(e)
             raise
+        except storemod.StoreError as e:  # any command, any query: one line, never a traceback
+            obj = ctx.obj if isinstance(ctx.obj, Context) else None
+            echo(f"mattermailctl: {safe(store_failure(obj.store_path if obj else None, e))}", err=True)
+            ctx.exit(1)
 
 
 class Context:
@@ -89,12 +95,35 @@ class Context:
             raise UserFacingError(f"cannot switch to the daemon user: {e}") from None
 
     @property
+    def store_path(self) -> str | None:
+        """The configured database file, when the config has been loaded (for error messages)."""
+        return str(self._config.store.path) if self._config is not None else None
+
+    @property
     def store(self) -> storemod.Store:
         if self._store is None:
             cfg = self.config.store
-            self._store = storemod.Store(cfg.path, cfg.messages_dir)
+            try:
+                self._store = storemod.Store(cfg.path, cfg.messages_dir)
+            except OSError as e:  # the store's directory cannot be made (permissions)
+                raise UserFacingError(store_failure(str(cfg.path), e)) from None
             self._store.actor = admin_name()  # named in the records chain for what this command changes
         return self._store
+
+
+def store_failure(path: str | None, e: BaseException) -> str:
+    """The one line a command prints when the store fails under it: the file, what is wrong, the way out."""
+    kind, text = storemod.describe_error(e)
+    where = f"the store {path}" if path else "the store"
+    if kind == "damaged":
+        return (f"{where} is damaged ({text}): run 'mattermailctl store verify', or move it (with its -wal and "
+                f"-shm files) aside and restore a backup with 'mattermailctl restore DIR'")
+    if kind == "busy":
+        return f"{where} is busy ({text}): another process holds it locked; try again in a moment"
+    if kind == "unavailable":
+        return (f"{where} cannot be read or written ({text}): check that it and its directory exist, are "
+                f"writable by the user running this command (uid {os.getuid()}) and that the disk is not full")
+    return f"{where} failed ({text}): run 'mattermailctl store verify'"
 
 
 pass_ctx = click.make_pass_decorator(Context)

@@ -33,10 +33,12 @@ from mattermail.milter.direction import Direction, direction
 from mattermail.milter.longlines import LineScan
 from mattermail.milter.runtime import Runtime
 from mattermail.milter.spool import MessageSpool
+from mattermail import store as storemod
 
 log = logging.getLogger("mattermail.milter")
 
 TEMPFAIL_TEXT = "Temporary local problem checking this message, please try again later"
+STORE_TEMPFAIL_TEXT = "Mail store temporarily unavailable, please try again later"
 REPLACE_CHUNK = 65535  # libmilter's largest body chunk
 NR_BITS = (Milter.P_NR_CONN | Milter.P_NR_HELO | Milter.P_NR_MAIL | Milter.P_NR_DATA
            | Milter.P_NR_UNKN | Milter.P_NR_EOH | Milter.P_NR_BODY | Milter.P_NR_HDR)
@@ -307,7 +309,14 @@ class MatterMilter(Milter.Base):
                                   mail_from=msg.mail_from, recipients=list(msg.recipients),
                                   headers=list(msg.headers), raw=raw, body_offset=msg.body_offset,
                                   read=msg.spool.read_range, long_lines=msg.lines.finish())
-        out = outbound.process(sub, self.runtime)
+        try:
+            out = outbound.process(sub, self.runtime)
+        except storemod.StoreError as e:  # never a 5xx, never a pass: the client retries
+            kind, text = storemod.describe_error(e)
+            qlog.error("%s verdict=tempfail reason=store %s unreadable (%s: %s)", summary,
+                       self.runtime.config.store.path, kind, text)
+            self.setreply("451", "4.3.0", STORE_TEMPFAIL_TEXT)
+            return Milter.TEMPFAIL
         notes = " ".join(out.notes)
         if out.reject:
             qlog.info("%s %s verdict=reject", summary, notes)

@@ -5,6 +5,13 @@ a lock (libmilter runs each SMTP session in its own thread). Disclaimers are
 re-read when the store changes (SQLite's ``data_version``), so
 ``mattermailctl disclaimer set`` takes effect without a restart; DKIM keys are
 re-read when a file in the keys directory changes.
+
+A store that fails (damaged, locked, unreadable) raises ``StoreError`` to the
+caller, which defers the message (451); the connection is closed and the
+cached disclaimers dropped, so the next look-up reopens the file and reads it
+afresh. A database file replaced on disk (a restore into a new store) is
+noticed before each look-up and reopened too: the milter never answers from
+the old file's rows.
 """
 
 from __future__ import annotations
@@ -59,6 +66,9 @@ class Runtime:
 
     # -- store lookups ---------------------------------------------------------------
     def store(self) -> storemod.Store:
+        if self._store is not None and self._store.replaced():
+            log.warning("store %s was replaced on disk: reopening it", self.config.store.path)
+            self._forget_store()
         if self._store is None:
             # NORMAL, not FULL: in WAL mode a commit then survives a crash of any process but
             # not a power cut before the next checkpoint. An fsync per message serialised every
@@ -69,22 +79,51 @@ class Runtime:
                                          durable=False)
         return self._store
 
+    def _forget_store(self) -> None:
+        """Close the store and drop what was read from it (called with the lock held)."""
+        store, self._store = self._store, None
+        # data_version counts per connection: a new one may repeat the old value, so the cache goes too
+        self._disclaimers, self._disclaimers_version = [], None
+        if store is not None:
+            try:
+                store.close()
+            except storemod.StoreError:
+                pass
+
+    def _failed(self, what: str, e: BaseException) -> None:
+        kind, text = storemod.describe_error(e)
+        log.error("store %s: %s failed (%s: %s); closing it, the next look-up reopens it",
+                  self.config.store.path, what, kind, text)
+        self._forget_store()
+
     def owned_addresses(self, login: str) -> set[str]:
         with self._lock:
-            return storemod.owned_addresses(self.store(), login)
+            try:
+                return storemod.owned_addresses(self.store(), login)
+            except storemod.StoreError as e:
+                self._failed("sender look-up", e)
+                raise
 
     def disclaimer_for(self, sender: str) -> storemod.DisclaimerRow | None:
         with self._lock:
-            version = storemod.data_version(self.store())
-            if version != self._disclaimers_version:
-                self._disclaimers = storemod.list_disclaimers(self.store())
-                self._disclaimers_version = version
+            try:
+                version = storemod.data_version(self.store())
+                if version != self._disclaimers_version:
+                    self._disclaimers = storemod.list_disclaimers(self.store())
+                    self._disclaimers_version = version
+            except storemod.StoreError as e:
+                self._failed("disclaimer look-up", e)
+                raise
             rows = self._disclaimers
         return storemod.disclaimer_for(rows, sender)
 
     def record_envelope(self, env: storemod.EnvelopeRecord) -> None:
         with self._lock:
-            storemod.record_envelope(self.store(), env)
+            try:
+                storemod.record_envelope(self.store(), env)
+            except storemod.StoreError as e:
+                self._failed("envelope record", e)
+                raise
 
     # -- keys and secrets ------------------------------------------------------------------
     def load_keys(self) -> None:

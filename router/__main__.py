@@ -15,12 +15,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 
 from mattermail import daemon
 from mattermail.capture import CaptureError, load_secret
 from mattermail.router.lmtp import DeliveryHandler, serve
 from mattermail.router.rules import RouterRules
-from mattermail.store import Store, recover_stale_tmp
+from mattermail.store import Store, StoreError, describe_error, recover_stale_tmp
 from mattermail.srs import SRSConfigError, load_codec
 
 log = logging.getLogger("mattermail.router")
@@ -28,7 +29,14 @@ PROG = "mattermail-router"
 
 
 async def _run(cfg) -> None:
-    store = Store(cfg.store.path, cfg.store.messages_dir)
+    try:
+        store = Store(cfg.store.path, cfg.store.messages_dir)
+    except StoreError as e:  # one line, and exit 75: restarted by systemd; Postfix defers meanwhile
+        kind, text = describe_error(e)
+        log.error("cannot open the store %s (%s: %s): catch-all mail waits in Postfix's queue; run "
+                  "'mattermailctl store verify', or restore a backup", cfg.store.path, kind, text)
+        print(f"{PROG}: fatal: cannot open the store {cfg.store.path} ({kind}: {text})", file=sys.stderr)
+        sys.exit(EX_STORE_REPLACED)
     stale = recover_stale_tmp(cfg.store.messages_dir)
     if stale:
         log.warning("removed %d half-written message file(s) (.tmp-*) left under %s by an interrupted delivery",
@@ -51,13 +59,33 @@ async def _run(cfg) -> None:
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload, handler)
     log.info("ready: store %s", cfg.store.path)
+    watch = loop.create_task(_watch_store(store, stop))
     await stop.wait()
+    watch.cancel()
     for s in servers:
         s.close()
         await s.wait_closed()
     await handler.aclose()
     store.close()
     log.info("stopped")
+    if store.replaced():
+        sys.exit(EX_STORE_REPLACED)
+
+
+# EX_TEMPFAIL: systemd's Restart=on-failure starts the router again (on the new file; or once the store opens)
+EX_STORE_REPLACED = 75
+STORE_CHECK_SECONDS = 1.0
+
+
+async def _watch_store(store: Store, stop: asyncio.Event) -> None:
+    """Stop (exit 75, restarted by systemd) when the database file is replaced on disk, as by a restore into a
+    new store: this process's connection would go on filing into the old file, answering 250 for mail the
+    restored store never sees. Deliveries in flight are deferred (451) and Postfix retries them."""
+    while not stop.is_set():
+        await asyncio.sleep(STORE_CHECK_SECONDS)
+        if store.replaced():
+            log.error("store %s was replaced on disk: stopping, to be restarted on the new file", store.path)
+            stop.set()
 
 
 def reload(handler: DeliveryHandler) -> bool:

@@ -35,6 +35,40 @@ class UserError(Exception):
 # unreadable, a broken file): callers catch this name, never the driver's.
 StoreError: type[Exception] = sqlite3.Error
 
+# What :func:`describe_error` says a StoreError is: the three an admin acts on differently.
+BUSY = "busy"            # locked by another process past the timeout: try again
+DAMAGED = "damaged"      # not a database, malformed, a bad WAL: verify / restore a backup
+UNAVAILABLE = "unavailable"  # cannot be opened or written: permissions, missing directory, disk full, I/O
+OTHER = "other"
+
+_BUSY_CODES = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
+_DAMAGED_CODES = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
+_UNAVAILABLE_CODES = {sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM, sqlite3.SQLITE_READONLY,
+                      sqlite3.SQLITE_IOERR, sqlite3.SQLITE_FULL, sqlite3.SQLITE_AUTH}
+
+
+def describe_error(e: BaseException) -> tuple[str, str]:
+    """``(kind, text)`` for a store failure: kind is BUSY, DAMAGED, UNAVAILABLE or OTHER, text the
+    driver's own words (``database disk image is malformed``). The CLI and the daemons word their
+    message from the kind and never name the driver."""
+    text = str(e) or type(e).__name__
+    code = getattr(e, "sqlite_errorcode", None)
+    if code is not None:
+        code &= 0xFF  # the primary result code (SQLITE_IOERR_SHORT_READ -> SQLITE_IOERR, ...)
+        for kind, codes in ((BUSY, _BUSY_CODES), (DAMAGED, _DAMAGED_CODES), (UNAVAILABLE, _UNAVAILABLE_CODES)):
+            if code in codes:
+                return kind, text
+    low = text.lower()
+    if "locked" in low or "busy" in low:
+        return BUSY, text
+    if "malformed" in low or "not a database" in low or "corrupt" in low:
+        return DAMAGED, text
+    if "unable to open" in low or "readonly" in low or "permission" in low or "disk i/o" in low or "full" in low:
+        return UNAVAILABLE, text
+    if isinstance(e, OSError):
+        return UNAVAILABLE, text
+    return OTHER, text
+
 
 def normalise_address(address: str) -> str:
     """Lower-case the domain (local parts are case-sensitive in theory, not in practice)."""
@@ -62,6 +96,8 @@ class Store:
         # FULL: every commit is fsynced (the router answers 250 only after it).
         self.db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         self.db.execute("PRAGMA foreign_keys=ON")
+        self._identity = _identity(self.path)  # the file this connection reads (see replaced)
+        self._wal_identity: tuple[int, int] | None = None
         self.migrate()
 
     # -- schema ------------------------------------------------------------
@@ -84,6 +120,22 @@ class Store:
 
     def close(self) -> None:
         self.db.close()
+
+    def replaced(self) -> bool:
+        """Whether the database file at :attr:`path` is no longer the one this connection opened (removed,
+        or another file put in its place, as by a restore into a fresh store), or its WAL file was replaced
+        or removed while this connection had it open (SQLite removes it only when the last connection
+        closes): a long-lived reader (the milter) then reopens, or it would go on reading the old rows."""
+        if self._identity is None:  # created by this connection: remember the file it made
+            self._identity = _identity(self.path)
+            return False
+        if _identity(self.path) != self._identity:
+            return True
+        wal = _identity(Path(f"{self.path}-wal"))
+        if self._wal_identity is None:  # the WAL is made at the first read: remember it when seen
+            self._wal_identity = wal
+            return False
+        return wal != self._wal_identity
 
     @property
     def in_transaction(self) -> bool:
@@ -212,6 +264,14 @@ class BlobWriter:
         if not self._file.closed:
             self._file.close()
         self.path.unlink(missing_ok=True)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def data_version(store: Store) -> int:
