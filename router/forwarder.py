@@ -18,6 +18,8 @@ sendmail delays notices, never deliveries.
 
 from __future__ import annotations
 
+import contextlib
+
 import logging
 import threading
 import time
@@ -95,21 +97,30 @@ class Forwarder:
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        store = Store(*self._store_args)
+        """Drain the outbox until stopped; a store that cannot be opened or read is retried, never fatal."""
+        store: Store | None = None
         try:
             while not self._stop.is_set():
                 self._wake.clear()
                 try:
+                    if store is None:
+                        store = Store(*self._store_args)
                     while not self._stop.is_set() and self._drain(store):
                         pass
                     due = next_forward_due(store)
-                except (StoreError, OSError):
-                    log.exception("outbox: reading or updating the store failed; retrying in %ds", self.base_delay)
+                except (StoreError, OSError) as e:
+                    log.error("outbox: reading or updating the store failed (%s); retrying in %ds", e,
+                              self.base_delay)
+                    if store is not None:  # reopen next time: the file may have been replaced or repaired
+                        with contextlib.suppress(Exception):
+                            store.close()
+                        store = None
                     due = time.time() + self.base_delay
                 wait = self.idle if due is None else min(self.idle, max(0.0, due - time.time()))
                 self._wake.wait(wait)
         finally:
-            store.close()
+            if store is not None:
+                store.close()
 
     def _drain(self, store: Store) -> bool:
         """Send what is due now (a batch); whether there may be more."""
