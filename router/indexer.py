@@ -49,6 +49,7 @@ class Indexer:
         self._delay = delay
         self.retry, self.idle = retry, idle
         self.indexed = 0  # messages indexed by this thread (tests, logs)
+        self.started = threading.Event()  # set when the start-up catch-up is over
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -82,6 +83,7 @@ class Indexer:
                 if delay > 0 and self._stop.wait(delay):
                     break
                 wait = self.idle if self._catch_up(store) else self.retry
+                self.started.set()
                 woken = self._wake.wait(wait)
         finally:
             store.close()
