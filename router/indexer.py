@@ -83,7 +83,10 @@ class Indexer:
                 if delay > 0 and self._stop.wait(delay):
                     break
                 wait = self.idle if self._catch_up(store) else self.retry
-                self.started.set()
+                if not self.started.is_set():
+                    if self.indexed:
+                        log.info("indexed %d message(s) for search that a previous run left unindexed", self.indexed)
+                    self.started.set()
                 woken = self._wake.wait(wait)
         finally:
             store.close()
