@@ -112,3 +112,13 @@ def test_migration_8_counts_existing_messages_as_indexed(tmp_path, monkeypatch):
     fts_intact(new)
     assert index_pending(new) == 1 and found(new, "pangolin") == [later]
     new.close()
+
+
+def test_status_counts_the_messages_not_indexed_yet(store, tmp_path):
+    from mattermail.store import status
+
+    add(store, "one", "first")
+    add(store, "two", "second")
+    assert status.counts(tmp_path / "store.sqlite")["not_indexed"] == 2
+    index_pending(store)
+    assert status.counts(tmp_path / "store.sqlite")["not_indexed"] == 0
