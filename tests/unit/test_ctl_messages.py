@@ -305,8 +305,9 @@ def test_a_copy_to_the_capture_address_that_does_not_verify_is_marked_in_every_l
 def test_search_notes_messages_not_indexed_yet(env):
     data = eml(f"1234@{CA}", "Late arrival", "court@courts.example", "The tapir exhibit.",
                "Wed, 10 Jan 2024 09:00:00 +0000")
-    from mattermail.store import index_pending, insert_message, transaction
+    from mattermail.store import index_pending, insert_message, pending_count, transaction
 
+    assert pending_count(env.store) == 0  # the import indexed what it stored before returning
     with transaction(env.store):  # what the router commits before its indexer has run
         insert_message(env.store, data, hashlib.sha256(data).hexdigest(), body_text="The tapir exhibit.")
     r = CliRunner().invoke(cli, ["--config", str(env.cfg), "messages", "search", "tapir"])
