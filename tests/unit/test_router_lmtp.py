@@ -288,3 +288,33 @@ def test_the_indexer_catches_up_after_each_commit_and_logs_it(tmp_path, caplog):
         assert handler.indexer.indexed == 1, handler.indexer.indexed  # the same message 3 times: stored once
         assert _until(lambda: "indexed 1 message(s) for search" in caplog.text), caplog.text
     store.close()
+
+
+def test_an_indexing_failure_is_logged_with_the_message_ids_and_retried(tmp_path, monkeypatch, caplog):
+    import hashlib
+
+    from mattermail.router import indexer
+    from mattermail.store import StoreError, insert_message, transaction
+
+    store = Store(tmp_path / "s.sqlite", tmp_path / "m")
+    with transaction(store):
+        insert_message(store, MSG, hashlib.sha256(MSG).hexdigest(), body_text="body")
+    real, calls = indexer.index_pending, []
+
+    def flaky(st, limit):
+        calls.append(limit)
+        if len(calls) == 1:
+            raise StoreError("database is locked")
+        return real(st, limit)
+
+    monkeypatch.setattr(indexer, "index_pending", flaky)
+    idx = indexer.Indexer(store, retry=0.05)
+    with caplog.at_level(logging.INFO, logger="mattermail.router.index"):
+        idx.start()
+        try:
+            assert _until(lambda: pending_count(store) == 0), (calls, caplog.text)
+        finally:
+            idx.stop()
+    assert "indexing message(s) 1 for search failed, retrying in 0s: database is locked" in caplog.text, caplog.text
+    assert len(calls) >= 2 and len(search(store, "filing")) == 1, calls
+    store.close()
