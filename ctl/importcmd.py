@@ -52,7 +52,7 @@ from mattermail.ctl.base import Context, UserFacingError, cli, json_option, pass
 from mattermail.ctl.terminal import echo, echo_json, progressbar, safe, stderr_is_terminal
 from mattermail.router import filing
 from mattermail.router.rules import RouterRules
-from mattermail.store import find_message
+from mattermail.store import StoreError, find_message, index_pending
 
 _HEADER_LINE = re.compile(rb"^[!-9;-~]+[ \t]*:")
 _EXTENSION = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
@@ -423,6 +423,18 @@ def import_one(ctx: Context, item: Item, rules: RouterRules, summary: Summary) -
         summary.already += 1
 
 
+def _index_all(ctx: Context) -> str | None:
+    """Index every message not indexed yet (the import's, and any the router has not reached), so the
+    imported mail is searchable when the command returns; the error, or None. Short transactions: the
+    router keeps delivering meanwhile."""
+    try:
+        while index_pending(ctx.store, limit=500):
+            pass
+    except StoreError as e:
+        return str(e)
+    return None
+
+
 @cli.command("import")
 @click.argument("path", metavar="PATH")
 @json_option
@@ -464,6 +476,7 @@ def import_cmd(ctx: Context, path: str, as_json: bool) -> None:
     else:
         for item in plan.items:
             import_one(ctx, item, rules, summary)
+    index_error = _index_all(ctx)
     if as_json:
         echo_json(summary.as_dict())
     else:
@@ -473,5 +486,8 @@ def import_cmd(ctx: Context, path: str, as_json: bool) -> None:
             echo(f"skipped {len(summary.skipped)} file{'s' if len(summary.skipped) > 1 else ''} that are "
                  f"not messages (e.g. {safe(summary.skipped[0])})", err=True)
         echo(summary.line())
+    if index_error:
+        echo(f"note: indexing for search failed ({safe(index_error)}); the router indexes the imported "
+             "messages in the background", err=True)
     if summary.errors:
         sys.exit(1)

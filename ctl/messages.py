@@ -45,7 +45,7 @@ from mattermail.ctl.base import (
     Context, UserFacingError, cli, json_option, pass_ctx, user_errors, valid_address, valid_matter_id,
 )
 from mattermail.ctl.terminal import echo, echo_json, safe, write_raw
-from mattermail.store import directory, listing
+from mattermail.store import directory, indexer, listing
 from mattermail.store import FilingView, MessageDetail, MessageSummary, Names, Store
 
 DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"]
@@ -354,6 +354,10 @@ def messages_search(ctx: Context, query: str, matter: str | None, limit: int, as
     store = ctx.store
     hits = listing.search(store, query, matter=_matter_or_fail(store, matter) if matter is not None else None,
                           limit=limit)
+    waiting = indexer.pending_count(store)
+    if waiting:  # indexing follows the delivery; a message just stored may not be found yet
+        echo(f"note: {waiting} message{'s are' if waiting != 1 else ' is'} not indexed yet; "
+             "the router indexes them in the background", err=True)
     names = Names(store)
     out = []
     for hit in hits:

@@ -356,7 +356,7 @@ def status(ctx: Context, log_lines: int, show_errors: int, as_json: bool) -> Non
         echo(f"  {safe(store['path'])}: {_size(store['db_bytes'])} + WAL {_size(store['wal_bytes'])}; "
              f"{safe(store['messages_dir'])}: {_size(store['messages_dir_bytes'])} in {store['message_files']} file(s)")
         if store["counts"]:
-            echo("  " + ", ".join(f"{k} {v}" for k, v in store["counts"].items()))
+            echo("  " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in store["counts"].items()))
         if store["error"]:
             echo(f"  cannot read the store: {safe(store['error'])}")
     if down:

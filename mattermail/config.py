@@ -99,6 +99,9 @@ class Router:
     # Capture copies with no known correspondent: false = personal (kept, not filed, no alarm);
     # true = unfiled like any other unmatched mail (and forwarded to failed_mail_address).
     file_personal: bool = False
+    # Seconds the background indexer waits after a delivery before indexing it for search (0: at once);
+    # the start-up catch-up never waits. For tests that need mail stored but not yet indexed.
+    index_delay: int = 0
 
     @staticmethod
     def _one_group(value: str) -> str:
@@ -119,6 +122,7 @@ class Router:
         "catchall_headers": lambda v: v if v and all(c.isalnum() or c == "-" for c in v) else _bad("a header name"),
         "trusted_hops": lambda v: v if v <= 100 else _bad("0 to 100"),
         "failed_mail_address": lambda v: v if v == "" or v.count("@") == 1 else _bad("an email address"),
+        "index_delay": lambda v: v if v <= 3600 else _bad("0 to 3600 seconds"),
     }
 
 

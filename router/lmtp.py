@@ -5,7 +5,8 @@ LMTP answers once per recipient after DATA. DATA is written to a spool file in t
 batch (router/batch.py) and answered ``250`` only after its file and rows are committed; any failure
 answers ``451 4.3.0`` so Postfix keeps the message queued and retries (nothing lost, nothing filed twice).
 Notices for unfiled mail are queued in the same commit and sent by the forwarder (router/forwarder.py),
-never by the writer thread.
+never by the writer thread; new messages are queued for the search index in the same commit and indexed by
+the indexer (router/indexer.py) after the ``250``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from mattermail.config import Config
 from mattermail.daemon import parse_listen
 from mattermail.router.batch import CaptureSettings, Item, Outcome, file_batch
 from mattermail.router.forwarder import Forwarder
+from mattermail.router.indexer import Indexer
 from mattermail.router.message import MessageData, head_length, parse_headers, queue_id_from
 from mattermail.router.rules import RouterRules
 from mattermail.srs import SRSCodec
@@ -199,13 +201,16 @@ class DeliveryHandler:
         self.rules = RouterRules.from_config(self.config)
         self.commits = 0  # batches committed (one COMMIT each)
         self.forwarder = Forwarder(store, lambda: self.config)
+        self.indexer = Indexer(store, lambda: self.config.router.index_delay)
         self._queue: asyncio.Queue[_Delivery] | None = None
         self._writer: ThreadPoolExecutor | None = None
         self._batcher: asyncio.Task | None = None
 
     def start(self) -> None:
-        """Start the forwarder (it first sends what a previous run left in the outbox)."""
+        """Start the forwarder and the indexer (they first finish what a previous run left: the outbox,
+        the messages not indexed for search yet)."""
         self.forwarder.start()
+        self.indexer.start()
 
     def spool(self) -> BlobWriter:
         return self.store.spool()
@@ -264,6 +269,8 @@ class DeliveryHandler:
                 continue
             if any(o.result is not None and o.result.outbox for o in outcomes):
                 self.forwarder.wake()
+            if any(o.result is not None and o.result.new for o in outcomes):
+                self.indexer.wake()  # after the commit; the replies below do not wait for it
             for j, o in zip(batch, outcomes):
                 if not j.future.done():  # the client may have gone (its task cancelled)
                     j.future.set_result(replies(o))
@@ -277,6 +284,7 @@ class DeliveryHandler:
         if self._writer is not None:
             self._writer.shutdown(wait=True)
         await asyncio.get_running_loop().run_in_executor(None, self.forwarder.stop)
+        await asyncio.get_running_loop().run_in_executor(None, self.indexer.stop)
 
 
 async def serve(listen: tuple[str, ...], store: Store, handler: DeliveryHandler | None = None) -> list[asyncio.base_events.Server]:

@@ -7,7 +7,8 @@ their SHA-256 (:meth:`Store.write_blob`), durable before the rows that name them
 
 The record: every new message, filing and unfiled/personal outcome appends a hash-linked entry to the
 records chain (``chain``) in the same transaction; ``records`` has refile, delete and legal hold (each
-chained), ``verify`` checks chain, tables and raw files, ``backup`` writes and restores online backups.
+chained), ``indexer`` indexes new messages for search after their commit, ``verify`` checks chain,
+tables and raw files, ``backup`` writes and restores online backups.
 """
 
 from mattermail.store.disclaimers import (DISCLAIMER_SCOPES, DisclaimerRow, disclaimer_for, list_disclaimers,
@@ -16,6 +17,7 @@ from mattermail.store.engine import (BlobWriter, Spooled, Store, StoreError, Use
                                      normalise_address,
                                      recover_stale_tmp, transaction)
 from mattermail.store.envelopes import EnvelopeRecord, get_envelope, record_capture, record_envelope
+from mattermail.store.indexer import index_pending, pending_count
 from mattermail.store.listing import (CapturedEnvelope, Delivery, Event, FilingView, MessageDetail,
                                       MessageSummary, Names, SearchHit, SearchQuery, SearchTerm, count_unfiled,
                                       filings_of, get_message, list_messages, message_datetime, message_detail,
@@ -32,6 +34,7 @@ __all__ = [
     "CapturedEnvelope", "Delivery", "Event", "FilingView", "MessageDetail", "MessageSummary", "Names",
     "SearchHit", "SearchQuery", "SearchTerm", "count_unfiled", "filings_of", "get_message", "list_messages",
     "message_datetime", "message_detail", "messages_by_sha256_prefix", "parse_search", "search",
+    "index_pending", "pending_count",
     "BlobWriter", "ForwardRecord", "Spooled", "forward_failed", "mark_forwarded", "next_forward_due",
     "pending_forwards", "queue_forward", "queued_recipients",
     "CAPTURE_STATES", "DISCLAIMER_SCOPES", "DisclaimerRow", "EnvelopeRecord", "MIGRATIONS", "Store", "StoreError", "User",

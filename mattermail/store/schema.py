@@ -180,6 +180,31 @@ def _m007_records_chain(db: sqlite_utils.Database) -> None:
     chain.genesis(db)
 
 
+@migration
+def _m008_background_indexing(db: sqlite_utils.Database) -> None:
+    """Full-text indexing leaves the delivery transaction (store/indexer.py): a new message is queued in
+    ``fts_pending`` by a trigger (same transaction as its row, so a rollback takes both) and indexed later by
+    :func:`~mattermail.store.indexer.index_pending`. A message is in ``messages_fts`` exactly when it is not
+    in ``fts_pending``; the delete and update triggers touch the index only for indexed rows (an FTS5
+    'delete' of a row that was never indexed would corrupt the index). Existing rows are indexed already."""
+    db.execute("CREATE TABLE fts_pending (message INTEGER PRIMARY KEY)")
+    db.execute("DROP TRIGGER messages_ai")
+    db.execute("DROP TRIGGER messages_ad")
+    db.execute("DROP TRIGGER messages_au")
+    db.execute("CREATE TRIGGER messages_ai AFTER INSERT ON messages BEGIN "
+               "INSERT OR IGNORE INTO fts_pending (message) VALUES (new.id); END")
+    db.execute("CREATE TRIGGER messages_ad AFTER DELETE ON messages BEGIN "
+               "INSERT INTO messages_fts (messages_fts, rowid, subject, body_text) "
+               "SELECT 'delete', old.id, old.subject, old.body_text "
+               "WHERE NOT EXISTS (SELECT 1 FROM fts_pending WHERE message = old.id); "
+               "DELETE FROM fts_pending WHERE message = old.id; END")
+    db.execute("CREATE TRIGGER messages_au AFTER UPDATE OF subject, body_text ON messages "
+               "WHEN NOT EXISTS (SELECT 1 FROM fts_pending WHERE message = old.id) BEGIN "
+               "INSERT INTO messages_fts (messages_fts, rowid, subject, body_text) "
+               "VALUES ('delete', old.id, old.subject, old.body_text); "
+               "INSERT INTO messages_fts (rowid, subject, body_text) VALUES (new.id, new.subject, new.body_text); END")
+
+
 CAPTURE_STATES = ("", "verified", "unverified")
 
 

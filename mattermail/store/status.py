@@ -44,9 +44,14 @@ def check_readable(path: Path) -> None:
 
 
 def counts(path: Path) -> dict[str, int]:
-    """Messages, filings, unfiled messages, persons, matters, aliases and users in the store at ``path``."""
+    """Messages, filings, unfiled messages, persons, matters, aliases, users and messages not indexed for
+    search yet (``not_indexed``) in the store at ``path``."""
     with _readonly(path) as db:
-        return {k: db.execute(q).fetchone()[0] for k, q in _COUNTS.items()}
+        out = {k: db.execute(q).fetchone()[0] for k, q in _COUNTS.items()}
+        # messages the router has not indexed for search yet (a store before migration 8 has no queue)
+        queued = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'fts_pending'").fetchone()
+        out["not_indexed"] = db.execute("SELECT COUNT(*) FROM fts_pending").fetchone()[0] if queued else 0
+        return out
 
 
 def find_capture_copy(path: Path, messages_dir: Path, message_id: str,

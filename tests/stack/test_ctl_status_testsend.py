@@ -43,12 +43,14 @@ def test_status_on_the_running_stack(stack):
     assert all(isinstance(report["queue"][q], int) for q in ("active", "deferred", "hold", "incoming"))
     assert report["log"]["file"] == str(stack.stack.logs / "postfix.log") and report["log"]["scanned"] > 0
     counts = report["store"]["counts"]
-    assert set(counts) == {"messages", "filings", "unfiled", "persons", "matters", "aliases", "users"}
+    assert set(counts) == {"messages", "filings", "unfiled", "persons", "matters", "aliases", "users", "not_indexed"}
     assert counts["users"] >= 1 and report["store"]["db_bytes"] > 0
+    assert 0 <= counts["not_indexed"] <= counts["messages"], counts  # the router indexes after the 250
 
     text = run(stack, "status")
     assert text.exit_code == 0, text.output
     assert re.search(r"milter\s+up", text.stdout) and "active " in text.stdout and "users " in text.stdout
+    assert re.search(r"not indexed \d+", text.stdout), text.stdout
 
 
 def test_status_names_a_stopped_milter(stack):

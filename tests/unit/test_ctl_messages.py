@@ -300,3 +300,20 @@ def test_a_copy_to_the_capture_address_that_does_not_verify_is_marked_in_every_l
     rows = {x["id"]: x for x in csv.DictReader((dest / "index.csv").open(encoding="utf-8"))}
     assert (rows[str(planted["id"])]["direction"], rows[str(planted["id"])]["capture"]) == ("inbound", "unverified")
     assert rows[str(planted["id"])]["rules"] == "sender"
+
+
+def test_search_notes_messages_not_indexed_yet(env):
+    data = eml(f"1234@{CA}", "Late arrival", "court@courts.example", "The tapir exhibit.",
+               "Wed, 10 Jan 2024 09:00:00 +0000")
+    from mattermail.store import index_pending, insert_message, pending_count, transaction
+
+    assert pending_count(env.store) == 0  # the import indexed what it stored before returning
+    with transaction(env.store):  # what the router commits before its indexer has run
+        insert_message(env.store, data, hashlib.sha256(data).hexdigest(), body_text="The tapir exhibit.")
+    r = CliRunner().invoke(cli, ["--config", str(env.cfg), "messages", "search", "tapir"])
+    assert r.exit_code == 0, r.output
+    assert "no messages match" in r.stdout
+    assert "note: 1 message is not indexed yet; the router indexes them in the background" in r.stderr, r.stderr
+    assert index_pending(env.store) == 1  # the router's indexer catches up: found, no note
+    r = CliRunner().invoke(cli, ["--config", str(env.cfg), "messages", "search", "tapir"])
+    assert "Late arrival" in r.stdout and "[tapir]" in r.stdout and r.stderr == "", (r.stdout, r.stderr)

@@ -15,7 +15,7 @@ from mattermail.store import directory as d
 from mattermail.router import filing, forward
 from mattermail.router.forward import notice_message_id
 from mattermail.router.forwarder import send_pending
-from mattermail.store import pending_forwards
+from mattermail.store import index_pending, pending_count, pending_forwards
 from mattermail.router.capture_link import inspect_captures
 from mattermail.store import EnvelopeRecord, Store, record_envelope
 
@@ -87,6 +87,9 @@ def test_full_text_search_finds_body_and_subject_words(store, tmp_path):
     def search(q):
         return [r[0] for r in store.db.execute("SELECT rowid FROM messages_fts WHERE messages_fts MATCH ?", [q])]
 
+    # filing queues the message for the index; the indexer (after the commit) puts it there
+    assert search("quarterly") == [] and pending_count(store) == 1
+    assert index_pending(store) == 1 and pending_count(store) == 0
     assert search("quarterly") == [res.message_id] and search("café") == [res.message_id]
     assert search("hidden") == [] and search("schedule") == [res.message_id]
     assert store.db.execute("SELECT subject FROM messages").fetchone()[0] == "Prüfung schedule"

@@ -13,7 +13,7 @@ from mattermail.config import from_dict
 from mattermail.router import batch, forward, lmtp
 from mattermail.router.message import MessageData
 from mattermail.router.rules import RouterRules
-from mattermail.store import Store, directory, pending_forwards
+from mattermail.store import Store, directory, pending_count, pending_forwards, search
 
 MSG = (b"Received: from mx.lawfirm.test by mx.lawfirm.test (Postfix) with ESMTP id 4ABCDEF12\r\n"
        b"\tfor <1234@matters.lawfirm.test>; Mon, 23 Nov 2026 12:00:00 +0000\r\n"
@@ -45,6 +45,7 @@ def running(store, handler=None):
         loop.call_soon_threadsafe(loop.stop)
         t.join(5)
         handler.forwarder.stop()
+        handler.indexer.stop()
 
 
 @pytest.fixture
@@ -245,4 +246,75 @@ def test_refused_data_gets_one_reply_per_recipient_and_leaves_no_spool_file(tmp_
         assert [r[0] for r in replies] == [code, code], replies
         assert c.noop()[0] == 250  # the session goes on
     assert store.count("messages") == 0 and not list((tmp_path / "m" / ".spool").iterdir())
+    store.close()
+
+
+def _until(what, seconds=10.0):
+    """Poll ``what()`` until it is true (bounded); its last value."""
+    deadline = time.monotonic() + seconds
+    while not (value := what()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return value
+
+
+def test_delivery_is_answered_250_before_indexing_and_the_next_start_indexes_it(tmp_path):
+    store = Store(tmp_path / "s.sqlite", tmp_path / "m")
+    held = lmtp.DeliveryHandler(store, config=from_dict({"router": {"index_delay": 3600}}))
+    with running(store, held) as port:
+        assert held.indexer.started.wait(10)  # (the start-up catch-up, with nothing to do, is over)
+        replies = lmtp_send(port, ["1234@matters.lawfirm.test"])
+        assert [code for code, _ in replies] == [250], replies
+        # answered, stored and queued for the index, not indexed: the indexer waits index_delay
+        assert store.count("messages") == 1 and pending_count(store) == 1, (store.count("messages"),
+                                                                            pending_count(store))
+        assert search(store, "filing") == [] and held.indexer.indexed == 0
+    # a restart (a crash after the 250 would leave the same queue): the start-up catch-up does not wait
+    fresh = lmtp.DeliveryHandler(store, config=from_dict({"router": {"index_delay": 3600}}))
+    with running(store, fresh):
+        hits = _until(lambda: search(store, "filing"))
+        assert len(hits) == 1 and pending_count(store) == 0, (hits, pending_count(store))
+        assert fresh.indexer.indexed == 1
+    store.close()
+
+
+def test_the_indexer_catches_up_after_each_commit_and_logs_it(tmp_path, caplog):
+    store = Store(tmp_path / "s.sqlite", tmp_path / "m")
+    handler = lmtp.DeliveryHandler(store)
+    with caplog.at_level(logging.DEBUG, logger="mattermail.router.index"), running(store, handler) as port:
+        for _ in range(3):
+            assert lmtp_send(port, ["1234@matters.lawfirm.test"])[0][0] == 250
+        hits = _until(lambda: search(store, "filing"))
+        assert len(hits) == 1 and _until(lambda: pending_count(store) == 0), (hits, pending_count(store))
+        assert handler.indexer.indexed == 1, handler.indexer.indexed  # the same message 3 times: stored once
+        assert _until(lambda: "indexed 1 message(s) for search" in caplog.text), caplog.text
+    store.close()
+
+
+def test_an_indexing_failure_is_logged_with_the_message_ids_and_retried(tmp_path, monkeypatch, caplog):
+    import hashlib
+
+    from mattermail.router import indexer
+    from mattermail.store import StoreError, insert_message, transaction
+
+    store = Store(tmp_path / "s.sqlite", tmp_path / "m")
+    with transaction(store):
+        insert_message(store, MSG, hashlib.sha256(MSG).hexdigest(), body_text="body")
+    real, calls = indexer.index_pending, []
+
+    def flaky(st, limit):
+        calls.append(limit)
+        if len(calls) == 1:
+            raise StoreError("database is locked")
+        return real(st, limit)
+
+    monkeypatch.setattr(indexer, "index_pending", flaky)
+    idx = indexer.Indexer(store, retry=0.05)
+    with caplog.at_level(logging.INFO, logger="mattermail.router.index"):
+        idx.start()
+        try:
+            assert _until(lambda: pending_count(store) == 0), (calls, caplog.text)
+        finally:
+            idx.stop()
+    assert "indexing message(s) 1 for search failed, retrying in 0s: database is locked" in caplog.text, caplog.text
+    assert len(calls) >= 2 and len(search(store, "filing")) == 1, calls
     store.close()

@@ -12,6 +12,7 @@ import pytest
 
 from mattermail.store import directory as d
 from mattermail.store import messages as store_messages
+from mattermail.store.indexer import index_pending
 from mattermail.store.listing import UNFILED
 from mattermail.store import (
     EnvelopeRecord, Store, count_unfiled, get_message, insert_message, list_messages, message_datetime,
@@ -85,6 +86,7 @@ def fill(tmp_path, monkeypatch):
     f.add("undated", None, "No date header at all.")  # sorts by its stored time, 2024-03-01 12:00
     f.add("garbled", "the day after tomorrow", "An unreadable date.")  # the same stored time; higher id
     f.add("twin", "Mon, 01 Jan 2024 09:00:00 +0000", "Same time as plus.", matter="1234")  # tie: by id
+    assert index_pending(s, limit=100) == 12  # the 12 above; search reads the index, filled after the commit
     yield f
     s.close()
 
