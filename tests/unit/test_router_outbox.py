@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import stat
 import time
+from pathlib import Path
 
 import pytest
 
