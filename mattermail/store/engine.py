@@ -155,16 +155,20 @@ class Store:
         dest = self.blob_path(sha)
         if dest.exists():
             return sha, dest
-        if dest.parent not in self._dirs:  # mkdir of an existing directory still takes its parent's lock
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            self._dirs.add(dest.parent)
+        self._hash_dir(dest)
         try:
             write_atomic(dest, raw, mode=0o600, sync_directory=sync_dir)
         except FileNotFoundError:  # the directory was removed since
-            self._dirs.discard(dest.parent)
-            dest.parent.mkdir(parents=True, exist_ok=True)
+            self._hash_dir(dest, again=True)
             write_atomic(dest, raw, mode=0o600, sync_directory=sync_dir)
         return sha, dest
+
+    def _hash_dir(self, dest: Path, again: bool = False) -> None:
+        """Make ``dest``'s hash directory once per process (mkdir of an existing directory still takes its
+        parent's lock); ``again``: it was removed since, make it anew."""
+        if again or dest.parent not in self._dirs:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            self._dirs.add(dest.parent)
 
     @property
     def spool_dir(self) -> Path:
@@ -183,9 +187,7 @@ class Store:
         if dest.exists():
             Path(spooled.path).unlink(missing_ok=True)
             return dest
-        if dest.parent not in self._dirs:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            self._dirs.add(dest.parent)
+        self._hash_dir(dest)
         fd = os.open(spooled.path, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -196,8 +198,7 @@ class Store:
         except FileNotFoundError:
             if not Path(spooled.path).exists():
                 raise
-            self._dirs.discard(dest.parent)  # the hash directory was removed under us
-            dest.parent.mkdir(parents=True, exist_ok=True)
+            self._hash_dir(dest, again=True)  # the hash directory was removed under us
             os.rename(spooled.path, dest)
         return dest
 
