@@ -3,7 +3,6 @@ and the checks "stored exactly once" / "delivered once" a probe asserts after ea
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -11,9 +10,10 @@ import smtplib
 import sqlite3
 import ssl
 import uuid
-from pathlib import Path
 
 from .conftest import PASSWORD, wait_for
+from .test_outbound import sink_envelopes as sink_copies  # noqa: F401  (used by the probe files)
+from .test_router_robustness import alive
 
 OUTSIDE = "127.0.0.2"  # "the internet"; only 127.0.0.1 is trusted
 
@@ -82,25 +82,8 @@ def blob(stack, sha256: str) -> bytes:
     return (stack.stack.var / "messages" / sha256[:2] / f"{sha256}.eml").read_bytes()
 
 
-def sink_copies(stack, needle: bytes) -> list[tuple[bytes, dict]]:
-    out = []
-    for p in stack.sink_files():
-        raw = p.read_bytes()
-        if needle in raw:
-            out.append((raw, json.loads(p.with_suffix(".json").read_text())))
-    return out
-
-
 def pid_of(stack, name: str) -> int:
     return int((stack.stack.run_dir / f"{name}.pid").read_text())
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except (ProcessLookupError, FileNotFoundError):
-        return False
 
 
 def sigkill(stack, name: str) -> int:
