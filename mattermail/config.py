@@ -102,6 +102,10 @@ class Router:
     # Seconds the background indexer waits after a delivery before indexing it for search (0: at once);
     # the start-up catch-up never waits. For tests that need mail stored but not yet indexed.
     index_delay: int = 0
+    # How a batch of delivered messages is made durable before its commit and 250: "syncfs" flushes the
+    # store's file system once per batch (every message file and rename in it); "fsync" flushes each file
+    # and each hash directory (for a store on a file system that other programs write heavily to).
+    sync: str = "syncfs"
 
     @staticmethod
     def _one_group(value: str) -> str:
@@ -123,6 +127,7 @@ class Router:
         "trusted_hops": lambda v: v if v <= 100 else _bad("0 to 100"),
         "failed_mail_address": lambda v: v if v == "" or v.count("@") == 1 else _bad("an email address"),
         "index_delay": lambda v: v if v <= 3600 else _bad("0 to 3600 seconds"),
+        "sync": lambda v: v if v in ("syncfs", "fsync") else _bad("syncfs or fsync"),
     }
 
 
