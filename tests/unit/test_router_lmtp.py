@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+import uvloop
 
 from mattermail.config import from_dict
 from mattermail.router import batch, forward, lmtp
@@ -23,7 +24,7 @@ MSG = (b"Received: from mx.lawfirm.test by mx.lawfirm.test (Postfix) with ESMTP 
 @contextlib.contextmanager
 def running(store, handler=None):
     handler = handler or lmtp.DeliveryHandler(store)
-    loop = asyncio.new_event_loop()
+    loop = uvloop.new_event_loop()  # the router's loop (router/__main__.py)
     started = threading.Event()
     holder = {}
 
