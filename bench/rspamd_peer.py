@@ -104,6 +104,8 @@ spf {{
   spf_cache_size = {cs};
 }}
 dmarc {{
+  check_local = true;
+  check_authed = true;
   reporting {{ enabled = false; }}
   actions {{ }}
 }}
