@@ -241,6 +241,11 @@ def test_organizational_domain() -> None:
     assert organizational_domain("a.b.lawfirm.test") == "lawfirm.test"  # implicit "*" rule
     assert organizational_domain("Example.COM.") == "example.com"
     assert organizational_domain("co.uk") == "co.uk"
+    # Suffixes added to the list after publicsuffix2's copy (2019): with that copy these gave
+    # ai.vn and api.br, so every ai.vn sender would have aligned with every other.
+    assert organizational_domain("mail.example.ai.vn") == "example.ai.vn"
+    assert organizational_domain("a.b.shop.api.br") == "shop.api.br"
+    assert organizational_domain("ai.vn") == "ai.vn"
 
 
 def test_dmarc_pass_via_dkim_alignment(env: Env) -> None:
