@@ -118,13 +118,16 @@ def make(seq: int, domain: str, keys: list[dkimkeys.SigningKey] | None) -> Sampl
     return Sample(f"news@{domain}", f"mail.{domain}", headers, header_block(headers) + body)
 
 
+SETTINGS = inbound.InboundSettings(authserv_id=AUTHSERV, firm_domains=FIRM) if hasattr(inbound, "evaluate") else None
+
+
 def one(s: Sample, resolver: Resolver) -> object:
     """What app.py does for one inbound message (envfrom's SPF, then the end of message)."""
     spf = inbound.check_spf(resolver, CLIENT, s.mail_from, s.helo, 20.0)
     if hasattr(inbound, "evaluate"):
         msg = inbound.InboundMessage(client_ip=CLIENT, helo=s.helo, mail_from=s.mail_from, headers=s.headers,
                                      raw=lambda: s.raw)
-        return inbound.evaluate(msg, spf, inbound.InboundSettings(authserv_id=AUTHSERV, firm_domains=FIRM), resolver)
+        return inbound.evaluate(msg, spf, SETTINGS, resolver)
     return _legacy(s, spf, resolver)
 
 

@@ -25,43 +25,18 @@ import functools
 import random
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
 
 import dmarc as dmarclib
 from publicsuffixlist import PublicSuffixList
 
 from mattermail.dns import Resolver, TempError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from mattermail.milter.inbound import DKIMResult, SPFResult
+from mattermail.milter.verdicts import DKIMResult, DMARCResult, Policy, SPFResult
 
 __all__ = ["DMARCResult", "check_dmarc", "organizational_domain"]
 
-Policy = Literal["none", "quarantine", "reject"]
 _DMARC_RE = re.compile(r"^\s*v\s*=\s*DMARC1\s*(;|$)")
 _RUA_RE = re.compile(r"(^|;)\s*rua\s*=\s*mailto:", re.IGNORECASE)
 _DOWNGRADE: dict[str, Policy] = {"reject": "quarantine", "quarantine": "none", "none": "none"}
-
-
-@dataclass(frozen=True)
-class DMARCResult:
-    """The DMARC verdict for one message.
-
-    ``policy`` is the published policy that applies to the From domain (``sp=``
-    for a subdomain when the record came from the organizational domain), ""
-    when there is no usable record; ``disposition`` is what the receiver should
-    do after ``pct`` sampling ("none" unless ``result`` is "fail").
-    """
-
-    result: Literal["pass", "fail", "none", "temperror", "permerror"]
-    from_domain: str
-    org_domain: str
-    policy: Literal["none", "quarantine", "reject", ""]
-    disposition: Policy
-    aligned_spf: bool
-    aligned_dkim: bool
-    reason: str
 
 
 # --- Public Suffix List -----------------------------------------------------------

@@ -28,6 +28,7 @@ from mattermail.config import Config
 from mattermail.dns import Resolver
 from mattermail import capture
 from mattermail.milter.direction import parse_networks
+from mattermail.milter.inbound import InboundSettings
 from mattermail import store as storemod
 
 log = logging.getLogger("mattermail.milter")
@@ -49,6 +50,7 @@ class Runtime:
         self.trusted = parse_networks(cfg.milter.trusted_networks)
         self.trusted_forwarders = parse_networks(cfg.inbound.trusted_forwarders)
         self.resolver = Resolver(cfg.dns)
+        self.inbound = InboundSettings.from_config(cfg)
         # No-reply callbacks only where they cannot stall (see MatterMilter.negotiate).
         self.noreply = cfg.milter.socket.startswith("unix:")
         self.exclude_senders = [re.compile(p, re.I) for p in cfg.capture.exclude_senders]
