@@ -975,3 +975,25 @@ def test_evaluate_refuses_several_from_fields_without_reading_the_message() -> N
                  SPFResult("pass", "mailfrom", "example.test", ""), InboundSettings(AUTHSERV), NoDNS())  # type: ignore[arg-type]
     assert v.refused and (v.decision.smtp_code, v.decision.xcode) == ("550", "5.7.1")
     assert (v.authentication_results, v.dkim, v.log_fields) == ("", (), "verdict=reject reason=2 From header fields")
+
+
+def test_good_signatures_are_proven_without_dkimpy_verify_and_bad_ones_go_to_it(env: Env, monkeypatch) -> None:
+    """The fast path (OpenSSL for RSA) answers "pass" alone; any other outcome is dkimpy's, as before."""
+    from mattermail.milter import dkim_verify
+
+    env.zone("fast14.test", key_line(RSA, "mm", "fast14.test") + "\n" + key_line(ED, "mme", "fast14.test"))
+    keys = [dkimkeys.SigningKey("fast14.test", "mme", "ed25519-sha256", ED),
+            dkimkeys.SigningKey("fast14.test", "mm", "rsa-sha256", RSA)]
+    good, bad = message("fast14.test", keys), message("fast14.test", keys, tamper=b"Pay now.\r\n")
+    verifies = []
+    real = dkim.DKIM.verify
+    monkeypatch.setattr(dkim.DKIM, "verify", lambda self, *a, **k: verifies.append(1) or real(self, *a, **k))
+    assert [r.result for r in verify_dkim(good, env.resolver)] == ["pass", "pass"] and verifies == []
+    assert [(r.result, r.reason) for r in verify_dkim(bad, env.resolver)] == [("fail", "body hash did not verify")] * 2
+    assert len(verifies) == 2
+    # A key too short for the policy is dkimpy's to judge, as before; one DNS query per key either way.
+    asked = []
+    monkeypatch.setattr(env.resolver, "txt", lambda name: asked.append(name) or Resolver.txt(env.resolver, name))
+    assert [r.result for r in verify_dkim(good, env.resolver, min_rsa_bits=4096)] == ["pass", "policy"]
+    assert sorted(asked) == ["mm._domainkey.fast14.test", "mme._domainkey.fast14.test"]
+    assert dkim_verify._key.cache_info().hits > 0  # key records are parsed once, not per message
