@@ -51,10 +51,14 @@ class _KeyTempError(Exception):
 _SIG_HEADER_RE = re.compile(rb"^DKIM-Signature[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
 
 
+_TAG_RES = {name: re.compile(rb"(?:^|;)\s*" + name.encode() + rb"\s*=\s*([^;]*)") for name in ("d", "s", "a")}
+_SPACES = re.compile(r"\s+")
+
+
 def _tag(sig: bytes, name: str) -> str:
     """One tag of a signature that may not parse as a whole (best effort, for reporting)."""
-    m = re.search(rb"(?:^|;)\s*" + name.encode() + rb"\s*=\s*([^;]*)", sig)
-    return re.sub(r"\s+", "", m.group(1).decode("ascii", "replace")) if m else ""
+    m = _TAG_RES[name].search(sig)
+    return _SPACES.sub("", m.group(1).decode("ascii", "replace")) if m else ""
 
 
 def _sig_tags(value: bytes) -> tuple[str, str, str]:
@@ -130,6 +134,9 @@ _PREHASHED_SHA256 = Prehashed(hashes.SHA256())
 _FAST_ALGORITHMS = (b"rsa-sha256", b"ed25519-sha256")
 _WS = re.compile(rb"\s+")
 _WSP_RUN = re.compile(rb" [ \t]+|\t[ \t]*")  # what [\t ]+ -> " " changes (a lone space stays)
+# dkim.RE_BTAG (b= and its value, emptied before hashing the signature field) with its value part,
+# (FWS base64-char)*, written as the same language without nested groups: FWS is any run of \s.
+_BTAG = re.compile(rb"([;\s]b(?:(?:\s*\r?\n)?\s+)?=)(?:[a-zA-Z0-9+/=\s]*[a-zA-Z0-9+/=])?(?:\r?\n\Z)?")
 
 
 _LINE_END = re.compile(rb"\r?\n")
@@ -188,9 +195,13 @@ def _header_digest(relaxed: bool, headers: Sequence[Sequence[bytes]], include: l
     """SHA-256 over what dkimpy's hash_headers feeds its hasher: the signed fields (chosen by
     dkim.select_headers, bottom up), then the signature field with b= emptied, without its CRLF.
     Only the fields it can choose are canonicalized (selection is by lower-cased name)."""
-    wanted = set(include)
-    chosen = dkim.select_headers([h for h in headers if h[0].lower() in wanted], include)
-    sig_value = dkim.RE_BTAG.sub(b"\\1", sig_header[1])
+    below: dict[bytes, list[Sequence[bytes]]] = {name: [] for name in include}
+    for h in headers:  # dkim.select_headers: each name in h= takes the next field of that name, bottom up
+        name = h[0].lower()
+        if name in below:
+            below[name].append(h)
+    chosen = [below[name].pop() for name in include if below[name]]
+    sig_value = _BTAG.sub(b"\\1", sig_header[1])
     if relaxed:
         chosen = [_relaxed_header(n, v) for n, v in chosen]
         sig_name, sig_value = _relaxed_header(sig_header[0], sig_value)

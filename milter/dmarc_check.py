@@ -41,6 +41,7 @@ _DOWNGRADE: dict[str, Policy] = {"reject": "quarantine", "quarantine": "none", "
 
 # --- Public Suffix List -----------------------------------------------------------
 
+@functools.lru_cache(maxsize=4096)
 def _a_label(name: str) -> str:
     """``name`` lower-cased with each label as its IDNA A-label when it can be converted."""
     out = []

@@ -319,10 +319,9 @@ def evaluate(msg: InboundMessage, spf: SPFResult, settings: InboundSettings, res
     if early is not None:  # invalid_from = "tag": the verdict says so
         decision = replace(decision, action="tag" if decision.action == "accept" else decision.action,
                            reason=f"{early.reason}; {decision.reason}")
-    verdict = InboundVerdict(decision, spf, dkim_results, dmarcs, arc, spoof)
-    if verdict.refused:
-        return verdict
+    if decision.action in ("reject", "tempfail"):
+        return InboundVerdict(decision, spf, dkim_results, dmarcs, arc, spoof)
     value = authentication_results(settings.authserv_id, spf, dkim_results, dmarcs, msg.client_ip,
                                    impersonated=spoof)
-    return replace(verdict, authentication_results=value,
-                   strip=tuple(strip_our_results(msg.headers, settings.authserv_id)))
+    return InboundVerdict(decision, spf, dkim_results, dmarcs, arc, spoof, value,
+                          tuple(strip_our_results(msg.headers, settings.authserv_id)))
