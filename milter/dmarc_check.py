@@ -82,6 +82,7 @@ def _records(resolver: Resolver, domain: str) -> list[str]:
     return [t.strip() for t in resolver.txt(f"_dmarc.{domain}") if _DMARC_RE.match(t)]
 
 
+@functools.lru_cache(maxsize=1024)  # the same records come message after message; check_dmarc only reads it
 def _parse(record: str, from_domain: str, org_domain: str | None) -> dmarclib.Policy:
     """Parse with the dmarc library; RFC 7489 §6.6.3: a bad ``p=`` with a ``rua=`` acts as p=none."""
     cleaned = ";".join(part for part in record.split(";") if part.strip())
