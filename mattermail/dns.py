@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass
 
 import dns.exception
-import dns.flags
 import dns.message
 import dns.name
 import dns.rcode
@@ -84,6 +83,7 @@ class Resolver:
         """
         assert self._direct is not None
         query = dns.message.make_query(qname, rdtype)
+        query_id = query.id.to_bytes(2, "big")
         deadline = time.monotonic() + self.cfg.timeout
         try:
             with socket.socket(self._family, socket.SOCK_DGRAM) as s:
@@ -96,16 +96,21 @@ class Resolver:
                     except TimeoutError:
                         raise TempError(f"{dns.rdatatype.to_text(rdtype)} {qname}: "
                                         f"the DNS operation timed out after {self.cfg.timeout} seconds") from None
+                    ours = wire[:2] == query_id
+                    if ours and len(wire) >= 12 and wire[2] & 0x82 == 0x82:  # our reply (QR), truncated (TC)
+                        return None
                     try:
                         response = dns.message.from_wire(wire)
-                    except Exception:  # noqa: BLE001 - not a DNS message: wait for the real reply
-                        continue
+                    except Exception:  # noqa: BLE001 - garbage with our id: resolve() reports it
+                        if ours:
+                            return None
+                        continue  # someone else's datagram: wait for ours
                     if query.is_response(response):
                         break
         except OSError:
             return None
         rcode = response.rcode()
-        if response.flags & dns.flags.TC or rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+        if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
             return None
         try:
             if rcode == dns.rcode.NXDOMAIN:
