@@ -155,3 +155,91 @@ def test_truncated_and_servfail_replies_go_to_resolve(zones: Path) -> None:
             direct(fake.sock.getsockname()[1], timeout=0.5).txt("direct.test")
     finally:
         fake.close()
+
+
+# --- the plain TXT reply, read without dnspython (mattermail.dnswire) -------------------------
+
+import random  # noqa: E402
+
+import dns.name  # noqa: E402
+import dns.rdataclass  # noqa: E402
+import dns.rdatatype  # noqa: E402
+
+from mattermail.dnswire import plain_txt  # noqa: E402
+
+
+def _as_dnspython_reads_it(wire: bytes, q: dns.message.Message) -> object:
+    """What Resolver.query's dnspython path makes of a reply: records, [], or why not."""
+    try:
+        r = dns.message.from_wire(wire)
+    except Exception:  # noqa: BLE001
+        return "unparsable"
+    if not q.is_response(r):
+        return "not a reply"
+    qname = q.question[0].name
+    try:
+        if r.rcode() == dns.rcode.NXDOMAIN:
+            dns.resolver.Answer(qname, dns.rdatatype.ANY, dns.rdataclass.IN, r)
+            return []
+        if r.rcode() != dns.rcode.NOERROR:
+            return "rcode"
+        return [tuple(rd.strings) for rd in dns.resolver.Answer(qname, dns.rdatatype.TXT, dns.rdataclass.IN, r)]
+    except Exception:  # noqa: BLE001
+        return "refused by Answer"
+
+
+def _reply(rnd: random.Random) -> tuple[bytes, dns.message.Message, bool]:
+    """A reply to a TXT query in one of many shapes, and whether it is a plain one."""
+    name = rnd.choice(["s1._domainkey.Sender01.example.", "_dmarc.x.test.", "a.b.c.d.example."])
+    q = dns.message.make_query(name, "TXT")
+    r = dns.message.make_response(q)
+    plain = True
+    if rnd.random() < 0.2:
+        r.set_rcode(dns.rcode.NXDOMAIN)
+    else:
+        owner = "".join(c.upper() if rnd.random() < 0.3 else c for c in name)  # names compare without case
+        strings = [bytes(rnd.randrange(256) for _ in range(rnd.choice([0, 1, 10, 255]))) for _ in range(6)]
+        records = [" ".join('"' + "".join(f"\\{b:03d}" for b in rnd.choice(strings)) + '"'
+                            for _ in range(rnd.randint(1, 3))) for _ in range(rnd.randint(0, 3))]
+        if records:
+            records.append(rnd.choice(records))  # a duplicate: an rdataset keeps one
+            r.answer.append(dns.rrset.from_text(owner, 300, "IN", "TXT", *records))
+        if rnd.random() < 0.15:
+            r.answer.insert(0, dns.rrset.from_text(owner, 300, "IN", "CNAME", "target.example."))
+            plain = False
+    if rnd.random() < 0.15:
+        r.authority.append(dns.rrset.from_text("example.", 300, "IN", "SOA", "ns. h. 1 2 3 4 5"))
+        plain = False
+    return r.to_wire(), q, plain
+
+
+def test_plain_txt_reads_what_dnspython_reads_or_declines() -> None:
+    rnd = random.Random(14)
+    read = declined = 0
+    for _ in range(3000):
+        wire, q, plain = _reply(rnd)
+        qname = q.question[0].name.to_wire()
+        for variant in [wire] + [_mutated(wire, rnd) for _ in range(4)]:
+            if variant[:2] != wire[:2]:
+                continue  # Resolver._exchange reads only datagrams with its query's id
+            got = plain_txt(variant, qname)
+            if got is None:
+                declined += 1
+                assert variant is not wire or not plain, wire
+                continue
+            read += 1
+            assert got == _as_dnspython_reads_it(variant, q), variant
+    assert read > 2000 and declined > 1000, (read, declined)
+
+
+def _mutated(wire: bytes, rnd: random.Random) -> bytes:
+    b = bytearray(wire)
+    what = rnd.random()
+    if what < 0.5:
+        for _ in range(rnd.randint(1, 3)):
+            b[rnd.randrange(len(b))] = rnd.randrange(256)
+    elif what < 0.75:
+        del b[rnd.randrange(len(b)):]
+    else:
+        b += bytes(rnd.randrange(256) for _ in range(rnd.randint(1, 4)))
+    return bytes(b)
