@@ -11,10 +11,13 @@ each with an SPF record, a DMARC record (p=none) and an RSA-2048 DKIM key;
 
 DNS is a local stub: answers built once from zone-like records, handed out
 as dnspython rdata by :meth:`Resolver.query`, so the numbers are the milter's
-own work without the DNS wire (dnspython's resolve() is ~0.7 ms CPU per query
-on top; count the queries with the ``queries/msg`` line).
+own work without the DNS wire (count the queries with the ``queries/msg``
+line).  With ``--dns`` the same records are served by the dev DNS server
+(mattermail-devdns) in another process and our real Resolver asks it, as the
+milter does with ``cache_size = 0``: the numbers then include the DNS
+client's CPU (not the server's).
 
-    .venv/bin/python -P bench/inbound_cpu.py [--messages 400] [--rounds 7] [--profile 25]
+    .venv/bin/python -P bench/inbound_cpu.py [--messages 400] [--rounds 7] [--profile 25] [--dns]
 
 Prints CPU ms per message for signed and unsigned mail, each the median of
 ``--rounds`` passes over the messages (after one warm-up pass), and, with
@@ -27,8 +30,11 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
+import socket
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -67,6 +73,40 @@ class StubResolver(Resolver):
     def query(self, name: str, rdtype: str) -> list:
         self.asked[rdtype] += 1
         return list(self.records.get((name.lower().rstrip("."), rdtype), ()))
+
+
+@dataclass
+class CountingResolver(Resolver):
+    """The real Resolver, counting the queries it is asked."""
+
+    asked: Counter = field(default_factory=Counter)
+
+    def query(self, name: str, rdtype: str) -> list:
+        self.asked[rdtype] += 1
+        return super().query(name, rdtype)
+
+
+def serve(stub: StubResolver, folder: str) -> tuple[subprocess.Popen, CountingResolver]:
+    """The stub's records as a zone file, served by mattermail-devdns in another process."""
+    lines = ["$ORIGIN .", "$TTL 300"] + [f"{name}. IN {rdtype} {rd.to_text()}"
+                                         for (name, rdtype), rds in stub.records.items() for rd in rds]
+    with open(f"{folder}/bench.zone", "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-P", "-m", "mattermail_dev.devdns", "--zones", folder,
+                               "--address", "127.0.0.1", "--port", str(port)], stderr=subprocess.DEVNULL)
+    resolver = CountingResolver(DNS(nameservers=("127.0.0.1",), port=port, timeout=2.0, cache_size=0))
+    for _ in range(100):
+        try:
+            if resolver.txt(next(iter(stub.records))[0]):
+                return server, resolver
+        except Exception:  # noqa: BLE001 - not up yet
+            pass
+        time.sleep(0.1)
+    server.kill()
+    raise SystemExit("mattermail-devdns did not answer")
 
 
 @dataclass
@@ -163,10 +203,25 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=7, help="timed passes; the median is reported (default 7)")
     ap.add_argument("--ed25519", action="store_true", help="sign with Ed25519 as well as RSA-2048")
     ap.add_argument("--profile", type=int, default=0, metavar="N", help="print cProfile's N top functions")
+    ap.add_argument("--dns", action="store_true", help="ask the dev DNS server in another process (uncached)")
     args = ap.parse_args()
 
-    resolver = StubResolver(DNS(nameservers=("127.0.0.1",), port=53, timeout=1.0, cache_size=0))
-    keys = publish(resolver, args.domains, args.ed25519)
+    stub = StubResolver(DNS(nameservers=("127.0.0.1",), port=53, timeout=1.0, cache_size=0))
+    keys = publish(stub, args.domains, args.ed25519)
+    resolver: StubResolver | CountingResolver = stub
+    if args.dns:
+        folder = tempfile.mkdtemp(prefix="mattermail-bench-dns-")
+        server, resolver = serve(stub, folder)
+    try:
+        return run(args, keys, resolver)
+    finally:
+        if args.dns:
+            server.kill()
+            server.wait()
+
+
+def run(args: argparse.Namespace, keys: dict[str, list[dkimkeys.SigningKey]],
+        resolver: StubResolver | CountingResolver) -> int:
     domains = list(keys)
     kinds = {"signed": [make(i, domains[i % len(domains)], keys[domains[i % len(domains)]])
                         for i in range(args.messages)],
