@@ -99,6 +99,9 @@ class Router:
     # Capture copies with no known correspondent: false = personal (kept, not filed, no alarm);
     # true = unfiled like any other unmatched mail (and forwarded to failed_mail_address).
     file_personal: bool = False
+    # Subject-only threading (rule thread-subject): mail that no other rule gave a matter files to the matter
+    # of the latest filed message with the same subject, Re:/Fwd: prefixes stripped. Off: subjects repeat.
+    thread_subject: bool = False
     # Seconds the background indexer waits after a delivery before indexing it for search (0: at once);
     # the start-up catch-up never waits. For tests that need mail stored but not yet indexed.
     index_delay: int = 0

@@ -21,6 +21,7 @@ configured ``router.catchall_headers`` in order, trusting the topmost
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from email.header import decode_header, make_header
@@ -28,6 +29,7 @@ from email.message import Message
 
 from mattermail.config import Config
 from mattermail.logs import QueueIdAdapter
+from mattermail.msgid import msgid, msgids, subject_key
 from mattermail.router.capture_link import CaptureInfo, inspect_captures
 from mattermail.store import directory
 from mattermail.store.directory import Filing, log_event, record_filing, transaction
@@ -35,7 +37,8 @@ from mattermail.router.message import MessageData
 from mattermail.router.resolve import addresses_in, loop_reason, resolve
 from mattermail.router.rules import FilingDecision, RouterRules, RoutingResult, RuleContext, apply_rules, merge
 from mattermail.store import (EnvelopeRecord, Store, find_message, insert_message, normalise_address,
-                              queue_forward, queued_recipients, record_capture, record_deliveries)
+                              queue_forward, queued_recipients, record_capture, record_deliveries,
+                              record_thread_keys)
 from mattermail.router.text import MAX_SCAN, text_of
 
 __all__ = ["FileResult", "RecipientOutcome", "after_commit", "capture_state", "file_message",
@@ -125,13 +128,36 @@ def _correspondents(msg: Message, envelope: EnvelopeRecord | None) -> tuple[tupl
     return tuple(out.items())
 
 
+def references(msg: Message) -> tuple[tuple[str, str], ...]:
+    """(id, header) of the messages this one answers, most recent first: In-Reply-To, then References from
+    its last id to its first; each id once."""
+    out: dict[str, str] = {}
+    for ref in (i for v in msg.get_all("In-Reply-To", [])[:1] for i in msgids(v)):
+        out.setdefault(ref, "In-Reply-To")
+    for ref in reversed([i for v in msg.get_all("References", [])[:1] for i in msgids(v)]):
+        out.setdefault(ref, "References")
+    return tuple(out.items())
+
+
+def thread_keys(msg: Message, capture_info: dict[str, CaptureInfo] | None = None) -> list[tuple[str, str]]:
+    """(kind, key) rows of store/threads.py for a message: its Message-ID, the Message-ID the milter saw
+    (verified capture copies), its subject key."""
+    keys = [("msgid", msgid(msg.get("Message-ID", "")) or "")]
+    keys += [("msgid", i.envelope.message_id) for i in (capture_info or {}).values()
+             if i.verified and i.envelope is not None and i.envelope.message_id]
+    keys.append(("subject", subject_key(_decoded(msg.get("Subject", "")))))
+    return [(k, v) for k, v in keys if v]
+
+
 def _context(msg: Message, recipient: str | None, envelope_from: str | None, capture: CaptureInfo | None,
-             loop: tuple[str, str] | None) -> RuleContext:
+             loop: tuple[str, str] | None, sha256: str = "") -> RuleContext:
+    subject = _decoded(msg.get("Subject", ""))
     return RuleContext(
-        recipient=recipient, subject=_decoded(msg.get("Subject", "")),
+        recipient=recipient, subject=subject,
         from_addresses=tuple(a for v in msg.get_all("From", []) for a in addresses_in(str(v))),
         envelope_from=envelope_from, capture=capture is not None,
-        correspondents=_correspondents(msg, capture.envelope) if capture is not None else (), loop=loop)
+        correspondents=_correspondents(msg, capture.envelope) if capture is not None else (), loop=loop,
+        references=references(msg), subject_key=subject_key(subject), sha256=sha256)
 
 
 def _addresses(msg: Message, recipients: list[str], cfg: Config) -> list[tuple[str, str]]:
@@ -153,12 +179,13 @@ def route(raw: bytes, recipient: str | None, store: Store, cfg: Config, envelope
     addresses = _addresses(msg, [recipient] if recipient else [], cfg)
     secret = capture_secret if capture_secret is not None else load_capture_secret(cfg)
     caps = inspect_captures([a for a, _ in addresses], cfg.capture.address, secret, store, _quiet)
+    sha = hashlib.sha256(raw).hexdigest()
     results = []
     for addr, source in addresses or [(None, "")]:
         cap = caps.get(addr) if addr else None
         if cap is not None and envelope is not None:
             cap = CaptureInfo(cap.ref, True, envelope, cap.duplicate, cap.note)
-        r = apply_rules(_context(msg, addr, envelope_from, _trusted(cap), loop), directory.Lookups(store), rules)
+        r = apply_rules(_context(msg, addr, envelope_from, _trusted(cap), loop, sha), directory.Lookups(store), rules)
         r.resolved = [f"{addr} ({source})"] if addr else []
         if cap is not None:
             what = "capture copy" if cap.verified else "UNVERIFIED capture copy (filed as inbound mail)"
@@ -226,7 +253,7 @@ def file_stored(data: MessageData | bytes, sha: str, envelope_from: str | None, 
             outcomes.append(RecipientOutcome(addr, "duplicate", RoutingResult(), capture_note=cap.note))
             continue
         # an unverified copy is filed as what it is: mail from outside to one of our addresses
-        res = apply_rules(_context(msg, addr or None, envelope_from, _trusted(cap), loop), lookups, rules)
+        res = apply_rules(_context(msg, addr or None, envelope_from, _trusted(cap), loop, sha), lookups, rules)
         kind = "filed" if res.filings else "unfiled" if res.unfiled_reason else "personal"
         outcomes.append(RecipientOutcome(addr, kind, res, capture_note=cap.note if cap else "",
                                          unverified=cap is not None and not cap.verified))
@@ -243,6 +270,7 @@ def file_stored(data: MessageData | bytes, sha: str, envelope_from: str | None, 
         mid, new = (existing, False) if existing is not None else insert_message(
             store, data.raw, sha, direction, text, loop is not None, headers=msg, capture=capture, size=data.size)
         record_deliveries(store, mid, envelope_from or "", recipients, queue_id)
+        record_thread_keys(store, mid, thread_keys(msg, capture_info))
         for info in capture_info.values():
             if info.ref is not None:
                 record_capture(store, mid, info.ref, info.verified)
