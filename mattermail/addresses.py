@@ -36,7 +36,10 @@ from email.utils import getaddresses
 
 __all__ = ["Mailbox", "addr_spec", "mailboxes", "path_at", "received_for", "text_of"]
 
-MAX_INPUT = 16_384  # characters of one header value looked at: a longer one is an attack, not an address
+MAX_RECEIVED = 65_536  # characters of one Received value looked at: a longer one is junk
+MAX_PATH = 512  # characters after "for" an address may take (a path is at most 256, comments aside)
+MAX_CLAUSES = 8  # "for" words tried per Received value (RFC 5321 writes one)
+MAX_NESTING = 50  # comment nesting the RFC 5322 parser is given (it recurses once per level)
 
 
 @dataclass(frozen=True)
@@ -50,8 +53,9 @@ class Mailbox:
     valid: bool
 
 
-def text_of(value: object) -> str:
-    """Any header value (str with surrogate escapes, Header object, None) as clean text on one line."""
+def text_of(value: object, limit: int | None = None) -> str:
+    """Any header value (str with surrogate escapes, Header object, None) as clean text on one line
+    (its first ``limit`` characters)."""
     if value is None:
         return ""
     s = value if isinstance(value, str) else str(value)
@@ -59,7 +63,7 @@ def text_of(value: object) -> str:
         s = s.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     except UnicodeError:
         s = s.encode("utf-8", "replace").decode("utf-8", "replace")
-    return " ".join(s[:MAX_INPUT].split())
+    return " ".join(s[:limit].split())
 
 
 # a domain that ends with a dot (an absolute name: "x@example.org."), which RFC 5322 does not allow
@@ -82,10 +86,12 @@ def _parse(text: str) -> tuple[_rfc5322.TokenList, str]:
 def path_at(text: str) -> tuple[str | None, str]:
     """The address at the start of ``text`` (see :func:`addr_spec`) and the text after it;
     (None, text) when ``text`` does not start with one."""
+    if text.count("(") > MAX_NESTING:  # deeper nesting would exhaust the parser's recursion
+        return None, text
     for attempt in (text, _TRAILING_DOT.sub(r"\1", text, count=1)):
         try:
             token, rest = _parse(attempt)
-        except (HeaderParseError, IndexError, ValueError, TypeError):
+        except Exception:  # HeaderParseError; never let a header raise anything else either
             continue
         local, domain = getattr(token, "local_part", None), getattr(token, "domain", None)
         if not local or not domain:
@@ -115,6 +121,10 @@ def addr_spec(text: object) -> str | None:
     return addr if addr is not None and not rest.strip() else None
 
 
+_SIMPLE = re.compile(r"([A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*)"
+                     r"@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)")
+
+
 def mailboxes(values: Sequence[object]) -> tuple[Mailbox, ...]:
     """Every mailbox in the given address-list header values, in order (groups flattened)."""
     out: list[Mailbox] = []
@@ -125,7 +135,9 @@ def mailboxes(values: Sequence[object]) -> tuple[Mailbox, ...]:
     for name, raw in pairs:
         if not name and not raw:
             continue
-        canonical = addr_spec(raw) if "@" in raw else None
+        simple = _SIMPLE.fullmatch(raw)  # the common case, without the full parser
+        canonical = (f"{simple.group(1)}@{simple.group(2).lower()}" if simple
+                     else addr_spec(raw) if "@" in raw else None)
         out.append(Mailbox(name, canonical or raw.strip().strip("<>").strip(), canonical is not None))
     return tuple(out)
 
@@ -144,31 +156,30 @@ def _skip_quoted(text: str, i: int) -> int:
 
 
 def _comment_spans(text: str) -> list[tuple[int, int]]:
-    """(start, end) of each top-level parenthesised comment (nested ones included in it); a "(" that is
-    never closed is no comment (it is read as text)."""
+    """(start, end) of each outermost parenthesised comment, in order (nested ones are inside it); a "("
+    that is never closed is no comment (it is read as text, and so are quoted strings after it). One pass."""
     spans: list[tuple[int, int]] = []
+    opened: list[int] = []
     i, n = 0, len(text)
     while i < n:
         c = text[i]
-        if c == '"':
+        if c == "\\" and opened:
+            i += 2
+            continue
+        if c == '"' and not opened:
             i = _skip_quoted(text, i)
             continue
         if c == "(":
-            depth, j = 1, i + 1
-            while j < n and depth:
-                if text[j] == "\\":
-                    j += 1
-                elif text[j] == "(":
-                    depth += 1
-                elif text[j] == ")":
-                    depth -= 1
-                j += 1
-            if depth == 0:
-                spans.append((i, j))
-                i = j
-                continue
+            opened.append(i)
+        elif c == ")" and opened:
+            spans.append((opened.pop(), i + 1))
         i += 1
-    return spans
+    spans.sort()
+    outer: list[tuple[int, int]] = []
+    for start, end in spans:
+        if not outer or start >= outer[-1][1]:
+            outer.append((start, end))
+    return outer
 
 
 _WORD_CHAR = re.compile(r"[\w.\-]")
@@ -183,12 +194,12 @@ def received_for(value: object) -> str | None:
     ``for <@example.com>``) is skipped and the next one tried. A "(" never closed is read as text.
     """
     try:
-        text = text_of(value)
+        text = text_of(value, MAX_RECEIVED)
         lowered = text.lower()
         comments = iter(_comment_spans(text))
         comment = next(comments, None)
-        i, n = 0, len(text)
-        while i < n:
+        i, n, tries = 0, len(text), 0
+        while i < n and tries < MAX_CLAUSES:
             if comment is not None and i >= comment[0]:
                 i = max(i, comment[1])
                 comment = next(comments, None)
@@ -199,7 +210,8 @@ def received_for(value: object) -> str | None:
                 continue
             if (lowered.startswith("for", i) and (i == 0 or not _WORD_CHAR.match(text[i - 1]))
                     and i + 3 < n and text[i + 3].isspace()):
-                addr, _ = path_at(text[i + 3:])
+                tries += 1
+                addr, _ = path_at(text[i + 3:i + 3 + MAX_PATH])
                 if addr is not None:
                     return addr
             i += 1

@@ -96,3 +96,16 @@ def test_route_explain_reproduction(write_config) -> None:
     out = json.loads(r.stdout)
     assert out["resolved"] == [{"address": '":fail: x"@matters.lawfirm.test', "source": "Received[0]"}]
     assert out["result"] == "unfiled"  # resolved, but no matter, alias or person behind it
+
+
+def test_hostile_values_are_cheap_and_never_raise() -> None:
+    """Each of these took from 30 s to 2 min (or raised RecursionError) in a first version of the parser."""
+    import time
+
+    start = time.monotonic()
+    assert received_for("for " * 30000) is None
+    assert received_for('for "' * 30000) is None
+    assert received_for("(" * 30000 + " for <a@b.test>") == "a@b.test"  # never closed: text
+    assert addr_spec("a" + "(" * 3000 + ")" * 3000 + "@b.test") is None
+    assert len(mailboxes(["a@b.test, " * 20000])) == 20000
+    assert time.monotonic() - start < 10
