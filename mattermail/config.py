@@ -192,9 +192,14 @@ class Capture:
     # Regular expressions (case-insensitive, searched) for senders / recipients never captured.
     exclude_senders: tuple[str, ...] = ()
     exclude_recipients: tuple[str, ...] = ()
+    # Inbound mail to the firm's users (not to the catch-all domain), after SPF/DKIM/DMARC accepted it:
+    # "off"; "known" (a copy is captured, the router keeps it only when a rule files it: a known
+    # correspondent, a thread, a subject tag; the rest is dropped unstored); "all" (kept, personal if unfiled).
+    inbound: str = "known"
 
     _validators = {
         "on_failure": lambda v: v if v in ("tempfail", "accept") else _bad("tempfail or accept"),
+        "inbound": lambda v: v if v in ("off", "known", "all") else _bad("off, known or all"),
         "exclude_senders": _pattern,
         "exclude_recipients": _pattern,
         "address": lambda v: v if v == "" or v.count("@") == 1 else _bad("an email address"),

@@ -36,8 +36,8 @@ from mattermail.store.directory import Filing, log_event, record_filing, transac
 from mattermail.router.message import MessageData
 from mattermail.router.resolve import addresses_in, loop_reason, resolve
 from mattermail.router.rules import FilingDecision, RouterRules, RoutingResult, RuleContext, apply_rules, merge
-from mattermail.store import (EnvelopeRecord, Store, find_message, insert_message, normalise_address,
-                              queue_forward, queued_recipients, record_capture, record_deliveries,
+from mattermail.store import (EnvelopeRecord, Store, find_message, forget_envelope, insert_message,
+                              normalise_address, queue_forward, queued_recipients, record_capture, record_deliveries,
                               record_thread_keys)
 from mattermail.router.text import MAX_SCAN, text_of
 
@@ -53,7 +53,7 @@ _quiet.propagate = False
 @dataclass
 class RecipientOutcome:
     recipient: str
-    kind: str  # "filed", "unfiled", "personal" or "duplicate" (a second capture copy)
+    kind: str  # "filed", "unfiled", "personal", "duplicate" (a second capture copy) or "dropped" (not stored)
     result: RoutingResult
     new_filings: int = 0
     capture_note: str = ""
@@ -69,6 +69,8 @@ class RecipientOutcome:
             return "filed=" + ",".join(dict.fromkeys(parts))
         if self.kind == "unfiled":
             return f'unfiled="{self.result.unfiled_reason}"'
+        if self.kind == "dropped":
+            return "dropped=personal (inbound capture copy no rule files; capture.inbound = known)"
         return "personal" if self.kind == "personal" else ""
 
 
@@ -81,6 +83,7 @@ class FileResult:
     system: bool
     outcomes: list[RecipientOutcome] = field(default_factory=list)
     outbox: list[int] = field(default_factory=list)  # notices queued for the failed-mail address
+    dropped: bool = False  # an inbound capture copy nobody files: no row, its file goes after the commit
 
 
 def load_capture_secret(cfg: Config) -> bytes | None:
@@ -157,7 +160,8 @@ def _context(msg: Message, recipient: str | None, envelope_from: str | None, cap
         from_addresses=tuple(a for v in msg.get_all("From", []) for a in addresses_in(str(v))),
         envelope_from=envelope_from, capture=capture is not None,
         correspondents=_correspondents(msg, capture.envelope) if capture is not None else (), loop=loop,
-        references=references(msg), subject_key=subject_key(subject), sha256=sha256)
+        references=references(msg), subject_key=subject_key(subject), sha256=sha256,
+        inbound_capture=capture is not None and capture.envelope is not None and capture.envelope.direction == "inbound")
 
 
 def _addresses(msg: Message, recipients: list[str], cfg: Config) -> list[tuple[str, str]]:
@@ -189,7 +193,10 @@ def route(raw: bytes, recipient: str | None, store: Store, cfg: Config, envelope
         r.resolved = [f"{addr} ({source})"] if addr else []
         if cap is not None:
             what = "capture copy" if cap.verified else "UNVERIFIED capture copy (filed as inbound mail)"
-            r.trace.insert(0, f"{addr}: {what}:{cap.note or ' envelope given'}")
+            inbound = cap.verified and cap.envelope is not None and cap.envelope.direction == "inbound"
+            r.trace.insert(0, f"{addr}: {what}{' of inbound mail' if inbound else ''}:{cap.note or ' envelope given'}")
+            if inbound and not r.filings and cfg.capture.inbound == "known":
+                r.trace.append(f"{addr}: result: dropped, not stored (capture.inbound = known)")
         results.append(r)
     merged = merge(results)
     if not addresses:
@@ -258,11 +265,20 @@ def file_stored(data: MessageData | bytes, sha: str, envelope_from: str | None, 
         outcomes.append(RecipientOutcome(addr, kind, res, capture_note=cap.note if cap else "",
                                          unverified=cap is not None and not cap.verified))
     capture = capture_state(capture_info)
-    direction = "outbound" if capture == "verified" else "inbound"
+    direction = "outbound" if any(i.verified and i.envelope is not None and i.envelope.direction == "outbound"
+                                  for i in capture_info.values()) else "inbound"
     if capture == "unverified":
         qlog.warning("capture copy to %s does not verify (%s): stored as inbound mail, marked unverified",
                      ", ".join(f"<{a}>" for a in capture_info), ";".join(i.note.strip() for i in capture_info.values()))
     existing = find_message(store, sha)
+    if existing is None and _drop(outcomes, capture_info, cfg):
+        with transaction(store):
+            for info in capture_info.values():
+                if info.ref is not None:
+                    forget_envelope(store, info.ref)
+        for o in outcomes:
+            o.kind = "dropped"
+        return FileResult(0, sha, False, direction, loop is not None, outcomes, dropped=True)
     text = text_of(msg, data.body_prefix(MAX_SCAN)) if existing is None else ""
     to = cfg.router.failed_mail_address if forward and loop is None else ""
     outbox: list[int] = []
@@ -283,6 +299,14 @@ def file_stored(data: MessageData | bytes, sha: str, envelope_from: str | None, 
     return FileResult(mid, sha, new, direction, loop is not None, outcomes, outbox)
 
 
+def _drop(outcomes: list[RecipientOutcome], capture_info: dict[str, CaptureInfo], cfg: Config) -> bool:
+    """An inbound capture copy no rule files, with ``capture.inbound = "known"``: not to be stored."""
+    return (cfg.capture.inbound == "known" and bool(outcomes)
+            and any(i.verified and i.envelope is not None and i.envelope.direction == "inbound"
+                    for i in capture_info.values())
+            and all(o.kind in ("personal", "duplicate") for o in outcomes))
+
+
 def _queue_unfiled(store: Store, mid: int, msg: Message, outcomes: list[RecipientOutcome], to: str,
                    envelope_from: str | None, queue_id: str) -> list[int]:
     """The outbox record for the unfiled recipients not forwarded or queued before (a redelivery adds none)."""
@@ -300,6 +324,11 @@ def after_commit(result: FileResult, store: Store, cfg: Config, queue_id: str = 
     notices it queued now (the router leaves them to its forwarder thread). A failed send stays queued and
     sets ``forward_error`` on the unfiled outcomes."""
     qlog = QueueIdAdapter(log, {"queue_id": queue_id})
+    if result.dropped and find_message(store, result.sha256) is None:
+        try:  # personal mail is never kept: the file written before the filing goes too
+            store.blob_path(result.sha256).unlink(missing_ok=True)
+        except OSError as e:
+            qlog.error("dropped capture copy: cannot remove %s: %s", store.blob_path(result.sha256), e)
     for o in result.outcomes:
         for w in o.result.warnings:
             qlog.warning("to=<%s>: %s", o.recipient, w)

@@ -63,6 +63,7 @@ class RuleContext:
     references: tuple[tuple[str, str], ...] = ()
     subject_key: str = ""  # the subject as thread-subject compares it (mattermail/msgid.py)
     sha256: str = ""  # the message itself: never its own thread
+    inbound_capture: bool = False  # a capture copy of inbound mail to a user (two-way capture)
 
 
 class Lookups(Protocol):
@@ -280,12 +281,14 @@ def apply_rules(ctx: RuleContext, lookups: Lookups, cfg: RouterRules) -> Routing
         for rule in ADDRESS_RULES:
             run.t(rule, "not applicable: capture copy")
         _matter_rules(run, None)
-        run.t("sender", "not applicable: capture copy (the sender is the firm's user)")
+        run.t("sender", "not applicable: capture copy (" + ("the sender is a correspondent)" if ctx.inbound_capture
+                                                              else "the sender is the firm's user)"))
         _correspondents(run)
         if not res.filings:
             res.personal = True
-            run.t("result", "no known correspondent: personal" + (", unfiled (file_personal)" if cfg.file_personal else ", not filed"))
-            if cfg.file_personal:
+            unfiled = cfg.file_personal and not ctx.inbound_capture  # personal mail to a user is never forwarded
+            run.t("result", "no known correspondent: personal" + (", unfiled (file_personal)" if unfiled else ", not filed"))
+            if unfiled:
                 res.unfiled_reason = "no known correspondent"
         res.filings = [replace(f, recipient=f.recipient.lower()) for f in res.filings]
         return res
