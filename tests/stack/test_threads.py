@@ -1,9 +1,9 @@
-"""Thread filing end to end (issue 17): real Postfix, milter and router.
+"""Thread filing and two-way capture end to end (issue 17): real Postfix, milter and router.
 
 alice writes to a client with a matter tag; the capture copy is filed to the matter. The client's reply,
-without tag and to an address that resolves nothing by itself, names alice's message in In-Reply-To and
-is filed to the same matter by the ``thread`` rule. (Inbound capture of mail to alice is not built yet:
-the reply goes to the catch-all domain, where the router sees it today.)
+without tag, names alice's message in In-Reply-To and is filed to the same matter by the ``thread`` rule:
+sent to an address of the catch-all domain that resolves nothing by itself, or to alice herself (the
+inbound capture copy). Mail from a stranger to alice is delivered and not stored.
 """
 
 from __future__ import annotations
@@ -85,3 +85,39 @@ def _message_row(stack, message_id: str) -> int:
         return db.execute("SELECT id FROM messages WHERE message_id = ?", [message_id]).fetchone()[0]
     finally:
         db.close()
+
+
+def _row(stack, message_id: str) -> tuple | None:
+    db = sqlite3.connect(stack.stack.var / "store.sqlite")
+    try:
+        return db.execute("SELECT direction, capture FROM messages WHERE message_id = ?", [message_id]).fetchone()
+    finally:
+        db.close()
+
+
+def test_a_clients_reply_to_alice_is_captured_inbound_and_filed_by_thread(stack, client_id):
+    first = stack.message("alice@lawfirm.test", ["client@example.test"], subject="[M-1234] completion statement")
+    qid = stack.submit("alice@lawfirm.test", first, ["client@example.test"])
+    stack.log_line("router", qid, "capture=", "status=stored")
+
+    reply = stack.message("client@example.test", ["alice@lawfirm.test"], subject="Re: completion statement",
+                          In_Reply_To=first["Message-ID"])
+    qid = stack.inbound(reply, ["alice@lawfirm.test"])
+    stack.sink_with(reply["Message-ID"].encode())  # alice gets it as ever
+    assert "(inbound)" in stack.log_line("milter", qid, "capture=")
+    line = stack.log_line("router", qid, "capture=", "status=")
+    assert "status=stored" in line and "filed=matter:1234" in line, line
+    assert [(m, p, rule) for m, p, rule, _ in filings(stack, reply["Message-ID"])] == [
+        ("1234", None, "thread"), (None, client_id, "correspondent")]
+    assert _row(stack, reply["Message-ID"]) == ("inbound", "verified")
+
+
+def test_mail_from_a_stranger_to_alice_is_delivered_and_not_stored(stack, client_id):
+    msg = stack.message("stranger@example.test", ["alice@lawfirm.test"], subject="dinner on friday?")
+    qid = stack.inbound(msg, ["alice@lawfirm.test"])
+    assert msg["Message-ID"].encode() in stack.sink_with(msg["Message-ID"].encode()).read_bytes()
+    line = stack.log_line("router", qid, "capture=", "status=")
+    assert "status=dropped" in line and "dropped=personal" in line, line
+    assert _row(stack, msg["Message-ID"]) is None
+    assert not any(msg["Message-ID"].encode() in p.read_bytes()
+                   for p in (stack.stack.var / "messages").rglob("*.eml"))
