@@ -131,7 +131,8 @@ def test_migration_9_backfills_message_ids_and_subjects(tmp_path, monkeypatch) -
     assert new.schema_version() >= 9
     rows = new.db.execute("SELECT message, kind, key FROM thread_keys ORDER BY message, kind").fetchall()
     assert rows == [(1, "msgid", "Old.1@example.org"), (1, "subject", "contract draft")]
-    assert get_envelope(new, "aaaaaaaaaaaa").message_id == ""
+    env = get_envelope(new, "aaaaaaaaaaaa")
+    assert (env.message_id, env.direction) == ("", "outbound")  # envelopes recorded before: outbound capture
     new.close()
 
 
