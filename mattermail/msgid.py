@@ -26,8 +26,8 @@ MAX_IDS = 100  # ids of one References header looked at (the most recent ones: t
 _BRACKETED = re.compile(r"<\s*([^<>\s]+?)\s*>")
 _BARE = re.compile(r"[^<>\s()\"]+@[^<>\s()\"]+")
 _COMMENT = re.compile(r"\([^()]*\)")
-_PREFIX = re.compile(r"^\s*(?:(?:re|fwd?|aw|wg|sv|vs|antw|tr|rif|ref)\s*(?:\[\d+\]|\(\d+\))?\s*[:：]\s*|\[fwd?:?[^\]]*\]\s*)+",
-                     re.IGNORECASE)
+_PREFIX = re.compile(r"^\s*(?:(?:re|fwd?|aw|wg|sv|vs|antw|tr|rif|ref)\s*(?:\[\d+\]|\(\d+\))?\s*[:：]\s*"
+                     r"|\[fwd?:?[^\]]*\]\s*)+", re.IGNORECASE)
 MIN_SUBJECT = 4  # a shorter subject key ("Hi", "?") would thread unrelated mail
 
 
