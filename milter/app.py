@@ -27,7 +27,7 @@ from typing import Any, Callable
 import Milter
 
 from mattermail.logs import QueueIdAdapter
-from mattermail.milter import inbound, outbound
+from mattermail.milter import inbound, outbound, twoway
 from mattermail.milter import sender as senderpolicy
 from mattermail.milter.direction import Direction, direction
 from mattermail.milter.longlines import LineScan
@@ -255,22 +255,32 @@ class MatterMilter(Milter.Base):
         return self._outbound(msg, qlog, summary)
 
     def _inbound(self, msg: Message, qlog: QueueIdAdapter, summary: str) -> int:
-        """Apply :func:`inbound.evaluate`'s verdict: reply, or delete forged A-R, add ours, hold."""
+        """Apply :func:`inbound.evaluate`'s verdict: reply; or the two-way capture copy
+        (:mod:`~mattermail.milter.twoway`), forged A-R deleted, ours added, held if quarantined."""
         rt = self.runtime
         assert msg.spf is not None
         verdict = inbound.evaluate(inbound.InboundMessage(
             client_ip=self.client_ip or "", helo=self.helo, mail_from=msg.mail_from, headers=msg.headers,
             raw=msg.read_all, trusted_forwarder=self._from_trusted_forwarder()), msg.spf, rt.inbound, rt.resolver)
         decision = verdict.decision
-        _log_line(logging.INFO, msg.queue_id, f"{summary} {verdict.log_fields}")
         if verdict.refused:
+            _log_line(logging.INFO, msg.queue_id, f"{summary} {verdict.log_fields}")
             self.setreply(decision.smtp_code, decision.xcode, decision.text)
             return Milter.REJECT if decision.action == "reject" else Milter.TEMPFAIL
+        copy = (twoway.inbound_copy(rt, msg.queue_id, msg.mail_from, msg.recipients, msg.headers,
+                                    self.client_ip or "local") if decision.action != "quarantine" else twoway.Copy())
+        if copy.tempfail:
+            qlog.error("%s %s verdict=tempfail reason=%s", summary, verdict.results, copy.tempfail)
+            self.setreply("451", "4.3.0", "Message could not be filed (capture unavailable), please try again later")
+            return Milter.TEMPFAIL
+        if copy.recipient:
+            self.addrcpt(f"<{copy.recipient}>", "NOTIFY=NEVER")
         for idx in verdict.strip:  # highest first, so positions do not shift
             self.chgheader("Authentication-Results", idx, "")
         self.addheader("Authentication-Results", " " + verdict.authentication_results, 0)
         if decision.action == "quarantine":
             self.quarantine(decision.reason or "DMARC quarantine")
+        _log_line(logging.INFO, msg.queue_id, f"{summary} {verdict.log_line(copy.note)}")
         return Milter.ACCEPT
 
     def _from_trusted_forwarder(self) -> bool:

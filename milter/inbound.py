@@ -272,17 +272,25 @@ class InboundVerdict:
         return self.decision.action in ("reject", "tempfail")
 
     @property
+    def results(self) -> str:
+        """The results for the log line: ``spf=… dkim=… dmarc=…`` (and ``display_name_spoof=<…>``)."""
+        return (f"spf={self.spf.result} dkim={','.join(r.result for r in self.dkim) or 'none'} "
+                f"dmarc={','.join(r.result for r in self.dmarc)}"
+                + (f" display_name_spoof=<{self.impersonated}>" if self.impersonated else ""))
+
+    @property
     def log_fields(self) -> str:
+        return self.log_line()
+
+    def log_line(self, note: str = "") -> str:
+        """The log line after the envelope summary; ``note``: the adapter's own (e.g. the capture copy)."""
         d = self.decision
         if not self.evaluated:
             return f"verdict={d.action} reason={d.reason}"
-        results = (f"spf={self.spf.result} dkim={','.join(r.result for r in self.dkim) or 'none'} "
-                   f"dmarc={','.join(r.result for r in self.dmarc)}"
-                   + (f" display_name_spoof=<{self.impersonated}>" if self.impersonated else ""))
         if self.refused:
-            return f"{results} verdict={d.action} reason={d.reason}"
-        return (f"{results}{f' removed_forged_ar={len(self.strip)}' if self.strip else ''} verdict={d.action}"
-                + (f" reason={d.reason}" if d.reason else ""))
+            return f"{self.results} verdict={d.action} reason={d.reason}"
+        return (f"{self.results}{f' removed_forged_ar={len(self.strip)}' if self.strip else ''}"
+                f"{f' {note}' if note else ''} verdict={d.action}" + (f" reason={d.reason}" if d.reason else ""))
 
 
 def evaluate(msg: InboundMessage, spf: SPFResult, settings: InboundSettings, resolver: Resolver) -> InboundVerdict:
