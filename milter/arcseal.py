@@ -56,6 +56,8 @@ log = logging.getLogger("mattermail.milter")
 MAX_DEPTH = 20  # virtual alias nesting, as Postfix's virtual_alias_recursion_limit (1000 is its default; 20 is plenty)
 MAX_ADDRESSES = 1000  # as virtual_alias_expansion_limit
 POSTMAP_TIMEOUT = 10.0
+CACHE_SECONDS = 60.0  # an alias change reaches the sealing decision within this
+CACHE_ENTRIES = 10000
 _SPLIT = re.compile(r"[\s,]+")
 
 Lookup = Callable[[Sequence[str]], dict[str, list[str]]]
@@ -104,31 +106,45 @@ def expand(recipients: Iterable[str], lookup: Lookup, delimiters: str = "") -> d
     nothing matches is delivered as it is. Bounded by :data:`MAX_DEPTH` and
     :data:`MAX_ADDRESSES` (past them, what is left counts as delivered as is).
     """
-    out: dict[str, list[str]] = {}
-    for rcpt in recipients:
-        final: list[str] = []
-        todo = [(rcpt.strip().strip("<>").lower(), 0)]
-        seen: set[str] = set()
-        while todo and len(final) + len(todo) < MAX_ADDRESSES:
-            addr, depth = todo.pop(0)
-            if addr in seen:
-                continue
-            seen.add(addr)
-            keys = _candidates(addr, delimiters)
-            found = lookup(keys) if depth < MAX_DEPTH else {}
-            targets = next((found[k] for k in keys if k in found), None)
-            if targets is None:
-                final.append(addr)
-                continue
-            for t in targets:
-                t = t.strip().strip("<>").lower()
-                if t == addr:
-                    final.append(t)
-                elif t:
-                    todo.append((t, depth + 1))
-        final.extend(a for a, _ in todo)
-        out[rcpt] = list(dict.fromkeys(final))
-    return out
+    rcpts = list(dict.fromkeys(recipients))
+    final: dict[str, list[str]] = {r: [] for r in rcpts}
+    level = {r: [_norm(r)] for r in rcpts}
+    seen: dict[str, set[str]] = {r: set() for r in rcpts}
+    for depth in range(MAX_DEPTH + 1):
+        for r in rcpts:
+            level[r] = [a for a in dict.fromkeys(level[r]) if a not in seen[r]]
+            seen[r].update(level[r])
+        if not any(level.values()):
+            break
+        if depth == MAX_DEPTH:
+            for r in rcpts:
+                final[r].extend(level[r])
+            break
+        # one lookup per level for all recipients: each is a postmap run
+        keys = list(dict.fromkeys(k for r in rcpts for a in level[r] for k in _candidates(a, delimiters)))
+        found = lookup(keys)
+        for r in rcpts:
+            nxt: list[str] = []
+            for a in level[r]:
+                cands = _candidates(a, delimiters)
+                targets = next((found[k] for k in cands if k in found), None)
+                if targets is None:
+                    final[r].append(a)
+                    continue
+                for t in map(_norm, targets):
+                    if t == a:
+                        final[r].append(t)
+                    elif t:
+                        nxt.append(t)
+            if len(final[r]) + len(nxt) > MAX_ADDRESSES:
+                final[r].extend(nxt)
+                nxt = []
+            level[r] = nxt
+    return {r: list(dict.fromkeys(final[r])) for r in rcpts}
+
+
+def _norm(address: str) -> str:
+    return address.strip().strip("<>").lower()
 
 
 def forwarded(recipients: Iterable[str], firm_domains: Iterable[str], lookup: Lookup,
@@ -141,7 +157,7 @@ def forwarded(recipients: Iterable[str], firm_domains: Iterable[str], lookup: Lo
     ours = {d.strip().rstrip(".").lower() for d in firm_domains}
     result: dict[str, list[str]] = {}
     for rcpt, final in expand(recipients, lookup, delimiters).items():
-        if final == [rcpt.strip().strip("<>").lower()]:
+        if final == [_norm(rcpt)]:
             continue
         outside = [a for a in final if _domain(a) not in ours]
         if outside:
@@ -157,6 +173,7 @@ class AliasMaps:
         self._tables = list(tables) if tables is not None else None
         self._delimiters = delimiters
         self._lock = threading.Lock()
+        self._cache: dict[str, tuple[float, list[str] | None]] = {}
 
     def _postconf(self) -> None:
         with self._lock:
@@ -183,7 +200,26 @@ class AliasMaps:
         return self._delimiters or ""
 
     def lookup(self, keys: Sequence[str]) -> dict[str, list[str]]:
-        """The first table that has a key answers for it (Postfix's order)."""
+        """The first table that has a key answers for it (Postfix's order).
+
+        Answers (found or not) are kept for :data:`CACHE_SECONDS`: a postmap
+        run costs ~10 ms, and most inbound mail goes to a few addresses.
+        """
+        now = time.monotonic()
+        with self._lock:
+            cached = {k: self._cache[k] for k in keys if k in self._cache and self._cache[k][0] > now}
+        missing = [k for k in keys if k not in cached]
+        fresh = self._postmap(missing) if missing else {}
+        with self._lock:
+            if len(self._cache) > CACHE_ENTRIES:
+                self._cache.clear()
+            for k in missing:
+                self._cache[k] = (now + CACHE_SECONDS, fresh.get(k))
+        found = {k: v for k, (_, v) in cached.items() if v is not None}
+        found.update(fresh)
+        return found
+
+    def _postmap(self, keys: Sequence[str]) -> dict[str, list[str]]:
         found: dict[str, list[str]] = {}
         for table in self.tables:
             rest = [k for k in keys if k not in found]

@@ -4,7 +4,9 @@ ARC-Authentication-Results says, and that dkimpy's arc_verify passes what we sea
 from __future__ import annotations
 
 import logging
+import os
 import re
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -77,16 +79,49 @@ def test_alias_loops_end() -> None:
     assert arcseal.forwarded(["loop1@lawfirm.test"], FIRM, table) == {}
 
 
+def settled(path: Path, text: str) -> None:
+    """Write a file Postfix reads at once: it waits (300 ms steps, ~2 s) for one changed this very second."""
+    path.write_text(text)
+    os.utime(path, (time.time() - 60, time.time() - 60))
+
+
+def main_cf(path: Path, text: str) -> None:
+    settled(path / "main.cf", "myhostname = mx.lawfirm.test\n" + text)
+
+
 def test_alias_maps_ask_postfix(tmp_path: Path) -> None:
     """Real postmap/postconf against a texthash table, first table wins, missing keys are no error."""
-    (tmp_path / "main.cf").write_text(f"virtual_alias_maps = texthash:{tmp_path}/a, texthash:{tmp_path}/b\n"
-                                      "recipient_delimiter = +\n")
-    (tmp_path / "a").write_text("fwd@lawfirm.test alice.home@example.test\n")
-    (tmp_path / "b").write_text("fwd@lawfirm.test other@example.test\nx@lawfirm.test a@b.test, c@d.test\n")
+    main_cf(tmp_path, f"virtual_alias_maps = texthash:{tmp_path}/a, texthash:{tmp_path}/b\nrecipient_delimiter = +\n")
+    settled(tmp_path / "a", "fwd@lawfirm.test alice.home@example.test\n")
+    settled(tmp_path / "b", "fwd@lawfirm.test other@example.test\nx@lawfirm.test a@b.test, c@d.test\n")
     maps = arcseal.AliasMaps(tmp_path)
     assert maps.delimiters == "+"
     assert maps.lookup(["fwd@lawfirm.test", "x@lawfirm.test", "none@lawfirm.test"]) == {
         "fwd@lawfirm.test": ["alice.home@example.test"], "x@lawfirm.test": ["a@b.test", "c@d.test"]}
+
+
+def test_one_lookup_per_alias_level_for_all_recipients() -> None:
+    calls: list[list[str]] = []
+
+    def counting(keys: Sequence[str]) -> dict[str, list[str]]:
+        calls.append(list(keys))
+        return table(keys)
+
+    away = arcseal.forwarded(["mixed@lawfirm.test", "fwd@lawfirm.test", "alice@lawfirm.test"], FIRM, counting)
+    assert set(away) == {"mixed@lawfirm.test", "fwd@lawfirm.test"}
+    assert len(calls) == 3  # the recipients; team + carol + alice.home; alice + bob
+
+
+def test_alias_answers_are_kept_for_a_minute(tmp_path: Path) -> None:
+    main_cf(tmp_path, f"virtual_alias_maps = texthash:{tmp_path}/v\n")
+    settled(tmp_path / "v", "fwd@lawfirm.test a@example.test\n")
+    maps = arcseal.AliasMaps(tmp_path)
+    assert maps.lookup(["fwd@lawfirm.test", "new@lawfirm.test"]) == {"fwd@lawfirm.test": ["a@example.test"]}
+    settled(tmp_path / "v", "fwd@lawfirm.test b@example.test\nnew@lawfirm.test c@example.test\n")
+    assert maps.lookup(["fwd@lawfirm.test", "new@lawfirm.test"]) == {"fwd@lawfirm.test": ["a@example.test"]}
+    maps = arcseal.AliasMaps(tmp_path)  # a new runtime (SIGHUP) asks again
+    assert maps.lookup(["fwd@lawfirm.test", "new@lawfirm.test"]) == {
+        "fwd@lawfirm.test": ["b@example.test"], "new@lawfirm.test": ["c@example.test"]}
 
 
 # --- sealing ----------------------------------------------------------------------------
