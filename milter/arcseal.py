@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 import subprocess
 import threading
 import time
@@ -165,6 +166,11 @@ def forwarded(recipients: Iterable[str], firm_domains: Iterable[str], lookup: Lo
     return result
 
 
+def _tool(name: str) -> str:
+    """Postfix's commands live in /usr/sbin, which a daemon's PATH may lack."""
+    return shutil.which(name) or f"/usr/sbin/{name}"
+
+
 class AliasMaps:
     """Postfix's ``virtual_alias_maps``, asked with ``postmap -q`` (every table type Postfix has)."""
 
@@ -179,7 +185,7 @@ class AliasMaps:
         with self._lock:
             if self._tables is not None and self._delimiters is not None:
                 return
-            out = subprocess.run(["postconf", "-c", str(self.config_dir), "-h", "virtual_alias_maps",
+            out = subprocess.run([_tool("postconf"), "-c", str(self.config_dir), "-h", "virtual_alias_maps",
                                   "recipient_delimiter"], capture_output=True, text=True, timeout=POSTMAP_TIMEOUT)
             if out.returncode != 0:
                 raise RuntimeError(f"postconf -c {self.config_dir}: {out.stderr.strip()[:200]}")
@@ -225,7 +231,7 @@ class AliasMaps:
             rest = [k for k in keys if k not in found]
             if not rest:
                 break
-            out = subprocess.run(["postmap", "-c", str(self.config_dir), "-q", "-", table],
+            out = subprocess.run([_tool("postmap"), "-c", str(self.config_dir), "-q", "-", table],
                                  input="\n".join(rest) + "\n", capture_output=True, text=True,
                                  timeout=POSTMAP_TIMEOUT)
             if out.returncode not in (0, 1):  # 1: none of the keys found
@@ -354,6 +360,8 @@ class Sealer:
         if not away:
             return Seal(ar_value)
         to = ",".join(sorted({a for targets in away.values() for a in targets}))[:200]
+        if not self.domain:
+            return self._unsealed(ar_value, "no sealing domain (inbound.arc_domain, general.sending_domains)", to)
         key = sealing_key(self.keys(), self.domain)
         if key is None:
             return self._unsealed(ar_value, f"no RSA DKIM key for {self.domain}", to)
