@@ -299,11 +299,15 @@ class MatterMilter(Milter.Base):
             self.chgheader("Authentication-Results", idx, "")
         value = inbound.authentication_results(cfg.authserv_id, msg.spf, dkim_results, dmarcs, self.client_ip or "",
                                                impersonated=spoof)
-        self.addheader("Authentication-Results", " " + value, 0)
+        arc = rt.arc.seal(msg.recipients, msg.headers, forged, value, data, msg.body_offset, qlog)
+        self.addheader("Authentication-Results", " " + arc.ar_value, 0)
+        for name, arc_value in arc.headers:  # ARC-Seal ends up on top
+            self.addheader(name, " " + arc_value, 0)
         if decision.action == "quarantine":
             self.quarantine(decision.reason or "DMARC quarantine")
-        qlog.info("%s %s%s%s verdict=%s%s", summary, results,
+        qlog.info("%s %s%s%s%s verdict=%s%s", summary, results,
                   f" removed_forged_ar={len(forged)}" if forged else "", f" {copy.note}" if copy.note else "",
+                  f" {arc.note}" if arc.note else "",
                   decision.action, f" reason={decision.reason}" if decision.reason else "")
         return Milter.ACCEPT
 
