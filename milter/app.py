@@ -59,6 +59,7 @@ class Message:
     spool: MessageSpool = field(default_factory=MessageSpool)
     body_offset: int = -1  # where the body starts in the spool, once the header block is written
     lines: LineScan = field(default_factory=LineScan)  # outbound: the body's lines over 998 octets
+    raw: bytes | None = field(default=None, repr=False)  # inbound: the whole message, once read (read_all)
 
     def start_body(self) -> None:
         if self.body_offset < 0:
@@ -66,10 +67,12 @@ class Message:
             self.body_offset = self.spool.size
 
     def read_all(self) -> bytes:
-        """The whole message as bytes (the inbound checks verify from bytes)."""
-        self.start_body()
-        with self.spool.view() as raw:
-            return bytes(raw)
+        """The whole message as bytes (the inbound checks verify from bytes; ARC seals them), read once."""
+        if self.raw is None:
+            self.start_body()
+            with self.spool.view() as view:
+                self.raw = bytes(view)
+        return self.raw
 
 
 def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -256,7 +259,9 @@ class MatterMilter(Milter.Base):
 
     def _inbound(self, msg: Message, qlog: QueueIdAdapter, summary: str) -> int:
         """Apply :func:`inbound.evaluate`'s verdict: reply; or the two-way capture copy
-        (:mod:`~mattermail.milter.twoway`), forged A-R deleted, ours added, held if quarantined."""
+        (:mod:`~mattermail.milter.twoway`), forged A-R deleted, ours added (with an ARC set when a
+        virtual alias forwards the message off-site, :mod:`~mattermail.milter.arcseal`), held if
+        quarantined."""
         rt = self.runtime
         assert msg.spf is not None
         verdict = inbound.evaluate(inbound.InboundMessage(
@@ -277,10 +282,15 @@ class MatterMilter(Milter.Base):
             self.addrcpt(f"<{copy.recipient}>", "NOTIFY=NEVER")
         for idx in verdict.strip:  # highest first, so positions do not shift
             self.chgheader("Authentication-Results", idx, "")
-        self.addheader("Authentication-Results", " " + verdict.authentication_results, 0)
+        arc = rt.arc.seal(msg.recipients, msg.headers, verdict.strip, verdict.authentication_results, msg.read_all(),
+                          msg.body_offset, qlog)
+        self.addheader("Authentication-Results", " " + arc.ar_value, 0)
+        for name, arc_value in arc.headers:  # ARC-Seal ends up on top
+            self.addheader(name, " " + arc_value, 0)
         if decision.action == "quarantine":
             self.quarantine(decision.reason or "DMARC quarantine")
-        _log_line(logging.INFO, msg.queue_id, f"{summary} {verdict.log_line(copy.note)}")
+        note = " ".join(n for n in (copy.note, arc.note) if n)
+        _log_line(logging.INFO, msg.queue_id, f"{summary} {verdict.log_line(note)}")
         return Milter.ACCEPT
 
     def _from_trusted_forwarder(self) -> bool:
