@@ -29,6 +29,7 @@ from mattermail.dns import Resolver
 from mattermail import capture
 from mattermail.milter import arcseal
 from mattermail.milter.direction import parse_networks
+from mattermail.milter.inbound import InboundSettings
 from mattermail import store as storemod
 
 log = logging.getLogger("mattermail.milter")
@@ -50,6 +51,7 @@ class Runtime:
         self.trusted = parse_networks(cfg.milter.trusted_networks)
         self.trusted_forwarders = parse_networks(cfg.inbound.trusted_forwarders)
         self.resolver = Resolver(cfg.dns)
+        self.inbound = InboundSettings.from_config(cfg)
         # No-reply callbacks only where they cannot stall (see MatterMilter.negotiate).
         self.noreply = cfg.milter.socket.startswith("unix:")
         self.exclude_senders = [re.compile(p, re.I) for p in cfg.capture.exclude_senders]
