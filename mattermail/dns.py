@@ -10,9 +10,7 @@ record".
 from __future__ import annotations
 
 import ipaddress
-import os
 import socket
-import struct
 import time
 from dataclasses import dataclass
 
@@ -86,16 +84,13 @@ class Resolver:
         TempError at once: with one nameserver and lifetime = timeout, resolve() would end so.
         """
         assert self._direct is not None
-        query_id = os.urandom(2)  # as random as dnspython's ids; the source port is the kernel's choice
-        qname_wire = qname.to_wire()
-        # make_query(qname, rdtype).to_wire() with that id, built by hand: flags RD, one question, no EDNS.
-        request = query_id + b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + qname_wire + struct.pack("!HH", rdtype, 1)
-        query: dns.message.Message | None = None
+        query = dns.message.make_query(qname, rdtype)
+        query_id = query.id.to_bytes(2, "big")
         deadline = time.monotonic() + self.cfg.timeout
         try:
             with socket.socket(self._family, socket.SOCK_DGRAM) as s:
                 s.connect(self._direct)
-                s.send(request)
+                s.send(query.to_wire())
                 while True:
                     s.settimeout(max(deadline - time.monotonic(), 1e-6))
                     try:
@@ -107,7 +102,7 @@ class Resolver:
                     if ours and len(wire) >= 12 and wire[2] & 0x82 == 0x82:  # our reply (QR), truncated (TC)
                         return None
                     if ours and rdtype == dns.rdatatype.TXT:  # the common reply, read without dnspython
-                        plain = plain_txt(wire, qname_wire)
+                        plain = plain_txt(wire, qname.to_wire())
                         if plain is not None:
                             return [dns.rdtypes.ANY.TXT.TXT(dns.rdataclass.IN, dns.rdatatype.TXT, strings)
                                     for strings in plain]
@@ -117,9 +112,6 @@ class Resolver:
                         if ours:
                             return None
                         continue  # someone else's datagram: wait for ours
-                    if query is None:
-                        query = dns.message.make_query(qname, rdtype)
-                        query.id = int.from_bytes(query_id, "big")
                     if query.is_response(response):
                         break
         except OSError:
