@@ -20,11 +20,9 @@ import dns.name
 import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
-import dns.rdtypes.ANY.TXT
 import dns.resolver
 
 from mattermail.config import DNS as DNSConfig
-from mattermail.dnswire import plain_txt
 
 
 class TempError(Exception):
@@ -101,11 +99,6 @@ class Resolver:
                     ours = wire[:2] == query_id
                     if ours and len(wire) >= 12 and wire[2] & 0x82 == 0x82:  # our reply (QR), truncated (TC)
                         return None
-                    if ours and rdtype == dns.rdatatype.TXT:  # the common reply, read without dnspython
-                        plain = plain_txt(wire, qname.to_wire())
-                        if plain is not None:
-                            return [dns.rdtypes.ANY.TXT.TXT(dns.rdataclass.IN, dns.rdatatype.TXT, strings)
-                                    for strings in plain]
                     try:
                         response = dns.message.from_wire(wire)
                     except Exception:  # noqa: BLE001 - garbage with our id: resolve() reports it
