@@ -9,14 +9,12 @@ record".
 
 from __future__ import annotations
 
-import ipaddress
-import socket
-import time
 from dataclasses import dataclass
 
 import dns.exception
 import dns.message
 import dns.name
+import dns.query
 import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
@@ -51,7 +49,6 @@ class Resolver:
         # One nameserver and no cache (cache_size = 0): each query is one UDP exchange (_exchange).
         ns = self.cfg.nameservers
         self._direct = (ns[0], self.cfg.port) if len(ns) == 1 and r.cache is None else None
-        self._family = socket.AF_INET6 if self._direct and ipaddress.ip_address(ns[0]).version == 6 else socket.AF_INET
 
     def query(self, name: str, rdtype: str) -> list[dns.rdata.Rdata]:
         """Answer records for ``name``; [] for NXDOMAIN or no data; TempError otherwise."""
@@ -74,40 +71,22 @@ class Resolver:
 
     def _exchange(self, qname: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> list[dns.rdata.Rdata] | None:
         """What ``resolve()`` answers for one nameserver without a cache, minus its per-query
-        machinery (a third of its CPU): one UDP query on a connected socket, the first reply
-        that ``is_response`` to it, read by dnspython's own ``Answer`` (CNAME chains, checks).
+        machinery (a third of its CPU): one ``dns.query.udp`` exchange (the first reply that
+        ``is_response`` to the query), read by dnspython's own ``Answer`` (CNAME chains, checks).
 
         None: leave it to ``resolve()`` (a truncated reply, an rcode other than NOERROR and
-        NXDOMAIN, a reply Answer refuses, a socket error such as a refused port).  A timeout is
-        TempError at once: with one nameserver and lifetime = timeout, resolve() would end so.
+        NXDOMAIN, a reply Answer refuses, a malformed reply, a socket error such as a refused port).
+        A timeout is TempError at once: with one nameserver and lifetime = timeout, resolve() would end so.
         """
         assert self._direct is not None
         query = dns.message.make_query(qname, rdtype)
-        query_id = query.id.to_bytes(2, "big")
-        deadline = time.monotonic() + self.cfg.timeout
         try:
-            with socket.socket(self._family, socket.SOCK_DGRAM) as s:
-                s.connect(self._direct)
-                s.send(query.to_wire())
-                while True:
-                    s.settimeout(max(deadline - time.monotonic(), 1e-6))
-                    try:
-                        wire = s.recv(65535)
-                    except TimeoutError:
-                        raise TempError(f"{dns.rdatatype.to_text(rdtype)} {qname}: "
-                                        f"the DNS operation timed out after {self.cfg.timeout} seconds") from None
-                    ours = wire[:2] == query_id
-                    if ours and len(wire) >= 12 and wire[2] & 0x82 == 0x82:  # our reply (QR), truncated (TC)
-                        return None
-                    try:
-                        response = dns.message.from_wire(wire)
-                    except Exception:  # noqa: BLE001 - garbage with our id: resolve() reports it
-                        if ours:
-                            return None
-                        continue  # someone else's datagram: wait for ours
-                    if query.is_response(response):
-                        break
-        except OSError:
+            response = dns.query.udp(query, self._direct[0], timeout=self.cfg.timeout, port=self._direct[1],
+                                     ignore_unexpected=True, raise_on_truncation=True)
+        except dns.exception.Timeout:
+            raise TempError(f"{dns.rdatatype.to_text(rdtype)} {qname}: "
+                            f"the DNS operation timed out after {self.cfg.timeout} seconds") from None
+        except (OSError, dns.exception.DNSException):  # truncated, malformed, refused: resolve() decides
             return None
         rcode = response.rcode()
         if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
