@@ -208,3 +208,26 @@ def _m008_background_indexing(db: sqlite_utils.Database) -> None:
 CAPTURE_STATES = ("", "verified", "unverified")
 
 
+
+
+@migration
+def _m009_web_access(db: sqlite_utils.Database) -> None:
+    """mattermail-web (issue 18): API tokens (stored as SHA-256 of the token, never the token), user roles
+    (``admin`` sees every matter), ethical walls per matter (``deny``: this address may not see it;
+    ``only``: when a matter has any, only those addresses may), the log of admin views of walled matters,
+    and web sign-in sessions (SHA-256 of the cookie value). Plain portable SQL (no rowid, no AUTOINCREMENT):
+    the PostgreSQL engine ports it as is, with ``id`` columns made identity columns."""
+    db.execute("CREATE TABLE api_tokens (id INTEGER PRIMARY KEY, login TEXT NOT NULL, scope TEXT NOT NULL, "
+               "token_hash TEXT NOT NULL UNIQUE, created REAL NOT NULL, last_used REAL, revoked REAL)")
+    db.execute("CREATE INDEX api_tokens_login ON api_tokens (login)")
+    db.execute("CREATE TABLE user_roles (login TEXT PRIMARY KEY, role TEXT NOT NULL, actor TEXT NOT NULL, "
+               "since REAL NOT NULL)")
+    db.execute("CREATE TABLE matter_access (matter TEXT NOT NULL REFERENCES matters(id), mode TEXT NOT NULL, "
+               "address TEXT NOT NULL, actor TEXT NOT NULL, since REAL NOT NULL, PRIMARY KEY (matter, mode, address))")
+    db.execute("CREATE INDEX matter_access_address ON matter_access (address)")
+    db.execute("CREATE TABLE access_log (id INTEGER PRIMARY KEY, time REAL NOT NULL, login TEXT NOT NULL, "
+               "matter TEXT NOT NULL, message INTEGER, what TEXT NOT NULL)")
+    db.execute("CREATE INDEX access_log_matter ON access_log (matter, time)")
+    db.execute("CREATE TABLE web_sessions (session_hash TEXT PRIMARY KEY, login TEXT NOT NULL, csrf TEXT NOT NULL, "
+               "created REAL NOT NULL, expires REAL NOT NULL)")
+    db.execute("CREATE INDEX web_sessions_expires ON web_sessions (expires)")

@@ -1,0 +1,130 @@
+"""What a reader sees of a stored message: its main headers, who wrote to whom, its attachments.
+
+Pure functions over the raw bytes (the blob the store keeps): nothing here touches the database. Every
+value is attacker-controlled text: the templates escape it (Jinja2 autoescape) and attachments are
+always served as downloads (``application/octet-stream``, ``Content-Disposition: attachment``).
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import re
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import getaddresses
+
+HEADERS = ("From", "To", "Cc", "Reply-To", "Date", "Subject", "Message-ID", "In-Reply-To")
+
+
+@dataclass(frozen=True)
+class Attachment:
+    index: int  # 1-based position among the message's attachments (the download URL's number)
+    filename: str
+    content_type: str
+    size: int
+
+
+def parse(raw: bytes) -> EmailMessage:
+    return email.message_from_bytes(raw, policy=email.policy.default)  # type: ignore[return-value]
+
+
+def _text(value: object) -> str:
+    try:
+        return " ".join(str(value).split())
+    except Exception:  # a header the parser cannot decode
+        return ""
+
+
+def headers(msg: EmailMessage) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name in HEADERS:
+        values = msg.get_all(name) or []
+        if values:
+            out[name] = ", ".join(_text(v) for v in values)
+    return out
+
+
+def correspondents(msg: EmailMessage) -> tuple[list[str], list[str]]:
+    """(from addresses, to and cc addresses), lower-cased, first seen first."""
+    def addrs(*names: str) -> list[str]:
+        found: dict[str, None] = {}
+        for name in names:
+            try:
+                values = [str(v) for v in msg.get_all(name) or []]
+            except Exception:
+                continue
+            for _, a in getaddresses(values):
+                if a:
+                    found.setdefault(a.lower())
+        return list(found)
+    return addrs("From"), addrs("To", "Cc")
+
+
+def header_correspondents(raw_headers: bytes) -> tuple[list[str], list[str]]:
+    """:func:`correspondents` from the header block only (a timeline parses no bodies)."""
+    return correspondents(email.message_from_bytes(raw_headers, policy=email.policy.default))  # type: ignore[arg-type]
+
+
+def _parts(msg: EmailMessage) -> list[EmailMessage]:
+    out = []
+    for part in msg.walk():
+        if part.is_multipart():
+            continue
+        disposition = part.get_content_disposition()
+        if disposition == "attachment" or (part.get_filename() and disposition != "inline") or (
+                disposition == "inline" and part.get_filename() and part.get_content_maintype() != "text"):
+            out.append(part)
+    return out
+
+
+_UNSAFE_NAME = re.compile(r"[^\w.\- ]+", re.UNICODE)
+
+
+def safe_filename(name: str, index: int) -> str:
+    """A download name without path separators, quotes or control characters."""
+    cleaned = _UNSAFE_NAME.sub("_", name or "").strip(" ._")[:120]
+    return cleaned or f"attachment-{index}"
+
+
+def attachments(msg: EmailMessage) -> list[Attachment]:
+    out = []
+    for i, part in enumerate(_parts(msg), start=1):
+        try:
+            payload = part.get_payload(decode=True) or b""
+        except Exception:
+            payload = b""
+        out.append(Attachment(i, _text(part.get_filename() or ""), part.get_content_type(), len(payload)))
+    return out
+
+
+def attachment_bytes(msg: EmailMessage, index: int) -> tuple[Attachment, bytes] | None:
+    parts = _parts(msg)
+    if not 1 <= index <= len(parts):
+        return None
+    part = parts[index - 1]
+    try:
+        payload = part.get_payload(decode=True) or b""
+    except Exception:
+        payload = b""
+    return Attachment(index, _text(part.get_filename() or ""), part.get_content_type(), len(payload)), payload
+
+
+def read_header_block(path, limit: int = 256 * 1024) -> bytes:
+    """The header block of a stored message file (up to the first blank line, at most ``limit`` bytes)."""
+    out = bytearray()
+    with open(path, "rb") as f:
+        for line in f:
+            if line in (b"\r\n", b"\n") or len(out) > limit:
+                break
+            out += line
+    return bytes(out)
+
+
+_PREFIX = re.compile(r"^\s*((re|fwd?|aw|wg|sv|tr)\s*(\[\d+\])?\s*:\s*)+", re.IGNORECASE)
+
+
+def thread_key(subject: str) -> str:
+    """The subject without reply/forward prefixes, case and blanks folded: the thread grouping used until the
+    store records threads (issue: thread filing)."""
+    return " ".join(_PREFIX.sub("", subject or "").lower().split())
