@@ -30,8 +30,8 @@ _env = jinja2.Environment(loader=jinja2.PackageLoader("mattermail.web", "templat
 TIMELINE_PARSE_LIMIT = 1024 * 1024
 
 
-def render(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
-    return HTMLResponse(_env.get_template(name).render(request=request, **context), status_code=status)
+def render(request: Request, name: str, http_status: int = 200, **context: Any) -> HTMLResponse:
+    return HTMLResponse(_env.get_template(name).render(request=request, **context), status_code=http_status)
 
 
 def error_page(request: Request, status: int, message: str) -> HTMLResponse:
