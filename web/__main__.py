@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{PROG}: fatal: cannot open the store {cfg.store.path} ({kind}: {text})", file=sys.stderr)
         sys.exit(75)
     store.actor = "web"
+    from mattermail.store import webview
+
+    log.info("%d messages in the store (sort keys ready)", webview.warm_sort_keys(store))
     _, (host, port) = daemon.parse_listen(cfg.web.listen)
     log.info("ready: http://%s:%d/ store %s", host, port, cfg.store.path)
     uvicorn.run(create_app(store, cfg), host=host, port=port, loop="uvloop", http="h11", lifespan="off",

@@ -128,3 +128,40 @@ def thread_key(subject: str) -> str:
     """The subject without reply/forward prefixes, case and blanks folded: the thread grouping used until the
     store records threads (issue: thread filing)."""
     return " ".join(_PREFIX.sub("", subject or "").lower().split())
+
+
+def _decoded(value: str | None) -> str:
+    """An RFC 2047 encoded header value (or file name) as text."""
+    from email.header import decode_header, make_header
+
+    if not value:
+        return ""
+    try:
+        return _text(make_header(decode_header(value)))
+    except Exception:
+        return _text(value)
+
+
+def timeline_summary(raw: bytes) -> tuple[list[str], list[str], list[Attachment]]:
+    """(from, to and cc, attachments) for a timeline entry: the faster compat32 parse (about a fifth of the
+    default policy's time), names decoded by hand; the message page parses fully."""
+    from email import message_from_bytes
+    from email import policy as _policy
+
+    msg = message_from_bytes(raw, policy=_policy.compat32)
+
+    def addrs(*names: str) -> list[str]:
+        found: dict[str, None] = {}
+        for name in names:
+            for _, a in getaddresses([_decoded(v) for v in msg.get_all(name) or []]):
+                if a:
+                    found.setdefault(a.lower())
+        return list(found)
+    atts = []
+    for i, part in enumerate(_parts(msg), start=1):  # type: ignore[arg-type]
+        try:
+            payload = part.get_payload(decode=True) or b""
+        except Exception:
+            payload = b""
+        atts.append(Attachment(i, _decoded(part.get_filename() or ""), part.get_content_type(), len(payload)))
+    return addrs("From"), addrs("To", "Cc"), atts

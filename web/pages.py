@@ -119,9 +119,7 @@ def _timeline_entry(st, m) -> dict[str, Any]:
     attachments: list[mail.Attachment] | None = None
     try:
         if m.size <= TIMELINE_PARSE_LIMIT:
-            msg = mail.parse(path.read_bytes())
-            senders, recipients = mail.correspondents(msg)
-            attachments = mail.attachments(msg)
+            senders, recipients, attachments = mail.timeline_summary(path.read_bytes())
         else:
             senders, recipients = mail.header_correspondents(mail.read_header_block(path))
     except OSError:

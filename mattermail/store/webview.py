@@ -3,10 +3,15 @@
 Every listing, count and search here applies :func:`mattermail.store.access.visible_sql` for the viewer,
 so a screened user's counts and searches never include a walled matter's messages. Order: newest first
 by the message's time (:func:`mattermail.store.listing.message_datetime`), then id; pages by offset.
+
+A matter's or person's messages are selected with ``m.id IN (SELECT message FROM filings WHERE matter = ?)``
+(evaluated once, by the matter index), never a correlated ``EXISTS`` on the matter (which walks the
+matter's filings once per message: quadratic in the matter's size).
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +19,19 @@ from mattermail.store import listing, records
 from mattermail.store.access import Viewer, visible_sql, walled_matters
 from mattermail.store.directory import Matter, Person
 from mattermail.store.engine import Store, UserError
-from mattermail.store.listing import _COLUMNS, _SORT_FN, UNFILED, MessageSummary, _summary, _with_sort_key
+from mattermail.store.listing import _COLUMNS, UNFILED, MessageSummary, _sort_key, _summary
+
+# listing's sort key (the Date header as UTC, fixed-width text), memoised: a long-running service sorts the same
+# messages on every page view, and parsing 10,000 Date headers is most of a big matter's first page.
+_CACHED_SORT_FN = "mattermail_web_sort_key"
+_cached_sort_key = functools.lru_cache(maxsize=200_000)(_sort_key)
+
+
+def _with_cached_sort_key(store: Store) -> None:
+    if getattr(store, "_web_sort_key", False):
+        return
+    store.db.register_function(_cached_sort_key, deterministic=True, name=_CACHED_SORT_FN)
+    store._web_sort_key = True  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -58,17 +75,17 @@ def list_matters(store: Store, v: Viewer) -> list[MatterRow]:
 
 def _page(store: Store, where: str, params: list[Any], offset: int, limit: int) -> Page:
     total = store.db.execute(f"SELECT COUNT(*) FROM messages m WHERE {where}", params).fetchone()[0]
-    _with_sort_key(store)
+    _with_cached_sort_key(store)
     rows = store.db.execute(
         f"SELECT {_COLUMNS} FROM messages m WHERE {where} "
-        f"ORDER BY {_SORT_FN}(m.date, m.received) DESC, m.id DESC LIMIT ? OFFSET ?", [*params, limit, offset])
+        f"ORDER BY {_CACHED_SORT_FN}(m.date, m.received) DESC, m.id DESC LIMIT ? OFFSET ?", [*params, limit, offset])
     return Page(int(total), offset, tuple(_summary(r) for r in rows))
 
 
 def matter_messages(store: Store, v: Viewer, matter: str, offset: int = 0, limit: int = 50) -> Page:
     """The messages filed to ``matter`` that ``v`` may see, newest first (the caller checked the matter)."""
     cond, params = visible_sql(v)
-    return _page(store, f"EXISTS (SELECT 1 FROM filings f WHERE f.message = m.id AND f.matter = ?) AND {cond}",
+    return _page(store, f"m.id IN (SELECT f.message FROM filings f WHERE f.matter = ?) AND {cond}",
                  [matter, *params], offset, limit)
 
 
@@ -97,7 +114,7 @@ def get_person(store: Store, pid: int) -> Person | None:
 
 def person_messages(store: Store, v: Viewer, pid: int, offset: int = 0, limit: int = 50) -> Page:
     cond, params = visible_sql(v)
-    return _page(store, f"EXISTS (SELECT 1 FROM filings f WHERE f.message = m.id AND f.person = ?) AND {cond}",
+    return _page(store, f"m.id IN (SELECT f.message FROM filings f WHERE f.person = ?) AND {cond}",
                  [pid, *params], offset, limit)
 
 
@@ -169,3 +186,10 @@ def walled_matters_of(store: Store, ids: list[int]) -> set[str]:
     return {r[0] for r in store.db.execute(
         f"SELECT DISTINCT f.matter FROM filings f JOIN matter_access a ON a.matter = f.matter "
         f"WHERE f.message IN ({marks})", ids)}
+
+
+def warm_sort_keys(store: Store) -> int:
+    """Compute every message's sort key once (at service start), so the first page view of a big matter does
+    not parse all its Date headers; returns how many messages there are."""
+    _with_cached_sort_key(store)
+    return int(store.db.execute(f"SELECT COUNT({_CACHED_SORT_FN}(date, received)) FROM messages").fetchone()[0])
