@@ -11,7 +11,6 @@ and the worst of the following runs. The API's first page is timed too.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import http.client
 import socket
 import statistics

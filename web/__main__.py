@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> None:
     log.info("%d messages in the store (sort keys ready)", webview.warm_sort_keys(store))
     _, (host, port) = daemon.parse_listen(cfg.web.listen)
     log.info("ready: http://%s:%d/ store %s", host, port, cfg.store.path)
-    uvicorn.run(create_app(store, cfg), host=host, port=port, loop="uvloop", http="h11", lifespan="off",
+    uvicorn.run(create_app(store, cfg, deliver_webhooks=True), host=host, port=port, loop="uvloop", http="h11",
+                lifespan="on",
                 access_log=False, server_header=False, log_config=None, proxy_headers=False)
     store.close()
     log.info("stopped")

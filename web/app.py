@@ -7,6 +7,9 @@ Content-Security-Policy with no inline script or style, and no framing.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -80,8 +83,25 @@ async def _store_error(request: Request, exc: Exception) -> Response:
     return pages.error_page(request, 503, "The store is unavailable; try again later.")
 
 
-def create_app(store: Store, config: configmod.Config) -> Starlette:
+def _lifespan(store: Store):
+    """Runs the webhook deliverer beside the service (mattermail-web; tests drive it themselves)."""
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        from mattermail.web import webhooks
+
+        stop = asyncio.Event()
+        task = asyncio.get_running_loop().create_task(webhooks.run(store, stop))
+        try:
+            yield
+        finally:
+            stop.set()
+            await task
+    return lifespan
+
+
+def create_app(store: Store, config: configmod.Config, deliver_webhooks: bool = False) -> Starlette:
     app = Starlette(
+        lifespan=_lifespan(store) if deliver_webhooks else None,
         routes=[*api.ROUTES, *pages.ROUTES,
                 Mount("/static", app=StaticFiles(packages=[("mattermail.web", "static")]), name="static")],
         exception_handlers={HTTPException: _http_error, SignedOut: _signed_out, StoreError: _store_error},

@@ -231,3 +231,24 @@ def _m009_web_access(db: sqlite_utils.Database) -> None:
     db.execute("CREATE TABLE web_sessions (session_hash TEXT PRIMARY KEY, login TEXT NOT NULL, csrf TEXT NOT NULL, "
                "created REAL NOT NULL, expires REAL NOT NULL)")
     db.execute("CREATE INDEX web_sessions_expires ON web_sessions (expires)")
+
+
+@migration
+def _m010_webhooks(db: sqlite_utils.Database) -> None:
+    """Webhooks (issue 18): subscriptions, and the outbox of their deliveries. A trigger on ``filings`` writes
+    one outbox row per matching webhook in the filing's own transaction (the router's, or a refile's), so a
+    filing is never committed without its events nor an event without its filing. The delivery id is
+    ``mmwh-<outbox id>``: the same on every retry. PostgreSQL: the trigger becomes a plpgsql trigger function
+    with the same INSERT ... SELECT."""
+    db.execute("CREATE TABLE webhooks (id INTEGER PRIMARY KEY, url TEXT NOT NULL, secret_file TEXT NOT NULL, "
+               "matter TEXT, login TEXT, created REAL NOT NULL, removed REAL)")
+    db.execute("CREATE TABLE webhook_outbox (id INTEGER PRIMARY KEY, webhook INTEGER NOT NULL REFERENCES webhooks(id), "
+               "message INTEGER NOT NULL, matter TEXT, person INTEGER, rule TEXT NOT NULL, created REAL NOT NULL, "
+               "attempts INTEGER NOT NULL DEFAULT 0, next_try REAL NOT NULL DEFAULT 0, last_error TEXT NOT NULL "
+               "DEFAULT '', delivered REAL, skipped TEXT)")
+    db.execute("CREATE INDEX webhook_outbox_pending ON webhook_outbox (webhook, id) WHERE delivered IS NULL "
+               "AND skipped IS NULL")
+    db.execute("CREATE TRIGGER filings_webhooks AFTER INSERT ON filings BEGIN "
+               "INSERT INTO webhook_outbox (webhook, message, matter, person, rule, created) "
+               "SELECT w.id, new.message, new.matter, new.person, new.rule, new.created FROM webhooks w "
+               "WHERE w.removed IS NULL AND (w.matter IS NULL OR w.matter = new.matter) ORDER BY w.id; END")
