@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hmac
 import secrets
+import time
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -65,9 +66,31 @@ def _dummy() -> str:
     return passwords.hash_password(secrets.token_urlsafe(16))
 
 
+# Password guessing: after FAILURE_LIMIT wrong passwords for one login within FAILURE_WINDOW seconds, that
+# login's sign-in is refused (without checking) until the window has passed. Per process, in memory.
+FAILURE_LIMIT = 5
+FAILURE_WINDOW = 900.0
+_failures: dict[str, list[float]] = {}
+
+
+def locked_out(login: str, now: float | None = None) -> bool:
+    now = time.monotonic() if now is None else now
+    recent = [t for t in _failures.get(normalise_address(login), []) if now - t < FAILURE_WINDOW]
+    return len(recent) >= FAILURE_LIMIT
+
+
 async def check_password(st: State, login: str, password: str) -> str | None:
-    """The login, when ``password`` is its submission password; None otherwise."""
+    """The login, when ``password`` is its submission password; None otherwise (or when locked out)."""
     login = normalise_address(login)
+    if locked_out(login):
+        return None
     stored = dict(password_hashes(st.store)).get(login)
     ok = await run_in_threadpool(passwords.verify_password, stored or _dummy(), password)
-    return login if ok and stored else None
+    if ok and stored:
+        _failures.pop(login, None)
+        return login
+    now = time.monotonic()
+    _failures[login] = [t for t in _failures.get(login, []) if now - t < FAILURE_WINDOW][-FAILURE_LIMIT:] + [now]
+    if len(_failures) > 10_000:  # a flood of made-up logins must not grow this without end
+        _failures.pop(next(iter(_failures)))
+    return None

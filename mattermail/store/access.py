@@ -70,7 +70,10 @@ def set_role(store: Store, login: str, role: str) -> None:
 
 
 def role_of(store: Store, login: str) -> str:
-    row = store.db.execute("SELECT role FROM user_roles WHERE login = ?", [normalise_address(login)]).fetchone()
+    """The user's role; a role set before the user was (re)created does not count (removing a user leaves
+    its role row, and a new user of the same address must not inherit admin)."""
+    row = store.db.execute("SELECT r.role FROM user_roles r JOIN users u ON u.login = r.login "
+                           "WHERE r.login = ? AND r.since >= u.created", [normalise_address(login)]).fetchone()
     return row[0] if row else "user"
 
 

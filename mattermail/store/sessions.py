@@ -38,7 +38,7 @@ def create_session(store: Store, login: str, hours: int) -> tuple[str, WebSessio
 def session_for(store: Store, value: str) -> WebSession | None:
     """The live session of this cookie value whose user still exists; None otherwise."""
     row = store.db.execute("SELECT s.login, s.csrf, s.expires FROM web_sessions s JOIN users u ON u.login = s.login "
-                           "WHERE s.session_hash = ? AND s.expires > ?", [_hash(value), time.time()]).fetchone()
+                           "WHERE s.session_hash = ? AND s.expires > ? AND s.created >= u.created", [_hash(value), time.time()]).fetchone()
     return WebSession(*row) if row else None
 
 

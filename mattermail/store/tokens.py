@@ -73,12 +73,13 @@ def revoke_token(store: Store, token_id: int) -> Token:
 
 
 def authenticate_token(store: Store, secret: str) -> Token | None:
-    """The live token whose secret this is (its user still exists), its last use recorded; else None."""
+    """The live token whose secret this is, its last use recorded; else None. A token made before its user was
+    removed and added again is dead (it belonged to the old user)."""
     if not secret.startswith(PREFIX):
         return None
     row = store.db.execute(
         f"SELECT {', '.join('t.' + c.strip() for c in _COLS.split(','))} FROM api_tokens t "
-        "JOIN users u ON u.login = t.login WHERE t.token_hash = ? AND t.revoked IS NULL", [_hash(secret)]).fetchone()
+        "JOIN users u ON u.login = t.login WHERE t.token_hash = ? AND t.revoked IS NULL AND t.created >= u.created", [_hash(secret)]).fetchone()
     if row is None:
         return None
     token = Token(*row)

@@ -113,3 +113,11 @@ def token(fill):
         _, secret = tokens.create_token(fill.store, login, scope)
         return {"Authorization": f"Bearer {secret}"}
     return make
+
+
+@pytest.fixture(autouse=True)
+def no_sign_in_lockouts(monkeypatch):
+    """Each test starts with no failed sign-ins remembered (the lock-out is per process)."""
+    from mattermail.web import auth
+
+    monkeypatch.setattr(auth, "_failures", {})

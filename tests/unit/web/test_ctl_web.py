@@ -103,3 +103,16 @@ def test_every_web_command_has_an_example(run):
                  ("user", "role"), ("matter", "access")):
         r = run(*path, "--help")
         assert r.exit_code == 0 and "Example:" in r.output, path
+
+
+def test_a_removed_and_re_added_user_inherits_neither_role_nor_tokens(run, tmp_path):
+    run("user", "role", "alice@lawfirm.test", "admin")
+    secret = run("api", "token", "create", "--user", "alice@lawfirm.test").output.strip().splitlines()[-1]
+    assert run("user", "remove", "alice@lawfirm.test").exit_code == 0
+    assert run("user", "add", "alice@lawfirm.test", input="another-password-9\n").exit_code == 0
+    assert run("user", "role", "alice@lawfirm.test").output.strip() == "alice@lawfirm.test\tuser"
+    s = store_of(tmp_path)
+    try:
+        assert tokens.authenticate_token(s, secret) is None
+    finally:
+        s.close()

@@ -152,3 +152,14 @@ def test_sign_in_never_redirects_off_site(client, target):
     r = client.post("/login", data={"login": ALICE, "password": PASSWORD, "csrf": csrf_of(form.text), "next": target},
                     follow_redirects=False)
     assert r.headers["location"] == "/matters"
+
+
+def test_password_guessing_locks_the_login_out(client, monkeypatch):
+    from mattermail.web import auth
+
+    monkeypatch.setattr(auth, "_failures", {})
+    monkeypatch.setattr(auth, "FAILURE_LIMIT", 3)
+    for _ in range(3):
+        assert sign_in(client, ALICE, "wrong-password-1").status_code == 401
+    assert sign_in(client, ALICE).status_code == 401  # the right password, but locked out for now
+    assert sign_in(client, BOB).status_code == 303  # other logins are not affected
