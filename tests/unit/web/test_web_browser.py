@@ -59,6 +59,7 @@ def browser(monkeypatch):
     options.binary_location = str(CHROMIUM)
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=412,915"):
         options.add_argument(arg)  # a phone-sized window
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # to see CSP violations, if any
     driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
     driver.set_page_load_timeout(30)
     yield driver
@@ -106,6 +107,12 @@ def test_sign_in_open_a_matter_read_a_message_and_search(server, browser, fill):
         browser.get(server + path)
         widths = browser.execute_script("return [document.documentElement.scrollWidth, window.innerWidth]")
         assert widths[0] <= widths[1] <= 600, (path, widths)
+    # the style sheet loaded under the CSP, and nothing on these pages broke the policy
+    assert browser.execute_script("return document.styleSheets.length") == 1
+    assert browser.execute_script(
+        "return getComputedStyle(document.querySelector('main')).maxWidth") == "960px"
+    violations = [e["message"] for e in browser.get_log("browser") if "Content Security Policy" in e["message"]]
+    assert violations == []
 
 
 def test_a_screened_user_sees_neither_the_matter_nor_its_messages(server, browser, fill):
