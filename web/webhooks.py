@@ -4,7 +4,7 @@ Each request: a JSON body, ``X-Mattermail-Delivery: mmwh-<n>`` (the same on ever
 one it has seen), ``X-Mattermail-Timestamp`` (Unix seconds: a receiver refuses old ones against replay)
 and ``X-Mattermail-Signature: sha256=<hex>``, the HMAC-SHA256 under the webhook's secret of
 ``<timestamp>.<body>``. A 2xx answer delivers the event; anything else (or no answer within 10 s) is
-retried after 5 s, 15 s, 1 min, 5 min, 15 min, 30 min, then hourly, and nothing newer of the same matter
+retried after 5 s, 15 s, 1 min, then every 5 min, and nothing newer of the same matter
 is sent before it (order kept per matter). Runs inside mattermail-web, one event at a time.
 """
 

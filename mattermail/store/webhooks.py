@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from mattermail.store.access import Viewer, visible_sql
 from mattermail.store.engine import Store, UserError, normalise_address
 
-# Seconds before retry N (1-based); the last value repeats.
-BACKOFF = (5, 15, 60, 300, 900, 1800, 3600)
+# Seconds before retry N (1-based); the last value repeats: a receiver back after an outage gets its backlog
+# within 5 minutes.
+BACKOFF = (5, 15, 60, 300)
 
 
 @dataclass(frozen=True)
