@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import urlencode
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -26,12 +27,17 @@ def _page_json(request: Request, page: webview.Page, number: int, per_page: int,
     items = [summary_json(m) for m in page.items]
     out: dict[str, Any] = {"total": page.total, "page": number, "per_page": per_page}
     nxt = number * per_page < page.total
-    out["next"] = str(request.url.include_query_params(page=number + 1)) if nxt else None
+    out["next"] = _next(request, number) if nxt else None
     if thread:
         out["threads"] = [{"thread": key, "messages": group} for key, group in thread_groups(items, lambda i: i["subject"])]
     else:
         out["messages"] = items
     return out
+
+
+def _next(request: Request, number: int) -> str:
+    """The next page as a path and query (relative: right behind a reverse proxy too)."""
+    return f"{request.url.path}?{urlencode({**request.query_params, 'page': number + 1})}"
 
 
 def _thread(request: Request) -> bool:
@@ -127,7 +133,7 @@ async def search(request: Request) -> Response:
     hits, more = webview.search(st.store, v, q, (number - 1) * per_page, per_page, matter)
     audit_search(st, v, [h.message.id for h in hits], q)
     return JSONResponse({"q": q, "page": number, "per_page": per_page,
-                         "next": str(request.url.include_query_params(page=number + 1)) if more else None,
+                         "next": _next(request, number) if more else None,
                          "hits": [{**summary_json(h.message), "snippet": h.snippet} for h in hits]})
 
 

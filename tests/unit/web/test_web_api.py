@@ -62,6 +62,7 @@ def test_matter_messages_newest_first_paged_and_threaded(client, token, fill):
     r = client.get("/api/v1/matters/1234/messages?per_page=2", headers=h).json()
     assert r["total"] == 3 and r["page"] == 1 and r["per_page"] == 2
     assert [m["subject"] for m in r["messages"]] == ["Joint note", "Re: Draft contract"]
+    assert r["next"] == "/api/v1/matters/1234/messages?per_page=2&page=2"
     r2 = client.get(r["next"], headers=h).json()
     assert [m["subject"] for m in r2["messages"]] == ["Draft contract"] and r2["next"] is None
     t = client.get("/api/v1/matters/1234/messages?thread=1", headers=h).json()
