@@ -36,7 +36,7 @@ class WebhookStatus:
     backlog: int
     delivered: int
     last_delivered: float | None
-    last_error: str
+    last_error: str  # of the newest event still waiting ("" when nothing waits after a failure)
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ def list_webhooks(store: Store) -> list[WebhookStatus]:
             "SUM(CASE WHEN delivered IS NOT NULL THEN 1 ELSE 0 END), MAX(delivered) FROM webhook_outbox "
             "WHERE webhook = ?", [w.id]).fetchone()
         err = store.db.execute("SELECT last_error FROM webhook_outbox WHERE webhook = ? AND last_error <> '' "
-                               "ORDER BY id DESC LIMIT 1", [w.id]).fetchone()
+                               "AND delivered IS NULL AND skipped IS NULL ORDER BY id DESC LIMIT 1", [w.id]).fetchone()
         out.append(WebhookStatus(w, int(backlog or 0), int(done or 0), last, err[0] if err else ""))
     return out
 

@@ -103,6 +103,7 @@ def test_receiver_down_then_up_gets_every_event_once_signed_and_in_order(fill, s
     assert sum(len(v) for v in per_matter.values()) == 50
     final = webhooks.list_webhooks(fill.store)[0]
     assert final.backlog == 0 and final.delivered == 50 and final.webhook.id == hook.id
+    assert final.last_error == ""  # the outage is over
 
 
 def test_a_failed_event_holds_back_its_matter_only(fill, secret_file):
