@@ -18,7 +18,7 @@ from starlette.routing import Route
 from mattermail.store import UserError, access, webview
 from mattermail.web import mail
 from mattermail.web.auth import api_viewer, require_admin
-from mattermail.web.common import (ApiError, filing_json, load_message, matter_for, message_filings, message_text,
+from mattermail.web.common import (ApiError, audit, filing_json, load_message, matter_for, message_filings, message_text,
                                    not_found, paging, state, summary_json, thread_groups)
 from mattermail.web.openapi import document
 
@@ -57,6 +57,7 @@ async def matter_messages(request: Request) -> Response:
     matter = matter_for(st, v, request.path_params["matter"], "api: matter messages")
     number, per_page = paging(request, st.config.web.page_size)
     page = webview.matter_messages(st.store, v, matter.id, (number - 1) * per_page, per_page)
+    audit_listing(st, v, [m.id for m in page.items], f"api: messages of matter {matter.id}", matter.id)
     return JSONResponse({"matter": {"id": matter.id, "title": matter.title, "status": matter.status},
                          **_page_json(request, page, number, per_page, _thread(request))})
 
@@ -77,6 +78,7 @@ async def person_messages(request: Request) -> Response:
         raise not_found(f"person {pid}")
     number, per_page = paging(request, st.config.web.page_size)
     page = webview.person_messages(st.store, v, pid, (number - 1) * per_page, per_page)
+    audit_listing(st, v, [m.id for m in page.items], f"api: messages of person {pid}")
     return JSONResponse({"person": {"id": person.id, "name": person.name, "addresses": list(person.addresses)},
                          **_page_json(request, page, number, per_page, _thread(request))})
 
@@ -139,12 +141,16 @@ async def search(request: Request) -> Response:
 
 def audit_search(st, v: access.Viewer, ids: list[int], q: str) -> None:
     """An admin's search that shows messages of walled matters is logged, once per walled matter."""
+    audit_listing(st, v, ids, f"search: {q[:200]}")
+
+
+def audit_listing(st, v: access.Viewer, ids: list[int], what: str, logged: str | None = None) -> None:
+    """An admin's list that shows messages filed to walled matters (a person's page, another matter's page
+    with a message filed to both) is logged once per walled matter; ``logged``: the matter already logged."""
     if not v.admin or not ids:
         return
-    from mattermail.web.common import audit
-
-    for matter in sorted(webview.walled_matters_of(st.store, ids)):
-        audit(st, v, matter, f"search: {q[:200]}")
+    for matter in sorted(webview.walled_matters_of(st.store, ids) - {logged}):
+        audit(st, v, matter, what)
 
 
 async def unfiled(request: Request) -> Response:

@@ -19,7 +19,7 @@ from starlette.routing import Route
 
 from mattermail.store import UserError, access, sessions, webview
 from mattermail.web import mail
-from mattermail.web.api import audit_search, download
+from mattermail.web.api import audit_listing, audit_search, download
 from mattermail.web.auth import COOKIE, LOGIN_COOKIE, check_csrf, check_password, web_session
 from mattermail.web.common import (load_message, log, matter_for, message_filings, message_text, not_found, paging,
                                    state, thread_groups)
@@ -137,6 +137,7 @@ async def matter_page(request: Request) -> Response:
     matter = matter_for(st, v, request.path_params["matter"], "web: matter page")
     number, per_page = paging(request, st.config.web.page_size)
     page = webview.matter_messages(st.store, v, matter.id, (number - 1) * per_page, per_page)
+    audit_listing(st, v, [m.id for m in page.items], f"web: messages of matter {matter.id}", matter.id)
     wall = access.get_wall(st.store, matter.id) if v.admin else None
     return _page(request, "matter.html", matter=matter, threads=_timeline(st, page.items), wall=wall,
                  pager=_pager(request, number, per_page, page.total))
@@ -155,6 +156,7 @@ async def person_page(request: Request) -> Response:
         raise not_found(f"person {request.path_params['person']}")
     number, per_page = paging(request, st.config.web.page_size)
     page = webview.person_messages(st.store, v, person.id, (number - 1) * per_page, per_page)
+    audit_listing(st, v, [m.id for m in page.items], f"web: messages of person {person.id}")
     return _page(request, "person.html", person=person, threads=_timeline(st, page.items),
                  pager=_pager(request, number, per_page, page.total))
 

@@ -83,11 +83,18 @@ def test_admin_views_of_a_walled_matter_are_logged(client, token, fill):
     assert access.admin_views(fill.store, "5678") == []
     client.get("/api/v1/matters/5678/messages", headers=token(ADMIN))
     client.get(f"/api/v1/messages/{fill.ids['Joint note']}", headers=token(ADMIN))
-    client.get("/api/v1/matters/1234/messages", headers=token(ADMIN))  # no wall: not logged
     views = access.admin_views(fill.store, "5678")
     assert [(v.login, v.what, v.message) for v in reversed(views)] == [
         (ADMIN, "api: matter messages", None), (ADMIN, "api: message", fill.ids["Joint note"])]
     assert access.admin_views(fill.store, "1234") == []
+    # the Joint note is filed to 1234 too: an admin listing 1234 sees it, and that is a view of 5678
+    client.get("/api/v1/matters/1234/messages", headers=token(ADMIN))
+    assert access.admin_views(fill.store, "5678")[0].what == "api: messages of matter 1234"
+    client.get("/api/v1/search?q=estate", headers=token(ADMIN))
+    assert access.admin_views(fill.store, "5678")[0].what == "search: estate"
+    before = len(access.admin_views(fill.store, "5678", 100))
+    client.get("/api/v1/matters/5678/messages", headers=token(ALICE))  # not an admin: nothing logged
+    assert len(access.admin_views(fill.store, "5678", 100)) == before
 
 
 def test_persons_and_their_messages(client, token, fill):
