@@ -99,7 +99,7 @@ async def message(request: Request) -> Response:
 def download(data: bytes, filename: str, media_type: str = "application/octet-stream") -> Response:
     """Bytes as a download, never rendered: attacker HTML in an attachment must not run on this origin."""
     return Response(data, media_type=media_type, headers={
-        "Content-Disposition": f'attachment; filename="{filename}"', "X-Content-Type-Options": "nosniff"})
+        "Content-Disposition": mail.content_disposition(filename), "X-Content-Type-Options": "nosniff"})
 
 
 async def raw(request: Request) -> Response:

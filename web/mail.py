@@ -82,9 +82,20 @@ _UNSAFE_NAME = re.compile(r"[^\w.\- ]+", re.UNICODE)
 
 
 def safe_filename(name: str, index: int) -> str:
-    """A download name without path separators, quotes or control characters."""
+    """A download name without path separators, quotes or control characters (letters of any script kept)."""
     cleaned = _UNSAFE_NAME.sub("_", name or "").strip(" ._")[:120]
     return cleaned or f"attachment-{index}"
+
+
+def content_disposition(filename: str) -> str:
+    """``attachment`` with an ASCII ``filename`` and, for other scripts, the UTF-8 ``filename*`` (RFC 6266)."""
+    from urllib.parse import quote
+
+    ascii_name = re.sub(r"[^A-Za-z0-9.\- _]+", "_", filename).strip(" ._") or "attachment"
+    value = f'attachment; filename="{ascii_name}"'
+    if ascii_name != filename:
+        value += f"; filename*=UTF-8''{quote(filename, safe='')}"
+    return value
 
 
 def attachments(msg: EmailMessage) -> list[Attachment]:

@@ -194,3 +194,14 @@ def test_every_answer_has_a_strict_csp(client):
     r = client.get("/api/v1/openapi.json")
     assert "script-src" not in r.headers["content-security-policy"]
     assert "default-src 'none'" in r.headers["content-security-policy"]
+
+
+def test_attachment_names_in_any_script_download_safely(client, token, fill):
+    mid = fill.add("Contract in Japanese", "", ("1234",), attachment=("契約 \"x\"\r\n.pdf", b"%PDF"))
+    m = client.get(f"/api/v1/messages/{mid}", headers=token(ALICE)).json()
+    r = client.get(m["attachments"][0]["url"], headers=token(ALICE))
+    assert r.status_code == 200 and r.content == b"%PDF"
+    disposition = r.headers["content-disposition"]
+    assert disposition.startswith('attachment; filename="') and "\r" not in disposition and "\n" not in disposition
+    assert "filename*=UTF-8''" in disposition and "%E5%A5%91%E7%B4%84" in disposition
+    assert disposition.count('"') == 2
