@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import tomllib
 import types
 import typing
@@ -46,6 +47,9 @@ def _host_port(value: str) -> str:
     if not sep or not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError("expected HOST:PORT")
     return value
+
+
+_DOMAIN = re.compile(r"(?=.{1,253}\.?$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+\.?")
 
 
 def _network(value: str) -> str:
@@ -99,6 +103,9 @@ class Router:
     # Capture copies with no known correspondent: false = personal (kept, not filed, no alarm);
     # true = unfiled like any other unmatched mail (and forwarded to failed_mail_address).
     file_personal: bool = False
+    # Subject-only threading (rule thread-subject): mail that no other rule gave a matter files to the matter
+    # of the latest filed message with the same subject, Re:/Fwd: prefixes stripped. Off: subjects repeat.
+    thread_subject: bool = False
     # Seconds the background indexer waits after a delivery before indexing it for search (0: at once);
     # the start-up catch-up never waits. For tests that need mail stored but not yet indexed.
     index_delay: int = 0
@@ -194,9 +201,14 @@ class Capture:
     # Regular expressions (case-insensitive, searched) for senders / recipients never captured.
     exclude_senders: tuple[str, ...] = ()
     exclude_recipients: tuple[str, ...] = ()
+    # Inbound mail to the firm's users (not to the catch-all domain), after SPF/DKIM/DMARC accepted it:
+    # "off"; "known" (a copy is captured, the router keeps it only when a rule files it: a known
+    # correspondent, a thread, a subject tag; the rest is dropped unstored); "all" (kept, personal if unfiled).
+    inbound: str = "known"
 
     _validators = {
         "on_failure": lambda v: v if v in ("tempfail", "accept") else _bad("tempfail or accept"),
+        "inbound": lambda v: v if v in ("off", "known", "all") else _bad("off, known or all"),
         "exclude_senders": _pattern,
         "exclude_recipients": _pattern,
         "address": lambda v: v if v == "" or v.count("@") == 1 else _bad("an email address"),
@@ -225,6 +237,10 @@ class Inbound:
     # From: display name showing a sending_domains address on mail from outside:
     # "tag" (noted in Authentication-Results), "reject" (550 5.7.1) or "off".
     display_name_spoof: str = "tag"
+    # ARC-seal (RFC 8617) accepted mail that a virtual alias forwards outside the firm's domains.
+    arc_seal: bool = False
+    # d= of the ARC set: a domain with an RSA key in dkim.keys_dir ("": the first of general.sending_domains).
+    arc_domain: str = ""
 
     _validators = {
         "spf_fail": lambda v: v if v in ("reject", "tag") else _bad("reject or tag"),
@@ -234,6 +250,7 @@ class Inbound:
         "min_rsa_bits": lambda v: v if v >= 512 else _bad("at least 512"),
         "invalid_from": lambda v: v if v in ("reject", "tag") else _bad("reject or tag"),
         "display_name_spoof": lambda v: v if v in ("tag", "reject", "off") else _bad("tag, reject or off"),
+        "arc_domain": lambda v: v.lower().rstrip(".") if v == "" or _DOMAIN.fullmatch(v) else _bad("a domain name"),
     }
 
 

@@ -212,6 +212,11 @@ def replies(outcome: Outcome) -> str:
         return _deferred(it.rcpts)
     out = []
     for r, o in zip(it.rcpts, result.outcomes):
+        if result.dropped:  # personal mail: counted in the log, never stored
+            it.log.info("to=<%s>, from=<%s>, size=%d, status=dropped%s %s", r, it.sender, it.data.size,
+                        o.capture_note, o.summary)
+            out.append(f"250 2.0.0 <{r}> personal mail, not stored")
+            continue
         it.log.info("to=<%s>, from=<%s>, size=%d, sha256=%s, status=stored%s%s%s%s",
                     r, it.sender, it.data.size, result.sha256[:16], "" if result.new else " (duplicate content)",
                     o.capture_note, f" {o.summary}" if o.summary else "",

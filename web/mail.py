@@ -132,13 +132,13 @@ def read_header_block(path, limit: int = 256 * 1024) -> bytes:
     return bytes(out)
 
 
-_PREFIX = re.compile(r"^\s*((re|fwd?|aw|wg|sv|tr)\s*(\[\d+\])?\s*:\s*)+", re.IGNORECASE)
-
-
 def thread_key(subject: str) -> str:
-    """The subject without reply/forward prefixes, case and blanks folded: the thread grouping used until the
-    store records threads (issue: thread filing)."""
-    return " ".join(_PREFIX.sub("", subject or "").lower().split())
+    """The thread a message is grouped in on a page: the store's subject key (mattermail.msgid.subject_key,
+    the one thread filing uses: reply/forward prefixes stripped, case folded), or the subject itself when
+    that key is too short to be one."""
+    from mattermail.msgid import subject_key
+
+    return subject_key(subject) or " ".join((subject or "").split()).casefold()
 
 
 def _decoded(value: str | None) -> str:

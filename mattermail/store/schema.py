@@ -205,13 +205,33 @@ def _m008_background_indexing(db: sqlite_utils.Database) -> None:
                "INSERT INTO messages_fts (rowid, subject, body_text) VALUES (new.id, new.subject, new.body_text); END")
 
 
-CAPTURE_STATES = ("", "verified", "unverified")
+@migration
+def _m009_thread_keys(db: sqlite_utils.Database) -> None:
+    """Thread filing (store/threads.py): ``thread_keys`` holds each stored message's normalised Message-ID
+    (kind "msgid") and subject key (kind "subject"); ``envelopes.message_id`` the Message-ID the milter saw
+    and ``envelopes.direction`` which way the captured message went (two-way capture). The primary key serves the lookup by key; the second index the deletes by message.
+    Existing messages get their keys from the ``message_id`` and ``subject`` columns they already have.
+    Portable SQL only (the PostgreSQL backend ports this as it is)."""
+    from mattermail.msgid import msgid, subject_key
 
-
+    db.execute("CREATE TABLE thread_keys (message INTEGER NOT NULL REFERENCES messages(id), kind TEXT NOT NULL, "
+               "key TEXT NOT NULL, PRIMARY KEY (kind, key, message))")
+    db.execute("CREATE INDEX thread_keys_message ON thread_keys (message)")
+    db.execute("ALTER TABLE envelopes ADD COLUMN message_id TEXT NOT NULL DEFAULT ''")
+    # which way the captured message went: "outbound" (a user's submission) or "inbound" (mail to a user)
+    db.execute("ALTER TABLE envelopes ADD COLUMN direction TEXT NOT NULL DEFAULT 'outbound'")
+    last = 0
+    while rows := db.execute("SELECT id, message_id, subject FROM messages WHERE id > ? ORDER BY id LIMIT 1000",
+                             [last]).fetchall():
+        for mid, header_id, subject in rows:
+            for kind, key in (("msgid", msgid(header_id or "")), ("subject", subject_key(subject or ""))):
+                if key:
+                    db.execute("INSERT INTO thread_keys (message, kind, key) VALUES (?, ?, ?)", [mid, kind, key])
+        last = rows[-1][0]
 
 
 @migration
-def _m009_web_access(db: sqlite_utils.Database) -> None:
+def _m010_web_access(db: sqlite_utils.Database) -> None:
     """mattermail-web (issue 18): API tokens (stored as SHA-256 of the token, never the token), user roles
     (``admin`` sees every matter), ethical walls per matter (``deny``: this address may not see it;
     ``only``: when a matter has any, only those addresses may), the log of admin views of walled matters,
@@ -234,7 +254,7 @@ def _m009_web_access(db: sqlite_utils.Database) -> None:
 
 
 @migration
-def _m010_webhooks(db: sqlite_utils.Database) -> None:
+def _m011_webhooks(db: sqlite_utils.Database) -> None:
     """Webhooks (issue 18): subscriptions, and the outbox of their deliveries. A trigger on ``filings`` writes
     one outbox row per matching webhook in the filing's own transaction (the router's, or a refile's), so a
     filing is never committed without its events nor an event without its filing. The delivery id is
@@ -252,3 +272,6 @@ def _m010_webhooks(db: sqlite_utils.Database) -> None:
                "INSERT INTO webhook_outbox (webhook, message, matter, person, rule, created) "
                "SELECT w.id, new.message, new.matter, new.person, new.rule, new.created FROM webhooks w "
                "WHERE w.removed IS NULL AND (w.matter IS NULL OR w.matter = new.matter) ORDER BY w.id; END")
+
+
+CAPTURE_STATES = ("", "verified", "unverified")

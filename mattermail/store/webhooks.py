@@ -1,6 +1,6 @@
 """Webhook subscriptions and their outbox (issue 18): every filing becomes an event for each matching webhook.
 
-The outbox rows are written by a trigger on ``filings`` (migration 10), inside the filing's transaction.
+The outbox rows are written by a trigger on ``filings`` (migration 11, _m011_webhooks), inside the filing's transaction.
 :func:`due` hands the deliverer what may be sent now, oldest first, at most one per (webhook, matter) and
 never past an older undelivered event of the same matter (order kept per matter); :func:`delivered`,
 :func:`failed` and :func:`skip` record each outcome. A webhook scoped to a user (``login``) gets only the
