@@ -10,6 +10,7 @@ from email.parser import BytesHeaderParser
 
 from mattermail.store import chain
 from mattermail.store.engine import Store, normalise_address
+from mattermail.store.msgtime import sort_time
 from mattermail.store.schema import CAPTURE_STATES
 
 # -- filing: the message row inside the caller's transaction (router/filing.py) -------------
@@ -53,12 +54,13 @@ def insert_message(store: Store, raw: bytes | None, sha256: str, direction: str 
             pass
         return " ".join(value.split())[:998]
 
+    date, received = h("Date"), time.time()
     with chain.atomic(store):
         cur = store.db.execute(
             "INSERT INTO messages (sha256, size, message_id, subject, header_from, date, received, direction,"
-            " body_text, system, capture) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [sha256, size, h("Message-ID"), h("Subject"), h("From"), h("Date"), time.time(), direction,
-             body_text, int(system), capture])
+            " body_text, system, capture, sort_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [sha256, size, h("Message-ID"), h("Subject"), h("From"), date, received, direction,
+             body_text, int(system), capture, sort_time(date, received)])
         mid = int(cur.lastrowid)
         chain.append(store, "stored", mid, sha256)
     return mid, True

@@ -11,7 +11,6 @@ matter's filings once per message: quadratic in the matter's size).
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,20 +18,7 @@ from mattermail.store import listing, records
 from mattermail.store.access import Viewer, visible_sql, walled_matters
 from mattermail.store.directory import Matter, Person
 from mattermail.store.engine import Store, UserError
-from mattermail.store.listing import _COLUMNS, UNFILED, MessageSummary, _sort_key, _summary
-
-# listing's sort key (the Date header as UTC, fixed-width text), memoised: a long-running service sorts the same
-# messages on every page view, and parsing 10,000 Date headers is most of a big matter's first page.
-_CACHED_SORT_FN = "mattermail_web_sort_key"
-_cached_sort_key = functools.lru_cache(maxsize=200_000)(_sort_key)
-
-
-def _with_cached_sort_key(store: Store) -> None:
-    if getattr(store, "_web_sort_key", False):
-        return
-    store.db.register_function(_cached_sort_key, deterministic=True, name=_CACHED_SORT_FN)
-    store._web_sort_key = True  # type: ignore[attr-defined]
-
+from mattermail.store.listing import _COLUMNS, UNFILED, MessageSummary, _summary
 
 @dataclass(frozen=True)
 class MatterRow:
@@ -75,10 +61,9 @@ def list_matters(store: Store, v: Viewer) -> list[MatterRow]:
 
 def _page(store: Store, where: str, params: list[Any], offset: int, limit: int) -> Page:
     total = store.db.execute(f"SELECT COUNT(*) FROM messages m WHERE {where}", params).fetchone()[0]
-    _with_cached_sort_key(store)
     rows = store.db.execute(
         f"SELECT {_COLUMNS} FROM messages m WHERE {where} "
-        f"ORDER BY {_CACHED_SORT_FN}(m.date, m.received) DESC, m.id DESC LIMIT ? OFFSET ?", [*params, limit, offset])
+        f"ORDER BY m.sort_time DESC, m.id DESC LIMIT ? OFFSET ?", [*params, limit, offset])
     return Page(int(total), offset, tuple(_summary(r) for r in rows))
 
 
@@ -189,7 +174,6 @@ def walled_matters_of(store: Store, ids: list[int]) -> set[str]:
 
 
 def warm_sort_keys(store: Store) -> int:
-    """Compute every message's sort key once (at service start), so the first page view of a big matter does
-    not parse all its Date headers; returns how many messages there are."""
-    _with_cached_sort_key(store)
-    return int(store.db.execute(f"SELECT COUNT({_CACHED_SORT_FN}(date, received)) FROM messages").fetchone()[0])
+    """How many messages the store has (logged at service start). Sort keys are stored with each message
+    (``messages.sort_time``), so there is nothing to compute."""
+    return int(store.db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
