@@ -1,4 +1,4 @@
-"""The store: one SQLite file (WAL) plus raw messages as files named by SHA-256.
+"""The store: one SQLite file (WAL) or a PostgreSQL database, plus raw messages as files named by SHA-256.
 
 Every reader and writer goes through this package (mattermail.store), so the database can be
 replaced later without touching the router, the milter or the CLI.
@@ -21,10 +21,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import sqlite_utils
-
 from mattermail.atomicfile import sync_dir, write_atomic
-from mattermail.store.schema import MIGRATIONS
+from mattermail.store import schema
+from mattermail.store.connection import (SQLITE, Connection, PgConnection, PgError, SqliteConnection, is_url,
+                                         redact)
 
 
 class UserError(Exception):
@@ -32,7 +32,8 @@ class UserError(Exception):
 
 
 # What a store operation raises when the database itself fails (locked past the timeout, disk full,
-# unreadable, a broken file): callers catch this name, never the driver's.
+# unreadable, a broken file, a PostgreSQL server refusing or gone): callers catch this name, never the
+# driver's. PostgreSQL errors are re-raised as connection.PgError, a subclass of it.
 StoreError: type[Exception] = sqlite3.Error
 
 # What :func:`describe_error` says a StoreError is: the three an admin acts on differently.
@@ -52,6 +53,8 @@ def describe_error(e: BaseException) -> tuple[str, str]:
     driver's own words (``database disk image is malformed``). The CLI and the daemons word their
     message from the kind and never name the driver."""
     text = str(e) or type(e).__name__
+    if isinstance(e, PgError):
+        return _describe_pg(e.sqlstate), text
     code = getattr(e, "sqlite_errorcode", None)
     if code is not None:
         code &= 0xFF  # the primary result code (SQLITE_IOERR_SHORT_READ -> SQLITE_IOERR, ...)
@@ -70,6 +73,26 @@ def describe_error(e: BaseException) -> tuple[str, str]:
     return OTHER, text
 
 
+# PostgreSQL SQLSTATE classes and codes (Appendix A of its manual)
+_PG_BUSY = {"40001", "40P01", "55P03", "57014"}  # serialization failure, deadlock, lock not available, timeout
+_PG_DAMAGED = {"XX001", "XX002"}  # data corrupted, index corrupted
+# connection exception, invalid authorization, insufficient resources (disk full, too many connections),
+# operator intervention (shutdown, cannot connect now), system error (I/O), no such database, privilege
+_PG_UNAVAILABLE_CLASSES = {"08", "28", "53", "57", "58", "3D"}
+
+
+def _describe_pg(sqlstate: str | None) -> str:
+    if sqlstate is None:  # never reached the server: refused, unknown host, timed out
+        return UNAVAILABLE
+    if sqlstate in _PG_BUSY:
+        return BUSY
+    if sqlstate in _PG_DAMAGED:
+        return DAMAGED
+    if sqlstate[:2] in _PG_UNAVAILABLE_CLASSES or sqlstate in ("42501", "25006"):  # privilege, read-only
+        return UNAVAILABLE
+    return OTHER
+
+
 def normalise_address(address: str) -> str:
     """Lower-case the domain (local parts are case-sensitive in theory, not in practice)."""
     return address.strip().strip("<>").lower()
@@ -78,45 +101,54 @@ def normalise_address(address: str) -> str:
 class Store:
     """An open store: the database and the directory of raw message files.
 
+    ``location``: the SQLite file (a path; the default) or a ``postgresql://`` URL (connection.py). Raw
+    message files live in ``messages_dir`` on this host with either engine.
+
     ``durable=True`` (the router, ctl): a commit is on disk before it returns, power cut included.
     ``durable=False`` (the milter's envelope records): a commit survives any process crash, but a
-    power cut may lose the last ones (SQLite WAL with synchronous=NORMAL; see milter/runtime.py).
+    power cut may lose the last ones (SQLite WAL with synchronous=NORMAL; PostgreSQL
+    synchronous_commit=off; see milter/runtime.py).
     """
 
-    def __init__(self, path: Path, messages_dir: Path, durable: bool = True) -> None:
-        self.path = Path(path)
+    def __init__(self, location: Path | str, messages_dir: Path, durable: bool = True) -> None:
         # who the records chain names for changes made through this store (mattermailctl: the admin)
         self.actor = "router"
         self.messages_dir = Path(messages_dir)
         self._dirs: set[Path] = set()  # hash directories known to exist
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-        self.db = sqlite_utils.Database(conn)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        # FULL: every commit is fsynced (the router answers 250 only after it).
-        self.db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-        self.db.execute("PRAGMA foreign_keys=ON")
-        self._identity = _identity(self.path)  # the file this connection reads (see replaced)
+        self.db: Connection
+        if is_url(location):
+            self.location: Path | str = str(location)
+            self.path: Path | str = redact(str(location))  # what messages name (no password)
+            self.db = PgConnection(str(location), durable=durable)
+            self._identity: tuple[int, int] | None = None
+        else:
+            self.location = self.path = Path(location)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            self.db = SqliteConnection(conn)
+            conn.execute("PRAGMA journal_mode=WAL")
+            # FULL: every commit is fsynced (the router answers 250 only after it).
+            conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._identity = _identity(self.path)  # the file this connection reads (see replaced)
         self._wal_identity: tuple[int, int] | None = None
-        self.migrate()
+        try:
+            self.migrate()
+        except BaseException:
+            self.db.close()
+            raise
+
+    @property
+    def engine(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return self.db.engine
 
     # -- schema ------------------------------------------------------------
     def schema_version(self) -> int:
-        return self.db.execute("PRAGMA user_version").fetchone()[0]
+        return schema.version(self.db)
 
     def migrate(self) -> None:
-        for number, fn in enumerate(MIGRATIONS, start=1):
-            if self.schema_version() >= number:
-                continue
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                if self.schema_version() < number:  # another process may have won the race
-                    fn(self.db)
-                    self.db.execute(f"PRAGMA user_version = {number}")
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
+        schema.migrate(self.db)
 
     def close(self) -> None:
         self.db.close()
@@ -125,7 +157,11 @@ class Store:
         """Whether the database file at :attr:`path` is no longer the one this connection opened (removed,
         or another file put in its place, as by a restore into a fresh store), or its WAL file was replaced
         or removed while this connection had it open (SQLite removes it only when the last connection
-        closes): a long-lived reader (the milter) then reopens, or it would go on reading the old rows."""
+        closes): a long-lived reader (the milter) then reopens, or it would go on reading the old rows.
+        Always False on PostgreSQL: the server owns its files, a connection always reads the live database."""
+        if self.db.engine != SQLITE:
+            return False
+        assert isinstance(self.path, Path)
         if self._identity is None:  # created by this connection: remember the file it made
             self._identity = _identity(self.path)
             return False
@@ -140,7 +176,7 @@ class Store:
     @property
     def in_transaction(self) -> bool:
         """Whether a transaction is open (SQLite ends one by itself on some errors: a batch checks)."""
-        return self.db.conn.in_transaction
+        return self.db.in_transaction
 
     # -- raw messages --------------------------------------------------------
     def blob_path(self, sha256: str) -> Path:
@@ -209,7 +245,9 @@ class Store:
             sync_dir(d)
 
     def count(self, table: str) -> int:
-        return self.db[table].count
+        if not table.isidentifier():
+            raise ValueError(f"table: {table!r}")
+        return int(self.db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
 
 
 SPOOL_DIR = ".spool"  # under messages_dir: messages being received (``.tmp-*`` files, see recover_stale_tmp)
@@ -276,8 +314,14 @@ def _identity(path: Path) -> tuple[int, int] | None:
 
 
 def data_version(store: Store) -> int:
-    """Changes whenever another connection commits: a cheap "reload?" check for the milter."""
-    return store.db.execute("PRAGMA data_version").fetchone()[0]
+    """Changes whenever another connection commits: a cheap "reload?" check for the milter.
+
+    PostgreSQL: the snapshot's ``xmax`` (the next transaction id to be assigned), which moves past every
+    transaction that wrote anything, this connection's own and other databases' included: it may say
+    "changed" when nothing the caller reads did (a needless reload), never the reverse."""
+    if store.db.engine == SQLITE:
+        return store.db.execute("PRAGMA data_version").fetchone()[0]
+    return int(store.db.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint").fetchone()[0])
 
 
 # -- start-up recovery ------------------------------------------------------------------
@@ -324,11 +368,11 @@ class _Tx:
         self.savepoint: str | None = None
 
     def __enter__(self) -> None:
-        if self.db.conn.in_transaction:
+        if self.db.in_transaction:
             self.savepoint = f"tx{next(self._names)}"
             self.db.execute(f"SAVEPOINT {self.savepoint}")
         else:
-            self.db.execute("BEGIN IMMEDIATE")
+            self.db.begin()
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if self.savepoint is None:
@@ -341,14 +385,13 @@ class _Tx:
                     raise
             self._rollback()
             return
-        if exc_type and self.db.conn.in_transaction:
+        if exc_type and self.db.in_transaction:
             self.db.execute(f"ROLLBACK TO {self.savepoint}")
-        if self.db.conn.in_transaction:
+        if self.db.in_transaction:
             self.db.execute(f"RELEASE {self.savepoint}")
 
-
     def _rollback(self) -> None:
-        if self.db.conn.in_transaction:  # SQLite ends a transaction by itself on some errors
+        if self.db.in_transaction:  # SQLite ends a transaction by itself on some errors
             self.db.execute("ROLLBACK")
 
 

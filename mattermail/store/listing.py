@@ -29,6 +29,7 @@ from email.utils import parsedate_to_datetime
 from types import MappingProxyType
 from typing import Any
 
+from mattermail.store import fulltext
 from mattermail.store.chain import ChainEntry, history
 from mattermail.store.engine import Store
 
@@ -223,7 +224,7 @@ def _key(dt: datetime) -> str:
 
 
 def _with_sort_key(store: Store) -> None:
-    store.db.register_function(_sort_key, deterministic=True, name=_SORT_FN)  # once per connection
+    store.db.function(_SORT_FN, 2, _sort_key)  # type: ignore[union-attr]  # SQLite only; once per connection
 
 
 def _summary(row: tuple) -> MessageSummary:
@@ -258,6 +259,8 @@ def list_messages(store: Store, *, matter: str | None = None, person: int | None
         where.append(f"({UNFILED})")
     if unverified:
         where.append("m.capture = 'unverified'")
+    if store.db.engine != "sqlite":
+        return _list_by_python_time(store, where, params, since, until, newest_first, limit)
     if since is not None:
         where.append(f"{_SORT_FN}(m.date, m.received) >= ?")
         params.append(_key(since if since.tzinfo else since.replace(tzinfo=UTC)))
@@ -272,6 +275,25 @@ def list_messages(store: Store, *, matter: str | None = None, person: int | None
         params.append(limit)
     _with_sort_key(store)
     return [_summary(r) for r in store.db.execute(sql, params)]
+
+
+def _list_by_python_time(store: Store, where: list[str], params: list[Any], since: datetime | None,
+                         until: datetime | None, newest_first: bool, limit: int | None) -> list[MessageSummary]:
+    """list_messages where no Python function can run in SQL (PostgreSQL): the other filters in SQL, then the
+    time of each candidate (:func:`_sort_key`, the same function) filters, orders and limits here, and the
+    chosen rows are read. One pass over (id, date, received) of the candidates."""
+    sql = "SELECT m.id, m.date, m.received FROM messages m" + (" WHERE " + " AND ".join(where) if where else "")
+    low = _key(since if since.tzinfo else since.replace(tzinfo=UTC)) if since is not None else None
+    high = _key(until if until.tzinfo else until.replace(tzinfo=UTC)) if until is not None else None
+    keyed = []
+    for mid, date, received in store.db.execute(sql, params):
+        k = _sort_key(date, received)
+        if (low is None or k >= low) and (high is None or k <= high):
+            keyed.append((k, mid))
+    keyed.sort(reverse=newest_first)
+    ids = [mid for _, mid in (keyed[:limit] if limit else keyed)]
+    rows = {r[0]: r for r in store.db.execute(f"SELECT {_COLUMNS} FROM messages m WHERE m.id = ANY(?)", [ids])}
+    return [_summary(rows[i]) for i in ids if i in rows]
 
 
 # -- show ----------------------------------------------------------------------------------------------
@@ -392,19 +414,6 @@ def parse_search(text: str) -> SearchQuery:
     return SearchQuery(tuple(tuple(g) for g in groups), tuple(excluded))
 
 
-def _fts5_term(t: SearchTerm) -> str:
-    s = '"' + t.text.replace('"', '""') + '"' + (" *" if t.prefix else "")
-    return f"(subject : {s})" if t.subject_only else s
-
-
-def _fts5(q: SearchQuery) -> str:
-    """The FTS5 query for ``q``: every term an FTS5 string (inner quotes doubled), structure explicit."""
-    text = " AND ".join("(" + " OR ".join(_fts5_term(t) for t in g) + ")" for g in q.groups)
-    for t in q.excluded:
-        text = f"({text}) NOT {_fts5_term(t)}"
-    return text
-
-
 def search(store: Store, text: str, matter: str | None = None, limit: int | None = 50) -> list[SearchHit]:
     """Messages whose subject or body text matches ``text``, best match first, at most ``limit`` (0/None: all).
 
@@ -424,15 +433,6 @@ def search(store: Store, text: str, matter: str | None = None, limit: int | None
     q = parse_search(text)
     if not q.groups:
         return []
-    sql = (f"SELECT {_COLUMNS}, snippet(messages_fts, -1, '[', ']', '…', 12) FROM messages_fts "
-           "JOIN messages m ON m.id = messages_fts.rowid WHERE messages_fts MATCH ?")
-    params: list[Any] = [_fts5(q)]
-    if matter is not None:
-        sql += " AND EXISTS (SELECT 1 FROM filings f WHERE f.message = m.id AND f.matter = ?)"
-        params.append(matter)
-    sql += " ORDER BY rank, m.id"
-    if limit:
-        sql += " LIMIT ?"
-        params.append(limit)
-    return [SearchHit(_summary(r[:-1]), " ".join((r[-1] or "").split())) for r in store.db.execute(sql, params)]
+    return [SearchHit(_summary(r[:-1]), " ".join((r[-1] or "").split()))
+            for r in fulltext.search_rows(store, _COLUMNS, q, matter, limit)]
 

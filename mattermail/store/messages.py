@@ -54,12 +54,11 @@ def insert_message(store: Store, raw: bytes | None, sha256: str, direction: str 
         return " ".join(value.split())[:998]
 
     with chain.atomic(store):
-        cur = store.db.execute(
+        mid = store.db.insert(
             "INSERT INTO messages (sha256, size, message_id, subject, header_from, date, received, direction,"
             " body_text, system, capture) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [sha256, size, h("Message-ID"), h("Subject"), h("From"), h("Date"), time.time(), direction,
              body_text, int(system), capture])
-        mid = int(cur.lastrowid)
         chain.append(store, "stored", mid, sha256)
     return mid, True
 
@@ -70,5 +69,5 @@ def record_deliveries(store: Store, message: int, envelope_from: str, recipients
     now = time.time()
     for rcpt in recipients:
         store.db.execute(
-            "INSERT OR IGNORE INTO deliveries (message, recipient, envelope_from, queue_id, delivered)"
-            " VALUES (?, ?, ?, ?, ?)", [message, normalise_address(rcpt), envelope_from, queue_id, now])
+            "INSERT INTO deliveries (message, recipient, envelope_from, queue_id, delivered)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", [message, normalise_address(rcpt), envelope_from, queue_id, now])

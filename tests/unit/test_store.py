@@ -156,9 +156,9 @@ def test_migration_5_marks_planted_outbound_records_unverified(tmp_path, monkeyp
     """Rows a store of schema 4 recorded as outbound without a verified capture become inbound, unverified."""
     n = [i for i, fn in enumerate(storemod.MIGRATIONS, 1) if fn.__name__ == "_m005_capture_verification"]
     assert n == [5]
-    from mattermail.store import engine
+    from mattermail.store import schema
 
-    monkeypatch.setattr(engine, "MIGRATIONS", storemod.MIGRATIONS[:4])
+    monkeypatch.setattr(schema, "MIGRATIONS", storemod.MIGRATIONS[:4])
     old = storemod.Store(tmp_path / "s.sqlite", tmp_path / "m")
     assert old.schema_version() == 4
     rows = {}

@@ -6,8 +6,8 @@ import hashlib
 
 import pytest
 
-from mattermail.store import Store, engine, index_pending, insert_message, pending_count, search, transaction
-from mattermail.store import records
+from mattermail.store import Store, index_pending, insert_message, pending_count, search, transaction
+from mattermail.store import records, schema
 
 
 def raw(subject: str, body: str) -> bytes:
@@ -97,7 +97,7 @@ def test_a_crash_before_indexing_leaves_the_queue_for_the_next_store(tmp_path):
 
 
 def test_migration_8_counts_existing_messages_as_indexed(tmp_path, monkeypatch):
-    monkeypatch.setattr(engine, "MIGRATIONS", engine.MIGRATIONS[:7])
+    monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:7])
     old = Store(tmp_path / "store.sqlite", tmp_path / "messages")
     assert old.schema_version() == 7
     mid = add(old, "old", "the pangolin letter")  # indexed by the version-7 trigger
