@@ -68,8 +68,8 @@ class Fill:
 
 
 @pytest.fixture
-def fill(tmp_path, monkeypatch):
-    s = Store(tmp_path / "store.sqlite", tmp_path / "messages")
+def fill(store_location, tmp_path, monkeypatch):
+    s = Store(store_location, tmp_path / "messages")
     f = Fill(s, monkeypatch)
     f.add("plus", "Mon, 01 Jan 2024 09:00:00 +0000", "the zebrafish reports for review", matter="1234",
           person=f.jane.id)
