@@ -276,13 +276,14 @@ def _dir_size(d: Path) -> tuple[int, int]:
 
 
 def store_stats(cfg: configmod.Store) -> dict[str, Any]:
-    out: dict[str, Any] = {"path": str(cfg.path), "messages_dir": str(cfg.messages_dir), "error": ""}
+    out: dict[str, Any] = {"path": cfg.where, "messages_dir": str(cfg.messages_dir), "error": ""}
     wal = Path(str(cfg.path) + "-wal")
-    out["db_bytes"] = cfg.path.stat().st_size if cfg.path.is_file() else 0
-    out["wal_bytes"] = wal.stat().st_size if wal.is_file() else 0
+    local = not cfg.url  # a PostgreSQL database's files are the server's: not counted here
+    out["db_bytes"] = cfg.path.stat().st_size if local and cfg.path.is_file() else 0
+    out["wal_bytes"] = wal.stat().st_size if local and wal.is_file() else 0
     out["messages_dir_bytes"], out["message_files"] = _dir_size(cfg.messages_dir)
     try:
-        out["counts"] = store_status.counts(cfg.path)
+        out["counts"] = store_status.counts(cfg.location)
     except (OSError, StoreError) as e:
         out["counts"] = {}
         out["error"] = str(e)
