@@ -1,0 +1,143 @@
+"""What differs between the SQLite and PostgreSQL stores, and what must not: one schema, one error vocabulary."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from mattermail.config import ConfigError, from_dict
+from mattermail.store import Store, StoreError, UserError, data_version, describe_error, list_disclaimers
+from mattermail.store import backup, schema, schema_pg, set_disclaimer, status
+from mattermail.store import directory as d
+from mattermail.store.connection import PgConnection, pg_sql, redact
+
+
+def test_both_engines_have_the_same_migrations():
+    assert len(schema_pg.PG_MIGRATIONS) == len(schema.MIGRATIONS)
+    names = [fn.__name__ for fn in schema.MIGRATIONS]
+    assert [fn.__name__ for fn in schema_pg.PG_MIGRATIONS] == names
+
+
+def test_a_new_store_is_at_the_last_version_with_the_same_columns(store_location, tmp_path):
+    s = Store(store_location, tmp_path / "m")
+    assert s.schema_version() == len(schema.MIGRATIONS)
+    if s.engine == "sqlite":
+        cols = {t: [r[1] for r in s.db.execute(f"PRAGMA table_info({t})")] for t in ("messages", "filings", "chain")}
+    else:
+        cols = {t: [r[0] for r in s.db.execute("SELECT column_name FROM information_schema.columns WHERE "
+                                               "table_name = ? ORDER BY ordinal_position", [t])]
+                for t in ("messages", "filings", "chain")}
+        cols["messages"].remove("fts")  # PostgreSQL's search index lives in the row
+    assert cols["messages"] == ["id", "sha256", "size", "message_id", "subject", "header_from", "date", "received",
+                                "direction", "body_text", "system", "capture"]
+    assert cols["chain"] == ["seq", "prev_hash", "hash", "kind", "actor", "message", "sha256", "detail", "time"]
+    s.close()
+
+
+def test_another_connections_commit_changes_data_version(store_location, tmp_path):
+    """The milter re-reads disclaimers when data_version moves: it must move for another process's commit."""
+    milter = Store(store_location, tmp_path / "m", durable=False)
+    ctl = Store(store_location, tmp_path / "m")
+    before = data_version(milter)
+    assert list_disclaimers(milter) == []
+    set_disclaimer(ctl, "default", "", "Confidential.", None)
+    assert data_version(milter) != before
+    assert [r.text for r in list_disclaimers(milter)] == ["Confidential."]
+    assert not milter.replaced()
+    milter.close()
+    ctl.close()
+
+
+def test_the_store_orders_text_as_sqlite_does(store_location, tmp_path):
+    """Byte order, not a locale's: upper case before lower case, digits and '-' before letters."""
+    s = Store(store_location, tmp_path / "m")
+    matters = ["b-1", "B-2", "a-3", "A-4", "a3", "9-z", "ab"]
+    for m in matters:
+        d.add_matter(s, m, "t")
+    assert [m.id for m in d.list_matters(s)] == sorted(matters) == ["9-z", "A-4", "B-2", "a-3", "a3", "ab", "b-1"]
+    s.close()
+
+
+def test_backup_of_a_postgresql_store_names_pg_dump(pg_cluster, tmp_path):
+    url = pg_cluster.create_database("mm_backup_refused", "mattermail_template")
+    s = Store(url, tmp_path / "m")
+    with pytest.raises(UserError, match="pg_dump"):
+        backup.backup(s, tmp_path / "b")
+    with pytest.raises(UserError, match="pg_dump"):
+        backup.restore(s, tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+    s.close()
+    pg_cluster.drop_database("mm_backup_refused")
+
+
+def test_status_reads_a_postgresql_store(pg_cluster, tmp_path):
+    url = pg_cluster.create_database("mm_status", "mattermail_template")
+    s = Store(url, tmp_path / "m")
+    d.add_matter(s, "1234", "Smith v Jones")
+    assert status.counts(url)["matters"] == 1
+    s.close()
+    pg_cluster.drop_database("mm_status")
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # closed again when this returns: nothing listens there
+
+
+def test_a_server_that_refuses_is_unavailable(tmp_path):
+    url = f"postgresql://mattermail:s3cret@127.0.0.1:{_closed_port()}/mattermail"
+    with pytest.raises(StoreError) as exc:
+        Store(url, tmp_path / "m")
+    kind, text = describe_error(exc.value)
+    assert kind == "unavailable" and text, (kind, text)
+    assert "s3cret" not in redact(url) and redact(url).startswith("postgresql://mattermail:***@127.0.0.1:")
+
+
+def test_postgresql_errors_are_classified_by_sqlstate(pg_cluster):
+    db = PgConnection(pg_cluster.url())
+    with pytest.raises(StoreError) as exc:
+        db.execute("SELECT * FROM no_such_table")
+    assert describe_error(exc.value)[0] == "other" and "no_such_table" in str(exc.value)
+    with pytest.raises(StoreError) as exc:
+        db.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+    assert describe_error(exc.value)[0] == "unavailable", describe_error(exc.value)
+    with pytest.raises(StoreError) as exc:
+        PgConnection(pg_cluster.url("no_such_database"))
+    assert describe_error(exc.value)[0] == "unavailable", describe_error(exc.value)
+
+
+def test_placeholders_and_percent_signs_reach_postgresql_intact(pg_cluster):
+    assert pg_sql("SELECT ? WHERE 'a%' LIKE ?") == "SELECT %s WHERE 'a%%' LIKE %s"
+    db = PgConnection(pg_cluster.url())
+    assert db.execute("SELECT ?::text || '%'", ["100"]).fetchone()[0] == "100%"
+    db.close()
+
+
+@pytest.mark.parametrize("url, ok", [("", True), ("postgresql://mm@db.example/mm", True),
+                                     ("postgres://mm@db.example/mm", True), ("mysql://x", False),
+                                     ("/var/lib/mattermail/store.sqlite", False)])
+def test_store_url_config(url, ok):
+    if not ok:
+        with pytest.raises(ConfigError, match="store.url"):
+            from_dict({"store": {"url": url}})
+        return
+    cfg = from_dict({"store": {"url": url, "path": "/srv/mm.sqlite"}}).store
+    assert cfg.location == (url or cfg.path)
+    assert from_dict({"store": {"url": "postgresql://mm:pw@db/mm"}}).store.where == "postgresql://mm:***@db/mm"
+
+
+def test_a_database_with_a_linguistic_collation_still_orders_as_sqlite(pg_cluster, tmp_path):
+    """The columns carry COLLATE "C": a database created with an ICU English locale (case-insensitive first,
+    '-' ignored at first) sorts the store's text as SQLite does all the same."""
+    pg_cluster.sql('CREATE DATABASE mm_icu TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE "en-US" '
+                   "LOCALE 'C.UTF-8'")
+    s = Store(pg_cluster.url("mm_icu"), tmp_path / "m")
+    assert s.db.execute("SELECT 'a-3' < 'A-4', 'ab' < 'a3'").fetchone() == (True, False)  # the locale's own order
+    matters = ["b-1", "B-2", "a-3", "A-4", "a3", "9-z", "ab"]
+    for m in matters:
+        d.add_matter(s, m, "t")
+    assert [m.id for m in d.list_matters(s)] == sorted(matters)
+    s.close()
+    pg_cluster.drop_database("mm_icu")
