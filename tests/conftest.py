@@ -147,15 +147,19 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 def write_config(tmp_path: Path):
     """Write a TOML config (store and passwd file under tmp_path) and return its path."""
 
-    def write(extra: str = "") -> Path:
+    def write(extra: str = "", store: Path | str | None = None) -> Path:
+        """``store``: a ``store_location`` (a PostgreSQL URL becomes store.url; default: the SQLite file)."""
         (tmp_path / "postfix").mkdir(exist_ok=True)
         (tmp_path / "postfix" / "main.cf").write_text("")  # for postmap -c
         p = tmp_path / "mattermail.toml"
+        url = f'url = "{store}"' if isinstance(store, str) else ""
+        path = store if isinstance(store, Path) else tmp_path / "store.sqlite"
         p.write_text(
             f"""
 [store]
-path = "{tmp_path}/store.sqlite"
+path = "{path}"
 messages_dir = "{tmp_path}/messages"
+{url}
 [auth]
 passwd_file = "{tmp_path}/dovecot-users"
 sender_login_map = "{tmp_path}/sender-login-map"
