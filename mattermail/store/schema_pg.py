@@ -98,11 +98,14 @@ def _m003_captures(db: Any) -> None:
              f"recorded {F}, PRIMARY KEY (message, ref))")
 
 
-# the document of a message: subject (weight A) and body (B), letters and digits only, stemmed
+# The document of a message: subject (weight A) and body (B), letters and digits only, stemmed. "Letters"
+# under the database's own character classes (COLLATE "default", not the columns' "C", which knows only
+# ASCII letters): the ones to_tsquery's parser uses for the words searched for, so "café" finds "Café".
+_ALNUM = "regexp_replace(coalesce({}, '') COLLATE \"default\", '[^[:alnum:]]+', ' ', 'g')"
 _FTS_FUNCTION = (
     "CREATE FUNCTION mattermail_fts(subject text, body text) RETURNS tsvector LANGUAGE sql IMMUTABLE AS $$ "
-    "SELECT setweight(to_tsvector('mattermail', regexp_replace(coalesce(subject, ''), '[^[:alnum:]]+', ' ', 'g')), 'A')"
-    " || setweight(to_tsvector('mattermail', regexp_replace(coalesce(body, ''), '[^[:alnum:]]+', ' ', 'g')), 'B') $$")
+    f"SELECT setweight(to_tsvector('mattermail', {_ALNUM.format('subject')}), 'A')"
+    f" || setweight(to_tsvector('mattermail', {_ALNUM.format('body')}), 'B') $$")
 
 
 @migration
