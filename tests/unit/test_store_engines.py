@@ -141,3 +141,44 @@ def test_a_database_with_a_linguistic_collation_still_orders_as_sqlite(pg_cluste
     assert [m.id for m in d.list_matters(s)] == sorted(matters)
     s.close()
     pg_cluster.drop_database("mm_icu")
+
+
+def _milter_runtime(store_location, tmp_path):
+    from mattermail.milter.runtime import Runtime
+
+    url = store_location if isinstance(store_location, str) else ""
+    path = store_location if not url else tmp_path / "unused.sqlite"
+    return Runtime(from_dict({"store": {"path": str(path), "url": url, "messages_dir": str(tmp_path / "m")}}))
+
+
+def test_the_milter_runtime_sees_ctl_changes_and_records_envelopes(store_location, tmp_path):
+    from mattermail.store import EnvelopeRecord, add_user, get_envelope
+
+    rt = _milter_runtime(store_location, tmp_path)
+    ctl = Store(store_location, tmp_path / "m")
+    add_user(ctl, "alice@lawfirm.test", "{ARGON2ID}x", ["info@lawfirm.test"])
+    assert rt.owned_addresses("alice@lawfirm.test") == {"alice@lawfirm.test", "info@lawfirm.test"}
+    assert rt.disclaimer_for("alice@lawfirm.test") is None
+    set_disclaimer(ctl, "domain", "lawfirm.test", "Confidential.", None)  # no restart, no reopen
+    assert rt.disclaimer_for("alice@lawfirm.test").text == "Confidential."
+    env = EnvelopeRecord("0123456789ab", "4QX1", "alice@lawfirm.test", ("bob@example.test",), "alice@lawfirm.test",
+                         "127.0.0.1", 1.5)
+    rt.record_envelope(env)
+    assert get_envelope(ctl, "0123456789ab") == env
+    ctl.close()
+
+
+def test_a_milter_whose_connection_is_cut_fails_once_then_reconnects(pg_cluster, tmp_path):
+    """The server drops the milter's connection (restart, failover): that look-up raises StoreError
+    (the milter defers the message, 451), the next one opens a new connection."""
+    url = pg_cluster.create_database("mm_milter_cut", "mattermail_template")
+    rt = _milter_runtime(url, tmp_path)
+    assert rt.owned_addresses("nobody@lawfirm.test") == set()
+    pg_cluster.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'mm_milter_cut' "
+                   "AND pid <> pg_backend_pid()")
+    with pytest.raises(StoreError) as exc:
+        rt.owned_addresses("nobody@lawfirm.test")
+    assert describe_error(exc.value)[0] == "unavailable", describe_error(exc.value)
+    assert rt.owned_addresses("nobody@lawfirm.test") == set()
+    rt.store().close()
+    pg_cluster.drop_database("mm_milter_cut")
