@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 CORPUS_ENV = "MATTERMAIL_CORPUS"
 REQUIRE_CORPUS_ENV = "MATTERMAIL_REQUIRE_CORPUS"
 #: Test knobs read from the environment; every other MATTERMAIL_* variable is the caller's.
-TEST_KNOBS = {CORPUS_ENV, REQUIRE_CORPUS_ENV, "MATTERMAIL_KEEP_STACK"}
+TEST_KNOBS = {CORPUS_ENV, REQUIRE_CORPUS_ENV, "MATTERMAIL_KEEP_STACK", "MATTERMAIL_PG_BIN"}
 
 
 # -- the caller's environment ----------------------------------------------------------------
@@ -205,7 +205,11 @@ def pg_cluster() -> Iterator[Any]:
     try:
         cluster = pgcluster.start()
     except pgcluster.ClusterError as e:
-        pytest.fail(f"the postgresql store tests need a private PostgreSQL cluster: {e}", pytrace=False)
+        reason = str(e)
+    else:
+        reason = ""
+    if reason:
+        pytest.fail(f"the postgresql store tests need a private PostgreSQL cluster: {reason}", pytrace=False)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             Store(cluster.create_database(PG_TEMPLATE), Path(tmp)).close()  # migrated once, copied per test

@@ -9,6 +9,9 @@ stops it and removes the directory. PostgreSQL refuses to run as root: as root t
     with pgcluster.start() as pg:
         url = pg.create_database("mm1")    # postgresql://postgres@127.0.0.1:PORT/mm1
 
+:func:`open_persistent` keeps the cluster in a directory of its own across runs (the dev stack's
+``var/postgresql``): made on first use, started if it is not running, stopped (not removed) by ``stop``.
+
 The binaries: ``$MATTERMAIL_PG_BIN`` (a directory), else the newest ``/usr/lib/postgresql/*/bin`` (Debian's
 ``postgresql`` package; packaging/dev-deps.sh installs it), else ``initdb`` on the PATH.
 """
@@ -35,13 +38,14 @@ class ClusterError(RuntimeError):
 def find_bin() -> Path:
     """The directory holding initdb, pg_ctl and postgres; ClusterError naming the fix when there is none."""
     given = os.environ.get(PG_BIN_ENV, "").strip()
-    candidates = [Path(given)] if given else []
-    debian = sorted(Path("/usr/lib/postgresql").glob("*/bin"),
-                    key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0, reverse=True)
-    candidates += debian
-    on_path = shutil.which("initdb")
-    if on_path:
-        candidates.append(Path(on_path).parent)
+    if given:  # only there: a wrong setting is an error, not a fallback
+        candidates = [Path(given)]
+    else:
+        candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin"),
+                            key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0, reverse=True)
+        on_path = shutil.which("initdb")
+        if on_path:
+            candidates.append(Path(on_path).parent)
     for d in candidates:
         if all((d / tool).is_file() for tool in ("initdb", "pg_ctl", "postgres")):
             return d
@@ -63,6 +67,7 @@ class Cluster:
     port: int
     bin: Path
     owner: str | None  # the system user the server runs as (None: this process's user)
+    keep: bool = False  # stop() leaves the directory (open_persistent)
 
     host = "127.0.0.1"
 
@@ -92,13 +97,26 @@ class Cluster:
     def drop_database(self, name: str) -> None:
         self.sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
+    def running(self) -> bool:
+        argv = [str(self.bin / "pg_ctl"), "-D", str(self.data), "status"]
+        if self.owner is not None:
+            argv = ["runuser", "-u", self.owner, "--", *argv]
+        return subprocess.run(argv, capture_output=True, cwd="/").returncode == 0
+
+    def database_exists(self, name: str) -> bool:
+        import psycopg
+
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone() is not None
+
     def stop(self) -> None:
-        """Stop the server (fast: open connections are closed) and remove its directory."""
+        """Stop the server (fast: open connections are closed) and remove its directory (unless kept)."""
         try:
             if (self.data / "postmaster.pid").exists():
                 _run(self.owner, [str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"])
         finally:
-            shutil.rmtree(self.root, ignore_errors=True)
+            if not self.keep:
+                shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> Cluster:
         return self
@@ -113,28 +131,52 @@ def _run(owner: str | None, argv: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(argv, check=True, capture_output=True, text=True, timeout=120, cwd="/")
 
 
+def _owned_dir(path: Path, owner: str | None) -> None:
+    if owner is not None:
+        pw = pwd.getpwnam(owner)
+        os.chown(path, pw.pw_uid, pw.pw_gid)
+
+
+def _initdb_and_start(cluster: Cluster, initdb: bool) -> None:
+    try:
+        if initdb:
+            _run(cluster.owner, [str(cluster.bin / "initdb"), "-D", str(cluster.data), "-U", SUPERUSER,
+                                 "--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8", "--no-sync"])
+        options = (f"-c listen_addresses={cluster.host} -p {cluster.port} -k {cluster.root} -c fsync=on "
+                   "-c synchronous_commit=on -c max_connections=200 -c shared_buffers=64MB")
+        _run(cluster.owner, [str(cluster.bin / "pg_ctl"), "-D", str(cluster.data), "-l", str(cluster.log), "-w",
+                             "-t", "60", "-o", options, "start"])
+    except subprocess.CalledProcessError as e:
+        log = cluster.log.read_text(errors="replace")[-2000:] if cluster.log.exists() else ""
+        cluster.stop()
+        tool = Path(e.cmd[0] if cluster.owner is None else e.cmd[4]).name
+        raise ClusterError(f"{tool} failed ({e.returncode}): {(e.stderr or e.stdout or '').strip()[-1500:]}\n{log}") \
+            from None
+    except BaseException:
+        cluster.stop()
+        raise
+
+
 def start(parent: Path | None = None, port: int | None = None) -> Cluster:
     """initdb and start a cluster in a new directory under ``parent`` (default: the temp directory)."""
     bin_dir = find_bin()
     owner = SUPERUSER if os.geteuid() == 0 else None
     root = Path(tempfile.mkdtemp(prefix="mattermail-pg-", dir=parent))
-    if owner is not None:
-        pw = pwd.getpwnam(owner)
-        os.chown(root, pw.pw_uid, pw.pw_gid)
+    _owned_dir(root, owner)
     cluster = Cluster(root, port or free_port(), bin_dir, owner)
-    try:
-        _run(owner, [str(bin_dir / "initdb"), "-D", str(cluster.data), "-U", SUPERUSER, "--auth=trust",
-                     "--encoding=UTF8", "--locale=C.UTF-8", "--no-sync"])
-        options = (f"-c listen_addresses={cluster.host} -p {cluster.port} -k {root} -c fsync=on "
-                   "-c synchronous_commit=on -c max_connections=200 -c shared_buffers=64MB")
-        _run(owner, [str(bin_dir / "pg_ctl"), "-D", str(cluster.data), "-l", str(cluster.log), "-w", "-t", "60",
-                     "-o", options, "start"])
-    except subprocess.CalledProcessError as e:
-        log = cluster.log.read_text(errors="replace")[-2000:] if cluster.log.exists() else ""
-        cluster.stop()
-        raise ClusterError(f"{Path(e.cmd[-1] if owner is None else e.cmd[4]).name} failed ({e.returncode}): "
-                           f"{(e.stderr or e.stdout or '').strip()[-1500:]}\n{log}") from None
-    except BaseException:
-        cluster.stop()
-        raise
+    _initdb_and_start(cluster, initdb=True)
+    return cluster
+
+
+def open_persistent(root: Path, port: int) -> Cluster:
+    """The cluster kept in ``root`` (made on first use), started unless it runs already; stop() keeps it."""
+    bin_dir = find_bin()
+    owner = SUPERUSER if os.geteuid() == 0 else None
+    root.mkdir(parents=True, exist_ok=True)
+    os.chmod(root, 0o700)
+    _owned_dir(root, owner)
+    cluster = Cluster(root, port, bin_dir, owner, keep=True)
+    if cluster.running():
+        return cluster
+    _initdb_and_start(cluster, initdb=not (cluster.data / "PG_VERSION").exists())
     return cluster
