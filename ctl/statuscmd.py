@@ -278,7 +278,7 @@ def _dir_size(d: Path) -> tuple[int, int]:
 def store_stats(cfg: configmod.Store) -> dict[str, Any]:
     out: dict[str, Any] = {"path": cfg.where, "messages_dir": str(cfg.messages_dir), "error": ""}
     wal = Path(str(cfg.path) + "-wal")
-    local = not cfg.url  # a PostgreSQL database's files are the server's: not counted here
+    local = out["local"] = not cfg.url  # a PostgreSQL database's files are the server's: not counted here
     out["db_bytes"] = cfg.path.stat().st_size if local and cfg.path.is_file() else 0
     out["wal_bytes"] = wal.stat().st_size if local and wal.is_file() else 0
     out["messages_dir_bytes"], out["message_files"] = _dir_size(cfg.messages_dir)
@@ -354,7 +354,8 @@ def status(ctx: Context, log_lines: int, show_errors: int, as_json: bool) -> Non
         else:
             echo(f"  {safe(logs['note'])}")
         echo("store:")
-        echo(f"  {safe(store['path'])}: {_size(store['db_bytes'])} + WAL {_size(store['wal_bytes'])}; "
+        sizes = f": {_size(store['db_bytes'])} + WAL {_size(store['wal_bytes'])}" if store["local"] else ""
+        echo(f"  {safe(store['path'])}{sizes}; "
              f"{safe(store['messages_dir'])}: {_size(store['messages_dir_bytes'])} in {store['message_files']} file(s)")
         if store["counts"]:
             echo("  " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in store["counts"].items()))

@@ -168,14 +168,17 @@ def start(parent: Path | None = None, port: int | None = None) -> Cluster:
     return cluster
 
 
+def persistent(root: Path, port: int) -> Cluster:
+    """The cluster kept in ``root``, as it is (not started; stop() keeps its directory)."""
+    return Cluster(root, port, find_bin(), SUPERUSER if os.geteuid() == 0 else None, keep=True)
+
+
 def open_persistent(root: Path, port: int) -> Cluster:
     """The cluster kept in ``root`` (made on first use), started unless it runs already; stop() keeps it."""
-    bin_dir = find_bin()
-    owner = SUPERUSER if os.geteuid() == 0 else None
+    cluster = persistent(root, port)
     root.mkdir(parents=True, exist_ok=True)
     os.chmod(root, 0o700)
-    _owned_dir(root, owner)
-    cluster = Cluster(root, port, bin_dir, owner, keep=True)
+    _owned_dir(root, cluster.owner)
     if cluster.running():
         return cluster
     _initdb_and_start(cluster, initdb=not (cluster.data / "PG_VERSION").exists())
