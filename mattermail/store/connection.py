@@ -124,7 +124,10 @@ class PgConnection:
             import psycopg
         except ImportError as e:  # pragma: no cover - install_requires has it
             raise PgError(f"psycopg is not installed ({e}): a postgresql:// store needs it") from None
+        from psycopg.pq import TransactionStatus
+
         self._psycopg = psycopg
+        self._open = (TransactionStatus.INTRANS, TransactionStatus.INERROR)  # INERROR: failed, not yet rolled back
         try:
             self.conn = psycopg.connect(url, autocommit=True, connect_timeout=10,
                                         application_name="mattermail")
@@ -154,9 +157,7 @@ class PgConnection:
 
     @property
     def in_transaction(self) -> bool:
-        from psycopg.pq import TransactionStatus
-
-        return self.conn.info.transaction_status in (TransactionStatus.INTRANS, TransactionStatus.INERROR)
+        return self.conn.info.transaction_status in self._open
 
     def begin(self) -> None:
         self.execute("BEGIN")

@@ -358,8 +358,9 @@ def recover_stale_tmp(messages_dir: Path | str) -> int:
 
 
 class _Tx:
-    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error; inside a transaction already (the router's
-    batches, router/lmtp.py), a SAVEPOINT ... RELEASE instead, rolled back to the savepoint on error."""
+    """BEGIN (SQLite: BEGIN IMMEDIATE, the write lock at once) ... COMMIT, rolled back on any error; inside a
+    transaction already (the router's batches, router/lmtp.py), a SAVEPOINT ... RELEASE instead, rolled
+    back to the savepoint on error (on PostgreSQL that also clears the failed state, so the batch goes on)."""
 
     _names = itertools.count(1)
 
