@@ -203,10 +203,11 @@ def _dns_answers(port: int) -> bool:
 
 
 class Stack:
-    def __init__(self, var: Path, ports: Ports = Ports(), store: str | None = None) -> None:
+    def __init__(self, var: Path, ports: Ports = Ports(), store: str | None = None, pg_port: int = PG_PORT) -> None:
         self.var = Path(var).resolve()
         self.ports = ports
         self.store = store  # "sqlite", "postgresql", or None: as the config says (SQLite for a new one)
+        self.pg_port = pg_port
         self.pg_root = self.var / "postgresql"
         self.name = "postfix-mm-" + hashlib.sha1(str(self.var).encode()).hexdigest()[:8]
         self.etc = self.var / "postfix" / "etc"
@@ -235,7 +236,7 @@ class Stack:
                     store_url=self.pg_url() if self.store == "postgresql" else "")
 
     def pg_url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{PG_PORT}/{PG_DATABASE}"
+        return f"postgresql://postgres@127.0.0.1:{self.pg_port}/{PG_DATABASE}"
 
     def uses_postgresql(self) -> bool:
         """--store postgresql, or (without --store) a config whose store.url is set."""
@@ -331,7 +332,7 @@ class Stack:
         from mattermail_dev import pgcluster
 
         try:
-            cluster = pgcluster.open_persistent(self.pg_root, PG_PORT)
+            cluster = pgcluster.open_persistent(self.pg_root, self.pg_port)
             if not cluster.database_exists(PG_DATABASE):
                 cluster.create_database(PG_DATABASE)
         except pgcluster.ClusterError as e:
@@ -342,7 +343,7 @@ class Stack:
             return
         from mattermail_dev import pgcluster
 
-        pgcluster.persistent(self.pg_root, PG_PORT).stop()
+        pgcluster.persistent(self.pg_root, self.pg_port).stop()
 
     def postgres_running(self) -> bool:
         return (self.pg_root / "data" / "postmaster.pid").exists()
