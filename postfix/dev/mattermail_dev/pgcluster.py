@@ -89,6 +89,13 @@ class Cluster:
         with psycopg.connect(self.url(dbname), autocommit=True) as conn:
             conn.execute(statement)
 
+    def sql_value(self, statement: str, dbname: str = "postgres") -> object:
+        """The first column of the first row of one statement, as the superuser."""
+        import psycopg
+
+        with psycopg.connect(self.url(dbname), autocommit=True) as conn:
+            return conn.execute(statement).fetchone()[0]
+
     def create_database(self, name: str, template: str | None = None) -> str:
         """A new database (copied from ``template`` when given); its URL."""
         self.sql(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
