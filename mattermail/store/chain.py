@@ -12,8 +12,8 @@ filings removed; the entry keeps its SHA-256), ``hold`` / ``release`` (a matter'
 
 Entries are written in the transaction of the change they record (:func:`append`); one writer at a time
 reads the head and appends ``seq + 1`` (SQLite: inside ``BEGIN IMMEDIATE``; PostgreSQL: after taking the
-transaction-level advisory lock :data:`PG_CHAIN_LOCK`, held to the commit, so the next writer reads the
-head this one committed). ``seq`` is the primary key: two writers can never both append the same number. Triggers refuse UPDATE and DELETE on the table; someone
+transaction-level advisory lock :data:`PG_CHAIN_LOCK` (once per transaction), held to the commit, so the
+next writer reads the head this one committed). ``seq`` is the primary key: two writers can never both append the same number. Triggers refuse UPDATE and DELETE on the table; someone
 with the file can drop them, which is what :func:`mattermail.store.verify.verify` finds.
 
 This module only needs a connection (``db``, connection.py), so the migration that builds the chain of an
@@ -98,8 +98,9 @@ def append_db(db: Any, kind: str, actor: str, message: int | None = None, sha256
     """Append one entry on ``db``; the caller holds the write lock (a transaction)."""
     if kind not in KINDS:
         raise ValueError(f"chain kind: {kind!r}")
-    if db.engine == "postgresql":
+    if db.engine == "postgresql" and not db.chain_locked:
         db.execute("SELECT pg_advisory_xact_lock(?)", [PG_CHAIN_LOCK])
+        db.chain_locked = db.in_transaction  # held to the commit (or the savepoint's rollback)
     seq, prev = head_of(db)
     seq += 1
     text = canonical(detail)

@@ -138,7 +138,14 @@ class PgConnection:
         except psycopg.Error as e:
             raise _pg_error(e) from e
 
+    # Whether this transaction holds the records chain's advisory lock (chain.append_db takes it once per
+    # transaction). A lock taken inside a savepoint that is rolled back is released with it, so any
+    # BEGIN, COMMIT or ROLLBACK (TO) forgets it; RELEASE hands it to the enclosing transaction.
+    chain_locked = False
+
     def execute(self, sql: str, params: Sequence[Any] | None = ()) -> Any:
+        if self.chain_locked and sql.startswith(("ROLLBACK", "COMMIT", "BEGIN")):
+            self.chain_locked = False
         try:
             return self.conn.execute(pg_sql(sql), params or ())
         except self._psycopg.Error as e:

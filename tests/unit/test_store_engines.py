@@ -182,3 +182,32 @@ def test_a_milter_whose_connection_is_cut_fails_once_then_reconnects(pg_cluster,
     assert rt.owned_addresses("nobody@lawfirm.test") == set()
     rt.store().close()
     pg_cluster.drop_database("mm_milter_cut")
+
+
+def test_the_chain_lock_is_taken_once_per_transaction_and_never_assumed_after_a_rollback(pg_cluster, tmp_path):
+    """PostgreSQL: appends serialise on an advisory lock held to the commit; a lock taken inside a savepoint
+    that is rolled back is gone (the server releases it), and the next append takes it again."""
+    from mattermail.store import chain, transaction
+
+    url = pg_cluster.create_database("mm_chain_lock", "mattermail_template")
+    s = Store(url, tmp_path / "m")
+
+    def held() -> int:
+        return s.db.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                            "AND pid = pg_backend_pid() AND objid = ?", [chain.PG_CHAIN_LOCK]).fetchone()[0]
+
+    with transaction(s):
+        with pytest.raises(RuntimeError):
+            with transaction(s):  # a message of a batch that fails after its entry
+                chain.append(s, "hold", None, "", {"matter": "x"})
+                assert held() == 1 and s.db.chain_locked
+                raise RuntimeError("filing failed")
+        assert held() == 0 and not s.db.chain_locked
+        with transaction(s):
+            chain.append(s, "hold", None, "", {"matter": "y"})
+        chain.append(s, "release", None, "", {"matter": "y"})  # the lock the savepoint handed over
+        assert held() == 1
+    assert held() == 0 and not s.db.chain_locked
+    assert [(e.seq, e.kind) for e in chain.entries(s.db)] == [(1, "hold"), (2, "release")]
+    s.close()
+    pg_cluster.drop_database("mm_chain_lock")
