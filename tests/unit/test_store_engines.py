@@ -211,3 +211,34 @@ def test_the_chain_lock_is_taken_once_per_transaction_and_never_assumed_after_a_
     assert [(e.seq, e.kind) for e in chain.entries(s.db)] == [(1, "hold"), (2, "release")]
     s.close()
     pg_cluster.drop_database("mm_chain_lock")
+
+
+def test_two_routers_storing_the_same_message_at_once_store_it_once(store_location, tmp_path):
+    """The second waits for the first's commit, then finds its row: (same id, not new), no error."""
+    import hashlib
+    import threading
+
+    from mattermail.store import insert_message, transaction
+
+    first, second = Store(store_location, tmp_path / "m"), Store(store_location, tmp_path / "m")
+    raw = b"From: a@example.test\r\nSubject: once\r\nMessage-ID: <once@x>\r\n\r\nbody\r\n"
+    sha = hashlib.sha256(raw).hexdigest()
+    got: list = []
+    with transaction(first):
+        mine = insert_message(first, raw, sha)
+        t = threading.Thread(target=lambda: got.append(_in_tx(second, lambda: insert_message(second, raw, sha))))
+        t.start()
+        t.join(0.5)
+        assert t.is_alive(), "the second router must wait for the first one's commit"
+    t.join(30)
+    assert mine[1] and got == [(mine[0], False)], (mine, got)
+    assert first.count("messages") == 1
+    first.close()
+    second.close()
+
+
+def _in_tx(store, fn):
+    from mattermail.store import transaction
+
+    with transaction(store):
+        return fn()
