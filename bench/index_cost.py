@@ -32,6 +32,8 @@ import threading
 import time
 from pathlib import Path
 
+import uvloop
+
 from mattermail.router import lmtp
 from mattermail.router import indexer as router_indexer
 from mattermail.store import Store, directory, pending_count, search
@@ -91,7 +93,7 @@ def run(mode: str, msgs: list[bytes], sessions: int) -> dict[str, float]:
             indexer_cpu[0] += time.thread_time() - t
 
     router_indexer.Indexer._catch_up = timed_catch_up  # type: ignore[method-assign]
-    loop = asyncio.new_event_loop()
+    loop = uvloop.new_event_loop()  # the router's loop (router/__main__.py)
     holder: dict = {}
     ready = threading.Event()
 

@@ -12,7 +12,6 @@ import re
 from datetime import UTC, datetime
 from email.parser import BytesHeaderParser
 from email.policy import compat32
-from email.utils import getaddresses
 from pathlib import Path
 
 import click
@@ -23,6 +22,7 @@ from mattermail.ctl.base import (
 from mattermail.ctl.terminal import echo, echo_json, safe, write_raw
 from mattermail.milter import disclaimer as disclaimermod
 from mattermail import store as storemod
+from mattermail.addresses import mailboxes
 
 _FULL_DOCUMENT = re.compile(r"<(?:html|body)[\s>/]", re.IGNORECASE)
 
@@ -171,10 +171,7 @@ def disclaimer_remove(ctx: Context, domain: str | None, sender: str | None) -> N
 
 def _from_address(raw: bytes) -> str | None:
     headers = BytesHeaderParser(policy=compat32).parsebytes(raw)
-    for _, addr in getaddresses([str(v) for v in headers.get_all("From", [])]):
-        if "@" in addr:
-            return addr
-    return None
+    return next((box.address for box in mailboxes(headers.get_all("From", [])) if box.valid), None)
 
 
 @disclaimer.command("preview")

@@ -99,9 +99,16 @@ class Router:
     # Capture copies with no known correspondent: false = personal (kept, not filed, no alarm);
     # true = unfiled like any other unmatched mail (and forwarded to failed_mail_address).
     file_personal: bool = False
+    # Subject-only threading (rule thread-subject): mail that no other rule gave a matter files to the matter
+    # of the latest filed message with the same subject, Re:/Fwd: prefixes stripped. Off: subjects repeat.
+    thread_subject: bool = False
     # Seconds the background indexer waits after a delivery before indexing it for search (0: at once);
     # the start-up catch-up never waits. For tests that need mail stored but not yet indexed.
     index_delay: int = 0
+    # How a batch of delivered messages is made durable before its commit and 250: "syncfs" flushes the
+    # store's file system once per batch (every message file and rename in it); "fsync" flushes each file
+    # and each hash directory (for a store on a file system that other programs write heavily to).
+    sync: str = "syncfs"
 
     @staticmethod
     def _one_group(value: str) -> str:
@@ -123,6 +130,7 @@ class Router:
         "trusted_hops": lambda v: v if v <= 100 else _bad("0 to 100"),
         "failed_mail_address": lambda v: v if v == "" or v.count("@") == 1 else _bad("an email address"),
         "index_delay": lambda v: v if v <= 3600 else _bad("0 to 3600 seconds"),
+        "sync": lambda v: v if v in ("syncfs", "fsync") else _bad("syncfs or fsync"),
     }
 
 
@@ -212,9 +220,14 @@ class Capture:
     # Regular expressions (case-insensitive, searched) for senders / recipients never captured.
     exclude_senders: tuple[str, ...] = ()
     exclude_recipients: tuple[str, ...] = ()
+    # Inbound mail to the firm's users (not to the catch-all domain), after SPF/DKIM/DMARC accepted it:
+    # "off"; "known" (a copy is captured, the router keeps it only when a rule files it: a known
+    # correspondent, a thread, a subject tag; the rest is dropped unstored); "all" (kept, personal if unfiled).
+    inbound: str = "known"
 
     _validators = {
         "on_failure": lambda v: v if v in ("tempfail", "accept") else _bad("tempfail or accept"),
+        "inbound": lambda v: v if v in ("off", "known", "all") else _bad("off, known or all"),
         "exclude_senders": _pattern,
         "exclude_recipients": _pattern,
         "address": lambda v: v if v == "" or v.count("@") == 1 else _bad("an email address"),

@@ -27,7 +27,7 @@ from typing import Any, Callable
 import Milter
 
 from mattermail.logs import QueueIdAdapter
-from mattermail.milter import author, inbound, outbound
+from mattermail.milter import author, inbound, outbound, twoway
 from mattermail.milter import sender as senderpolicy
 from mattermail.milter.direction import Direction, direction
 from mattermail.milter.longlines import LineScan
@@ -286,6 +286,14 @@ class MatterMilter(Milter.Base):
             qlog.info("%s %s verdict=%s reason=%s", summary, results, decision.action, decision.reason)
             self.setreply(decision.smtp_code, decision.xcode, decision.text)
             return Milter.REJECT if decision.action == "reject" else Milter.TEMPFAIL
+        copy = (twoway.inbound_copy(rt, msg.queue_id, msg.mail_from, msg.recipients, msg.headers,
+                                    self.client_ip or "local") if decision.action != "quarantine" else twoway.Copy())
+        if copy.tempfail:
+            qlog.error("%s %s verdict=tempfail reason=%s", summary, results, copy.tempfail)
+            self.setreply("451", "4.3.0", "Message could not be filed (capture unavailable), please try again later")
+            return Milter.TEMPFAIL
+        if copy.recipient:
+            self.addrcpt(f"<{copy.recipient}>", "NOTIFY=NEVER")
         forged = inbound.strip_our_results(msg.headers, cfg.authserv_id)
         for idx in forged:  # highest first, so positions do not shift
             self.chgheader("Authentication-Results", idx, "")
@@ -294,9 +302,9 @@ class MatterMilter(Milter.Base):
         self.addheader("Authentication-Results", " " + value, 0)
         if decision.action == "quarantine":
             self.quarantine(decision.reason or "DMARC quarantine")
-        qlog.info("%s %s%s verdict=%s%s", summary, results,
-                  f" removed_forged_ar={len(forged)}" if forged else "", decision.action,
-                  f" reason={decision.reason}" if decision.reason else "")
+        qlog.info("%s %s%s%s verdict=%s%s", summary, results,
+                  f" removed_forged_ar={len(forged)}" if forged else "", f" {copy.note}" if copy.note else "",
+                  decision.action, f" reason={decision.reason}" if decision.reason else "")
         return Milter.ACCEPT
 
     def _outbound(self, msg: Message, qlog: QueueIdAdapter, summary: str) -> int:

@@ -20,8 +20,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from email.errors import HeaderParseError
 from email.header import decode_header, make_header
-from email.utils import getaddresses
 from functools import lru_cache
+
+from mattermail import addresses
 
 __all__ = ["Authors", "Mailbox", "authors", "impersonated", "readable"]
 
@@ -87,10 +88,9 @@ def authors(from_values: Sequence[str]) -> Authors:
 @lru_cache(maxsize=4096)
 def _authors(values: tuple[str, ...]) -> Authors:
     boxes = []
-    for name, addr in getaddresses(list(values)):
-        if name or addr:
-            addr = addr.strip().strip("<>").lower()
-            boxes.append(Mailbox(name, addr, _domain(addr)))
+    for box in addresses.mailboxes(values):
+        addr = box.address.lower()
+        boxes.append(Mailbox(box.name, addr, _domain(addr)))
     valid = len(values) == 1 and bool(boxes) and all(m.domain for m in boxes)
     return Authors(len(values), tuple(boxes), " ".join(values),
                    tuple(dict.fromkeys(m.domain for m in boxes if m.domain)), valid)

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from mattermail import capture
+from mattermail.msgid import msgid
 from mattermail.milter import sender as senderpolicy
 from mattermail.milter.dkim_sign import SIGNED_HEADERS, BodyHasher, select_keys, sign
 from mattermail.milter.disclaimer import Disclaimer, apply_edits, plan, segments
@@ -283,7 +284,9 @@ def _capture(sub: Submission, rt: Runtime, out: Outcome) -> None:
         ref = capture.new_ref()
         rt.record_envelope(EnvelopeRecord(ref=ref, queue_id=sub.queue_id, mail_from=sub.mail_from,
                                           recipients=tuple(sub.recipients), login=sub.login or "",
-                                          client=sub.client, created=time.time()))
+                                          client=sub.client, created=time.time(),
+                                          message_id=msgid(next(iter(_values(sub.headers, "message-id")), ""))
+                                          or ""))
     except (capture.CaptureError, StoreError, OSError) as e:
         if cfg.on_failure == "tempfail":
             out.tempfail = f"capture impossible: {e}"

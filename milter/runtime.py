@@ -104,6 +104,15 @@ class Runtime:
                 self._failed("sender look-up", e)
                 raise
 
+    def is_user_address(self, address: str) -> bool:
+        """Whether a login owns ``address`` (two-way capture: inbound mail to the firm's users)."""
+        with self._lock:
+            try:
+                return storemod.is_user_address(self.store(), address)
+            except storemod.StoreError as e:
+                self._failed("user look-up", e)
+                raise
+
     def disclaimer_for(self, sender: str) -> storemod.DisclaimerRow | None:
         with self._lock:
             try:

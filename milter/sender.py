@@ -17,8 +17,9 @@ import unicodedata
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from email.header import decode_header, make_header
-from email.utils import getaddresses
 from functools import lru_cache
+
+from mattermail import addresses
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ def mailboxes(values: Sequence[str]) -> list[str]:
 
 @lru_cache(maxsize=4096)  # the same few From: values come again and again; parsing them is not cheap
 def _mailboxes(values: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(_norm(addr) for _, addr in getaddresses(list(values)) if addr)
+    return tuple(_norm(box.address) for box in addresses.mailboxes(values) if box.address)
 
 
 # Something shaped like an email address inside a display name (after RFC 2047 decoding and NFKC,
@@ -60,9 +61,9 @@ def _decoded(name: str) -> str:
 def _named(values: tuple[str, ...]) -> tuple[str, ...]:
     """The addresses named in the display names (and comments) of ``values``, lower-cased."""
     out: list[str] = []
-    for name, _ in getaddresses(list(values)):
-        if name:
-            out += [m.group(0).strip(".'").lower() for m in _ADDRESS_IN_TEXT.finditer(_decoded(name))]
+    for box in addresses.mailboxes(values):
+        if box.name:
+            out += [m.group(0).strip(".'").lower() for m in _ADDRESS_IN_TEXT.finditer(_decoded(box.name))]
     return tuple(out)
 
 

@@ -1,7 +1,8 @@
 """Group commit: a batch of received messages filed with one COMMIT, one outcome per message.
 
 :func:`file_batch` is the whole durability order of a delivery (see DESIGN.md "Store"): it writes and
-fsyncs each message file (or makes a spooled one durable), fsyncs each hash directory once, then files
+syncs the batch's message files (``router.sync``: one syncfs(2) of the store's file system for the whole
+batch, or an fsync of each file and each hash directory), then files
 every message in its own savepoint of ONE transaction (router/filing.py ``file_stored``: its rows and,
 for unfiled mail, its outbox record) and commits once. A message whose filing fails is rolled back to
 its savepoint and comes back without a result (the LMTP edge defers it); if the commit fails, every
@@ -73,15 +74,16 @@ def file_batch(store: Store, cfg: Config, rules: RouterRules, capture: CaptureSe
     outcomes = [Outcome(it) for it in items]
     written: list[Outcome] = []
     dirs: dict[Path, None] = {}
+    whole_fs = cfg.router.sync == "syncfs"  # one flush for the batch, else an fsync per file and directory
     for o in outcomes:
         it = o.item
         try:
             if it.spooled is not None:
-                path = store.adopt(it.spooled)  # file fsynced, renamed into place
+                path = store.adopt(it.spooled, sync_file=not whole_fs)  # renamed into place
                 it.data.path, o.sha256 = path, it.spooled.sha256
             else:
                 assert it.data.raw is not None
-                o.sha256, path = store.write_blob(it.data.raw, sync_dir=False)  # file fsynced
+                o.sha256, path = store.write_blob(it.data.raw, sync_dir=False, sync_file=not whole_fs)
         except Exception:
             it.log.exception("storing or filing failed, deferring %d recipient(s)", len(it.rcpts))
             it.discard()
@@ -92,7 +94,7 @@ def file_batch(store: Store, cfg: Config, rules: RouterRules, capture: CaptureSe
         return outcomes
     deferred: set[int] = set()  # ids of the items already deferred (and logged) in their savepoint
     try:
-        store.sync_dirs(dirs)  # the renames durable before the commit
+        store.sync_blobs(dirs, whole_fs)  # the files and their renames durable before the commit
         with transaction(store):  # one commit for the batch
             for o in written:
                 it = o.item

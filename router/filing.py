@@ -21,6 +21,7 @@ configured ``router.catchall_headers`` in order, trusting the topmost
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from email.header import decode_header, make_header
@@ -28,14 +29,16 @@ from email.message import Message
 
 from mattermail.config import Config
 from mattermail.logs import QueueIdAdapter
+from mattermail.msgid import msgid, msgids, subject_key
 from mattermail.router.capture_link import CaptureInfo, inspect_captures
 from mattermail.store import directory
 from mattermail.store.directory import Filing, log_event, record_filing, transaction
 from mattermail.router.message import MessageData
 from mattermail.router.resolve import addresses_in, loop_reason, resolve
 from mattermail.router.rules import FilingDecision, RouterRules, RoutingResult, RuleContext, apply_rules, merge
-from mattermail.store import (EnvelopeRecord, Store, find_message, insert_message, normalise_address,
-                              queue_forward, queued_recipients, record_capture, record_deliveries)
+from mattermail.store import (EnvelopeRecord, Store, find_message, forget_envelope, insert_message,
+                              normalise_address, queue_forward, queued_recipients, record_capture, record_deliveries,
+                              record_thread_keys)
 from mattermail.router.text import MAX_SCAN, text_of
 
 __all__ = ["FileResult", "RecipientOutcome", "after_commit", "capture_state", "file_message",
@@ -50,7 +53,7 @@ _quiet.propagate = False
 @dataclass
 class RecipientOutcome:
     recipient: str
-    kind: str  # "filed", "unfiled", "personal" or "duplicate" (a second capture copy)
+    kind: str  # "filed", "unfiled", "personal", "duplicate" (a second capture copy) or "dropped" (not stored)
     result: RoutingResult
     new_filings: int = 0
     capture_note: str = ""
@@ -66,6 +69,8 @@ class RecipientOutcome:
             return "filed=" + ",".join(dict.fromkeys(parts))
         if self.kind == "unfiled":
             return f'unfiled="{self.result.unfiled_reason}"'
+        if self.kind == "dropped":
+            return "dropped=personal (inbound capture copy no rule files; capture.inbound = known)"
         return "personal" if self.kind == "personal" else ""
 
 
@@ -78,6 +83,7 @@ class FileResult:
     system: bool
     outcomes: list[RecipientOutcome] = field(default_factory=list)
     outbox: list[int] = field(default_factory=list)  # notices queued for the failed-mail address
+    dropped: bool = False  # an inbound capture copy nobody files: no row, its file goes after the commit
 
 
 def load_capture_secret(cfg: Config) -> bytes | None:
@@ -125,13 +131,37 @@ def _correspondents(msg: Message, envelope: EnvelopeRecord | None) -> tuple[tupl
     return tuple(out.items())
 
 
+def references(msg: Message) -> tuple[tuple[str, str], ...]:
+    """(id, header) of the messages this one answers, most recent first: In-Reply-To, then References from
+    its last id to its first; each id once."""
+    out: dict[str, str] = {}
+    for ref in (i for v in msg.get_all("In-Reply-To", [])[:1] for i in msgids(v)):
+        out.setdefault(ref, "In-Reply-To")
+    for ref in reversed([i for v in msg.get_all("References", [])[:1] for i in msgids(v)]):
+        out.setdefault(ref, "References")
+    return tuple(out.items())
+
+
+def thread_keys(msg: Message, capture_info: dict[str, CaptureInfo] | None = None) -> list[tuple[str, str]]:
+    """(kind, key) rows of store/threads.py for a message: its Message-ID, the Message-ID the milter saw
+    (verified capture copies), its subject key."""
+    keys = [("msgid", msgid(msg.get("Message-ID", "")) or "")]
+    keys += [("msgid", i.envelope.message_id) for i in (capture_info or {}).values()
+             if i.verified and i.envelope is not None and i.envelope.message_id]
+    keys.append(("subject", subject_key(_decoded(msg.get("Subject", "")))))
+    return [(k, v) for k, v in keys if v]
+
+
 def _context(msg: Message, recipient: str | None, envelope_from: str | None, capture: CaptureInfo | None,
-             loop: tuple[str, str] | None) -> RuleContext:
+             loop: tuple[str, str] | None, sha256: str = "") -> RuleContext:
+    subject = _decoded(msg.get("Subject", ""))
     return RuleContext(
-        recipient=recipient, subject=_decoded(msg.get("Subject", "")),
+        recipient=recipient, subject=subject,
         from_addresses=tuple(a for v in msg.get_all("From", []) for a in addresses_in(str(v))),
         envelope_from=envelope_from, capture=capture is not None,
-        correspondents=_correspondents(msg, capture.envelope) if capture is not None else (), loop=loop)
+        correspondents=_correspondents(msg, capture.envelope) if capture is not None else (), loop=loop,
+        references=references(msg), subject_key=subject_key(subject), sha256=sha256,
+        inbound_capture=capture is not None and capture.envelope is not None and capture.envelope.direction == "inbound")
 
 
 def _addresses(msg: Message, recipients: list[str], cfg: Config) -> list[tuple[str, str]]:
@@ -153,16 +183,20 @@ def route(raw: bytes, recipient: str | None, store: Store, cfg: Config, envelope
     addresses = _addresses(msg, [recipient] if recipient else [], cfg)
     secret = capture_secret if capture_secret is not None else load_capture_secret(cfg)
     caps = inspect_captures([a for a, _ in addresses], cfg.capture.address, secret, store, _quiet)
+    sha = hashlib.sha256(raw).hexdigest()
     results = []
     for addr, source in addresses or [(None, "")]:
         cap = caps.get(addr) if addr else None
         if cap is not None and envelope is not None:
             cap = CaptureInfo(cap.ref, True, envelope, cap.duplicate, cap.note)
-        r = apply_rules(_context(msg, addr, envelope_from, _trusted(cap), loop), directory.Lookups(store), rules)
+        r = apply_rules(_context(msg, addr, envelope_from, _trusted(cap), loop, sha), directory.Lookups(store), rules)
         r.resolved = [f"{addr} ({source})"] if addr else []
         if cap is not None:
             what = "capture copy" if cap.verified else "UNVERIFIED capture copy (filed as inbound mail)"
-            r.trace.insert(0, f"{addr}: {what}:{cap.note or ' envelope given'}")
+            inbound = cap.verified and cap.envelope is not None and cap.envelope.direction == "inbound"
+            r.trace.insert(0, f"{addr}: {what}{' of inbound mail' if inbound else ''}:{cap.note or ' envelope given'}")
+            if inbound and not r.filings and cfg.capture.inbound == "known":
+                r.trace.append(f"{addr}: result: dropped, not stored (capture.inbound = known)")
         results.append(r)
     merged = merge(results)
     if not addresses:
@@ -226,16 +260,25 @@ def file_stored(data: MessageData | bytes, sha: str, envelope_from: str | None, 
             outcomes.append(RecipientOutcome(addr, "duplicate", RoutingResult(), capture_note=cap.note))
             continue
         # an unverified copy is filed as what it is: mail from outside to one of our addresses
-        res = apply_rules(_context(msg, addr or None, envelope_from, _trusted(cap), loop), lookups, rules)
+        res = apply_rules(_context(msg, addr or None, envelope_from, _trusted(cap), loop, sha), lookups, rules)
         kind = "filed" if res.filings else "unfiled" if res.unfiled_reason else "personal"
         outcomes.append(RecipientOutcome(addr, kind, res, capture_note=cap.note if cap else "",
                                          unverified=cap is not None and not cap.verified))
     capture = capture_state(capture_info)
-    direction = "outbound" if capture == "verified" else "inbound"
+    direction = "outbound" if any(i.verified and i.envelope is not None and i.envelope.direction == "outbound"
+                                  for i in capture_info.values()) else "inbound"
     if capture == "unverified":
         qlog.warning("capture copy to %s does not verify (%s): stored as inbound mail, marked unverified",
                      ", ".join(f"<{a}>" for a in capture_info), ";".join(i.note.strip() for i in capture_info.values()))
     existing = find_message(store, sha)
+    if existing is None and _drop(outcomes, capture_info, cfg):
+        with transaction(store):
+            for info in capture_info.values():
+                if info.ref is not None:
+                    forget_envelope(store, info.ref)
+        for o in outcomes:
+            o.kind = "dropped"
+        return FileResult(0, sha, False, direction, loop is not None, outcomes, dropped=True)
     text = text_of(msg, data.body_prefix(MAX_SCAN)) if existing is None else ""
     to = cfg.router.failed_mail_address if forward and loop is None else ""
     outbox: list[int] = []
@@ -243,6 +286,7 @@ def file_stored(data: MessageData | bytes, sha: str, envelope_from: str | None, 
         mid, new = (existing, False) if existing is not None else insert_message(
             store, data.raw, sha, direction, text, loop is not None, headers=msg, capture=capture, size=data.size)
         record_deliveries(store, mid, envelope_from or "", recipients, queue_id)
+        record_thread_keys(store, mid, thread_keys(msg, capture_info))
         for info in capture_info.values():
             if info.ref is not None:
                 record_capture(store, mid, info.ref, info.verified)
@@ -253,6 +297,14 @@ def file_stored(data: MessageData | bytes, sha: str, envelope_from: str | None, 
         if to:
             outbox = _queue_unfiled(store, mid, msg, outcomes, to, envelope_from, queue_id)
     return FileResult(mid, sha, new, direction, loop is not None, outcomes, outbox)
+
+
+def _drop(outcomes: list[RecipientOutcome], capture_info: dict[str, CaptureInfo], cfg: Config) -> bool:
+    """An inbound capture copy no rule files, with ``capture.inbound = "known"``: not to be stored."""
+    return (cfg.capture.inbound == "known" and bool(outcomes)
+            and any(i.verified and i.envelope is not None and i.envelope.direction == "inbound"
+                    for i in capture_info.values())
+            and all(o.kind in ("personal", "duplicate") for o in outcomes))
 
 
 def _queue_unfiled(store: Store, mid: int, msg: Message, outcomes: list[RecipientOutcome], to: str,
@@ -272,6 +324,11 @@ def after_commit(result: FileResult, store: Store, cfg: Config, queue_id: str = 
     notices it queued now (the router leaves them to its forwarder thread). A failed send stays queued and
     sets ``forward_error`` on the unfiled outcomes."""
     qlog = QueueIdAdapter(log, {"queue_id": queue_id})
+    if result.dropped and find_message(store, result.sha256) is None:
+        try:  # personal mail is never kept: the file written before the filing goes too
+            store.blob_path(result.sha256).unlink(missing_ok=True)
+        except OSError as e:
+            qlog.error("dropped capture copy: cannot remove %s: %s", store.blob_path(result.sha256), e)
     for o in result.outcomes:
         for w in o.result.warnings:
             qlog.warning("to=<%s>: %s", o.recipient, w)

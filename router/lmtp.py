@@ -36,6 +36,28 @@ log = logging.getLogger("mattermail.router.lmtp")
 
 MAX_MESSAGE_SIZE = 64 * 1024 * 1024
 MAX_HEAD = 4 * 1024 * 1024  # header bytes kept in memory (and read by the rules); the rest is only on disk
+_CHUNK = 64 * 1024  # DATA is read in chunks of at most this
+
+
+def _take_head(head: bytearray, block: bytes) -> bool:
+    """Append to ``head`` the part of ``block`` (complete, unstuffed lines that follow it) that belongs to
+    the header block: up to and including the empty line, or up to the line that reaches ``MAX_HEAD``.
+    Whether the header block goes on after ``block``."""
+    start = len(head)
+    if start == 0 and block.startswith(b"\r\n"):  # no header at all: the empty line alone
+        head += b"\r\n"
+        return False
+    head += block
+    i = head.find(b"\r\n\r\n", max(0, start - 2))
+    if i >= 0:
+        del head[i + 4:]
+        return False
+    if len(head) >= MAX_HEAD:
+        k = head.find(b"\r\n", MAX_HEAD - 2)  # the end of the line that reaches MAX_HEAD
+        if k >= 0:
+            del head[k + 2:]
+        return False
+    return True
 
 
 def queue_id_of(raw: bytes) -> str:
@@ -106,44 +128,62 @@ class MatterLMTP(LMTP):
 
     async def _receive(self, spool: BlobWriter) -> tuple[str | None, bytearray]:
         """Read DATA up to the lone dot into ``spool``: (None, or the refusal to answer once the data is
-        drained, as aiosmtpd's own smtp_DATA; the header block, at most ``MAX_HEAD`` bytes of it)."""
-        limit = self.data_size_limit
+        drained, as aiosmtpd's own smtp_DATA; the header block, at most ``MAX_HEAD`` bytes of it).
+
+        Reads in chunks, not lines: each chunk's complete lines are checked (length), dot-unstuffed and
+        written in one go; a line cut by the chunk's end waits for the next. Bytes after the lone dot (a
+        pipelined command) go back to the front of the stream reader's buffer."""
+        limit, line_limit = self.data_size_limit, self.line_length_limit
+        reader = self._reader
         num_bytes, refusal = 0, None
-        fragments: list[bytes] = []
         head = bytearray()
         in_head = True
-        while self.transport is not None:  # pragma: nobranch
+        pending = b""  # the bytes after the last CRLF seen: an incomplete line
+        at_line_start = True  # whether pending starts a line (False after an over-long line was dropped)
+        while True:
             try:
-                line: bytes = await self._reader.readuntil(b"\r\n")
+                chunk = await reader.read(_CHUNK)
             except asyncio.CancelledError:
                 log.info("connection lost during DATA")
                 self._writer.close()
                 raise
-            except asyncio.LimitOverrunError as e:
+            if not chunk:  # the client closed the connection mid-DATA
+                raise asyncio.IncompleteReadError(pending, None)
+            data = pending + chunk if pending else chunk
+            if at_line_start and data.startswith(b".\r\n"):
+                end = 0
+            else:
+                end = data.find(b"\r\n.\r\n")
+                end = end + 2 if end >= 0 else -1
+            if end >= 0:
+                block, rest = data[:end], data[end + 3:]
+                if rest:  # pipelined commands after the lone dot: back to the reader
+                    reader._buffer[:0] = rest  # type: ignore[attr-defined]
+                pending = b""
+            else:
+                cut = data.rfind(b"\r\n")
+                cut = cut + 2 if cut >= 0 else 0  # 0: no line ends in this data yet
+                block, pending = data[:cut], data[cut:]
+            if block:
+                num_bytes += len(block)
+                if refusal is None and limit and num_bytes > limit:
+                    refusal = "552 Error: Too much mail data"
+                if refusal is None and len(block) > line_limit - 2 and max(map(len, block.split(b"\r\n"))) + 2 > line_limit:
+                    refusal = "500 Line too long (see RFC5321 4.5.3.1.6)"
+                if refusal is None:
+                    if at_line_start and block.startswith(b"."):
+                        block = block[1:]
+                    block = block.replace(b"\r\n.", b"\r\n")
+                    spool.write(block)
+                    if in_head:
+                        in_head = _take_head(head, block)
+                at_line_start = True
+            if end >= 0:
+                return refusal, head
+            if len(pending) > line_limit:  # a line longer than any allowed: refuse, keep only its tail
                 refusal = refusal or "500 Line too long (see RFC5321 4.5.3.1.6)"
-                line = await self._reader.read(e.consumed)
-            if not fragments and line == b".\r\n":
-                break
-            num_bytes += len(line)
-            if refusal is None and limit and num_bytes > limit:
-                refusal = "552 Error: Too much mail data"
-            fragments.append(line)
-            if not line.endswith(b"\r\n"):
-                continue
-            line = b"".join(fragments)
-            fragments.clear()
-            if refusal is not None:
-                continue
-            if len(line) > self.line_length_limit:
-                refusal = "500 Line too long (see RFC5321 4.5.3.1.6)"
-                continue
-            if line.startswith(b"."):
-                line = line[1:]
-            spool.write(line)
-            if in_head:
-                head += line
-                in_head = line != b"\r\n" and len(head) < MAX_HEAD
-        return refusal, head
+                num_bytes += len(pending) - 4
+                pending, at_line_start = pending[-4:], False
 
     async def push(self, status: str) -> None:
         rcpts = self.envelope.rcpt_tos if self.envelope is not None else []
@@ -172,6 +212,11 @@ def replies(outcome: Outcome) -> str:
         return _deferred(it.rcpts)
     out = []
     for r, o in zip(it.rcpts, result.outcomes):
+        if result.dropped:  # personal mail: counted in the log, never stored
+            it.log.info("to=<%s>, from=<%s>, size=%d, status=dropped%s %s", r, it.sender, it.data.size,
+                        o.capture_note, o.summary)
+            out.append(f"250 2.0.0 <{r}> personal mail, not stored")
+            continue
         it.log.info("to=<%s>, from=<%s>, size=%d, sha256=%s, status=stored%s%s%s%s",
                     r, it.sender, it.data.size, result.sha256[:16], "" if result.new else " (duplicate content)",
                     o.capture_note, f" {o.summary}" if o.summary else "",

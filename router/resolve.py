@@ -17,11 +17,12 @@ Choices:
   a domain are not unified.
 * Addresses are returned with the domain lower-cased and the local part as
   written; duplicates (after that normalisation) are dropped, order kept.
-* A Received header's ``for`` clause is found after removing parenthesised
-  comments (so ``(qmail 1 invoked for bounce)`` or ``(envelope-from <x>)``
-  are ignored); with or without ``<>``; a source route (``<@a:u@b>``) is
-  stripped; clauses that are not an address (``for <@example.com>``) are
-  skipped. Only the first address of a clause is used (RFC 5321 allows one).
+* Addresses are read with the shared parser (mattermail/addresses.py): a
+  Received header's ``for`` clause is found outside comments and quoted
+  strings, with or without ``<>``, a quoted local part with spaces included
+  (``for ":fail: x"@d``); a source route (``<@a:u@b>``) is dropped; clauses
+  that are not an address (``for <@example.com>``) are skipped. Only the
+  first address of a clause is used (RFC 5321 allows one).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from dataclasses import dataclass
 from email import policy
 from email.message import Message
 from email.parser import BytesParser
+
+from mattermail.addresses import addr_spec, mailboxes, received_for
 
 __all__ = ["DEFAULT_HEADERS", "Resolved", "addresses_in", "loop_reason", "received_for",
            "resolve"]
@@ -49,9 +52,6 @@ class Resolved:
 
 
 _INNER_COMMENT = re.compile(r"\([^()]*\)")
-_FOR_CLAUSE = re.compile(r"(?<![\w.-])for\s+(?:<([^<>]*)>|([^\s<>;,()]+))", re.IGNORECASE)
-_LOCAL_OK = re.compile(r"^[^\s<>()\[\],;:@]+$|^\"[^\"]*\"$")
-_DOMAIN_OK = re.compile(r"^[^\s<>()\[\],;:@\"\\]+$|^\[[^\[\]\s]+\]$")
 
 
 def _text(value: object) -> str:
@@ -81,74 +81,9 @@ def _strip_comments(value: str) -> str:
     return value.replace("(", " ").replace(")", " ")
 
 
-def _normalize(candidate: str) -> str | None:
-    """``local@domain`` with the domain lower-cased, or None if it is not an address."""
-    addr = candidate.strip().strip("<>").strip()
-    if addr.startswith("@") and ":" in addr:  # source route <@relay:user@host>
-        addr = addr.rsplit(":", 1)[1].strip()
-    local, at, domain = addr.rpartition("@")
-    domain = domain.rstrip(".")
-    if not at or not local or not domain:
-        return None
-    if not _LOCAL_OK.match(local) or not _DOMAIN_OK.match(domain):
-        return None
-    return f"{local}@{domain.lower()}"
-
-
-def received_for(value: str) -> str | None:
-    """The address of a Received header's ``for <addr>`` clause, or None.
-
-    Accepts folded values and ``for addr`` without brackets; ignores ``for``
-    inside comments. The domain is lower-cased.
-    """
-    try:
-        text = _strip_comments(_unfold(_text(value)))
-        for m in _FOR_CLAUSE.finditer(text):
-            addr = _normalize(m.group(1) if m.group(1) is not None else m.group(2))
-            if addr:
-                return addr
-    except Exception:  # pragma: no cover - belt and braces: never raise on input
-        pass
-    return None
-
-
-def _split_list(value: str) -> list[str]:
-    """Split an address list on commas outside quotes and angle brackets."""
-    parts: list[str] = []
-    buf: list[str] = []
-    quoted, angle, prev = False, 0, ""
-    for ch in value:
-        if ch == '"' and prev != "\\":
-            quoted = not quoted
-        elif not quoted and ch == "<":
-            angle += 1
-        elif not quoted and ch == ">" and angle:
-            angle -= 1
-        if ch == "," and not quoted and not angle:
-            parts.append("".join(buf))
-            buf = []
-        else:
-            buf.append(ch)
-        prev = ch
-    parts.append("".join(buf))
-    return parts
-
-
 def addresses_in(value: str) -> list[str]:
-    """Every address in an address-list header value (``a@b``, ``<a@b>``, ``Name <a@b>``, lists)."""
-    found: list[str] = []
-    try:
-        text = _strip_comments(_unfold(_text(value)))
-        for part in _split_list(text):
-            bracketed = re.findall(r"<([^<>]*)>", part)
-            candidates = bracketed[-1:] if bracketed else [t for t in part.split() if "@" in t]
-            for cand in candidates[:1]:
-                addr = _normalize(cand)
-                if addr:
-                    found.append(addr)
-    except Exception:  # pragma: no cover - never raise on input
-        pass
-    return found
+    """Every address in an address-list header value (``a@b``, ``<a@b>``, ``Name <a@b>``, lists), canonical."""
+    return [m.address for m in mailboxes([value]) if m.valid]
 
 
 def _as_message(raw: bytes | bytearray | memoryview | str | Message) -> Message:
@@ -198,7 +133,7 @@ def resolve(raw_headers: bytes | Message, catchall_domains: Iterable[str],
     if envelope:
         for rcpt in envelope:
             text = _unfold(_text(rcpt))
-            addr = _normalize(text) or text.strip("<>").strip()
+            addr = addr_spec(text) or text.strip("<>").strip()
             if addr:
                 add(addr, "envelope")
         if out:

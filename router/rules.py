@@ -5,8 +5,10 @@ one recipient of one message (:class:`RuleContext`), asks directory questions
 through :class:`Lookups`, and returns the filings with a trace of every rule
 tried (``mattermailctl route explain``). In order: ``alias``,
 ``matter-address``, ``plus-address`` (the first of these three that matches
-decides the address; an unknown matter id makes it unfiled), ``subject``
-(used when the address gave no matter), ``sender`` (when it gave no person;
+decides the address; an unknown matter id makes it unfiled), ``thread``
+(In-Reply-To/References name a message filed to a matter; router/threads.py),
+``subject`` and ``thread-subject`` (off by default) (each used when no earlier
+rule gave a matter), ``sender`` (when the address gave no person;
 shared addresses: lowest person id, recorded as ambiguous) and, for capture
 copies only, ``correspondent``. Each rule that files makes its own
 :class:`FilingDecision`. The full rules, with every choice made: docs/routing.md.
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from mattermail.config import Config, Router
+from mattermail.router import threads
 
 __all__ = ["FilingDecision", "Lookups", "RouterRules", "RoutingResult", "RuleContext", "apply_rules", "merge"]
 
@@ -56,6 +59,11 @@ class RuleContext:
     capture: bool = False  # the recipient is the capture address
     correspondents: tuple[tuple[str, str], ...] = ()  # (address, where it was seen), capture copies
     loop: tuple[str, str] | None = None  # loop_reason(): (class, reason)
+    # (normalised id, "In-Reply-To"/"References"), most recent first: In-Reply-To, then References backwards
+    references: tuple[tuple[str, str], ...] = ()
+    subject_key: str = ""  # the subject as thread-subject compares it (mattermail/msgid.py)
+    sha256: str = ""  # the message itself: never its own thread
+    inbound_capture: bool = False  # a capture copy of inbound mail to a user (two-way capture)
 
 
 class Lookups(Protocol):
@@ -68,6 +76,10 @@ class Lookups(Protocol):
     def persons(self, address: str) -> list[int]:
         """Ids of the persons with this address (case-insensitive), ascending."""
 
+    def thread(self, kind: str, key: str) -> list[tuple[str, int, str]]:
+        """(matter, message id, sha256) of each filing to a matter of the stored messages with this thread
+        key ("msgid" or "subject"), the most recently stored message first."""
+
 
 @dataclass(frozen=True)
 class RouterRules:
@@ -78,6 +90,7 @@ class RouterRules:
     matter_patterns: tuple[re.Pattern[str], ...] = tuple(re.compile(p, re.IGNORECASE) for p in Router().matter_patterns)
     subject_patterns: tuple[re.Pattern[str], ...] = tuple(re.compile(p, re.IGNORECASE) for p in Router().subject_patterns)
     file_personal: bool = False
+    thread_subject: bool = False
 
     @classmethod
     def from_config(cls, cfg: Config) -> RouterRules:
@@ -87,6 +100,7 @@ class RouterRules:
             matter_patterns=tuple(re.compile(p, re.IGNORECASE) for p in cfg.router.matter_patterns),
             subject_patterns=tuple(re.compile(p, re.IGNORECASE) for p in cfg.router.subject_patterns),
             file_personal=cfg.router.file_personal,
+            thread_subject=cfg.router.thread_subject,
         )
 
     def own_domain(self, address: str) -> bool:
@@ -131,6 +145,10 @@ class _Run:
 
     def file(self, matter: str | None, person: int | None, rule: str, detail: str) -> None:
         self.result.filings.append(FilingDecision(matter, person, rule, self.rcpt, detail))
+
+    def matter(self) -> str | None:
+        """The first matter filed so far, or None."""
+        return next((f.matter for f in self.result.filings if f.matter), None)
 
 
 def _alias(run: _Run) -> FilingDecision | str | None:
@@ -191,7 +209,7 @@ def _plus(run: _Run) -> FilingDecision | str | None:
                           f"{base}+{ext}" + (f"; {person[1]}" if person else ""))
 
 
-def _subject(run: _Run, have_matter: str | None) -> None:
+def _subject(run: _Run, have_matter: str | None, source: str = "the address") -> None:
     subject = run.ctx.subject or ""
     known: tuple[str, str] | None = None
     seen = False
@@ -210,7 +228,7 @@ def _subject(run: _Run, have_matter: str | None) -> None:
             run.t("subject", "no matter reference in the subject")
         return
     if have_matter is not None:
-        run.t("subject", f"{known[1]} → matter {known[0]}: not used (matter {have_matter} from the address)")
+        run.t("subject", f"{known[1]} → matter {known[0]}: not used (matter {have_matter} from {source})")
         return
     run.t("subject", f"{known[1]} → matter {known[0]}")
     run.file(known[0], None, "subject", known[1])
@@ -262,13 +280,15 @@ def apply_rules(ctx: RuleContext, lookups: Lookups, cfg: RouterRules) -> Routing
     if ctx.capture:
         for rule in ADDRESS_RULES:
             run.t(rule, "not applicable: capture copy")
-        _subject(run, None)
-        run.t("sender", "not applicable: capture copy (the sender is the firm's user)")
+        _matter_rules(run, None)
+        run.t("sender", "not applicable: capture copy (" + ("the sender is a correspondent)" if ctx.inbound_capture
+                                                              else "the sender is the firm's user)"))
         _correspondents(run)
         if not res.filings:
             res.personal = True
-            run.t("result", "no known correspondent: personal" + (", unfiled (file_personal)" if cfg.file_personal else ", not filed"))
-            if cfg.file_personal:
+            unfiled = cfg.file_personal and not ctx.inbound_capture  # personal mail to a user is never forwarded
+            run.t("result", "no known correspondent: personal" + (", unfiled (file_personal)" if unfiled else ", not filed"))
+            if unfiled:
                 res.unfiled_reason = "no known correspondent"
         res.filings = [replace(f, recipient=f.recipient.lower()) for f in res.filings]
         return res
@@ -284,19 +304,27 @@ def apply_rules(ctx: RuleContext, lookups: Lookups, cfg: RouterRules) -> Routing
             decision = fn(run)
     if isinstance(decision, str):
         res.unfiled_reason = decision
-        for rule in ("subject", "sender"):
+        for rule in ("thread", "subject", "thread-subject", "sender"):
             run.t(rule, f"not applied: {decision}")
         run.t("correspondent", "not applicable: not a capture copy")
         return res
     if decision is not None:
         res.filings.append(decision)
-    _subject(run, decision.matter if decision else None)
+    _matter_rules(run, decision.matter if decision else None)
     _sender(run, bool(decision and decision.person_id is not None))
     run.t("correspondent", "not applicable: not a capture copy")
     if not res.filings:
         res.unfiled_reason = "no rule matched"
     res.filings = [replace(f, recipient=f.recipient.lower()) for f in res.filings]
     return res
+
+
+def _matter_rules(run: _Run, from_address: str | None) -> None:
+    """thread, subject, thread-subject: each files a matter only when no earlier rule gave one."""
+    threads.thread(run, from_address)
+    by_thread = None if from_address else run.matter()
+    _subject(run, from_address or by_thread, "the address" if from_address else "the thread")
+    threads.thread_subject(run, run.matter())
 
 
 def _matter_address(run: _Run) -> FilingDecision | str | None:

@@ -234,3 +234,17 @@ def store_location(request, tmp_path: Path) -> Iterator[Path | str]:
     url = cluster.create_database(name, PG_TEMPLATE)
     yield url
     cluster.drop_database(name)
+
+
+@pytest.fixture(params=STORE_ENGINES)
+def blank_store_location(request, tmp_path: Path) -> Iterator[Path | str]:
+    """As ``store_location``, but an empty database (no schema yet): for the tests of a migration, which open
+    it with the migrations before that one first."""
+    if request.param == "sqlite":
+        yield tmp_path / "store.sqlite"
+        return
+    cluster = request.getfixturevalue("pg_cluster")
+    name = f"mm_blank_{os.getpid()}_{next(_databases)}"
+    url = cluster.create_database(name)
+    yield url
+    cluster.drop_database(name)

@@ -32,6 +32,8 @@ from mattermail.store.outbox import (ForwardRecord, forward_failed, mark_forward
                                      pending_forwards, queue_forward, queued_recipients)
 from mattermail.store.messages import find_message, insert_message, record_deliveries
 from mattermail.store.schema import CAPTURE_STATES, MIGRATIONS
+from mattermail.store.threads import ThreadHit, record_thread_keys, thread_filings
+from mattermail.store.twoway import forget_envelope, is_user_address
 from mattermail.store.users import (User, add_user, list_users, login_addresses, owned_addresses, password_hashes,
                                     remove_user, set_password)
 
@@ -48,4 +50,5 @@ __all__ = [
     "list_disclaimers", "list_users", "login_addresses", "normalise_address", "owned_addresses", "password_hashes", "record_capture",
     "record_deliveries", "record_envelope", "recover_stale_tmp", "remove_disclaimer", "remove_user",
     "set_disclaimer", "set_password", "transaction",
+    "ThreadHit", "record_thread_keys", "thread_filings", "forget_envelope", "is_user_address",
 ]

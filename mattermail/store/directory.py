@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from mattermail import validate
 from mattermail.store import chain
 from mattermail.store.engine import Store, UserError, normalise_address, transaction
+from mattermail.store.threads import thread_filings
 
 
 @dataclass(frozen=True)
@@ -335,6 +336,7 @@ class Lookups:
 
     def __init__(self, store: Store) -> None:
         self._db = store.db
+        self._store = store
 
     def alias(self, address: str) -> tuple[int | None, str | None] | None:
         row = self._db.execute("SELECT person, matter FROM aliases WHERE address = ?",
@@ -348,6 +350,11 @@ class Lookups:
     def persons(self, address: str) -> list[int]:
         return [r[0] for r in self._db.execute(
             "SELECT person FROM person_addresses WHERE address = ? ORDER BY person", [normalise_address(address)])]
+
+    def thread(self, kind: str, key: str) -> list[tuple[str, int, str]]:
+        """(matter, message id, sha256) of the stored messages with this thread key, newest first
+        (store/threads.py)."""
+        return [(h.matter, h.message, h.sha256) for h in thread_filings(self._store, kind, key)]
 
 
 def forwarded_recipients(store: Store, message: int) -> set[str]:

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mattermail.atomicfile import sync_dir, write_atomic
+from mattermail.atomicfile import sync_dir, sync_filesystem, write_atomic
 from mattermail.store import schema
 from mattermail.store.connection import (SQLITE, Connection, PgConnection, PgError, SqliteConnection, is_url,
                                          redact)
@@ -182,21 +182,21 @@ class Store:
     def blob_path(self, sha256: str) -> Path:
         return self.messages_dir / sha256[:2] / f"{sha256}.eml"
 
-    def write_blob(self, raw: bytes, sync_dir: bool = True) -> tuple[str, Path]:
+    def write_blob(self, raw: bytes, sync_dir: bool = True, sync_file: bool = True) -> tuple[str, Path]:
         """Write ``raw`` durably under its SHA-256 (tmp, fsync, rename, fsync dir).
 
-        ``sync_dir=False`` leaves the directory fsync to the caller (:meth:`sync_dirs` on the returned
-        path's parent, before the commit): the router's batches fsync each directory once."""
+        ``sync_dir=False`` leaves the directory fsync to the caller (:meth:`sync_blobs` before the
+        commit): the router's batches sync once per batch. ``sync_file=False`` leaves the file's too."""
         sha = hashlib.sha256(raw).hexdigest()
         dest = self.blob_path(sha)
         if dest.exists():
             return sha, dest
         self._hash_dir(dest)
         try:
-            write_atomic(dest, raw, mode=0o600, sync_directory=sync_dir)
+            write_atomic(dest, raw, mode=0o600, sync_directory=sync_dir, sync_file=sync_file)
         except FileNotFoundError:  # the directory was removed since
             self._hash_dir(dest, again=True)
-            write_atomic(dest, raw, mode=0o600, sync_directory=sync_dir)
+            write_atomic(dest, raw, mode=0o600, sync_directory=sync_dir, sync_file=sync_file)
         return sha, dest
 
     def _hash_dir(self, dest: Path, again: bool = False) -> None:
@@ -215,20 +215,22 @@ class Store:
         """A temp file in the store for a message being received (see :class:`BlobWriter`)."""
         return BlobWriter(self.spool_dir)
 
-    def adopt(self, spooled: Spooled) -> Path:
+    def adopt(self, spooled: Spooled, sync_file: bool = True) -> Path:
         """Make a finished :class:`BlobWriter` file the durable blob of its SHA-256 (fsync, rename; the
-        caller fsyncs the returned path's directory before its commit, as after ``write_blob(sync_dir=False)``).
-        When that blob exists already, the temp file is removed."""
+        caller syncs with :meth:`sync_blobs` before its commit, as after ``write_blob(sync_dir=False)``;
+        ``sync_file=False`` leaves the file's fsync to that too). When that blob exists already, the temp
+        file is removed."""
         dest = self.blob_path(spooled.sha256)
         if dest.exists():
             Path(spooled.path).unlink(missing_ok=True)
             return dest
         self._hash_dir(dest)
-        fd = os.open(spooled.path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        if sync_file:
+            fd = os.open(spooled.path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         try:
             os.rename(spooled.path, dest)
         except FileNotFoundError:
@@ -238,9 +240,14 @@ class Store:
             os.rename(spooled.path, dest)
         return dest
 
-    @staticmethod
-    def sync_dirs(dirs: Iterable[Path]) -> None:
-        """fsync each directory (makes the renames of :meth:`write_blob` durable)."""
+    def sync_blobs(self, dirs: Iterable[Path], whole_filesystem: bool) -> None:
+        """Make the blobs written with ``sync_dir=False`` durable before the commit that names them:
+        ``whole_filesystem`` — one syncfs(2) of the store's file system (the files were written with
+        ``sync_file=False``: their data, inodes and renames in one flush); else an fsync of each
+        directory (the files were fsynced one by one)."""
+        if whole_filesystem:
+            sync_filesystem(self.messages_dir)
+            return
         for d in dirs:
             sync_dir(d)
 

@@ -20,12 +20,16 @@ class EnvelopeRecord:
     login: str
     client: str
     created: float
+    message_id: str = ""  # the Message-ID the milter saw, normalised (mattermail/msgid.py); "" when none
+    direction: str = "outbound"  # "outbound": a user's submission; "inbound": mail to a user (two-way capture)
 
 
 def record_envelope(store: Store, env: EnvelopeRecord) -> None:
     store.db.execute(
-        "INSERT INTO envelopes (ref, queue_id, mail_from, recipients, login, client, created) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [env.ref, env.queue_id, env.mail_from, json.dumps(list(env.recipients)), env.login, env.client, env.created],
+        "INSERT INTO envelopes (ref, queue_id, mail_from, recipients, login, client, created, message_id, direction)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [env.ref, env.queue_id, env.mail_from, json.dumps(list(env.recipients)), env.login, env.client, env.created,
+         env.message_id, env.direction],
     )
 
 
@@ -37,8 +41,10 @@ def record_capture(store: Store, message: int, ref: str, verified: bool) -> None
 
 def get_envelope(store: Store, ref: str) -> EnvelopeRecord | None:
     row = store.db.execute(
-        "SELECT ref, queue_id, mail_from, recipients, login, client, created FROM envelopes WHERE ref = ?", [ref]
+        "SELECT ref, queue_id, mail_from, recipients, login, client, created, message_id, direction FROM envelopes"
+        " WHERE ref = ?", [ref]
     ).fetchone()
     if row is None:
         return None
-    return EnvelopeRecord(row[0], row[1], row[2], tuple(json.loads(row[3])), row[4], row[5], row[6])
+    return EnvelopeRecord(row[0], row[1], row[2], tuple(json.loads(row[3])), row[4], row[5], row[6], row[7] or "",
+                          row[8] or "outbound")

@@ -86,7 +86,7 @@ def delete_message(store: Store, message: int, reason: str) -> tuple[chain.Chain
         sha = _message_sha(store, message)
         old = _filings(store, message)
         _held(store, [f["matter"] for f in old if f["matter"]], "deleting it", message)
-        for table in ("filings", "deliveries", "captures"):
+        for table in ("filings", "deliveries", "captures", "thread_keys"):
             store.db.execute(f"DELETE FROM {table} WHERE message = ?", [message])
         store.db.execute("DELETE FROM messages WHERE id = ?", [message])
         entry = chain.append(store, "deleted", message, sha, {"reason": reason, "filings": old})

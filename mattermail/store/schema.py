@@ -12,7 +12,7 @@ sees a table, a PRAGMA, FTS5 or tsvector syntax.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import sqlite_utils
 
@@ -244,6 +244,36 @@ def _m008_background_indexing(db: sqlite_utils.Database) -> None:
                "INSERT INTO messages_fts (messages_fts, rowid, subject, body_text) "
                "VALUES ('delete', old.id, old.subject, old.body_text); "
                "INSERT INTO messages_fts (rowid, subject, body_text) VALUES (new.id, new.subject, new.body_text); END")
+
+
+@migration
+def _m009_thread_keys(db: sqlite_utils.Database) -> None:
+    """Thread filing (store/threads.py): ``thread_keys`` holds each stored message's normalised Message-ID
+    (kind "msgid") and subject key (kind "subject"); ``envelopes.message_id`` the Message-ID the milter saw
+    and ``envelopes.direction`` which way the captured message went (two-way capture). The primary key serves the lookup by key; the second index the deletes by message.
+    Existing messages get their keys from the ``message_id`` and ``subject`` columns they already have.
+    Portable SQL only (the PostgreSQL backend ports this as it is)."""
+    db.execute("CREATE TABLE thread_keys (message INTEGER NOT NULL REFERENCES messages(id), kind TEXT NOT NULL, "
+               "key TEXT NOT NULL, PRIMARY KEY (kind, key, message))")
+    db.execute("CREATE INDEX thread_keys_message ON thread_keys (message)")
+    db.execute("ALTER TABLE envelopes ADD COLUMN message_id TEXT NOT NULL DEFAULT ''")
+    # which way the captured message went: "outbound" (a user's submission) or "inbound" (mail to a user)
+    db.execute("ALTER TABLE envelopes ADD COLUMN direction TEXT NOT NULL DEFAULT 'outbound'")
+    thread_keys_of_stored_messages(db)
+
+
+def thread_keys_of_stored_messages(db: Any) -> None:
+    """Migration 9 on either engine: the thread keys of the messages stored before it."""
+    from mattermail.msgid import msgid, subject_key
+
+    last = 0
+    while rows := db.execute("SELECT id, message_id, subject FROM messages WHERE id > ? ORDER BY id LIMIT 1000",
+                             [last]).fetchall():
+        for mid, header_id, subject in rows:
+            for kind, key in (("msgid", msgid(header_id or "")), ("subject", subject_key(subject or ""))):
+                if key:
+                    db.execute("INSERT INTO thread_keys (message, kind, key) VALUES (?, ?, ?)", [mid, kind, key])
+        last = rows[-1][0]
 
 
 CAPTURE_STATES = ("", "verified", "unverified")

@@ -208,3 +208,18 @@ def _m008_background_indexing(db: Any) -> None:
          "CREATE FUNCTION messages_fts_dequeue() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
          "DELETE FROM fts_pending WHERE message = OLD.id; RETURN NULL; END $$",
          "CREATE TRIGGER messages_ad AFTER DELETE ON messages FOR EACH ROW EXECUTE FUNCTION messages_fts_dequeue()")
+
+
+@migration
+def _m009_thread_keys(db: Any) -> None:
+    """As SQLite's migration 9: ``thread_keys`` (store/threads.py), ``envelopes.message_id`` and
+    ``envelopes.direction``; the keys of messages stored before it."""
+    from mattermail.store.schema import thread_keys_of_stored_messages
+
+    _run(db,
+         f"CREATE TABLE thread_keys (message BIGINT NOT NULL REFERENCES messages(id), kind {T} NOT NULL, "
+         f"key {T} NOT NULL, PRIMARY KEY (kind, key, message))",
+         "CREATE INDEX thread_keys_message ON thread_keys (message)",
+         f"ALTER TABLE envelopes ADD COLUMN message_id {T} NOT NULL DEFAULT ''",
+         f"ALTER TABLE envelopes ADD COLUMN direction {T} NOT NULL DEFAULT 'outbound'")
+    thread_keys_of_stored_messages(db)

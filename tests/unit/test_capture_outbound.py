@@ -92,6 +92,17 @@ def test_full_pipeline_decision(runtime):
     assert "d=lawfirm.test" in out.signatures[0][1] and "s=sel" in out.signatures[0][1]
 
 
+def test_envelope_records_the_message_id_the_milter_saw(runtime):
+    """Thread filing: the capture envelope keeps the submitted Message-ID, normalised."""
+    rt = runtime()
+    headers = [("From", " Alice <alice@lawfirm.test>"), ("To", " bob@example.test"),
+               ("Message-ID", " <Draft.42@Alice.LawFirm.test>")]
+    for given, want in ((headers, "Draft.42@alice.lawfirm.test"), (headers[:2], "")):
+        out = outbound.process(submission(headers=given), rt)
+        ref = capture.parse_capture_address(out.add_recipient, BASE, SECRET).ref
+        assert storemod.get_envelope(rt.store(), ref).message_id == want
+
+
 def test_reject_comes_before_any_capture(runtime):
     rt = runtime()
     out = outbound.process(submission(headers=[("From", " bob@lawfirm.test")]), rt)

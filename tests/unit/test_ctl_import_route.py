@@ -217,7 +217,8 @@ def explain(env, path, *args):
     return json.loads(r.stdout)
 
 
-ALL_RULES = ("alias", "matter-address", "plus-address", "subject", "sender", "correspondent")
+ALL_RULES = ("alias", "matter-address", "plus-address", "thread", "subject", "thread-subject", "sender",
+             "correspondent")
 
 
 @pytest.mark.parametrize("to, subject, frm, filings", [

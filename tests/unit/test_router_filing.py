@@ -261,7 +261,7 @@ def test_route_explain_of_a_recipient(store, tmp_path):
     d.add_alias(store, f"smith@{CA}", [CA], matter="1234")
     r = filing.route(msg(frm="client@example.test"), f"smith@{CA}", store, cfg)
     assert [(f.matter, f.person_id, f.rule) for f in r.filings] == [("1234", None, "alias"), (None, 1, "sender")]
-    assert len(r.trace) == 6 and r.unfiled_reason is None
+    assert len(r.trace) == 8 and r.unfiled_reason is None  # one line per rule
     none = filing.route(msg(frm="x@other.test", extra=""), None, store, cfg)
     assert none.unfiled_reason == "no rule matched" and none.trace[0].startswith("resolution: no catch-all address")
     assert store.count("events") == 0

@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+import uvloop
 
 from mattermail.config import from_dict
 from mattermail.router import batch, forward, lmtp
@@ -23,7 +24,7 @@ MSG = (b"Received: from mx.lawfirm.test by mx.lawfirm.test (Postfix) with ESMTP 
 @contextlib.contextmanager
 def running(store, handler=None):
     handler = handler or lmtp.DeliveryHandler(store)
-    loop = asyncio.new_event_loop()
+    loop = uvloop.new_event_loop()  # the router's loop (router/__main__.py)
     started = threading.Event()
     holder = {}
 
@@ -318,3 +319,83 @@ def test_an_indexing_failure_is_logged_with_the_message_ids_and_retried(store_lo
     assert "indexing message(s) 1 for search failed, retrying in 0s: database is locked" in caplog.text, caplog.text
     assert len(calls) >= 2 and len(search(store, "filing")) == 1, calls
     store.close()
+
+
+# -- the DATA reader: chunks, not lines --------------------------------------------------------------
+
+def _reference(data: bytes) -> tuple[bytes, bytes]:
+    """What DATA ``data`` (up to and without the lone dot) must become, line by line as RFC 5321 4.5.2
+    says: (the unstuffed message, its header block up to and including the empty line)."""
+    out, head, in_head = [], [], True
+    for line in data.split(b"\r\n")[:-1]:
+        line = (line[1:] if line.startswith(b".") else line) + b"\r\n"
+        out.append(line)
+        if in_head:
+            head.append(line)
+            in_head = line != b"\r\n"
+    return b"".join(out), b"".join(head)
+
+
+def _receive(pieces: list[bytes], line_limit: int = 1001, size_limit: int = 0):
+    """Feed ``pieces`` one read at a time to MatterLMTP._receive; (refusal, spooled bytes, head, what
+    the reader still holds)."""
+    import types
+
+    from mattermail.store.engine import BlobWriter
+
+    async def go(tmp):
+        reader = asyncio.StreamReader()
+        proto = types.SimpleNamespace(_reader=reader, _writer=None, line_length_limit=line_limit,
+                                      data_size_limit=size_limit)
+        spool = BlobWriter(tmp)
+
+        async def feed():
+            for p in pieces:
+                reader.feed_data(p)
+                await asyncio.sleep(0)  # let the reader take this piece alone
+            reader.feed_eof()
+
+        feeder = asyncio.ensure_future(feed())
+        refusal, head = await lmtp.MatterLMTP._receive(proto, spool)
+        await feeder
+        spooled = spool.finish()
+        return refusal, spooled.path.read_bytes(), bytes(head), await reader.read()
+
+    import tempfile
+    from pathlib import Path
+    with tempfile.TemporaryDirectory() as tmp:
+        return asyncio.run(go(Path(tmp)))
+
+
+@pytest.mark.parametrize("cut", [1, 2, 3, 5, 7, 64, 4096])
+def test_data_split_anywhere_is_unstuffed_and_ends_at_the_lone_dot(cut):
+    data = (b"From: a@example.test\r\nSubject: dots\r\n\r\n.leading dot\r\n..two dots\r\nx\r\n. \r\n"
+            + b"\r\n" + b"line\r\n" * 50)
+    wire = data + b".\r\nRSET\r\n"
+    refusal, spooled, head, rest = _receive([wire[i:i + cut] for i in range(0, len(wire), cut)])
+    want, want_head = _reference(data)
+    assert refusal is None and spooled == want and head == want_head
+    assert b"\r\nleading dot\r\n.two dots\r\n" in spooled
+    assert rest == b"RSET\r\n"  # a pipelined command after the dot stays for the protocol
+
+
+def test_data_that_is_only_the_dot_or_starts_with_a_dot():
+    assert _receive([b".\r\nQUIT\r\n"]) == (None, b"", b"", b"QUIT\r\n")
+    refusal, spooled, head, _ = _receive([b"\r", b"\n.", b".x\r\n.\r\n"])
+    assert (refusal, spooled, head) == (None, b"\r\n.x\r\n", b"\r\n")  # an empty first line: no header
+
+
+def test_over_long_lines_and_too_much_data_are_refused_after_draining():
+    refusal, spooled, _, rest = _receive([b"a: b\r\n", b"x" * 3000, b"y" * 3000 + b"\r\nz\r\n.\r\n", b"NOOP\r\n"])
+    assert refusal.startswith("500 Line too long") and rest == b"NOOP\r\n"
+    refusal, _, _, rest = _receive([b"a: b\r\n" + b"x" * 1000 + b"\r\n.\r\n"])
+    assert refusal.startswith("500 Line too long") and rest == b""
+    refusal, _, _, _ = _receive([b"a: b\r\n" + b"x" * 997 + b"\r\n.\r\n"])  # 999 + CRLF = 1001: allowed
+    assert refusal is None
+    refusal, _, _, rest = _receive([(b"y" * 70 + b"\r\n") * 40 + b".\r\nRSET\r\n"], size_limit=1000)
+    assert refusal.startswith("552") and rest == b"RSET\r\n"
+
+
+def test_a_connection_closed_mid_data_raises():
+    with pytest.raises(asyncio.IncompleteReadError):
+        _receive([b"Subject: x\r\n\r\nno dot"])

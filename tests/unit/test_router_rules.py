@@ -28,6 +28,19 @@ class FakeLookups:
     def persons(self, address):
         return sorted(self.addresses.get(address.lower(), []))
 
+    # stored messages: (kind, key) → [(matter, message id, sha256)], newest message first
+    threads = {
+        ("msgid", "orig.1@lawfirm.test"): [("1234", 10, "sha10")],
+        ("msgid", "orig.2@lawfirm.test"): [("5678", 20, "sha20")],
+        ("msgid", "both@lawfirm.test"): [("1234", 30, "sha30"), ("5678", 30, "sha30")],
+        ("msgid", "two-copies@lawfirm.test"): [("42", 41, "sha41"), ("1234", 40, "sha40")],
+        ("msgid", "gone@lawfirm.test"): [("7777", 50, "sha50")],  # a matter since removed
+        ("subject", "contract draft"): [("5678", 60, "sha60")],
+    }
+
+    def thread(self, kind, key):
+        return list(self.threads.get((kind, key), []))
+
 
 RULES = RouterRules(catchall_domains=(CA,), sending_domains=("lawfirm.test",))
 
@@ -77,6 +90,27 @@ TABLE = [
     # no recipient (an import with no catch-all header): subject and sender still apply
     (None, {"subject": "Matter 1234", "from_addresses": ("client@example.test",)},
      [("1234", None, "subject"), (None, 5, "sender")], None),
+    # thread: a reference to a message filed to a matter, when the address gave no matter
+    (f"x@{CA}", {"references": (("orig.1@lawfirm.test", "In-Reply-To"),)}, [("1234", None, "thread")], None),
+    (f"x@{CA}", {"references": (("nothing@else.test", "In-Reply-To"), ("orig.2@lawfirm.test", "References"))},
+     [("5678", None, "thread")], None),
+    (f"x@{CA}", {"references": (("orig.1@lawfirm.test", "In-Reply-To"),), "subject": "[M-5678]",
+                 "from_addresses": ("client@example.test",)},
+     [("1234", None, "thread"), (None, 5, "sender")], None),  # thread before subject
+    (f"1234@{CA}", {"references": (("orig.2@lawfirm.test", "In-Reply-To"),)},
+     [("1234", None, "matter-address")], None),  # the address wins
+    (f"bob@{CA}", {"references": (("orig.2@lawfirm.test", "In-Reply-To"),)},
+     [(None, 7, "alias"), ("5678", None, "thread")], None),  # a person alias gives no matter: thread does
+    (f"x@{CA}", {"references": (("both@lawfirm.test", "In-Reply-To"),)},
+     [("1234", None, "thread"), ("5678", None, "thread")], None),  # a reply to a message filed to two matters
+    (f"x@{CA}", {"references": (("two-copies@lawfirm.test", "References"),)},
+     [("42", None, "thread")], None),  # two stored copies: the most recently stored one
+    (f"x@{CA}", {"references": (("gone@lawfirm.test", "In-Reply-To"),)}, [], "no rule matched"),
+    (f"x@{CA}", {"references": (("orig.1@lawfirm.test", "In-Reply-To"),), "sha256": "sha10"},
+     [], "no rule matched"),  # never its own thread (a redelivery, route explain of a stored file)
+    (f"9999@{CA}", {"references": (("orig.1@lawfirm.test", "In-Reply-To"),)}, [], "unknown matter 9999"),
+    # thread-subject: off by default
+    (f"x@{CA}", {"subject_key": "contract draft"}, [], "no rule matched"),
 ]
 
 
@@ -88,7 +122,8 @@ def test_rule_table(recipient, ctx, expected, reason):
     assert all(f.recipient == (recipient or "").lower() for f in res.filings)
     # every rule is recorded for the address, in order (the subject rule may say several things)
     rules = list(dict.fromkeys(line.split(": ")[1] for line in res.trace))
-    assert rules == ["alias", "matter-address", "plus-address", "subject", "sender", "correspondent"]
+    assert rules == ["alias", "matter-address", "plus-address", "thread", "subject", "thread-subject", "sender",
+                     "correspondent"]
 
 
 def test_first_address_rule_decides_and_later_ones_are_not_tried():
@@ -145,6 +180,56 @@ def test_capture_copy_without_known_correspondent_is_personal_or_unfiled():
     assert res.personal and res.unfiled_reason == "no known correspondent"
 
 
+def test_most_recent_reference_wins_and_the_others_are_traced():
+    refs = (("orig.2@lawfirm.test", "In-Reply-To"), ("unknown@x.test", "References"),
+            ("orig.1@lawfirm.test", "References"))
+    res = run(f"x@{CA}", references=refs)
+    assert filed(res) == [("5678", None, "thread")]
+    assert res.filings[0].detail == "In-Reply-To <orig.2@lawfirm.test> (message 20)"
+    thread = [t.split(": ", 2)[2] for t in res.trace if t.split(": ")[1] == "thread"]
+    assert thread == ["In-Reply-To <orig.2@lawfirm.test> → message 20, filed to matter 5678",
+                      "References <orig.1@lawfirm.test> → message 10, filed to matter 1234: "
+                      "not used (a more recent reference matched)"]
+    # the subject names another matter: not used, the thread decided
+    res = run(f"x@{CA}", references=refs, subject="[M-1234]")
+    assert filed(res) == [("5678", None, "thread")]
+    assert any("subject: [M-1234]" in t and "not used (matter 5678 from the thread)" in t for t in res.trace)
+    # no reference names a filed message
+    res = run(f"x@{CA}", references=(("unknown@x.test", "In-Reply-To"),))
+    assert any(t.endswith("thread: 1 reference(s), none names a message filed to a matter") for t in res.trace)
+
+
+def test_closed_matter_still_files_by_thread():
+    lookups = FakeLookups()
+    lookups.threads[("msgid", "old@lawfirm.test")] = [("42", 5, "sha5")]
+    res = apply_rules(RuleContext(f"x@{CA}", references=(("old@lawfirm.test", "In-Reply-To"),)), lookups, RULES)
+    assert filed(res) == [("42", None, "thread")]
+    assert any("(42 closed)" in t for t in res.trace)
+
+
+def test_capture_copy_files_by_thread():
+    res = capture([("stranger@other.test", "To")], references=(("orig.1@lawfirm.test", "In-Reply-To"),))
+    assert filed(res) == [("1234", None, "thread")] and not res.personal
+
+
+def test_thread_subject_is_a_fallback_when_enabled():
+    on = RouterRules(catchall_domains=(CA,), sending_domains=("lawfirm.test",), thread_subject=True)
+    res = run(f"x@{CA}", on, subject_key="contract draft")
+    assert filed(res) == [("5678", None, "thread-subject")]
+    assert any("thread-subject: subject 'contract draft' → message 60, filed to matter 5678" in t for t in res.trace)
+    # an earlier rule's matter wins: subject tag, thread reference, address
+    assert filed(run(f"x@{CA}", on, subject_key="contract draft", subject="[M-1234]")) == [("1234", None, "subject")]
+    assert filed(run(f"x@{CA}", on, subject_key="contract draft",
+                     references=(("orig.1@lawfirm.test", "In-Reply-To"),))) == [("1234", None, "thread")]
+    assert filed(run(f"1234@{CA}", on, subject_key="contract draft")) == [("1234", None, "matter-address")]
+    assert filed(run(f"x@{CA}", on, subject_key="other")) == []
+    assert filed(run(f"x@{CA}", on, subject_key="contract draft", sha256="sha60")) == []
+    off = run(f"x@{CA}", subject_key="contract draft")
+    assert any("thread-subject: off (router.thread_subject = false)" in t for t in off.trace)
+    cfg = from_dict({"general": {"catchall_domains": [CA]}, "router": {"thread_subject": True}})
+    assert RouterRules.from_config(cfg).thread_subject is True
+
+
 def test_configured_patterns_from_config():
     cfg = from_dict({"general": {"catchall_domains": [CA], "sending_domains": ["lawfirm.test"]},
                      "router": {"matter_patterns": [r"^case-([A-Z]+-\d+)$"], "subject_patterns": [r"#([A-Z]+-\d+)"]}})
@@ -174,6 +259,8 @@ def test_decision_is_a_value():
     ("catchall_headers", ["Delivered To"], "router.catchall_headers"),
     ("failed_mail_address", "nobody", "router.failed_mail_address"),
     ("file_personal", "yes", "router.file_personal"),
+    ("thread_subject", "yes", "router.thread_subject"),
+    ("thread_subject", 1, "router.thread_subject"),
 ])
 def test_router_config_is_validated_naming_the_key(key, value, message):
     from mattermail.config import ConfigError

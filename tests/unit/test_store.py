@@ -26,9 +26,9 @@ def store(store_location, tmp_path):
     s.close()
 
 
-def deliver(store, *messages: tuple[bytes, list[str]]) -> list[str]:
+def deliver(store, *messages: tuple[bytes, list[str]], sync: str = "syncfs") -> list[str]:
     """One router batch (one transaction, a savepoint per message), as the LMTP server runs it."""
-    cfg = from_dict({})
+    cfg = from_dict({"router": {"sync": sync}})
     items = [batch.Item(MessageData.from_bytes(raw), "a@example.test", rcpts, lmtp.queue_id_of(raw))
              for raw, rcpts in messages]
     outcomes = batch.file_batch(store, cfg, RouterRules.from_config(cfg), batch.CaptureSettings(), items)
@@ -40,28 +40,46 @@ def counts(store) -> dict[str, int]:
     return {t: store.count(t) for t in TABLES}
 
 
-def test_delivery_writes_the_file_then_commits_the_rows(store, monkeypatch):
+@pytest.mark.parametrize("sync", ["syncfs", "fsync"])
+def test_delivery_writes_the_file_then_commits_the_rows(store, monkeypatch, sync):
     sha = hashlib.sha256(RAW).hexdigest()
     path = store.blob_path(sha)
-    seen = []  # at each COMMIT: is the file there, and was its directory fsynced before?
+    seen = []  # at each COMMIT: is the file there, and was it synced (syncfs, or its directory) before?
     synced = []
-    real_execute, real_sync = store.db.execute, store.sync_dirs
-    monkeypatch.setattr(store, "sync_dirs", lambda dirs: (synced.extend(dirs), real_sync(dirs)))
+    fsynced_files = []
+    real_execute, real_sync, real_fsync = store.db.execute, store.sync_blobs, storemod.engine.os.fsync
+    monkeypatch.setattr(store, "sync_blobs", lambda dirs, whole: (synced.append("fs" if whole else "dirs"),
+                                                                   synced.extend(dirs), real_sync(dirs, whole)))
+    monkeypatch.setattr(storemod.engine.os, "fsync", lambda fd: (fsynced_files.append(fd), real_fsync(fd)))
 
     def execute(sql, *a, **k):
         if sql == "COMMIT":
-            seen.append((path.read_bytes() == RAW, path.parent in synced))
+            seen.append((path.read_bytes() == RAW, path.parent in synced, synced[0]))
         return real_execute(sql, *a, **k)
 
     monkeypatch.setattr(store.db, "execute", execute)
-    [reply] = deliver(store, (RAW, ["1234@Matters.Lawfirm.test"]))
+    [reply] = deliver(store, (RAW, ["1234@Matters.Lawfirm.test"]), sync=sync)
+    monkeypatch.undo()
     assert reply == f"250 2.0.0 <1234@Matters.Lawfirm.test> stored as {sha[:16]}"
-    assert seen == [(True, True)], seen
+    # syncfs: one flush of the file system, no fsync per file; fsync: the file, then its directory
+    assert seen == [(True, True, "fs" if sync == "syncfs" else "dirs")], seen
+    assert bool(fsynced_files) == (sync == "fsync")
     assert path.name == f"{sha}.eml" and not list(path.parent.glob(".tmp-*"))
     row = store.db.execute("SELECT sha256, size, message_id, subject FROM messages").fetchone()
     assert row == (sha, len(RAW), "<m1@example.test>", "Hello")
     assert store.db.execute("SELECT recipient, queue_id FROM deliveries").fetchall() == [
         ("1234@matters.lawfirm.test", "4ABC123")]
+
+
+def test_a_failed_sync_defers_the_batch_and_commits_nothing(store, monkeypatch):
+    """syncfs reports a write-back error (EIO): no row is committed and every message is deferred."""
+    def failing(path):
+        raise OSError(5, f"syncfs {path}: Input/output error")
+
+    monkeypatch.setattr(storemod.engine, "sync_filesystem", failing)
+    replies = deliver(store, (RAW, ["1234@matters.lawfirm.test"]), (RAW + b"2", ["m-5@matters.lawfirm.test"]))
+    assert [r[:10] for r in replies] == ["451 4.3.0 "] * 2, replies
+    assert counts(store) == dict.fromkeys(TABLES, 0)
 
 
 def test_redelivery_stores_once_and_records_nothing_twice(store):

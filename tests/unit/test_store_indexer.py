@@ -111,7 +111,7 @@ def test_migration_8_counts_existing_messages_as_indexed(tmp_path, monkeypatch):
     old.close()
     monkeypatch.undo()
     new = Store(tmp_path / "store.sqlite", tmp_path / "messages")
-    assert new.schema_version() == 8
+    assert new.schema_version() >= 8
     assert pending_count(new) == 0 and found(new, "pangolin") == [mid]
     later = add(new, "new", "the pangolin reply")
     assert pending_count(new) == 1 and found(new, "pangolin") == [mid]
