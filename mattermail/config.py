@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import tomllib
 import types
 import typing
@@ -46,6 +47,9 @@ def _host_port(value: str) -> str:
     if not sep or not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError("expected HOST:PORT")
     return value
+
+
+_DOMAIN = re.compile(r"(?=.{1,253}\.?$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+\.?")
 
 
 def _network(value: str) -> str:
@@ -256,6 +260,10 @@ class Inbound:
     # From: display name showing a sending_domains address on mail from outside:
     # "tag" (noted in Authentication-Results), "reject" (550 5.7.1) or "off".
     display_name_spoof: str = "tag"
+    # ARC-seal (RFC 8617) accepted mail that a virtual alias forwards outside the firm's domains.
+    arc_seal: bool = False
+    # d= of the ARC set: a domain with an RSA key in dkim.keys_dir ("": the first of general.sending_domains).
+    arc_domain: str = ""
 
     _validators = {
         "spf_fail": lambda v: v if v in ("reject", "tag") else _bad("reject or tag"),
@@ -265,6 +273,7 @@ class Inbound:
         "min_rsa_bits": lambda v: v if v >= 512 else _bad("at least 512"),
         "invalid_from": lambda v: v if v in ("reject", "tag") else _bad("reject or tag"),
         "display_name_spoof": lambda v: v if v in ("tag", "reject", "off") else _bad("tag, reject or off"),
+        "arc_domain": lambda v: v.lower().rstrip(".") if v == "" or _DOMAIN.fullmatch(v) else _bad("a domain name"),
     }
 
 

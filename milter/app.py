@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import logging
 import socket
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import wraps
 from typing import Any, Callable
 
 import Milter
 
 from mattermail.logs import QueueIdAdapter
-from mattermail.milter import author, inbound, outbound, twoway
+from mattermail.milter import inbound, outbound, twoway
 from mattermail.milter import sender as senderpolicy
 from mattermail.milter.direction import Direction, direction
 from mattermail.milter.longlines import LineScan
@@ -59,11 +59,20 @@ class Message:
     spool: MessageSpool = field(default_factory=MessageSpool)
     body_offset: int = -1  # where the body starts in the spool, once the header block is written
     lines: LineScan = field(default_factory=LineScan)  # outbound: the body's lines over 998 octets
+    raw: bytes | None = field(default=None, repr=False)  # inbound: the whole message, once read (read_all)
 
     def start_body(self) -> None:
         if self.body_offset < 0:
             self.spool.write(outbound.header_block(self.headers))
             self.body_offset = self.spool.size
+
+    def read_all(self) -> bytes:
+        """The whole message as bytes (the inbound checks verify from bytes; ARC seals them), read once."""
+        if self.raw is None:
+            self.start_body()
+            with self.spool.view() as view:
+                self.raw = bytes(view)
+        return self.raw
 
 
 def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -249,63 +258,43 @@ class MatterMilter(Milter.Base):
         return self._outbound(msg, qlog, summary)
 
     def _inbound(self, msg: Message, qlog: QueueIdAdapter, summary: str) -> int:
-        rt, cfg = self.runtime, self.runtime.config
+        """Apply :func:`inbound.evaluate`'s verdict: reply; or the two-way capture copy
+        (:mod:`~mattermail.milter.twoway`), forged A-R deleted, ours added (with an ARC set when a
+        virtual alias forwards the message off-site, :mod:`~mattermail.milter.arcseal`), held if
+        quarantined."""
+        rt = self.runtime
         assert msg.spf is not None
-        policy = inbound.InboundPolicy(
-            spf_fail=cfg.inbound.spf_fail, dmarc_quarantine=cfg.inbound.dmarc_quarantine,
-            on_temperror=cfg.inbound.on_temperror, invalid_from=cfg.inbound.invalid_from,
-            display_name_spoof=cfg.inbound.display_name_spoof)
-        who = author.authors([v for n, v in msg.headers if n.lower().rstrip() == "from"])
-        early = inbound.check_author(who, not msg.mail_from, policy)
-        if early is not None and early.action == "reject":  # before any DNS: DMARC cannot judge this
-            qlog.info("%s verdict=reject reason=%s", summary, early.reason)
-            self.setreply(early.smtp_code, early.xcode, early.text)
-            return Milter.REJECT
-        msg.start_body()
-        with msg.spool.view() as raw:
-            data = bytes(raw)  # dkimpy verifies from bytes
-        dkim_results = inbound.verify_dkim(data, rt.resolver, cfg.inbound.min_rsa_bits)
-        mail_from_domain = msg.mail_from.rpartition("@")[2] if msg.mail_from else self.helo
-        # RFC 7489 6.6.1: every author domain is evaluated and the strictest result applies.
-        dmarcs = [inbound.check_dmarc(d, msg.spf, mail_from_domain, dkim_results, rt.resolver)
-                  for d in (who.domains if who.valid else ("",))]
-        dmarc = inbound.strictest(dmarcs)
-        spoof = author.impersonated(who, cfg.general.sending_domains) if policy.display_name_spoof != "off" else ""
-        forwarder = bool(self.client_ip) and direction(None, self.client_ip, rt.trusted_forwarders) is Direction.OUTBOUND
-        if not forwarder and cfg.inbound.trusted_arc_authserv_ids and (
-                dmarc.result == "fail" or (spoof and policy.display_name_spoof == "reject")):
-            forwarder = inbound.arc_trusted(data, rt.resolver, cfg.inbound.trusted_arc_authserv_ids) is not None
-        decision = inbound.decide(msg.spf, dmarc, replace(policy, trusted_forwarder=forwarder), spoof)
-        if early is not None:  # invalid_from = "tag": the verdict says so
-            decision = replace(decision, action="tag" if decision.action == "accept" else decision.action,
-                               reason=f"{early.reason}; {decision.reason}")
-        results = (f"spf={msg.spf.result} dkim={','.join(d.result for d in dkim_results) or 'none'} "
-                   f"dmarc={','.join(d.result for d in dmarcs)}"
-                   + (f" display_name_spoof=<{spoof}>" if spoof else ""))
-        if decision.action in ("reject", "tempfail"):
-            qlog.info("%s %s verdict=%s reason=%s", summary, results, decision.action, decision.reason)
+        verdict = inbound.evaluate(inbound.InboundMessage(
+            client_ip=self.client_ip or "", helo=self.helo, mail_from=msg.mail_from, headers=msg.headers,
+            raw=msg.read_all, trusted_forwarder=self._from_trusted_forwarder()), msg.spf, rt.inbound, rt.resolver)
+        decision = verdict.decision
+        if verdict.refused:
+            _log_line(logging.INFO, msg.queue_id, f"{summary} {verdict.log_fields}")
             self.setreply(decision.smtp_code, decision.xcode, decision.text)
             return Milter.REJECT if decision.action == "reject" else Milter.TEMPFAIL
         copy = (twoway.inbound_copy(rt, msg.queue_id, msg.mail_from, msg.recipients, msg.headers,
                                     self.client_ip or "local") if decision.action != "quarantine" else twoway.Copy())
         if copy.tempfail:
-            qlog.error("%s %s verdict=tempfail reason=%s", summary, results, copy.tempfail)
+            qlog.error("%s %s verdict=tempfail reason=%s", summary, verdict.results, copy.tempfail)
             self.setreply("451", "4.3.0", "Message could not be filed (capture unavailable), please try again later")
             return Milter.TEMPFAIL
         if copy.recipient:
             self.addrcpt(f"<{copy.recipient}>", "NOTIFY=NEVER")
-        forged = inbound.strip_our_results(msg.headers, cfg.authserv_id)
-        for idx in forged:  # highest first, so positions do not shift
+        for idx in verdict.strip:  # highest first, so positions do not shift
             self.chgheader("Authentication-Results", idx, "")
-        value = inbound.authentication_results(cfg.authserv_id, msg.spf, dkim_results, dmarcs, self.client_ip or "",
-                                               impersonated=spoof)
-        self.addheader("Authentication-Results", " " + value, 0)
+        arc = rt.arc.seal(msg.recipients, msg.headers, verdict.strip, verdict.authentication_results, msg.read_all(),
+                          msg.body_offset, qlog)
+        self.addheader("Authentication-Results", " " + arc.ar_value, 0)
+        for name, arc_value in arc.headers:  # ARC-Seal ends up on top
+            self.addheader(name, " " + arc_value, 0)
         if decision.action == "quarantine":
             self.quarantine(decision.reason or "DMARC quarantine")
-        qlog.info("%s %s%s%s verdict=%s%s", summary, results,
-                  f" removed_forged_ar={len(forged)}" if forged else "", f" {copy.note}" if copy.note else "",
-                  decision.action, f" reason={decision.reason}" if decision.reason else "")
+        note = " ".join(n for n in (copy.note, arc.note) if n)
+        _log_line(logging.INFO, msg.queue_id, f"{summary} {verdict.log_line(note)}")
         return Milter.ACCEPT
+
+    def _from_trusted_forwarder(self) -> bool:
+        return bool(self.client_ip) and direction(None, self.client_ip, self.runtime.trusted_forwarders) is Direction.OUTBOUND
 
     def _outbound(self, msg: Message, qlog: QueueIdAdapter, summary: str) -> int:
         msg.start_body()

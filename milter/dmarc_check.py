@@ -13,73 +13,35 @@ Choices
 
     *Organizational domains* come from the Public Suffix List algorithm (with
     its implicit ``*`` rule, which publicsuffix2's ``get_sld`` lacks: it maps
-    ``mail.example.test`` to ``test``).  The list is read offline from the
-    first file found: Debian's ``publicsuffix`` package (kept fresh by apt),
-    the copy bundled with authheaders (newer than publicsuffix2's), the copy
-    bundled with publicsuffix2 (2019).
+    ``mail.example.test`` to ``test``), as implemented by ``publicsuffixlist``
+    over the list it bundles: each release of that package carries the list
+    of its day (``ai.vn`` and some 350 other ICANN suffixes since 2019), and
+    nothing is downloaded at run time.  Upgrading the package updates the list.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib.util
 import random
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Literal
 
 import dmarc as dmarclib
+from publicsuffixlist import PublicSuffixList
 
 from mattermail.dns import Resolver, TempError
+from mattermail.milter.verdicts import DKIMResult, DMARCResult, Policy, SPFResult
 
-if TYPE_CHECKING:  # pragma: no cover
-    from mattermail.milter.inbound import DKIMResult, SPFResult
+__all__ = ["DMARCResult", "check_dmarc", "organizational_domain"]
 
-__all__ = ["DMARCResult", "check_dmarc", "organizational_domain", "psl_path"]
-
-Policy = Literal["none", "quarantine", "reject"]
 _DMARC_RE = re.compile(r"^\s*v\s*=\s*DMARC1\s*(;|$)")
 _RUA_RE = re.compile(r"(^|;)\s*rua\s*=\s*mailto:", re.IGNORECASE)
 _DOWNGRADE: dict[str, Policy] = {"reject": "quarantine", "quarantine": "none", "none": "none"}
 
 
-@dataclass(frozen=True)
-class DMARCResult:
-    """The DMARC verdict for one message.
-
-    ``policy`` is the published policy that applies to the From domain (``sp=``
-    for a subdomain when the record came from the organizational domain), ""
-    when there is no usable record; ``disposition`` is what the receiver should
-    do after ``pct`` sampling ("none" unless ``result`` is "fail").
-    """
-
-    result: Literal["pass", "fail", "none", "temperror", "permerror"]
-    from_domain: str
-    org_domain: str
-    policy: Literal["none", "quarantine", "reject", ""]
-    disposition: Policy
-    aligned_spf: bool
-    aligned_dkim: bool
-    reason: str
-
-
 # --- Public Suffix List -----------------------------------------------------------
 
-def psl_path() -> Path:
-    """The Public Suffix List file used (see the module docstring for the order)."""
-    candidates = [Path("/usr/share/publicsuffix/public_suffix_list.dat")]
-    for package, name in (("authheaders", "public_suffix_list.txt"), ("publicsuffix2", "public_suffix_list.dat")):
-        spec = importlib.util.find_spec(package)
-        if spec is not None and spec.origin:
-            candidates.append(Path(spec.origin).parent / name)
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise FileNotFoundError("no Public Suffix List file found (install publicsuffix2)")
-
-
+@functools.lru_cache(maxsize=4096)
 def _a_label(name: str) -> str:
     """``name`` lower-cased with each label as its IDNA A-label when it can be converted."""
     out = []
@@ -91,38 +53,16 @@ def _a_label(name: str) -> str:
     return ".".join(out)
 
 
-@functools.lru_cache(maxsize=1)
-def _psl() -> tuple[frozenset[str], frozenset[str], frozenset[str]]:
-    """(plain rules, wildcard parents ``*.X`` -> X, exception rules ``!X`` -> X)."""
-    rules, wild, exc = set(), set(), set()
-    for line in psl_path().read_text(encoding="utf-8").splitlines():
-        rule = line.strip().split()[0] if line.strip() else ""
-        if not rule or rule.startswith("//"):
-            continue
-        if rule.startswith("!"):
-            exc.add(_a_label(rule[1:]))
-        elif rule.startswith("*."):
-            wild.add(_a_label(rule[2:]))
-        else:
-            rules.add(_a_label(rule))
-    return frozenset(rules), frozenset(wild), frozenset(exc)
+_PSL = PublicSuffixList()  # ICANN and private rules, unknown TLDs as one label (the "*" rule)
 
 
 @functools.lru_cache(maxsize=4096)
 def organizational_domain(domain: str) -> str:
     """RFC 7489 §3.2: the public suffix plus one label (the domain itself if it is a suffix)."""
     name = _a_label(domain)
-    labels = name.split(".")
-    rules, wild, exc = _psl()
-    suffix = 1  # the implicit "*" rule
-    for i in range(len(labels)):
-        cand = ".".join(labels[i:])
-        if cand in exc:  # an exception rule prevails: its parent is the suffix
-            suffix = len(labels) - i - 1
-            break
-        if cand in rules or (i + 1 < len(labels) and ".".join(labels[i + 1:]) in wild):
-            suffix = max(suffix, len(labels) - i)
-    return ".".join(labels[-(suffix + 1):]) if len(labels) > suffix else name
+    if ".." in name:  # an empty label: the list judges the labels after it (as before the change)
+        name = name.rpartition("..")[2]
+    return _PSL.privatesuffix(name) or name
 
 
 def _aligned(from_domain: str, other: str, mode: str) -> bool:
@@ -142,6 +82,7 @@ def _records(resolver: Resolver, domain: str) -> list[str]:
     return [t.strip() for t in resolver.txt(f"_dmarc.{domain}") if _DMARC_RE.match(t)]
 
 
+@functools.lru_cache(maxsize=1024)  # the same records come message after message; check_dmarc only reads it
 def _parse(record: str, from_domain: str, org_domain: str | None) -> dmarclib.Policy:
     """Parse with the dmarc library; RFC 7489 §6.6.3: a bad ``p=`` with a ``rua=`` acts as p=none."""
     cleaned = ";".join(part for part in record.split(";") if part.strip())

@@ -1,461 +1,55 @@
-"""The pure core of the inbound pipeline (DESIGN.md, "Inbound"): SPF, DKIM, DMARC,
-one trustworthy ``Authentication-Results`` header, and the decision.
+"""The inbound decision core (DESIGN.md, "Inbound"): one call, one verdict.
 
-No pymilter here: the milter adapter gathers the envelope and the message,
-calls these functions and applies the :class:`Decision`.  All DNS goes through
-our :class:`~mattermail.dns.Resolver`; a timeout or SERVFAIL becomes
-``temperror`` and never ``pass``, ``fail`` or ``none``.
+:func:`evaluate` takes what the milter gathered for a message (envelope,
+header fields, a way to read the whole message) and the SPF result from MAIL
+FROM time, runs the checks, and returns an :class:`InboundVerdict`: the
+decision (accept, tag, quarantine, or reject / tempfail with the SMTP reply),
+the value of our ``Authentication-Results`` header, the forged ones to
+delete, and the log fields.  It changes nothing itself: the milter adapter
+(:mod:`~mattermail.milter.app`) applies the verdict through the milter
+protocol, so every behaviour is testable without Postfix.
 
-* :func:`strip_our_results` — which incoming ``Authentication-Results`` claim
-  our authserv-id (delete them, highest index first).
-* :func:`check_spf` — RFC 7208 at MAIL FROM (HELO identity for the null sender), by pyspf.
-* :func:`verify_dkim` — every ``DKIM-Signature`` (RSA and Ed25519), by dkimpy.
-* :func:`check_dmarc` — RFC 7489 (in :mod:`mattermail.milter.dmarc_check`).
-* :func:`authentication_results` — the RFC 8601 header value, every sender-supplied value quoted.
-* :func:`check_author` — refuse mail whose author DMARC cannot judge (several From
-  fields, no usable author address), before any DNS work.
-* :func:`strictest` — the deciding DMARC result when From names several author domains.
-* :func:`decide` — accept, tag, quarantine, reject or tempfail, per :class:`InboundPolicy`.
+The checks live in modules of their own, each producing a type from
+:mod:`~mattermail.milter.verdicts`:
 
-Size: over 400 lines: SPF, DKIM, DMARC, ARC and the Authentication-Results writer in one core;
-issue 14 splits it into a decision core and a module of result types.
+* :func:`check_spf` — RFC 7208 (:mod:`~mattermail.milter.spf_check`).
+* :func:`verify_dkim` — every ``DKIM-Signature`` (:mod:`~mattermail.milter.dkim_verify`).
+* :func:`check_dmarc` — RFC 7489, per author domain (:mod:`~mattermail.milter.dmarc_check`).
+* :func:`arc_trusted` — a valid ARC chain sealed by a trusted forwarder (:mod:`~mattermail.milter.arc_check`).
+* :func:`authentication_results`, :func:`strip_our_results` — RFC 8601 (:mod:`~mattermail.milter.authresults`).
+
+Here: :func:`check_author` (refuse mail whose author DMARC cannot judge,
+before any DNS work), :func:`strictest` (the deciding DMARC result when From
+names several author domains) and :func:`decide` (the action, per
+:class:`InboundPolicy`).
 """
 
 from __future__ import annotations
 
-import binascii
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Literal
 
-import dkim
-import dkim.util
-import dns.exception
-import spf
-
-from mattermail.dns import Resolver, TempError
-from mattermail.dnscheck import spf_resolver
+from mattermail.dns import Resolver
+from mattermail.milter import author
+from mattermail.milter.arc_check import arc_trusted, check_arc
 from mattermail.milter.author import Authors, readable
-from mattermail.milter.dmarc_check import DMARCResult, check_dmarc, organizational_domain
+from mattermail.milter.authresults import authentication_results, pvalue, quoted_value, strip_our_results
+from mattermail.milter.dkim_verify import verify_dkim
+from mattermail.milter.dmarc_check import check_dmarc, organizational_domain
+from mattermail.milter.spf_check import check_spf
+from mattermail.milter.verdicts import ARCResult, DKIMResult, DMARCResult, SPFResult
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mattermail.config import Config
 
 __all__ = [
-    "DKIMResult", "DMARCResult", "Decision", "InboundPolicy", "SPFResult", "authentication_results",
-    "check_author", "check_dmarc", "check_spf", "decide", "organizational_domain", "pvalue", "quoted_value",
-    "strictest", "strip_our_results", "verify_dkim",
+    "ARCResult", "DKIMResult", "DMARCResult", "Decision", "InboundMessage", "InboundPolicy", "InboundSettings",
+    "InboundVerdict", "SPFResult", "arc_trusted", "authentication_results", "check_author", "check_dmarc",
+    "check_arc", "check_spf", "decide", "evaluate", "organizational_domain", "pvalue", "quoted_value", "strictest",
+    "strip_our_results", "verify_dkim",
 ]
-
-_AR_NAME = "authentication-results"
-
-
-# --- SPF ---------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class SPFResult:
-    """RFC 7208 result for one identity (``mailfrom``, or ``helo`` for the null sender)."""
-
-    result: Literal["pass", "fail", "softfail", "neutral", "none", "temperror", "permerror"]
-    identity: Literal["mailfrom", "helo"]
-    domain: str
-    explanation: str
-
-
-def check_spf(resolver: Resolver, client_ip: str, mail_from: str, helo: str, timeout: float) -> SPFResult:
-    """SPF for the MAIL FROM identity, or the HELO identity when MAIL FROM is ``<>``.
-
-    pyspf does the evaluation with its DNS hook pointed at ``resolver``
-    (:func:`~mattermail.dnscheck.spf_resolver`); ``timeout`` is the budget
-    for the whole check (pyspf's ``querytime``, RFC 7208 §4.6.4): past it,
-    and on any DNS timeout or SERVFAIL, the result is ``temperror``.
-    """
-    sender = mail_from.strip().strip("<>").strip()
-    helo = helo.strip().rstrip(".")
-    identity: Literal["mailfrom", "helo"] = "mailfrom" if sender else "helo"
-    ip = client_ip.strip().strip("[]")
-    ip = ip[5:] if ip.lower().startswith("ipv6:") else ip
-    domain = (sender.rpartition("@")[2] if sender else helo).rstrip(".").lower()
-    if not sender and not helo:
-        return SPFResult("none", identity, "", "no MAIL FROM domain and no HELO name")
-    try:
-        with spf_resolver(resolver):
-            q = spf.query(i=ip, s=sender, h=helo, querytime=max(timeout, 1e-9))  # 0 would mean "no budget"
-            result, _code, explanation = q.check()
-    except (ValueError, spf.PermError) as e:  # an unusable client address
-        return SPFResult("permerror", identity, domain, f"cannot evaluate SPF: {e}")
-    except (spf.TempError, TempError) as e:
-        return SPFResult("temperror", identity, domain, f"SPF Temporary Error: {e}")
-    if result not in ("pass", "fail", "softfail", "neutral", "none", "temperror", "permerror"):
-        result = "permerror"  # "ambiguous" exists only in pyspf's harsh mode
-    return SPFResult(result, identity, (q.o or domain).rstrip(".").lower(), str(explanation or ""))
-
-
-# --- DKIM --------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class DKIMResult:
-    """The verdict on one ``DKIM-Signature`` (``d=``, ``s=``, ``a=``), with a reason unless it passed."""
-
-    result: Literal["pass", "fail", "neutral", "temperror", "permerror", "policy"]
-    domain: str
-    selector: str
-    reason: str
-    algorithm: str
-
-
-class _KeyTempError(Exception):
-    """A key lookup failed temporarily (raised through dkimpy, which lets it pass)."""
-
-
-_SIG_HEADER_RE = re.compile(rb"^DKIM-Signature[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
-
-
-def _tag(sig: bytes, name: str) -> str:
-    """One tag of a signature that may not parse as a whole (best effort, for reporting)."""
-    m = re.search(rb"(?:^|;)\s*" + name.encode() + rb"\s*=\s*([^;]*)", sig)
-    return re.sub(r"\s+", "", m.group(1).decode("ascii", "replace")) if m else ""
-
-
-def _sig_tags(value: bytes) -> tuple[str, str, str]:
-    """(d=, s=, a=) of a signature header value."""
-    return _tag(value, "d"), _tag(value, "s"), _tag(value, "a")
-
-
-# Why a signature or key was unusable, in words of our own: dkimpy's messages quote the
-# sender's tag values, which must not reach our Authentication-Results (see _reason below).
-_SIG_ERRORS: tuple[tuple[str, str], ...] = (
-    ("unknown signature algorithm", "unsupported signature algorithm (a=)"),
-    ("b= value is not valid base64", "b= is not valid base64"),
-    ("bh= value is not valid base64", "bh= is not valid base64"),
-    ("cv= value", "invalid cv="),
-    ("d= value is not valid", "d= is not a valid domain"),
-    ("i= domain is not a subdomain of d=", "i= is not within d="),
-    ("l= value", "l= is not a number"),
-    ("q= value", "unsupported query method (q=)"),
-    ("t= value is not", "t= is not a number"),
-    ("t= value is in the future", "t= is in the future"),
-    ("v= value", "unsupported version (v=)"),
-    ("x= value is not", "x= is not a number"),
-    ("x= value is less than t=", "x= is before t="),
-    ("tlsrpt", "key is for TLS reports only (s=tlsrpt)"),
-    ("invalid c= value", "unsupported canonicalization (c=)"),
-)
-_KEY_ERRORS: tuple[tuple[str, str], ...] = (
-    ("missing public key", "key record not found"),
-    ("bad version", "key record is not v=DKIM1"),
-    ("incomplete rsa public key", "key record has no p="),
-    ("could not parse", "public key data cannot be parsed"),
-    ("unknown algorithm in k=", "unsupported key type (k=)"),
-    ("digest too large for modulus", "key too small for the signature"),
-)
-_SIG_TAGS = frozenset({"v", "a", "b", "bh", "d", "h", "s", "i", "l", "q", "t", "x", "c", "z"})
-
-
-def _reason(e: object, table: tuple[tuple[str, str], ...], default: str) -> str:
-    """The fixed phrase for a dkimpy error message (matched on dkimpy's own wording)."""
-    text = str(e).lower()
-    m = re.match(r"missing b?'?(\w+)'?=", text)
-    if m:
-        return f"signature has no {m.group(1)}=" if m.group(1) in _SIG_TAGS else "signature lacks a required tag"
-    return next((phrase for needle, phrase in table if needle in text), default)
-
-
-def _key_problem(record: bytes | None) -> str:
-    """Why a key record is unusable ("" when it looks usable)."""
-    if not record:
-        return "key record not found"
-    try:
-        tags = dkim.util.parse_tag_value(record)
-    except dkim.util.InvalidTagValueList:
-        return "key record syntax error"
-    if not re.sub(rb"\s+", b"", tags.get(b"p", b"")):
-        return "key revoked (empty p=)"
-    try:
-        dkim.evaluate_pk(b"key", record)
-    except (dkim.KeyFormatError, binascii.Error) as e:
-        return "unusable key: " + _reason(e, _KEY_ERRORS, "key record cannot be used")
-    return ""
-
-
-def _temp_reason(e: TempError) -> str:
-    return ("DNS timeout looking up the key" if "timed out" in str(e).lower() or "timeout" in str(e).lower()
-            else "DNS server failure looking up the key")
-
-
-def verify_dkim(raw: bytes, resolver: Resolver, min_rsa_bits: int = 1024) -> list[DKIMResult]:
-    """Verify every ``DKIM-Signature`` of ``raw`` (top to bottom); [] when there is none.
-
-    dkimpy's ``verify()`` checks only one signature, so each is verified with
-    ``verify(idx=i)``.  dkimpy swallows key-lookup problems into ``False``, so
-    the key is fetched through our own ``dnsfunc``: a temporary DNS failure is
-    raised as :class:`_KeyTempError` (dkimpy lets unknown exceptions through)
-    and reported as ``temperror``; a missing, revoked or unparsable key is
-    ``permerror``; a body hash or signature mismatch, or an expired signature
-    (``x=`` past), ``fail``; a malformed signature ``neutral``; a valid
-    signature made with an RSA key shorter than ``min_rsa_bits``, or with
-    rsa-sha1 (RFC 8301), ``policy``.
-
-    Every ``reason`` is a phrase of our own (``_SIG_ERRORS``, ``_KEY_ERRORS``):
-    never text from the signature, which the sender wrote.
-    """
-    headers_end = re.search(rb"\r?\n\r?\n", raw)
-    header_block = raw[: headers_end.start() + 1] if headers_end else raw
-    found = [m.group(1) for m in _SIG_HEADER_RE.finditer(header_block)]
-    if not found:
-        return []
-    try:
-        verifier = dkim.DKIM(raw, minkey=min_rsa_bits)
-    except (dkim.DKIMException, IndexError, ValueError):  # dkimpy's parser trips on a leading folded line
-        return [DKIMResult("permerror", *_sig_tags(v)[:2], "message header cannot be parsed", _sig_tags(v)[2])
-                for v in found]
-    sigs = [v for n, v in verifier.headers if n.lower() == b"dkim-signature"]
-    fetched: dict[str, bytes | None] = {}
-
-    def dnsfunc(name: bytes, timeout: float = 5) -> bytes | None:
-        try:
-            qname = name.decode("ascii").rstrip(".")
-            records = resolver.txt(qname)
-        except TempError as e:
-            raise _KeyTempError(_temp_reason(e)) from e
-        except (UnicodeError, ValueError, dns.exception.DNSException):  # not a valid DNS name: no key
-            records = []
-        value = records[0].encode("utf-8", "surrogateescape") if records else None
-        fetched["key"] = value
-        return value
-
-    results = []
-    for i, value in enumerate(sigs):
-        d, s, a = _sig_tags(value)
-        fetched.clear()
-        try:
-            ok = verifier.verify(idx=i, dnsfunc=dnsfunc)
-        except _KeyTempError as e:
-            results.append(DKIMResult("temperror", d, s, str(e), a))
-            continue
-        except dkim.KeyFormatError as e:
-            m = re.search(r"public key too small: (\d+)", str(e))
-            why = (f"RSA key of {m.group(1)} bits is shorter than the {min_rsa_bits} bits required (RFC 8301)"
-                   if m else "unusable key: " + _reason(e, _KEY_ERRORS, "key record cannot be used"))
-            results.append(DKIMResult("policy" if m else "permerror", d, s, why, a))
-            continue
-        except dkim.UnknownKeyTypeError:  # dkimpy's sign of a key record for another service (s=)
-            results.append(DKIMResult("permerror", d, s, "unusable key: not for email (s=)", a))
-            continue
-        except dkim.ValidationError as e:
-            if "body hash mismatch" in str(e):
-                results.append(DKIMResult("fail", d, s, "body hash did not verify", a))
-            elif "x= value is past" in str(e):
-                results.append(DKIMResult("fail", d, s, "signature expired (x= is past)", a))
-            else:
-                results.append(DKIMResult("neutral", d, s, _reason(e, _SIG_ERRORS, "signature syntax error"), a))
-            continue
-        except dkim.MessageFormatError as e:
-            results.append(DKIMResult("neutral", d, s, _reason(e, _SIG_ERRORS, "signature is not a valid tag list"), a))
-            continue
-        except binascii.Error:
-            results.append(DKIMResult("neutral", d, s, "b= or bh= is not valid base64", a))
-            continue
-        except KeyError:
-            results.append(DKIMResult("neutral", d, s, "signature lacks a required tag", a))
-            continue
-        except (dkim.DKIMException, ValueError, IndexError, TypeError) as e:  # dkimpy tripping on odd input
-            results.append(DKIMResult("neutral", d, s, "signature cannot be processed: "
-                                      + type(e).__name__.replace("Error", " error").lower().strip(), a))
-            continue
-        if ok and a.lower() == "rsa-sha1":
-            results.append(DKIMResult("policy", d, s, "rsa-sha1 signatures are not accepted (RFC 8301)", a))
-        elif ok:
-            results.append(DKIMResult("pass", d, s, "", a))
-        else:
-            problem = _key_problem(fetched.get("key")) if "key" in fetched else ""
-            results.append(DKIMResult("permerror", d, s, problem, a) if problem
-                           else DKIMResult("fail", d, s, "signature did not verify", a))
-    return results
-
-
-# --- Authentication-Results ----------------------------------------------------------
-
-# RFC 2045 token (what authres accepts unquoted as a reason) and the pvalue shapes we
-# write unquoted: a domain name (DNS labels, "_" allowed) or a simple local@domain.
-_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`{|}~-]+")
-_DNS_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?")
-_LOCAL_AT = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*@")
-_ALGORITHM = re.compile(r"[a-z0-9]+-[a-z0-9]+")
-_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
-VALUE_LIMIT = 100  # characters of a quoted value before escaping; longer text is cut and ends in "..."
-
-
-def _comment(text: str, limit: int = VALUE_LIMIT) -> str:
-    """Text safe inside an RFC 5322 comment: printable ASCII, no parentheses or backslashes, bounded."""
-    return re.sub(r"[^\x20-\x7e]|[()\\]", " ", text).strip()[:limit]
-
-
-def quoted_value(text: str, limit: int = VALUE_LIMIT) -> str:
-    """``text`` as an RFC 2045 value: a token as it is, anything else a quoted-string.
-
-    The quoted form holds printable ASCII only (CR, LF and other controls
-    become spaces, 8-bit characters ``?``), is cut to ``limit`` characters
-    *before* escaping (so never inside a quoted-pair), and escapes ``\\``
-    and ``"``.  authres's own ``quote_if_needed`` leaves anything with an
-    ``@`` unquoted, which let sender text run on as new results.
-    """
-    if len(text) <= limit and _TOKEN.fullmatch(text):
-        return text
-    text = " ".join(_UNPRINTABLE.sub(lambda m: " " if m.group(0) in "\r\n\t\x0b\x0c" else "?", text).split())
-    if len(text) > limit:
-        text = text[: limit - 3].rstrip() + "..."
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _name(text: str) -> str | None:
-    """A domain name (or selector) fit to write unquoted, or None."""
-    return text if len(text) <= 253 and _DNS_NAME.fullmatch(text) else None
-
-
-def pvalue(text: str) -> str:
-    """An RFC 8601 pvalue: a domain name or ``local@domain`` unquoted, anything else quoted."""
-    local, at, domain = text.rpartition("@")
-    if not at:
-        return _name(text) or quoted_value(text)
-    if len(text) <= 254 and _name(domain) and (not local or _LOCAL_AT.fullmatch(local + "@")):
-        return text
-    return quoted_value(text)
-
-
-def authentication_results(authserv_id: str, spf: SPFResult, dkim: Sequence[DKIMResult],
-                           dmarc: DMARCResult | Sequence[DMARCResult], client_ip: str, *,
-                           impersonated: str = "", linesep: str = "\n") -> str:
-    """The value of our ``Authentication-Results`` header (RFC 8601).
-
-    One ``spf=`` (``smtp.mailfrom`` or ``smtp.helo``, the client IP in a
-    comment), one ``dkim=`` per signature (``header.d``/``header.s``/
-    ``header.a``, ``reason=`` when it did not pass; ``dkim=none`` without
-    signatures), one ``dmarc=`` per author domain with ``header.from`` and
-    the published policy and applied disposition in a comment, and
-    ``x-display-name=spoofed policy.impersonates=<firm address>`` when the
-    From display name shows a firm address on mail from outside.  Each result
-    starts a new line folded with ``linesep`` + TAB (``"\\n"`` for a milter's
-    addheader).
-
-    Built by hand (authres parses it in the tests): results and comments are
-    our own words; every value from the message or the envelope goes through
-    :func:`quoted_value` or :func:`pvalue`; DKIM's ``d=``/``s=``/``a=`` are
-    written only when they are a valid name, since authres (like other
-    parsers) accepts a quoted pvalue only as the last property.
-    """
-    parts = [authserv_id]
-    spf_part = f"spf={spf.result} ({_comment(f'sender IP is {client_ip}')})"
-    if spf.domain:
-        spf_part += f" smtp.{'helo' if spf.identity == 'helo' else 'mailfrom'}={pvalue(spf.domain)}"
-    parts.append(spf_part)
-    for sig in dkim:
-        text = f"dkim={sig.result}"
-        if sig.reason:
-            text += f" reason={quoted_value(sig.reason)}"
-        for prop, val in (("d", _name(sig.domain)), ("s", _name(sig.selector)),
-                          ("a", sig.algorithm.lower() if _ALGORITHM.fullmatch(sig.algorithm.lower()) else None)):
-            if val:
-                text += f" header.{prop}={val}"
-        parts.append(text)
-    if not dkim:
-        parts.append("dkim=none")
-    for dm in ([dmarc] if isinstance(dmarc, DMARCResult) else dmarc):
-        text = f"dmarc={dm.result}"
-        if dm.policy:
-            text += f" (p={dm.policy} dis={dm.disposition})"
-        if dm.from_domain:
-            text += f" header.from={pvalue(dm.from_domain)}"
-        parts.append(text)
-    if impersonated:
-        parts.append(f"x-display-name=spoofed policy.impersonates={pvalue(impersonated)}")
-    return (";" + linesep + "\t").join(parts)
-
-
-def _authserv_id(value: str) -> str:
-    """The authserv-id of an ``Authentication-Results`` value: the first token after CFWS."""
-    i, n = 0, len(value)
-    while i < n:
-        if value[i].isspace():
-            i += 1
-        elif value[i] == "(":  # a comment, possibly nested, with quoted-pairs
-            depth = 0
-            while i < n:
-                c = value[i]
-                i += 2 if c == "\\" else 1
-                depth += (c == "(") - (c == ")")
-                if depth == 0:
-                    break
-        else:
-            break
-    rest = value[i:]
-    if rest.startswith('"'):
-        m = re.match(r'"((?:[^"\\]|\\.)*)"?', rest, re.DOTALL)
-        return re.sub(r"\\(.)", r"\1", m.group(1)) if m else ""
-    m = re.match(r'[^\s;()"]+', rest)
-    return m.group(0) if m else ""
-
-
-def _claims(value: str, ours: str) -> bool:
-    """Whether an A-R value's authserv-id is ``ours`` (also when junk follows it: ``ours/1;``)."""
-    token = _authserv_id(value)
-    lead = re.match(r"[\w.-]*", token)
-    return any(t.rstrip(".").lower() == ours for t in (token, lead.group(0) if lead else ""))
-
-
-def strip_our_results(headers: Sequence[tuple[str, str]], authserv_id: str) -> list[int]:
-    """Indexes of the ``Authentication-Results`` fields that claim ``authserv_id``.
-
-    Indexes are 1-based occurrence numbers among the message's
-    Authentication-Results fields (what ``chgheader`` takes), highest first
-    so deleting in order never shifts a later one.  The authserv-id is the
-    first token of the value after any comments and whitespace (a version
-    number may follow it); it matches case-insensitively, ignoring a trailing
-    dot.  A malformed value still counts when it starts with our id, even
-    with junk glued to it (``ours/1;``), but ``ours.example`` is another id.
-    ARC-Authentication-Results and other fields are left alone.
-    """
-    ours = authserv_id.strip().rstrip(".").lower()
-    hits, count = [], 0
-    for name, value in headers:
-        if name.strip().lower() != _AR_NAME:
-            continue
-        count += 1
-        if _claims(value, ours):
-            hits.append(count)
-    return sorted(hits, reverse=True)
-
-
-# --- decision ----------------------------------------------------------------------
-
-def arc_trusted(raw: bytes, resolver: Resolver, trusted_ids: Sequence[str]) -> str | None:
-    """The trusted authserv-id when ``raw`` carries a valid ARC chain sealed by one; else None.
-
-    A forwarder (a mailing list, a forwarding service) that re-sends mail
-    breaks SPF and often DKIM; when it recorded its own verdict in an ARC set
-    and the chain validates (dkimpy's ``arc_verify``: every seal and message
-    signature checks out), the admin may trust the newest set's authserv-id.
-    Any DNS or parse problem means "not trusted", never an error.
-    """
-    if not trusted_ids or b"arc-seal:" not in raw[:65536].lower():
-        return None
-    trusted = {t.lower().rstrip(".") for t in trusted_ids}
-
-    def dnsfunc(name: bytes, timeout: float = 5) -> bytes | None:
-        try:
-            records = resolver.txt(name.decode("ascii").rstrip("."))
-        except (TempError, UnicodeError, ValueError, dns.exception.DNSException):
-            return None
-        return records[0].encode("utf-8", "surrogateescape") if records else None
-
-    try:
-        cv, results, _ = dkim.arc_verify(raw, dnsfunc=dnsfunc)
-    except Exception:  # a malformed chain is an untrusted chain
-        return None
-    if cv != dkim.CV_Pass or not results:
-        return None
-    newest = max(results, key=lambda r: r.get("instance", 0))
-    aar = (newest.get("aar-value") or b"").decode("utf-8", "replace")  # "i=1; authserv-id; results"
-    authserv = _authserv_id(re.sub(r"^\s*i\s*=\s*\d+\s*;", "", aar)).lower().rstrip(".")
-    return authserv if authserv in trusted else None
 
 
 @dataclass(frozen=True)
@@ -610,3 +204,132 @@ def decide(spf: SPFResult, dmarc: DMARCResult, cfg: InboundPolicy, impersonated:
     if spoof:
         return act("tag", spoof_reason)
     return act("accept", f"SPF {spf.result}, DMARC {dmarc.result}")
+
+
+# --- the one call -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class InboundSettings:
+    """What :func:`evaluate` needs from the configuration (built once per configuration)."""
+
+    authserv_id: str
+    firm_domains: tuple[str, ...] = ()  # general.sending_domains: the display-name check's firm
+    policy: InboundPolicy = field(default_factory=InboundPolicy)
+    min_rsa_bits: int = 1024
+    trusted_arc_authserv_ids: tuple[str, ...] = ()
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> InboundSettings:
+        i = cfg.inbound
+        policy = InboundPolicy(spf_fail=i.spf_fail, dmarc_quarantine=i.dmarc_quarantine,  # type: ignore[arg-type]
+                               on_temperror=i.on_temperror, invalid_from=i.invalid_from,  # type: ignore[arg-type]
+                               display_name_spoof=i.display_name_spoof)  # type: ignore[arg-type]
+        return cls(cfg.authserv_id, tuple(cfg.general.sending_domains), policy, i.min_rsa_bits,
+                   tuple(i.trusted_arc_authserv_ids))
+
+
+@dataclass(frozen=True)
+class InboundMessage:
+    """One inbound message as the milter gathered it.
+
+    ``headers``: the header fields in order, values as received.  ``raw``:
+    returns the whole message (CRLF line ends); called at most once, and not
+    at all for a message refused on its From fields.  ``trusted_forwarder``:
+    the client is in ``inbound.trusted_forwarders``.
+    """
+
+    client_ip: str
+    helo: str
+    mail_from: str
+    headers: Sequence[tuple[str, str]]
+    raw: Callable[[], bytes]
+    trusted_forwarder: bool = False
+
+
+@dataclass(frozen=True)
+class InboundVerdict:
+    """What to do with a message, and what to say about it.
+
+    ``decision``: the action and, for reject/tempfail, the SMTP reply.
+    ``authentication_results``: the value of the header to insert first (""
+    for a refused message: nothing is changed).  ``strip``: occurrence
+    indexes of the ``Authentication-Results`` fields to delete (highest
+    first).  ``log_fields``: the log line after the envelope summary.
+    """
+
+    decision: Decision
+    spf: SPFResult
+    dkim: tuple[DKIMResult, ...] = ()
+    dmarc: tuple[DMARCResult, ...] = ()
+    arc: ARCResult = ARCResult("none")
+    impersonated: str = ""
+    authentication_results: str = ""
+    strip: tuple[int, ...] = ()
+    evaluated: bool = True  # False: refused on the From fields before any check
+
+    @property
+    def refused(self) -> bool:
+        return self.decision.action in ("reject", "tempfail")
+
+    @property
+    def results(self) -> str:
+        """The results for the log line: ``spf=… dkim=… dmarc=…`` (and ``display_name_spoof=<…>``)."""
+        return (f"spf={self.spf.result} dkim={','.join(r.result for r in self.dkim) or 'none'} "
+                f"dmarc={','.join(r.result for r in self.dmarc)}"
+                + (f" display_name_spoof=<{self.impersonated}>" if self.impersonated else ""))
+
+    @property
+    def log_fields(self) -> str:
+        return self.log_line()
+
+    def log_line(self, note: str = "") -> str:
+        """The log line after the envelope summary; ``note``: the adapter's own (e.g. the capture copy)."""
+        d = self.decision
+        if not self.evaluated:
+            return f"verdict={d.action} reason={d.reason}"
+        if self.refused:
+            return f"{self.results} verdict={d.action} reason={d.reason}"
+        return (f"{self.results}{f' removed_forged_ar={len(self.strip)}' if self.strip else ''}"
+                f"{f' {note}' if note else ''} verdict={d.action}" + (f" reason={d.reason}" if d.reason else ""))
+
+
+def evaluate(msg: InboundMessage, spf: SPFResult, settings: InboundSettings, resolver: Resolver) -> InboundVerdict:
+    """The verdict on one inbound message; ``spf`` was checked at MAIL FROM (:func:`check_spf`).
+
+    1. The From fields (:func:`check_author`): several, or no usable author
+       address, are refused here, before any DNS work.
+    2. DKIM, every signature; DMARC for every author domain, the strictest
+       deciding (RFC 7489 §6.6.1); the display-name check.
+    3. A trusted forwarder — the client's address, or (only when it would
+       change the outcome) a valid ARC chain sealed by a trusted authserv-id —
+       turns rejections into tags.
+    4. :func:`decide`; an accepted message gets our A-R value and the list of
+       forged ones (claiming our authserv-id) to remove.
+    """
+    policy = settings.policy
+    who = author.authors([v for n, v in msg.headers if n.lower().rstrip() == "from"])
+    early = check_author(who, not msg.mail_from, policy)
+    if early is not None and early.action == "reject":
+        return InboundVerdict(early, spf, evaluated=False)
+    raw = msg.raw()
+    dkim_results = tuple(verify_dkim(raw, resolver, settings.min_rsa_bits))
+    mail_from_domain = msg.mail_from.rpartition("@")[2] if msg.mail_from else msg.helo
+    dmarcs = tuple(check_dmarc(d, spf, mail_from_domain, dkim_results, resolver)
+                   for d in (who.domains if who.valid else ("",)))
+    dmarc = strictest(dmarcs)
+    spoof = author.impersonated(who, settings.firm_domains) if policy.display_name_spoof != "off" else ""
+    forwarder, arc = msg.trusted_forwarder, ARCResult("none")
+    if not forwarder and settings.trusted_arc_authserv_ids and (
+            dmarc.result == "fail" or (spoof and policy.display_name_spoof == "reject")):
+        arc = check_arc(raw, resolver, settings.trusted_arc_authserv_ids)
+        forwarder = bool(arc.trusted)
+    decision = decide(spf, dmarc, replace(policy, trusted_forwarder=forwarder), spoof)
+    if early is not None:  # invalid_from = "tag": the verdict says so
+        decision = replace(decision, action="tag" if decision.action == "accept" else decision.action,
+                           reason=f"{early.reason}; {decision.reason}")
+    if decision.action in ("reject", "tempfail"):
+        return InboundVerdict(decision, spf, dkim_results, dmarcs, arc, spoof)
+    value = authentication_results(settings.authserv_id, spf, dkim_results, dmarcs, msg.client_ip,
+                                   impersonated=spoof)
+    return InboundVerdict(decision, spf, dkim_results, dmarcs, arc, spoof, value,
+                          tuple(strip_our_results(msg.headers, settings.authserv_id)))

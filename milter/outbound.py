@@ -24,7 +24,7 @@ from mattermail.msgid import msgid
 from mattermail.milter import sender as senderpolicy
 from mattermail.milter.dkim_sign import SIGNED_HEADERS, BodyHasher, select_keys, sign
 from mattermail.milter.disclaimer import Disclaimer, apply_edits, plan, segments
-from mattermail.milter.inbound import strip_our_results
+from mattermail.milter.authresults import strip_our_results
 from mattermail.milter.longlines import LineScan, fold_header, fold_points, insert_folds
 from mattermail.milter.runtime import Runtime
 from mattermail.store import EnvelopeRecord, StoreError

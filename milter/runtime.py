@@ -27,7 +27,9 @@ from mattermail import dkimkeys
 from mattermail.config import Config
 from mattermail.dns import Resolver
 from mattermail import capture
+from mattermail.milter import arcseal
 from mattermail.milter.direction import parse_networks
+from mattermail.milter.inbound import InboundSettings
 from mattermail import store as storemod
 
 log = logging.getLogger("mattermail.milter")
@@ -49,6 +51,7 @@ class Runtime:
         self.trusted = parse_networks(cfg.milter.trusted_networks)
         self.trusted_forwarders = parse_networks(cfg.inbound.trusted_forwarders)
         self.resolver = Resolver(cfg.dns)
+        self.inbound = InboundSettings.from_config(cfg)
         # No-reply callbacks only where they cannot stall (see MatterMilter.negotiate).
         self.noreply = cfg.milter.socket.startswith("unix:")
         self.exclude_senders = [re.compile(p, re.I) for p in cfg.capture.exclude_senders]
@@ -63,6 +66,13 @@ class Runtime:
         self._keys: dict[str, list[dkimkeys.SigningKey]] = {}
         self._keys_stamp: tuple | None = None
         self._keys_checked = 0.0
+        # ARC sealing of forwarded mail (milter/arcseal.py); Postfix's alias tables are read on first use.
+        self.arc = arcseal.Sealer(
+            authserv_id=cfg.authserv_id,
+            domain=cfg.inbound.arc_domain or next(iter(cfg.general.sending_domains), ""),
+            firm_domains=(*cfg.general.sending_domains, *cfg.general.catchall_domains),
+            aliases=arcseal.AliasMaps(cfg.postfix.config_dir), keys=self.signing_keys, resolver=self.resolver,
+            enabled=cfg.inbound.arc_seal)
 
     # -- store lookups ---------------------------------------------------------------
     def store(self) -> storemod.Store:

@@ -178,10 +178,14 @@ def test_display_name_spoof_is_tagged(stack, shape, head):
 
 
 @contextmanager
-def milter_config(stack, extra: str) -> Iterator[None]:
-    """Append ``extra`` to the stack's config and SIGHUP the milter; put it back afterwards."""
+def milter_config(stack, section: str, setting: str) -> Iterator[None]:
+    """Add ``setting`` to ``[section]`` of the stack's config (the section is added when the
+    config has none: TOML allows a table once) and SIGHUP the milter; put it back afterwards."""
     path = stack.stack.config
     original = path.read_text()
+    header = f"[{section}]\n"
+    changed = (original.replace(header, header + setting + "\n", 1) if header in original
+               else original + "\n" + header + setting + "\n")
 
     def hup() -> None:
         logfile = stack.stack.logs / "milter.log"
@@ -189,7 +193,7 @@ def milter_config(stack, extra: str) -> Iterator[None]:
         os.kill(stack.stack._running("milter"), signal.SIGHUP)
         wait_for(lambda: logfile.read_text(errors="replace").count("reloaded") > before, 30, "milter reload")
 
-    path.write_text(original + "\n" + extra + "\n")
+    path.write_text(changed)
     hup()
     try:
         yield
@@ -199,8 +203,8 @@ def milter_config(stack, extra: str) -> Iterator[None]:
 
 
 def test_display_name_spoof_is_refused_when_configured(stack):
-    assert "[inbound]" not in stack.stack.config.read_text()
-    with milter_config(stack, '[inbound]\ndisplay_name_spoof = "reject"'):
+    assert "display_name_spoof" not in stack.stack.config.read_text()
+    with milter_config(stack, "inbound", 'display_name_spoof = "reject"'):
         for shape, head in (("plain", b'From: "CEO ceo@lawfirm.test" <bob@example.test>\r\n'),
                             ("encoded", b"From: =?utf-8?q?ceo=40lawfirm.test?= <bob@example.test>\r\n")):
             code, text = send(stack, head, f"spoof-reject-{shape}")

@@ -21,6 +21,9 @@ def test_defaults_and_values(tmp_path):
     assert cfg.authserv_id == "mx.x.test"
     assert cfg.postfix.submission == "127.0.0.1:587"
     assert config.from_dict({"postfix": {"submission": "[::1]:5870"}}).postfix.submission == "[::1]:5870"
+    assert cfg.inbound.arc_seal is False and cfg.inbound.arc_domain == ""
+    arc = config.from_dict({"inbound": {"arc_seal": True, "arc_domain": "LawFirm.test."}}).inbound
+    assert arc.arc_seal is True and arc.arc_domain == "lawfirm.test"
     with pytest.raises(Exception):
         cfg.milter.socket = "x"  # frozen
 
@@ -43,6 +46,9 @@ def test_defaults_and_values(tmp_path):
         ("[postfix]\nsubmission = 'localhost:0'\n", ["postfix.submission", "HOST:PORT"]),
         ("[inbound]\ndisplay_name_spoof = 'warn'\n", ["inbound.display_name_spoof", "tag, reject or off"]),
         ("[inbound]\ninvalid_from = 'accept'\n", ["inbound.invalid_from", "reject or tag"]),
+        ("[inbound]\narc_seal = 'yes'\n", ["inbound.arc_seal", "true or false"]),
+        ("[inbound]\narc_domain = 'not a domain'\n", ["inbound.arc_domain", "a domain name"]),
+        ("[inbound]\narc_domain = 'lawfirm'\n", ["inbound.arc_domain", "a domain name"]),
         ("[milter\n", ["not valid TOML"]),
     ],
 )

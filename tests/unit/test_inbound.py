@@ -241,6 +241,11 @@ def test_organizational_domain() -> None:
     assert organizational_domain("a.b.lawfirm.test") == "lawfirm.test"  # implicit "*" rule
     assert organizational_domain("Example.COM.") == "example.com"
     assert organizational_domain("co.uk") == "co.uk"
+    # Suffixes added to the list after publicsuffix2's copy (2019): with that copy these gave
+    # ai.vn and api.br, so every ai.vn sender would have aligned with every other.
+    assert organizational_domain("mail.example.ai.vn") == "example.ai.vn"
+    assert organizational_domain("a.b.shop.api.br") == "shop.api.br"
+    assert organizational_domain("ai.vn") == "ai.vn"
 
 
 def test_dmarc_pass_via_dkim_alignment(env: Env) -> None:
@@ -927,3 +932,68 @@ def test_display_name_check_stays_linear_and_bounded_on_100kb_from_values() -> N
         got = author.impersonated(author.authors([value]), FIRM)
         took = time.perf_counter() - start
         assert got == want and took < 5, f"{name}: {took:.3f}s for {len(value)} chars, got {got[:80]!r}"
+
+
+# --- issue 14: the decision core ---------------------------------------------------------
+
+from mattermail.milter.inbound import InboundMessage, InboundSettings, evaluate  # noqa: E402
+from mattermail.milter.outbound import header_block  # noqa: E402
+
+
+class DMARCReject(NoDNS):
+    def txt(self, name: str) -> list[str]:
+        return ["v=DMARC1; p=reject"] if name.startswith("_dmarc.") else []
+
+
+def test_evaluate_gives_the_verdict_the_milter_applies() -> None:
+    settings = InboundSettings(AUTHSERV, FIRM)
+    spf = SPFResult("pass", "mailfrom", "esp.test", "")  # not aligned with From
+    headers = [("Authentication-Results", " mx.lawfirm.test; dkim=pass header.d=bank.test"),
+               ("Authentication-Results", " mx.example.test; spf=pass"),
+               ("From", ' "ceo@lawfirm.test" <bob@example.test>'), ("Subject", " hi")]
+    raw = header_block(headers) + b"hi\r\n"
+    v = evaluate(InboundMessage(CLIENT, "h.test", "bounce@esp.test", headers, lambda: raw), spf, settings, NoDNS())
+    assert (v.decision.action, v.strip, v.impersonated, v.refused) == ("tag", (1,), "ceo@lawfirm.test", False)
+    assert_ar_as_decided(v.authentication_results, spf, [], list(v.dmarc), "ceo@lawfirm.test")
+    assert v.log_fields == ("spf=pass dkim=none dmarc=none display_name_spoof=<ceo@lawfirm.test> removed_forged_ar=1 "
+                            "verdict=tag reason=From display name impersonates <ceo@lawfirm.test>")
+    # DMARC reject: the reply, and nothing to add or remove.
+    v = evaluate(InboundMessage(CLIENT, "h.test", "bounce@esp.test", headers, lambda: raw), spf, settings,
+                 DMARCReject())  # type: ignore[arg-type]
+    assert (v.decision.action, v.decision.smtp_code, v.authentication_results, v.strip) == ("reject", "550", "", ())
+    assert v.log_fields.startswith("spf=pass dkim=none dmarc=fail display_name_spoof=<ceo@lawfirm.test> verdict=reject "
+                                   "reason=DMARC fail, example.test policy reject")
+    # ... unless the client is a trusted forwarder: tagged.
+    v = evaluate(InboundMessage(CLIENT, "h.test", "bounce@esp.test", headers, lambda: raw, trusted_forwarder=True),
+                 spf, settings, DMARCReject())  # type: ignore[arg-type]
+    assert v.decision.action == "tag" and "trusted forwarder" in v.decision.reason and v.authentication_results
+
+
+def test_evaluate_refuses_several_from_fields_without_reading_the_message() -> None:
+    two = [("From", " a@example.test"), ("From", " b@example.test")]
+    v = evaluate(InboundMessage(CLIENT, "h.test", "a@example.test", two, lambda: pytest.fail("message read")),
+                 SPFResult("pass", "mailfrom", "example.test", ""), InboundSettings(AUTHSERV), NoDNS())  # type: ignore[arg-type]
+    assert v.refused and (v.decision.smtp_code, v.decision.xcode) == ("550", "5.7.1")
+    assert (v.authentication_results, v.dkim, v.log_fields) == ("", (), "verdict=reject reason=2 From header fields")
+
+
+def test_good_signatures_are_proven_without_dkimpy_verify_and_bad_ones_go_to_it(env: Env, monkeypatch) -> None:
+    """The fast path (OpenSSL for RSA) answers "pass" alone; any other outcome is dkimpy's, as before."""
+    from mattermail.milter import dkim_verify
+
+    env.zone("fast14.test", key_line(RSA, "mm", "fast14.test") + "\n" + key_line(ED, "mme", "fast14.test"))
+    keys = [dkimkeys.SigningKey("fast14.test", "mme", "ed25519-sha256", ED),
+            dkimkeys.SigningKey("fast14.test", "mm", "rsa-sha256", RSA)]
+    good, bad = message("fast14.test", keys), message("fast14.test", keys, tamper=b"Pay now.\r\n")
+    verifies = []
+    real = dkim.DKIM.verify
+    monkeypatch.setattr(dkim.DKIM, "verify", lambda self, *a, **k: verifies.append(1) or real(self, *a, **k))
+    assert [r.result for r in verify_dkim(good, env.resolver)] == ["pass", "pass"] and verifies == []
+    assert [(r.result, r.reason) for r in verify_dkim(bad, env.resolver)] == [("fail", "body hash did not verify")] * 2
+    assert len(verifies) == 2
+    # A key too short for the policy is dkimpy's to judge, as before; one DNS query per key either way.
+    asked = []
+    monkeypatch.setattr(env.resolver, "txt", lambda name: asked.append(name) or Resolver.txt(env.resolver, name))
+    assert [r.result for r in verify_dkim(good, env.resolver, min_rsa_bits=4096)] == ["pass", "policy"]
+    assert sorted(asked) == ["mm._domainkey.fast14.test", "mme._domainkey.fast14.test"]
+    assert dkim_verify._key.cache_info().hits > 0  # key records are parsed once, not per message

@@ -260,6 +260,7 @@ class Stack:
         _render("main.cf.in", self.etc / "main.cf", **values)
         _render("master.cf.in", self.etc / "master.cf", **values)
         _render("transport.in", self.etc / "transport", **values)
+        _render("virtual.in", self.etc / "virtual", **values)
         _render("dovecot.conf.in", self.dovecot_conf, **values)
         if not self.config.exists():
             _render("mattermail.toml.in", self.config, **values)

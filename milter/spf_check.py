@@ -1,0 +1,42 @@
+"""SPF (RFC 7208) for inbound mail, by pyspf with its DNS through our resolver."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import spf
+
+from mattermail.dns import Resolver, TempError
+from mattermail.dnscheck import spf_resolver
+from mattermail.milter.verdicts import SPFResult
+
+__all__ = ["check_spf"]
+
+
+def check_spf(resolver: Resolver, client_ip: str, mail_from: str, helo: str, timeout: float) -> SPFResult:
+    """SPF for the MAIL FROM identity, or the HELO identity when MAIL FROM is ``<>``.
+
+    pyspf does the evaluation with its DNS hook pointed at ``resolver``
+    (:func:`~mattermail.dnscheck.spf_resolver`); ``timeout`` is the budget
+    for the whole check (pyspf's ``querytime``, RFC 7208 §4.6.4): past it,
+    and on any DNS timeout or SERVFAIL, the result is ``temperror``.
+    """
+    sender = mail_from.strip().strip("<>").strip()
+    helo = helo.strip().rstrip(".")
+    identity: Literal["mailfrom", "helo"] = "mailfrom" if sender else "helo"
+    ip = client_ip.strip().strip("[]")
+    ip = ip[5:] if ip.lower().startswith("ipv6:") else ip
+    domain = (sender.rpartition("@")[2] if sender else helo).rstrip(".").lower()
+    if not sender and not helo:
+        return SPFResult("none", identity, "", "no MAIL FROM domain and no HELO name")
+    try:
+        with spf_resolver(resolver):
+            q = spf.query(i=ip, s=sender, h=helo, querytime=max(timeout, 1e-9))  # 0 would mean "no budget"
+            result, _code, explanation = q.check()
+    except (ValueError, spf.PermError) as e:  # an unusable client address
+        return SPFResult("permerror", identity, domain, f"cannot evaluate SPF: {e}")
+    except (spf.TempError, TempError) as e:
+        return SPFResult("temperror", identity, domain, f"SPF Temporary Error: {e}")
+    if result not in ("pass", "fail", "softfail", "neutral", "none", "temperror", "permerror"):
+        result = "permerror"  # "ambiguous" exists only in pyspf's harsh mode
+    return SPFResult(result, identity, (q.o or domain).rstrip(".").lower(), str(explanation or ""))
