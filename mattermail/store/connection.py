@@ -24,6 +24,7 @@ import costs ~0.1 s, which every ``mattermailctl`` run would pay), and its error
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -100,15 +101,10 @@ def _pg_error(e: BaseException) -> PgError:
     return PgError(text, getattr(e, "sqlstate", None))
 
 
-_TRANSLATED: dict[str, str] = {}
-
-
+@functools.lru_cache(maxsize=1024)  # bounded: some texts are one-offs (SAVEPOINT tx<n>, IN lists of any length)
 def pg_sql(sql: str) -> str:
     """``?`` placeholders as psycopg's ``%s`` (``%`` escaped), cached per statement text."""
-    out = _TRANSLATED.get(sql)
-    if out is None:
-        out = _TRANSLATED[sql] = sql.replace("%", "%%").replace("?", "%s")
-    return out
+    return sql.replace("%", "%%").replace("?", "%s")
 
 
 class PgConnection:
