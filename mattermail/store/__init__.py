@@ -19,7 +19,8 @@ is FTS5 or tsvector (fulltext.py). Raw message files stay on the local disk with
 
 from mattermail.store.disclaimers import (DISCLAIMER_SCOPES, DisclaimerRow, disclaimer_for, list_disclaimers,
                                           remove_disclaimer, set_disclaimer)
-from mattermail.store.engine import (BlobWriter, Spooled, Store, StoreError, UserError, data_version, describe_error,
+from mattermail.store.errors import StoreError, describe_error
+from mattermail.store.engine import (BlobWriter, Spooled, Store, UserError, data_version,
                                      normalise_address,
                                      recover_stale_tmp, transaction)
 from mattermail.store.envelopes import EnvelopeRecord, get_envelope, record_capture, record_envelope

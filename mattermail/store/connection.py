@@ -19,7 +19,7 @@ string literal is needed (it is escaped for psycopg).
 The SQLite wrapper binds the driver's own methods (``execute = conn.execute``): no call in between, so the
 router's per-row cost is what it was. psycopg is imported only when a PostgreSQL store is opened (its
 import costs ~0.1 s, which every ``mattermailctl`` run would pay), and its errors are re-raised as
-:class:`PgError` (a :data:`~mattermail.store.engine.StoreError`), keeping the SQLSTATE.
+:class:`PgError` (a :data:`~mattermail.store.errors.StoreError`), keeping the SQLSTATE.
 """
 
 from __future__ import annotations
