@@ -22,11 +22,11 @@ status: deps
 test: deps
 	$(VENV)/bin/pytest
 
-# Filter speed over unix sockets (over TCP, Postfix-side Nagle stalls dominate), SMTP path only
-# (accepted mail held); bench/README.md shows the end-to-end mode (--deliver discard).
+# Outbound filter speed over unix sockets, both keys signing: the SMTP path (accepted mail held) and end to
+# end (capture copies filed vs OpenDKIM + always_bcc into Dovecot LMTP), interleaved; see bench/README.md.
 bench: deps
 	$(VENV)/bin/python -P bench/dkim_sign.py
-	$(VENV)/bin/python -P bench/outbound --socket unix --deliver hold
+	$(VENV)/bin/python -P bench/outbound --socket unix
 
 # Debian package build/deb/mattermail_<version>_amd64.deb (private venv; see README).
 deb:

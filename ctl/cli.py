@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from mattermail.ctl import (  # noqa: F401  (each module registers its commands on cli)
     aliases, disclaimers, dkim, dnscmd, importcmd, matters, messages, persons, postfixcmd, routecmd, statuscmd,
-    storecmd, testsend, users,
+    storecmd, testsend, users, webcmd, webhookcmd,
 )
 from mattermail.ctl.base import cli
 

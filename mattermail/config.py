@@ -304,6 +304,26 @@ class Postfix:
 
 
 @dataclass(frozen=True)
+class Web:
+    # mattermail-web (the web view and JSON API): HOST:PORT it listens on. Loopback by default: put a TLS
+    # reverse proxy in front of it for people on other machines.
+    listen: str = "127.0.0.1:8025"
+    # The session cookie's Secure flag: true (the browser sends it over HTTPS only, as behind the proxy);
+    # false only for a dev stack reached over plain http on loopback.
+    cookie_secure: bool = True
+    # A web session ends this many hours after sign-in.
+    session_hours: int = 12
+    # Messages per page in the web view and the API's default (the API's per_page may ask for up to 500).
+    page_size: int = 50
+
+    _validators = {
+        "listen": lambda v: _host_port(v),
+        "session_hours": lambda v: v if 1 <= v <= 24 * 30 else _bad("1 to 720 hours"),
+        "page_size": lambda v: v if 1 <= v <= 500 else _bad("1 to 500"),
+    }
+
+
+@dataclass(frozen=True)
 class Log:
     level: str = "info"
     # Also send each line to syslog (facility mail), as Postfix does; stderr (journald) always.
@@ -332,6 +352,7 @@ class Config:
     inbound: Inbound = field(default_factory=Inbound)
     srs: SRS = field(default_factory=SRS)
     postfix: Postfix = field(default_factory=Postfix)
+    web: Web = field(default_factory=Web)
     log: Log = field(default_factory=Log)
     source: Path | None = None
 

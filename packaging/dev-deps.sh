@@ -12,7 +12,9 @@ APT_PACKAGES=(postfix postfix-sqlite postfix-pcre libmilter-dev dovecot-core swa
               systemd openssl  # the package test: systemd-analyze verify, a test certificate
               # swaks's STARTTLS and AUTH (Recommends, which --no-install-recommends drops;
               # listed here so a machine that already has swaks gets them too)
-              libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-perl)
+              libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-perl
+              chromium chromium-driver  # the web view's browser tests (selenium drives /usr/bin/chromedriver)
+              )
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -4,11 +4,10 @@ Every query behind ``mattermailctl messages`` (and the ``unfiled`` definition ``
 here; callers get frozen dataclasses and never see SQL, a rowid or FTS5 syntax, so a PostgreSQL store can
 offer the same functions.
 
-A message's *time* (:func:`message_datetime`) is its ``Date`` header in UTC (a header without a zone is read
-as UTC), or the time it was stored when the header is missing or unreadable. SQLite cannot parse RFC 5322
-dates, so the store registers that same Python function on its connection (:func:`_sort_key`) and sorts,
-filters by date and limits in SQL with it; no column is added. (A stored, indexed sort time would let an
-index serve "newest N"; that is a schema change.)
+A message's *time* (:func:`message_datetime`, msgtime.py) is its ``Date`` header in UTC (a header without a
+zone is read as UTC), or the time it was stored when the header is missing or unreadable. It is stored with
+the row as sortable text (``messages.sort_time``, indexed; migration 12), so listings filter by date, order
+and limit in SQL on either engine, and an index serves "newest N".
 
 A message's *status*: ``filed`` (it has filings), ``personal`` (no filings, a ``personal`` event: a capture
 copy with no known correspondent) or ``unfiled`` (neither). ``unfiled`` as a list filter and as the status
@@ -24,14 +23,14 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
+from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
 from mattermail.store import fulltext
 from mattermail.store.chain import ChainEntry, history
 from mattermail.store.engine import Store
+from mattermail.store.msgtime import message_datetime, time_key
 
 # -- the one definition of "unfiled" -----------------------------------------------------------------
 
@@ -47,22 +46,6 @@ def count_unfiled(store: Store) -> int:
 
 
 # -- what a caller gets ---------------------------------------------------------------------------------
-
-
-def message_datetime(date_header: str, received: float) -> datetime:
-    """The Date header in UTC (naive = UTC); the store time when it is missing or unreadable."""
-    try:
-        dt = parsedate_to_datetime(date_header) if date_header else None
-    except (TypeError, ValueError, IndexError, OverflowError):
-        dt = None
-    if dt is None:
-        return datetime.fromtimestamp(received, UTC)
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    try:
-        return dt.astimezone(UTC)
-    except (OverflowError, ValueError):
-        return datetime.fromtimestamp(received, UTC)
 
 
 @dataclass(frozen=True)
@@ -206,27 +189,6 @@ class Names:
 
 _COLUMNS = ("m.id, m.sha256, m.size, m.message_id, m.subject, m.header_from, m.date, m.received, m.direction, "
             "m.system, m.capture")
-_SORT_FN = "mattermail_sort_key"
-
-
-def _sort_key(date_header: str | None, received: float | None) -> str:
-    """:func:`message_datetime` as fixed-width text (YYYYMMDDHHMMSSffffff), which sorts as the time does."""
-    try:
-        return _key(message_datetime(date_header or "", received or 0.0))
-    except (OverflowError, ValueError, OSError):  # an absurd stored time: oldest
-        return ""
-
-
-def _key(dt: datetime) -> str:
-    dt = dt.astimezone(UTC)
-    return (f"{dt.year:04d}{dt.month:02d}{dt.day:02d}{dt.hour:02d}{dt.minute:02d}{dt.second:02d}"
-            f"{dt.microsecond:06d}")
-
-
-def _with_sort_key(store: Store) -> None:
-    store.db.function(_SORT_FN, 2, _sort_key)  # type: ignore[union-attr]  # SQLite only; once per connection
-
-
 def _summary(row: tuple) -> MessageSummary:
     return MessageSummary(row[0], row[1], row[2], row[3] or "", row[4] or "", row[5] or "", row[6] or "",
                           row[7], row[8], bool(row[9]), row[10] or "")
@@ -244,11 +206,11 @@ def list_messages(store: Store, *, matter: str | None = None, person: int | None
     """
     where: list[str] = []
     params: list[Any] = []
-    if matter is not None:
-        where.append("EXISTS (SELECT 1 FROM filings f WHERE f.message = m.id AND f.matter = ?)")
+    if matter is not None:  # IN, not a correlated EXISTS: the matter's filings are read once
+        where.append("m.id IN (SELECT f.message FROM filings f WHERE f.matter = ?)")
         params.append(matter)
     if person is not None:
-        where.append("EXISTS (SELECT 1 FROM filings f WHERE f.message = m.id AND f.person = ?)")
+        where.append("m.id IN (SELECT f.message FROM filings f WHERE f.person = ?)")
         params.append(person)
     if direction is not None:
         if direction not in ("inbound", "outbound"):
@@ -259,41 +221,19 @@ def list_messages(store: Store, *, matter: str | None = None, person: int | None
         where.append(f"({UNFILED})")
     if unverified:
         where.append("m.capture = 'unverified'")
-    if store.db.engine != "sqlite":
-        return _list_by_python_time(store, where, params, since, until, newest_first, limit)
     if since is not None:
-        where.append(f"{_SORT_FN}(m.date, m.received) >= ?")
-        params.append(_key(since if since.tzinfo else since.replace(tzinfo=UTC)))
+        where.append("m.sort_time >= ?")
+        params.append(time_key(since))
     if until is not None:
-        where.append(f"{_SORT_FN}(m.date, m.received) <= ?")
-        params.append(_key(until if until.tzinfo else until.replace(tzinfo=UTC)))
+        where.append("m.sort_time <= ?")
+        params.append(time_key(until))
     order = "DESC" if newest_first else "ASC"
     sql = (f"SELECT {_COLUMNS} FROM messages m" + (" WHERE " + " AND ".join(where) if where else "")
-           + f" ORDER BY {_SORT_FN}(m.date, m.received) {order}, m.id {order}")
+           + f" ORDER BY m.sort_time {order}, m.id {order}")
     if limit:
         sql += " LIMIT ?"
         params.append(limit)
-    _with_sort_key(store)
     return [_summary(r) for r in store.db.execute(sql, params)]
-
-
-def _list_by_python_time(store: Store, where: list[str], params: list[Any], since: datetime | None,
-                         until: datetime | None, newest_first: bool, limit: int | None) -> list[MessageSummary]:
-    """list_messages where no Python function can run in SQL (PostgreSQL): the other filters in SQL, then the
-    time of each candidate (:func:`_sort_key`, the same function) filters, orders and limits here, and the
-    chosen rows are read. One pass over (id, date, received) of the candidates."""
-    sql = "SELECT m.id, m.date, m.received FROM messages m" + (" WHERE " + " AND ".join(where) if where else "")
-    low = _key(since if since.tzinfo else since.replace(tzinfo=UTC)) if since is not None else None
-    high = _key(until if until.tzinfo else until.replace(tzinfo=UTC)) if until is not None else None
-    keyed = []
-    for mid, date, received in store.db.execute(sql, params):
-        k = _sort_key(date, received)
-        if (low is None or k >= low) and (high is None or k <= high):
-            keyed.append((k, mid))
-    keyed.sort(reverse=newest_first)
-    ids = [mid for _, mid in (keyed[:limit] if limit else keyed)]
-    rows = {r[0]: r for r in store.db.execute(f"SELECT {_COLUMNS} FROM messages m WHERE m.id = ANY(?)", [ids])}
-    return [_summary(rows[i]) for i in ids if i in rows]
 
 
 # -- show ----------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from email.parser import BytesHeaderParser
 
 from mattermail.store import chain
 from mattermail.store.engine import Store, normalise_address
+from mattermail.store.msgtime import sort_time
 from mattermail.store.schema import CAPTURE_STATES
 
 # -- filing: the message row inside the caller's transaction (router/filing.py) -------------
@@ -59,10 +60,11 @@ def insert_message(store: Store, raw: bytes | None, sha256: str, direction: str 
             pass
         return " ".join(value.split())[:998]
 
+    date, received = h("Date"), time.time()
     sql = ("INSERT INTO messages (sha256, size, message_id, subject, header_from, date, received, direction,"
-           " body_text, system, capture) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
-    values = [sha256, size, h("Message-ID"), h("Subject"), h("From"), h("Date"), time.time(), direction, body_text,
-              int(system), capture]
+           " body_text, system, capture, sort_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+    values = [sha256, size, h("Message-ID"), h("Subject"), h("From"), date, received, direction, body_text,
+              int(system), capture, sort_time(date, received)]
     with chain.atomic(store):
         if pg:
             row = store.db.execute(sql + " ON CONFLICT (sha256) DO NOTHING RETURNING id", values).fetchone()

@@ -276,6 +276,67 @@ def thread_keys_of_stored_messages(db: Any) -> None:
         last = rows[-1][0]
 
 
+@migration
+def _m010_web_access(db: sqlite_utils.Database) -> None:
+    """mattermail-web (issue 18): API tokens (stored as SHA-256 of the token, never the token), user roles
+    (``admin`` sees every matter), ethical walls per matter (``deny``: this address may not see it;
+    ``only``: when a matter has any, only those addresses may), the log of admin views of walled matters,
+    and web sign-in sessions (SHA-256 of the cookie value). Plain portable SQL (no rowid, no AUTOINCREMENT):
+    the PostgreSQL engine ports it as is, with ``id`` columns made identity columns."""
+    db.execute("CREATE TABLE api_tokens (id INTEGER PRIMARY KEY, login TEXT NOT NULL, scope TEXT NOT NULL, "
+               "token_hash TEXT NOT NULL UNIQUE, created REAL NOT NULL, last_used REAL, revoked REAL)")
+    db.execute("CREATE INDEX api_tokens_login ON api_tokens (login)")
+    db.execute("CREATE TABLE user_roles (login TEXT PRIMARY KEY, role TEXT NOT NULL, actor TEXT NOT NULL, "
+               "since REAL NOT NULL)")
+    db.execute("CREATE TABLE matter_access (matter TEXT NOT NULL REFERENCES matters(id), mode TEXT NOT NULL, "
+               "address TEXT NOT NULL, actor TEXT NOT NULL, since REAL NOT NULL, PRIMARY KEY (matter, mode, address))")
+    db.execute("CREATE INDEX matter_access_address ON matter_access (address)")
+    db.execute("CREATE TABLE access_log (id INTEGER PRIMARY KEY, time REAL NOT NULL, login TEXT NOT NULL, "
+               "matter TEXT NOT NULL, message INTEGER, what TEXT NOT NULL)")
+    db.execute("CREATE INDEX access_log_matter ON access_log (matter, time)")
+    db.execute("CREATE TABLE web_sessions (session_hash TEXT PRIMARY KEY, login TEXT NOT NULL, csrf TEXT NOT NULL, "
+               "created REAL NOT NULL, expires REAL NOT NULL)")
+    db.execute("CREATE INDEX web_sessions_expires ON web_sessions (expires)")
+
+
+@migration
+def _m011_webhooks(db: sqlite_utils.Database) -> None:
+    """Webhooks (issue 18): subscriptions, and the outbox of their deliveries. A trigger on ``filings`` writes
+    one outbox row per matching webhook in the filing's own transaction (the router's, or a refile's), so a
+    filing is never committed without its events nor an event without its filing. The delivery id is
+    ``mmwh-<outbox id>``: the same on every retry. PostgreSQL: the trigger becomes a plpgsql trigger function
+    with the same INSERT ... SELECT."""
+    db.execute("CREATE TABLE webhooks (id INTEGER PRIMARY KEY, url TEXT NOT NULL, secret_file TEXT NOT NULL, "
+               "matter TEXT, login TEXT, created REAL NOT NULL, removed REAL)")
+    db.execute("CREATE TABLE webhook_outbox (id INTEGER PRIMARY KEY, webhook INTEGER NOT NULL REFERENCES webhooks(id), "
+               "message INTEGER NOT NULL, matter TEXT, person INTEGER, rule TEXT NOT NULL, created REAL NOT NULL, "
+               "attempts INTEGER NOT NULL DEFAULT 0, next_try REAL NOT NULL DEFAULT 0, last_error TEXT NOT NULL "
+               "DEFAULT '', delivered REAL, skipped TEXT)")
+    db.execute("CREATE INDEX webhook_outbox_pending ON webhook_outbox (webhook, id) WHERE delivered IS NULL "
+               "AND skipped IS NULL")
+    db.execute("CREATE TRIGGER filings_webhooks AFTER INSERT ON filings BEGIN "
+               "INSERT INTO webhook_outbox (webhook, message, matter, person, rule, created) "
+               "SELECT w.id, new.message, new.matter, new.person, new.rule, new.created FROM webhooks w "
+               "WHERE w.removed IS NULL AND (w.matter IS NULL OR w.matter = new.matter) ORDER BY w.id; END")
+
+
+
+@migration
+def _m012_sort_time(db: sqlite_utils.Database) -> None:
+    """``messages.sort_time``: the message's time (msgtime.py: its Date header in UTC, else when it was stored)
+    as sortable text, written with the row and indexed with the id, so listings filter, order and page in
+    SQL with no function registered on the connection (and on PostgreSQL the same way). Existing rows are
+    filled from their ``date`` and ``received`` columns."""
+    from mattermail.store.msgtime import sort_time
+
+    db.execute("ALTER TABLE messages ADD COLUMN sort_time TEXT NOT NULL DEFAULT ''")
+    last = 0
+    while rows := db.execute("SELECT id, date, received FROM messages WHERE id > ? ORDER BY id LIMIT 1000",
+                             [last]).fetchall():
+        for mid, date, received in rows:
+            db.execute("UPDATE messages SET sort_time = ? WHERE id = ?", [sort_time(date, received), mid])
+        last = rows[-1][0]
+    db.execute("CREATE INDEX messages_sort_time ON messages (sort_time, id)")
+
+
 CAPTURE_STATES = ("", "verified", "unverified")
-
-

@@ -223,3 +223,59 @@ def _m009_thread_keys(db: Any) -> None:
          f"ALTER TABLE envelopes ADD COLUMN message_id {T} NOT NULL DEFAULT ''",
          f"ALTER TABLE envelopes ADD COLUMN direction {T} NOT NULL DEFAULT 'outbound'")
     thread_keys_of_stored_messages(db)
+
+
+@migration
+def _m010_web_access(db: Any) -> None:
+    """As SQLite's migration 10 (mattermail-web): API tokens, user roles, ethical walls, the access log, web
+    sign-in sessions."""
+    _run(db,
+         f"CREATE TABLE api_tokens (id {ID}, login {T} NOT NULL, scope {T} NOT NULL, token_hash {T} NOT NULL UNIQUE, "
+         f"created {F} NOT NULL, last_used {F}, revoked {F})",
+         "CREATE INDEX api_tokens_login ON api_tokens (login)",
+         f"CREATE TABLE user_roles (login {T} PRIMARY KEY, role {T} NOT NULL, actor {T} NOT NULL, since {F} NOT NULL)",
+         f"CREATE TABLE matter_access (matter {T} NOT NULL REFERENCES matters(id), mode {T} NOT NULL, "
+         f"address {T} NOT NULL, actor {T} NOT NULL, since {F} NOT NULL, PRIMARY KEY (matter, mode, address))",
+         "CREATE INDEX matter_access_address ON matter_access (address)",
+         f"CREATE TABLE access_log (id {ID}, time {F} NOT NULL, login {T} NOT NULL, matter {T} NOT NULL, "
+         f"message BIGINT, what {T} NOT NULL)",
+         "CREATE INDEX access_log_matter ON access_log (matter, time)",
+         f"CREATE TABLE web_sessions (session_hash {T} PRIMARY KEY, login {T} NOT NULL, csrf {T} NOT NULL, "
+         f"created {F} NOT NULL, expires {F} NOT NULL)",
+         "CREATE INDEX web_sessions_expires ON web_sessions (expires)")
+
+
+@migration
+def _m011_webhooks(db: Any) -> None:
+    """As SQLite's migration 11: webhooks and their outbox, one outbox row per matching webhook written by a
+    trigger on filings in the filing's own transaction."""
+    _run(db,
+         f"CREATE TABLE webhooks (id {ID}, url {T} NOT NULL, secret_file {T} NOT NULL, matter {T}, login {T}, "
+         f"created {F} NOT NULL, removed {F})",
+         f"CREATE TABLE webhook_outbox (id {ID}, webhook BIGINT NOT NULL REFERENCES webhooks(id), "
+         f"message BIGINT NOT NULL, matter {T}, person BIGINT, rule {T} NOT NULL, created {F} NOT NULL, "
+         f"attempts BIGINT NOT NULL DEFAULT 0, next_try {F} NOT NULL DEFAULT 0, last_error {T} NOT NULL DEFAULT '', "
+         f"delivered {F}, skipped {T})",
+         "CREATE INDEX webhook_outbox_pending ON webhook_outbox (webhook, id) WHERE delivered IS NULL "
+         "AND skipped IS NULL",
+         "CREATE FUNCTION filings_webhooks() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+         "INSERT INTO webhook_outbox (webhook, message, matter, person, rule, created) "
+         "SELECT w.id, NEW.message, NEW.matter, NEW.person, NEW.rule, NEW.created FROM webhooks w "
+         "WHERE w.removed IS NULL AND (w.matter IS NULL OR w.matter = NEW.matter) ORDER BY w.id; RETURN NULL; END $$",
+         "CREATE TRIGGER filings_webhooks AFTER INSERT ON filings FOR EACH ROW EXECUTE FUNCTION filings_webhooks()")
+
+
+@migration
+def _m012_sort_time(db: Any) -> None:
+    """As SQLite's migration 12: ``messages.sort_time`` (msgtime.py), filled for existing rows, indexed with
+    the id. (It replaces the Python sort function that PostgreSQL could not run in SQL.)"""
+    from mattermail.store.msgtime import sort_time
+
+    db.execute(f"ALTER TABLE messages ADD COLUMN sort_time {T} NOT NULL DEFAULT ''")
+    last = 0
+    while rows := db.execute("SELECT id, date, received FROM messages WHERE id > ? ORDER BY id LIMIT 1000",
+                             [last]).fetchall():
+        for mid, date, received in rows:
+            db.execute("UPDATE messages SET sort_time = ? WHERE id = ?", [sort_time(date, received), mid])
+        last = rows[-1][0]
+    db.execute("CREATE INDEX messages_sort_time ON messages (sort_time, id)")

@@ -528,13 +528,14 @@ def machine():
 
 def test_units_verify_clean(machine):
     r = run("systemd-analyze", "verify", str(UNITS / "mattermail-milter.service"),
-            str(UNITS / "mattermail-router.service"), str(UNITS / "mattermail-srs.service"), check=False)
+            str(UNITS / "mattermail-router.service"), str(UNITS / "mattermail-srs.service"),
+            str(UNITS / "mattermail-web.service"), check=False)
     assert r.returncode == 0 and not r.stderr.strip() and not r.stdout.strip(), r.stdout + r.stderr
 
 
 def test_installed_layout(machine):
     for link in ("/usr/bin/mattermailctl", "/usr/sbin/mattermail-milter", "/usr/sbin/mattermail-router",
-                 "/usr/sbin/mattermail-srs"):
+                 "/usr/sbin/mattermail-srs", "/usr/sbin/mattermail-web"):
         assert os.path.realpath(link).startswith("/usr/lib/mattermail/venv/bin/"), link
     shebang = Path("/usr/lib/mattermail/venv/bin/mattermailctl").read_text().splitlines()[0]
     assert shebang.startswith("#!/usr/lib/mattermail/venv/bin/python"), shebang

@@ -13,7 +13,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 PRODUCT = {"mattermail": "mattermail", "milter": "mattermail.milter", "router": "mattermail.router",
-           "ctl": "mattermail.ctl"}
+           "ctl": "mattermail.ctl", "web": "mattermail.web"}
 STORE = REPO / "mattermail" / "store"
 DRIVERS = {"sqlite3", "sqlite_utils", "psycopg", "psycopg_pool"}
 DEV_ONLY = {"mattermail_dev", "dnslib"}  # the dev stack's tools (postfix/dev/), never shipped

@@ -107,7 +107,10 @@ def test_migration_8_counts_existing_messages_as_indexed(tmp_path, monkeypatch):
     monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:7])
     old = Store(tmp_path / "store.sqlite", tmp_path / "messages")
     assert old.schema_version() == 7
-    mid = add(old, "old", "the pangolin letter")  # indexed by the version-7 trigger
+    data = raw("old", "the pangolin letter")  # a row as version 7 wrote it (insert_message writes today's)
+    mid = old.db.insert("INSERT INTO messages (sha256, size, message_id, subject, body_text, received) "
+                        "VALUES (?, ?, '<old@x>', 'old', 'the pangolin letter', 0)",
+                        [hashlib.sha256(data).hexdigest(), len(data)])  # indexed by the version-7 trigger
     old.close()
     monkeypatch.undo()
     new = Store(tmp_path / "store.sqlite", tmp_path / "messages")

@@ -36,7 +36,7 @@ import subprocess
 import sys
 import time
 import tomllib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[3]
@@ -45,7 +45,7 @@ BIN = Path(sys.executable).parent
 
 
 # Our own processes, started (and stopped) by pid file, each logging to <var>/log/<name>.log.
-DAEMONS = ("milter", "router", "srs", "sink", "dns")
+DAEMONS = ("milter", "router", "srs", "sink", "dns", "web")
 # Where a var/ the daemons cannot enter is moved to (see place_var).
 DEV_STATE = Path("/var/lib/mattermail-dev")
 # Unprivileged users whose daemons must enter the state directory.
@@ -135,12 +135,13 @@ class Ports:
     sink: int = 2526
     dns: int = 5353
     srs: int = 10001
+    web: int = 8025
 
     @classmethod
     def free(cls) -> "Ports":
         """Ports nobody listens on now (TCP, and UDP too for DNS)."""
         socks, ports = [], []
-        for i in range(7):
+        for i in range(len(fields(cls))):
             s = socket.socket()
             s.bind(("127.0.0.1", 0))
             socks.append(s)
@@ -232,7 +233,7 @@ class Stack:
                     sender_login_map=self.sender_login_map,
                     smtp_port=self.ports.smtp, submission_port=self.ports.submission,
                     milter_port=self.ports.milter, lmtp_port=self.ports.lmtp, sink_port=self.ports.sink,
-                    dns_port=self.ports.dns, srs_port=self.ports.srs,
+                    dns_port=self.ports.dns, srs_port=self.ports.srs, web_port=self.ports.web,
                     store_url=self.pg_url() if self.store == "postgresql" else "")
 
     def pg_url(self) -> str:
@@ -268,6 +269,7 @@ class Stack:
             self._migrate_config()
             self._migrate_submission()
             self._set_store()
+            self._migrate_web()
         for zone in (TEMPLATES / "zones").glob("*.zone"):
             if not (self.dns_dir / zone.name).exists():
                 shutil.copy(zone, self.dns_dir / zone.name)
@@ -348,6 +350,14 @@ class Stack:
 
     def postgres_running(self) -> bool:
         return (self.pg_root / "data" / "postmaster.pid").exists()
+    def _migrate_web(self) -> None:
+        """A config written before ``[web]`` existed: the web view listens on the dev port, over plain http."""
+        text = self.config.read_text()
+        if "web" in tomllib.loads(text):
+            return
+        self.config.write_text(text.rstrip("\n") + f'\n\n[web]\nlisten = "127.0.0.1:{self.ports.web}"\n'
+                               'cookie_secure = false\n')
+        print(f"devstack: added [web] listen = 127.0.0.1:{self.ports.web} to {self.config}")
 
     def _make_secrets_and_keys(self) -> None:
         """The capture HMAC secret, and demo DKIM keys for lawfirm.test published in the demo DNS."""
@@ -455,6 +465,13 @@ class Stack:
     def stop_srs(self) -> None:
         self._kill("srs")
 
+    def start_web(self) -> None:
+        self._spawn("web", [str(BIN / "mattermail-web"), "--config", str(self.config)])
+        self._wait("web", lambda: _tcp_open(self.ports.web))
+
+    def stop_web(self) -> None:
+        self._kill("web")
+
     def start_dns(self) -> None:
         self._spawn("dns", [str(BIN / "mattermail-devdns"), "--zones", str(self.dns_dir), "--port", str(self.ports.dns)])
         self._wait("dns", lambda: _dns_answers(self.ports.dns))
@@ -525,6 +542,7 @@ class Stack:
         self.start_srs()
         self.start_router()
         self.start_milter()
+        self.start_web()
         # Postfix first creates the spool (with private/), where Dovecot puts its auth socket.
         self.start_postfix()
         self.start_dovecot()
@@ -593,6 +611,7 @@ class Stack:
   sink ("the internet")         127.0.0.1:{p.sink}   -> {self.sink_dir}/*.eml
   DNS (zones in {self.dns_dir}) 127.0.0.1:{p.dns} udp+tcp
   SRS socketmap (mattermail-srs) 127.0.0.1:{p.srs}
+  web view and JSON API         http://127.0.0.1:{p.web}/   (sign in as a user added below)
   logs                          {self.logs}/
 
 Try:

@@ -1,0 +1,231 @@
+"""Helpers shared by the end-to-end benches (bench/router, bench/outbound): Debian packages installed
+at bench time, and a private LMTP-only Dovecot delivering into one Maildir.
+
+Imported by the bench scripts after they put this folder on ``sys.path`` (they run with ``python -P``).
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["Dovecot", "MAILBOX_GROUP", "MAILBOX_USER", "SEARCH_WORD", "children_cpu", "ensure_packages",
+           "free_port", "listening", "package_version", "wait_for"]
+
+MAILBOX_USER = "nobody"  # owner of the Maildirs (virtual(8) and Dovecot)
+MAILBOX_GROUP = "nogroup"
+# smtp-source's body lines are "1XXX...X" (79 characters): fts-xapian indexes no word that long, so
+# Dovecot is searched for this substring (partial=3 full=20).
+SEARCH_WORD = "XXXXXXXXXX"
+
+
+def log(*a: object) -> None:
+    print(*a, file=sys.stderr, flush=True)
+
+
+def wait_for(pred, timeout: float, what: str, step: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(step)
+    raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _stat(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def package_version(pkg: str) -> str:
+    r = subprocess.run(["dpkg-query", "-W", "-f=${Version}", pkg], capture_output=True, text=True, check=False)
+    return r.stdout.strip() or "?"
+
+
+def ensure_packages(pkgs: tuple[str, ...]) -> list[str]:
+    """Install the missing Debian packages (apt-get, no recommends); returns what it installed."""
+    def installed(p: str) -> bool:
+        r = subprocess.run(["dpkg-query", "-W", "-f=${Status}", p], capture_output=True, text=True, check=False)
+        return r.returncode == 0 and r.stdout.strip() == "install ok installed"
+
+    missing = [p for p in pkgs if not installed(p)]
+    if not missing:
+        return []
+    log(f"installing {' '.join(missing)}: apt-get install -y --no-install-recommends {' '.join(missing)}")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for attempt in range(20):  # apt may be busy with another session's install: wait, bounded
+        r = subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", *missing], env=env,
+                           capture_output=True, text=True, check=False)
+        if r.returncode == 0:
+            break
+        if "Could not get lock" not in r.stderr and "Unable to acquire" not in r.stderr:
+            raise RuntimeError(f"apt-get install {' '.join(missing)} failed (exit {r.returncode}): {r.stderr[-800:]}")
+        log(f"   apt is busy (attempt {attempt + 1}/20), retrying in 15 s")
+        time.sleep(15)
+    else:
+        raise RuntimeError(f"apt-get install {' '.join(missing)}: apt stayed busy for 5 minutes")
+    for line in r.stdout.splitlines():
+        if line.startswith("Setting up "):
+            log(f"   {line}")
+    still = [p for p in missing if not installed(p)]
+    if still:
+        raise RuntimeError(f"apt-get install reported success but {', '.join(still)} is not installed")
+    return missing
+
+
+
+# -- a private Dovecot: LMTP into one catch-all Maildir -------------------------------------
+class Dovecot:
+    """One private Dovecot instance (own base_dir, config, log) delivering every LMTP recipient into one
+    Maildir as user nobody (one static user, ``user``); with ``fts``, fts-xapian indexes it."""
+
+    def __init__(self, root: Path, name: str, fts: bool, user: str = "catchall", bench: str = "bench/router") -> None:
+        self.name, self.fts, self.user, self.bench = name, fts, user, bench
+        self.dir = root / f"bench-{name}"  # not root / "dovecot": the stack's own (auth-only) Dovecot
+        self.conf = self.dir / "dovecot.conf"
+        self.maildir = self.dir / "Maildir"
+        self.home = self.dir / "home"
+        self.logfile = self.dir / "dovecot.log"
+        self.port = 0
+        self.search_cpu = 0.0  # CPU seconds spent in doveadm search (our children)
+
+    def config(self) -> str:
+        pw, gr = pwd.getpwnam(MAILBOX_USER), grp.getgrnam(MAILBOX_GROUP)
+        d = self.dir
+        fts = f"""
+# Full-text search: fts-xapian, indexed in the background after each delivery (fts_autoindex).
+mail_plugins = $mail_plugins fts fts_xapian
+plugin {{
+  fts = xapian
+  fts_xapian = partial=3 full=20 verbose=0
+  fts_autoindex = yes
+  fts_enforced = yes
+}}
+service indexer-worker {{
+  vsz_limit = 2G
+}}
+""" if self.fts else ""
+        return f"""# Private LMTP-only Dovecot of {self.bench} ({self.name}); generated, removed with the bench's temp dir.
+protocols = lmtp
+listen = 127.0.0.1
+base_dir = {d}/run
+state_dir = {d}/state
+instance_name = mattermail-bench-{self.name}
+log_path = {self.logfile}
+ssl = no
+# Durability: Dovecot's defaults (mail_fsync = optimized: the new mail file is fsynced before the 250).
+mail_location = maildir:{self.maildir}
+# Auth needs a passdb even when only LMTP's userdb lookups are made: an empty passwd-file.
+passdb {{
+  driver = passwd-file
+  args = {d}/passwd
+}}
+# Every recipient is the one static user, with one Maildir.
+userdb {{
+  driver = static
+  args = uid={pw.pw_uid} gid={gr.gr_gid} home={self.home} user={self.user} allow_all_users=yes
+}}
+lmtp_rcpt_check_quota = no
+service lmtp {{
+  inet_listener lmtp {{
+    address = 127.0.0.1
+    port = {self.port}
+  }}
+}}
+{fts}"""
+
+    def start(self) -> None:
+        pw, gr = pwd.getpwnam(MAILBOX_USER), grp.getgrnam(MAILBOX_GROUP)
+        for p in (self.dir / "run", self.dir / "state"):
+            p.mkdir(parents=True, exist_ok=True)
+        for p in (self.maildir, self.home):
+            p.mkdir(parents=True, exist_ok=True)
+            os.chown(p, pw.pw_uid, gr.gr_gid)
+        (self.dir / "passwd").write_text("")
+        self.port = free_port()
+        self.conf.write_text(self.config())
+        with open(self.logfile, "ab") as out:  # it daemonizes with our stdout: give it the log file
+            r = subprocess.run(["dovecot", "-c", str(self.conf)], stdin=subprocess.DEVNULL, stdout=out,
+                               stderr=subprocess.STDOUT, check=False)
+        if r.returncode:
+            raise RuntimeError(f"dovecot ({self.name}) failed to start (exit {r.returncode}): {self.tail()}")
+        wait_for(lambda: listening(self.port), 20, f"dovecot ({self.name}) LMTP on 127.0.0.1:{self.port}")
+
+    def pid(self) -> int | None:
+        try:
+            pid = int((self.dir / "run" / "master.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        return pid if _stat(pid) else None
+
+    def stop(self) -> None:
+        pid = self.pid()
+        if pid:
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 15
+            while _stat(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+    def tail(self, n: int = 10) -> str:
+        try:
+            return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def files(self) -> list[Path]:
+        out: list[Path] = []
+        for sub in ("new", "cur"):
+            try:
+                out += [e for e in (self.maildir / sub).iterdir()]
+            except FileNotFoundError:
+                pass
+        return out
+
+    def count(self) -> int:
+        n = 0
+        for sub in ("new", "cur"):
+            try:
+                n += len(os.listdir(self.maildir / sub))
+            except FileNotFoundError:
+                pass
+        return n
+
+    def search(self, word: str = SEARCH_WORD) -> int:
+        """Messages that ``doveadm search`` finds through the index by a word of every body."""
+        c0 = children_cpu()
+        r = subprocess.run(["doveadm", "-c", str(self.conf), "search", "-u", self.user, "mailbox", "INBOX",
+                            "body", word], capture_output=True, text=True, timeout=120, check=False)
+        self.search_cpu += children_cpu() - c0
+        if r.returncode:
+            raise RuntimeError(f"doveadm search ({self.name}) exited {r.returncode}: {r.stderr[-500:]}")
+        return sum(1 for line in r.stdout.splitlines() if line.strip())
