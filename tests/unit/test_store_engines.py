@@ -246,3 +246,31 @@ def _in_tx(store, fn):
 
     with transaction(store):
         return fn()
+
+
+def test_the_web_services_store_functions_on_both_engines(store_location, tmp_path):
+    """Tokens, roles, walls, a webhook's outbox row written by the filing trigger, a walled matter's page."""
+    import hashlib
+
+    from mattermail.store import access, add_user, insert_message, tokens, transaction, webhooks, webview
+
+    s = Store(store_location, tmp_path / "m")
+    add_user(s, "alice@lawfirm.test", "{ARGON2ID}x")
+    add_user(s, "bob@lawfirm.test", "{ARGON2ID}x")
+    access.set_role(s, "alice@lawfirm.test", "admin")
+    token, secret = tokens.create_token(s, "bob@lawfirm.test")
+    assert token.id >= 1 and tokens.authenticate_token(s, secret).login == "bob@lawfirm.test"
+    d.add_matter(s, "1234", "Smith v Jones")
+    hook = webhooks.add_webhook(s, "https://hooks.example/x", "/etc/secret", matter="1234")
+    raw = b"From: a@example.test\r\nSubject: walled\r\nDate: Mon, 01 Jan 2024 09:00:00 +0000\r\n\r\nbody\r\n"
+    with transaction(s):
+        mid, _ = insert_message(s, raw, hashlib.sha256(raw).hexdigest())
+        d.record_filing(s, d.Filing(mid, "1234", None, "matter-address", "1234@m.test", ""))
+    [event] = webhooks.due(s, now=1e12)
+    assert (event.webhook, event.message, event.matter) == (hook.id, mid, "1234")
+    access.deny(s, "1234", ["bob@lawfirm.test"])
+    bob, alice = access.viewer(s, "bob@lawfirm.test"), access.viewer(s, "alice@lawfirm.test")
+    assert webview.visible_message(s, bob, mid) is None and webview.visible_message(s, alice, mid).id == mid
+    page = webview.matter_messages(s, alice, "1234")
+    assert page.total == 1 and [m.id for m in page.items] == [mid]
+    s.close()
