@@ -9,8 +9,9 @@ export PYTHONSAFEPATH := 1
 deps:
 	@bash packaging/dev-deps.sh
 
+# STORE=postgresql: the store in a PostgreSQL cluster kept in var/postgresql (STORE=sqlite: back to the file).
 run: deps
-	@$(DEVSTACK) start --var var
+	@$(DEVSTACK) start --var var $(if $(STORE),--store $(STORE))
 
 stop:
 	@if [ -x $(DEVSTACK) ]; then $(DEVSTACK) stop --var var; fi

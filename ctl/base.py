@@ -97,14 +97,14 @@ class Context:
     @property
     def store_path(self) -> str | None:
         """The configured database file, when the config has been loaded (for error messages)."""
-        return str(self._config.store.path) if self._config is not None else None
+        return self._config.store.where if self._config is not None else None
 
     @property
     def store(self) -> storemod.Store:
         if self._store is None:
             cfg = self.config.store
             try:
-                self._store = storemod.Store(cfg.path, cfg.messages_dir)
+                self._store = storemod.Store(cfg.location, cfg.messages_dir)
             except OSError as e:  # the store's directory cannot be made (permissions)
                 raise UserFacingError(store_failure(str(cfg.path), e)) from None
             self._store.actor = admin_name()  # named in the records chain for what this command changes
@@ -120,6 +120,9 @@ def store_failure(path: str | None, e: BaseException) -> str:
                 f"-shm files) aside and restore a backup with 'mattermailctl restore DIR'")
     if kind == "busy":
         return f"{where} is busy ({text}): another process holds it locked; try again in a moment"
+    if kind == "unavailable" and path and path.startswith(("postgresql://", "postgres://")):
+        return (f"{where} cannot be reached or written ({text}): check that the PostgreSQL server is up and that "
+                f"store.url names the right host, port, database, user and password")
     if kind == "unavailable":
         return (f"{where} cannot be read or written ({text}): check that it and its directory exist, are "
                 f"writable by the user running this command (uid {os.getuid()}) and that the disk is not full")

@@ -276,13 +276,14 @@ def _dir_size(d: Path) -> tuple[int, int]:
 
 
 def store_stats(cfg: configmod.Store) -> dict[str, Any]:
-    out: dict[str, Any] = {"path": str(cfg.path), "messages_dir": str(cfg.messages_dir), "error": ""}
+    out: dict[str, Any] = {"path": cfg.where, "messages_dir": str(cfg.messages_dir), "error": ""}
     wal = Path(str(cfg.path) + "-wal")
-    out["db_bytes"] = cfg.path.stat().st_size if cfg.path.is_file() else 0
-    out["wal_bytes"] = wal.stat().st_size if wal.is_file() else 0
+    local = out["local"] = not cfg.url  # a PostgreSQL database's files are the server's: not counted here
+    out["db_bytes"] = cfg.path.stat().st_size if local and cfg.path.is_file() else 0
+    out["wal_bytes"] = wal.stat().st_size if local and wal.is_file() else 0
     out["messages_dir_bytes"], out["message_files"] = _dir_size(cfg.messages_dir)
     try:
-        out["counts"] = store_status.counts(cfg.path)
+        out["counts"] = store_status.counts(cfg.location)
     except (OSError, StoreError) as e:
         out["counts"] = {}
         out["error"] = str(e)
@@ -353,7 +354,8 @@ def status(ctx: Context, log_lines: int, show_errors: int, as_json: bool) -> Non
         else:
             echo(f"  {safe(logs['note'])}")
         echo("store:")
-        echo(f"  {safe(store['path'])}: {_size(store['db_bytes'])} + WAL {_size(store['wal_bytes'])}; "
+        sizes = f": {_size(store['db_bytes'])} + WAL {_size(store['wal_bytes'])}" if store["local"] else ""
+        echo(f"  {safe(store['path'])}{sizes}; "
              f"{safe(store['messages_dir'])}: {_size(store['messages_dir_bytes'])} in {store['message_files']} file(s)")
         if store["counts"]:
             echo("  " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in store["counts"].items()))

@@ -169,7 +169,7 @@ def _is_capture(recipient: str, base: str) -> bool:
 
 def _find_capture(store: configmod.Store, capture_address: str, message_id: str) -> tuple[int, Path] | None:
     """(message row id, raw file) of the stored copy with ``message_id`` that came in as a capture copy."""
-    return store_status.find_capture_copy(store.path, store.messages_dir, message_id,
+    return store_status.find_capture_copy(store.location, store.messages_dir, message_id,
                                           lambda r: _is_capture(r, capture_address))
 
 
@@ -189,7 +189,7 @@ def _check_stored(cfg: configmod.Config, message_id: str, wait: float) -> None:
         _report("signed", None, "not checked: no capture copy to look at")
         return
     try:
-        store_status.check_readable(cfg.store.path)
+        store_status.check_readable(cfg.store.location)
     except (OSError, StoreError) as e:
         _report("captured", None, f"store not readable here ({e})")
         _report("signed", None, "not checked: no capture copy to look at")

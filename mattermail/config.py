@@ -142,6 +142,29 @@ class Router:
 class Store:
     path: Path = Path("/var/lib/mattermail/store.sqlite")
     messages_dir: Path = Path("/var/lib/mattermail/messages")
+    # "postgresql://user:password@host:port/dbname": the database on a PostgreSQL server instead of the
+    # SQLite file at ``path`` (ignored then). Raw message files stay in messages_dir on this host.
+    url: str = ""
+
+    _validators = {
+        "url": lambda v: v if v == "" or v.startswith(("postgresql://", "postgres://"))
+        else _bad("empty (the SQLite file at store.path) or a postgresql:// URL"),
+    }
+
+    @property
+    def location(self) -> Path | str:
+        """What :class:`mattermail.store.Store` opens: the URL when set, else the SQLite file."""
+        return self.url or self.path
+
+    @property
+    def where(self) -> str:
+        """The store as messages name it: the file, or the URL without its password."""
+        if not self.url:
+            return str(self.path)
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(self.url)
+        return self.url.replace(f":{parts.password}@", ":***@", 1) if parts.password else self.url
 
 
 @dataclass(frozen=True)

@@ -311,7 +311,7 @@ class MatterMilter(Milter.Base):
         except storemod.StoreError as e:  # never a 5xx, never a pass: the client retries
             kind, text = storemod.describe_error(e)
             qlog.error("%s verdict=tempfail reason=store %s unreadable (%s: %s)", summary,
-                       self.runtime.config.store.path, kind, text)
+                       self.runtime.config.store.where, kind, text)
             self.setreply("451", "4.3.0", STORE_TEMPFAIL_TEXT)
             return Milter.TEMPFAIL
         notes = " ".join(out.notes)

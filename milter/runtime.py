@@ -77,7 +77,7 @@ class Runtime:
     # -- store lookups ---------------------------------------------------------------
     def store(self) -> storemod.Store:
         if self._store is not None and self._store.replaced():
-            log.warning("store %s was replaced on disk: reopening it", self.config.store.path)
+            log.warning("store %s was replaced on disk: reopening it", self.config.store.where)
             self._forget_store()
         if self._store is None:
             # NORMAL, not FULL: in WAL mode a commit then survives a crash of any process but
@@ -85,7 +85,7 @@ class Runtime:
             # SMTP session behind this store's lock (bench/outbound: 149 vs 384 msgs/s). What a
             # power cut could lose is an envelope record: the message itself is in Postfix's
             # (fsynced) queue, and the router files it from its headers, logging missing-envelope.
-            self._store = storemod.Store(self.config.store.path, self.config.store.messages_dir,
+            self._store = storemod.Store(self.config.store.location, self.config.store.messages_dir,
                                          durable=False)
         return self._store
 
@@ -103,7 +103,7 @@ class Runtime:
     def _failed(self, what: str, e: BaseException) -> None:
         kind, text = storemod.describe_error(e)
         log.error("store %s: %s failed (%s: %s); closing it, the next look-up reopens it",
-                  self.config.store.path, what, kind, text)
+                  self.config.store.where, what, kind, text)
         self._forget_store()
 
     def owned_addresses(self, login: str) -> set[str]:

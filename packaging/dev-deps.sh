@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(postfix postfix-sqlite postfix-pcre libmilter-dev dovecot-core swaks
               opendkim opendkim-tools opendmarc miltertest make gcc python3-dev python3-venv
+              postgresql  # the tests' private PostgreSQL cluster (initdb, pg_ctl)
               systemd openssl  # the package test: systemd-analyze verify, a test certificate
               # swaks's STARTTLS and AUTH (Recommends, which --no-install-recommends drops;
               # listed here so a machine that already has swaks gets them too)

@@ -32,12 +32,12 @@ PROG = "mattermail-router"
 
 async def _run(cfg) -> None:
     try:
-        store = Store(cfg.store.path, cfg.store.messages_dir)
+        store = Store(cfg.store.location, cfg.store.messages_dir)
     except StoreError as e:  # one line, and exit 75: restarted by systemd; Postfix defers meanwhile
         kind, text = describe_error(e)
         log.error("cannot open the store %s (%s: %s): catch-all mail waits in Postfix's queue; run "
-                  "'mattermailctl store verify', or restore a backup", cfg.store.path, kind, text)
-        print(f"{PROG}: fatal: cannot open the store {cfg.store.path} ({kind}: {text})", file=sys.stderr)
+                  "'mattermailctl store verify', or restore a backup", cfg.store.where, kind, text)
+        print(f"{PROG}: fatal: cannot open the store {cfg.store.where} ({kind}: {text})", file=sys.stderr)
         sys.exit(EX_STORE_REPLACED)
     stale = recover_stale_tmp(cfg.store.messages_dir)
     if stale:
@@ -60,7 +60,7 @@ async def _run(cfg) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload, handler)
-    log.info("ready: store %s", cfg.store.path)
+    log.info("ready: store %s", cfg.store.where)
     watch = loop.create_task(_watch_store(store, stop))
     await stop.wait()
     watch.cancel()
@@ -96,7 +96,7 @@ def reload(handler: DeliveryHandler) -> bool:
     cfg = daemon.reload_config(running.source, running)
     if cfg is None:
         return False
-    for key in ("router.listen", "store.path", "store.messages_dir"):
+    for key in ("router.listen", "store.path", "store.url", "store.messages_dir"):
         section, name = key.split(".")
         if getattr(getattr(cfg, section), name) != getattr(getattr(running, section), name):
             log.warning("reload: %s changed; that takes a restart (the old value stays in use)", key)

@@ -73,7 +73,7 @@ class Forwarder:
     def __init__(self, store: Store, config: Callable[[], Config], base_delay: float = 30.0,
                  max_delay: float = 3600.0, idle: float = 60.0) -> None:
         # a connection of its own: the writer thread's batch transaction must not include these writes
-        self._store_args = (store.path, store.messages_dir)
+        self._store_args = (store.location, store.messages_dir)
         self._config = config
         self.base_delay, self.max_delay, self.idle = base_delay, max_delay, idle
         self._wake = threading.Event()

@@ -47,7 +47,7 @@ class Indexer:
     def __init__(self, store: Store, delay: Callable[[], float] = lambda: 0.0, retry: float = 30.0,
                  idle: float = 60.0, settle: float = 0.1) -> None:
         # a connection of its own: the writer thread's batch transaction must not include these writes
-        self._store_args = (store.path, store.messages_dir)
+        self._store_args = (store.location, store.messages_dir)
         self._delay = delay
         self.retry, self.idle = retry, idle
         self.settle = settle

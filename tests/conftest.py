@@ -7,15 +7,20 @@
   parameter (``@pytest.mark.corpus_files(SUBDIR)``). Without it those tests skip with
   one reason; with ``MATTERMAIL_REQUIRE_CORPUS=1`` (``.ci/run``) they fail instead.
 - The run ends with the skips grouped by reason, just above pytest's own count line.
+- Store tests run on both engines through ``store_location`` (SQLite file, or a fresh database in the
+  session's private PostgreSQL cluster, ``pg_cluster``).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
+import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 CORPUS_ENV = "MATTERMAIL_CORPUS"
 REQUIRE_CORPUS_ENV = "MATTERMAIL_REQUIRE_CORPUS"
 #: Test knobs read from the environment; every other MATTERMAIL_* variable is the caller's.
-TEST_KNOBS = {CORPUS_ENV, REQUIRE_CORPUS_ENV, "MATTERMAIL_KEEP_STACK"}
+TEST_KNOBS = {CORPUS_ENV, REQUIRE_CORPUS_ENV, "MATTERMAIL_KEEP_STACK", "MATTERMAIL_PG_BIN"}
 
 
 # -- the caller's environment ----------------------------------------------------------------
@@ -142,15 +147,19 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 def write_config(tmp_path: Path):
     """Write a TOML config (store and passwd file under tmp_path) and return its path."""
 
-    def write(extra: str = "") -> Path:
+    def write(extra: str = "", store: Path | str | None = None) -> Path:
+        """``store``: a ``store_location`` (a PostgreSQL URL becomes store.url; default: the SQLite file)."""
         (tmp_path / "postfix").mkdir(exist_ok=True)
         (tmp_path / "postfix" / "main.cf").write_text("")  # for postmap -c
         p = tmp_path / "mattermail.toml"
+        url = f'url = "{store}"' if isinstance(store, str) else ""
+        path = store if isinstance(store, Path) else tmp_path / "store.sqlite"
         p.write_text(
             f"""
 [store]
-path = "{tmp_path}/store.sqlite"
+path = "{path}"
 messages_dir = "{tmp_path}/messages"
+{url}
 [auth]
 passwd_file = "{tmp_path}/dovecot-users"
 sender_login_map = "{tmp_path}/sender-login-map"
@@ -175,3 +184,67 @@ def _test_process_keeps_its_user(request, monkeypatch):
     """
     if request.node.get_closest_marker("real_privileges") is None:
         monkeypatch.setattr(privileges, "drop", lambda user: False)
+
+
+# -- the store on both engines ----------------------------------------------------------------
+
+STORE_ENGINES = ("sqlite", "postgresql")
+PG_TEMPLATE = "mattermail_template"  # a migrated database every test's database is copied from
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Any]:
+    """A private PostgreSQL cluster for the session (mattermail_dev.pgcluster), torn down at the end.
+
+    Without PostgreSQL's binaries every postgresql-parametrised test fails with the reason: CI installs
+    them (packaging/dev-deps.sh), and a skipped engine would hide its failures."""
+    from mattermail_dev import pgcluster
+
+    from mattermail.store import Store
+
+    try:
+        cluster = pgcluster.start()
+    except pgcluster.ClusterError as e:
+        reason = str(e)
+    else:
+        reason = ""
+    if reason:
+        pytest.fail(f"the postgresql store tests need a private PostgreSQL cluster: {reason}", pytrace=False)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            Store(cluster.create_database(PG_TEMPLATE), Path(tmp)).close()  # migrated once, copied per test
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+_databases = itertools.count(1)
+
+
+@pytest.fixture(params=STORE_ENGINES)
+def store_location(request, tmp_path: Path) -> Iterator[Path | str]:
+    """Where a test's store lives, once per engine: ``tmp_path/store.sqlite``, or the URL of a new database
+    (copied from a migrated template, dropped after the test) in the session's PostgreSQL cluster.
+    ``Store(store_location, tmp_path / "messages")`` opens it; open it again for a second connection."""
+    if request.param == "sqlite":
+        yield tmp_path / "store.sqlite"
+        return
+    cluster = request.getfixturevalue("pg_cluster")
+    name = f"mm_test_{os.getpid()}_{next(_databases)}"
+    url = cluster.create_database(name, PG_TEMPLATE)
+    yield url
+    cluster.drop_database(name)
+
+
+@pytest.fixture(params=STORE_ENGINES)
+def blank_store_location(request, tmp_path: Path) -> Iterator[Path | str]:
+    """As ``store_location``, but an empty database (no schema yet): for the tests of a migration, which open
+    it with the migrations before that one first."""
+    if request.param == "sqlite":
+        yield tmp_path / "store.sqlite"
+        return
+    cluster = request.getfixturevalue("pg_cluster")
+    name = f"mm_blank_{os.getpid()}_{next(_databases)}"
+    url = cluster.create_database(name)
+    yield url
+    cluster.drop_database(name)

@@ -22,17 +22,17 @@ log = logging.getLogger("mattermail.web")
 def main(argv: list[str] | None = None) -> None:
     cfg = daemon.start(PROG, __doc__.splitlines()[0], argv)
     try:
-        store = Store(cfg.store.path, cfg.store.messages_dir)
+        store = Store(cfg.store.location, cfg.store.messages_dir)
     except StoreError as e:
         kind, text = describe_error(e)
-        print(f"{PROG}: fatal: cannot open the store {cfg.store.path} ({kind}: {text})", file=sys.stderr)
+        print(f"{PROG}: fatal: cannot open the store {cfg.store.where} ({kind}: {text})", file=sys.stderr)
         sys.exit(75)
     store.actor = "web"
     from mattermail.store import webview
 
     log.info("%d messages in the store (sort keys ready)", webview.warm_sort_keys(store))
     _, (host, port) = daemon.parse_listen(cfg.web.listen)
-    log.info("ready: http://%s:%d/ store %s", host, port, cfg.store.path)
+    log.info("ready: http://%s:%d/ store %s", host, port, cfg.store.where)
     uvicorn.run(create_app(store, cfg, deliver_webhooks=True), host=host, port=port, loop="uvloop", http="h11",
                 lifespan="on",
                 access_log=False, server_header=False, log_config=None, proxy_headers=False)

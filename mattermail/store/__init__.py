@@ -8,12 +8,19 @@ their SHA-256 (:meth:`Store.write_blob`), durable before the rows that name them
 The record: every new message, filing and unfiled/personal outcome appends a hash-linked entry to the
 records chain (``chain``) in the same transaction; ``records`` has refile, delete and legal hold (each
 chained), ``indexer`` indexes new messages for search after their commit, ``verify`` checks chain,
-tables and raw files, ``backup`` writes and restores online backups.
+tables and raw files, ``backup`` writes and restores online backups (SQLite).
+
+Engines: ``Store(location, messages_dir)`` opens a SQLite file (a path) or a PostgreSQL database (a
+``postgresql://`` URL, config ``[store] url``). Every query goes through ``store.db`` (connection.py: portable
+SQL with ``?`` placeholders, ``db.insert`` for a new id, ``db.engine`` for the few engine-specific
+statements); the schema is two migration lists with the same numbers (schema.py, schema_pg.py); search
+is FTS5 or tsvector (fulltext.py). Raw message files stay on the local disk with either engine.
 """
 
 from mattermail.store.disclaimers import (DISCLAIMER_SCOPES, DisclaimerRow, disclaimer_for, list_disclaimers,
                                           remove_disclaimer, set_disclaimer)
-from mattermail.store.engine import (BlobWriter, Spooled, Store, StoreError, UserError, data_version, describe_error,
+from mattermail.store.errors import StoreError, describe_error
+from mattermail.store.engine import (BlobWriter, Spooled, Store, UserError, data_version,
                                      normalise_address,
                                      recover_stale_tmp, transaction)
 from mattermail.store.envelopes import EnvelopeRecord, get_envelope, record_capture, record_envelope

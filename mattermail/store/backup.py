@@ -8,6 +8,8 @@ of the database file and of every raw file.
 Restore goes onto an *empty* store (no message, no chain entry): the raw files first, then the database
 (so it never names a file that is not there); the target's own users, persons and matters are replaced
 by the backup's. The caller runs :func:`mattermail.store.verify.verify` after.
+
+SQLite only: a PostgreSQL store is backed up with PostgreSQL's own tools (:func:`_sqlite_only` says how).
 """
 
 from __future__ import annotations
@@ -64,11 +66,20 @@ def _empty_dir(dest: Path) -> None:
         raise UserError(f"DIR: cannot create {dest}: {e.strerror or e}") from None
 
 
+def _sqlite_only(store: Store, what: str) -> None:
+    if store.engine != "sqlite":
+        raise UserError(f"{what} works on a SQLite store; this one is on PostgreSQL ({store.path}): use "
+                        f"pg_dump (e.g. `pg_dump --format=custom --file=store.dump URL`) and pg_restore for the "
+                        f"database, and copy the raw message files in {store.messages_dir} after the dump "
+                        f"(files are never rewritten, so a copy taken after the dump holds every file it names)")
+
+
 def backup(store: Store, dest: Path, wrap: Wrap | None = None, previous: Path | None = None) -> BackupResult:
     """Write a consistent backup of ``store`` into ``dest`` (new or empty), while mail flows.
 
     ``previous``: an earlier backup; raw files it holds (checked against its manifest's hashes) are hard-linked
     from it instead of copied (copied when the link fails: another file system). ``linked`` counts them."""
+    _sqlite_only(store, "backup")
     dest = Path(dest)
     before: dict[str, Path] = {}
     if previous is not None:
@@ -161,6 +172,7 @@ def is_empty(store: Store) -> bool:
 
 def restore(store: Store, src: Path, wrap: Wrap | None = None) -> dict:
     """Restore the backup in ``src`` onto ``store`` (refused unless it is empty); returns the manifest."""
+    _sqlite_only(store, "restore")
     src = Path(src)
     manifest = check_backup(src, wrap)
     if not is_empty(store):

@@ -10,13 +10,14 @@ recipient, detail), ``unfiled`` / ``personal`` (the router kept a message filed 
 copy, per recipient), ``refiled`` (filings replaced: ``from`` and ``to``), ``deleted`` (message and its
 filings removed; the entry keeps its SHA-256), ``hold`` / ``release`` (a matter's legal hold).
 
-Entries are written in the transaction of the change they record (:func:`append`); inside ``BEGIN
-IMMEDIATE`` one writer at a time reads the head and appends ``seq + 1`` (``seq`` is the primary key: two
-writers cannot both append the same number). Triggers refuse UPDATE and DELETE on the table; someone
+Entries are written in the transaction of the change they record (:func:`append`); one writer at a time
+reads the head and appends ``seq + 1`` (SQLite: inside ``BEGIN IMMEDIATE``; PostgreSQL: after taking the
+transaction-level advisory lock :data:`PG_CHAIN_LOCK` (once per transaction), held to the commit, so the
+next writer reads the head this one committed). ``seq`` is the primary key: two writers can never both append the same number. Triggers refuse UPDATE and DELETE on the table; someone
 with the file can drop them, which is what :func:`mattermail.store.verify.verify` finds.
 
-This module only needs a connection (``db``), so the migration that builds the chain of an existing
-store (schema.py) uses it too.
+This module only needs a connection (``db``, connection.py), so the migration that builds the chain of an
+existing store (schema.py) uses it too.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
     from mattermail.store.engine import Store
 
 GENESIS = "0" * 64
+# pg_advisory_xact_lock key serialising appends on PostgreSQL (any constant no other lock in the database uses)
+PG_CHAIN_LOCK = 0x6D6D_6368  # "mmch"
 KINDS = ("stored", "filed", "unfiled", "personal", "refiled", "deleted", "hold", "release")
 
 
@@ -72,7 +75,8 @@ def entry_hash(prev: str, seq: int, kind: str, actor: str, message: int | None, 
 
 
 def create_table(db: Any) -> None:
-    """The chain table, its index and the triggers that refuse changes (migration, schema.py)."""
+    """The chain table, its index and the triggers that refuse changes (SQLite migration, schema.py;
+    PostgreSQL's are in schema_pg.py)."""
     db.execute("CREATE TABLE chain (seq INTEGER PRIMARY KEY, prev_hash TEXT NOT NULL, hash TEXT NOT NULL, "
                "kind TEXT NOT NULL, actor TEXT NOT NULL, message INTEGER, sha256 TEXT NOT NULL DEFAULT '', "
                "detail TEXT NOT NULL, time REAL NOT NULL)")
@@ -94,6 +98,9 @@ def append_db(db: Any, kind: str, actor: str, message: int | None = None, sha256
     """Append one entry on ``db``; the caller holds the write lock (a transaction)."""
     if kind not in KINDS:
         raise ValueError(f"chain kind: {kind!r}")
+    if db.engine == "postgresql" and not db.chain_locked:
+        db.execute("SELECT pg_advisory_xact_lock(?)", [PG_CHAIN_LOCK])
+        db.chain_locked = db.in_transaction  # held to the commit (or the savepoint's rollback)
     seq, prev = head_of(db)
     seq += 1
     text = canonical(detail)

@@ -88,7 +88,7 @@ def add_person(store: Store, email: str, name: str = "", others: Sequence[str] =
         if store.db.execute("SELECT 1 FROM person_addresses WHERE address = ? AND position = 0",
                             [addresses[0]]).fetchone():
             raise UserError(f"email: a person with primary address {addresses[0]} already exists")
-        pid = store.db.execute("INSERT INTO persons (name, created) VALUES (?, ?)", [name, time.time()]).lastrowid
+        pid = store.db.insert("INSERT INTO persons (name, created) VALUES (?, ?)", [name, time.time()])
         for i, a in enumerate(dict.fromkeys(addresses)):
             store.db.execute("INSERT INTO person_addresses (person, address, position) VALUES (?, ?, ?)", [pid, a, i])
     person = _person(store, pid)
@@ -111,7 +111,8 @@ def edit_person(store: Store, email: str, name: str | None = None, add: Sequence
             store.db.execute("DELETE FROM person_addresses WHERE person = ? AND address = ?", [person.id, a])
         pos = len(person.addresses)
         for a in add:
-            store.db.execute("INSERT OR IGNORE INTO person_addresses (person, address, position) VALUES (?, ?, ?)",
+            store.db.execute("INSERT INTO person_addresses (person, address, position) VALUES (?, ?, ?) "
+                             "ON CONFLICT DO NOTHING",
                              [person.id, normalise_address(a), pos])
             pos += 1
     updated = _person(store, person.id)
@@ -248,8 +249,8 @@ def record_filing(store: Store, f: Filing) -> bool:
     A new filing appends its ``filed`` chain entry."""
     with chain.atomic(store):
         cur = store.db.execute(
-            "INSERT OR IGNORE INTO filings (message, matter, person, rule, recipient, detail, created) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)", [f.message, f.matter, f.person, f.rule, f.recipient, f.detail, time.time()])
+            "INSERT INTO filings (message, matter, person, rule, recipient, detail, created) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", [f.message, f.matter, f.person, f.rule, f.recipient, f.detail, time.time()])
         if cur.rowcount != 1:
             return False
         chain.append(store, "filed", f.message, _sha256_of(store, f.message),
@@ -297,7 +298,7 @@ def import_persons(store: Store, rows: Sequence[tuple[str, str, Sequence[str]]])
             if store.db.execute("SELECT 1 FROM person_addresses WHERE address = ? AND position = 0",
                                 [primary]).fetchone():
                 raise UserError(f"email: a person with primary address {primary} already exists")
-            pid = store.db.execute("INSERT INTO persons (name, created) VALUES (?, ?)", [name, now]).lastrowid
+            pid = store.db.insert("INSERT INTO persons (name, created) VALUES (?, ?)", [name, now])
             for i, a in enumerate(dict.fromkeys([primary, *(normalise_address(o) for o in others)])):
                 store.db.execute("INSERT INTO person_addresses (person, address, position) VALUES (?, ?, ?)",
                                  [pid, a, i])

@@ -1,4 +1,4 @@
-"""The store: one SQLite file (WAL) plus raw messages as files named by SHA-256.
+"""The store: one SQLite file (WAL) or a PostgreSQL database, plus raw messages as files named by SHA-256.
 
 Every reader and writer goes through this package (mattermail.store), so the database can be
 replaced later without touching the router, the milter or the CLI.
@@ -21,53 +21,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import sqlite_utils
-
 from mattermail.atomicfile import sync_dir, sync_filesystem, write_atomic
-from mattermail.store.schema import MIGRATIONS
+from mattermail.store import schema
+from mattermail.store.connection import SQLITE, Connection, PgConnection, SqliteConnection, is_url, redact
 
 
 class UserError(Exception):
     """A store operation that cannot be done; the message names the field."""
-
-
-# What a store operation raises when the database itself fails (locked past the timeout, disk full,
-# unreadable, a broken file): callers catch this name, never the driver's.
-StoreError: type[Exception] = sqlite3.Error
-
-# What :func:`describe_error` says a StoreError is: the three an admin acts on differently.
-BUSY = "busy"            # locked by another process past the timeout: try again
-DAMAGED = "damaged"      # not a database, malformed, a bad WAL: verify / restore a backup
-UNAVAILABLE = "unavailable"  # cannot be opened or written: permissions, missing directory, disk full, I/O
-OTHER = "other"
-
-_BUSY_CODES = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
-_DAMAGED_CODES = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
-_UNAVAILABLE_CODES = {sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM, sqlite3.SQLITE_READONLY,
-                      sqlite3.SQLITE_IOERR, sqlite3.SQLITE_FULL, sqlite3.SQLITE_AUTH}
-
-
-def describe_error(e: BaseException) -> tuple[str, str]:
-    """``(kind, text)`` for a store failure: kind is BUSY, DAMAGED, UNAVAILABLE or OTHER, text the
-    driver's own words (``database disk image is malformed``). The CLI and the daemons word their
-    message from the kind and never name the driver."""
-    text = str(e) or type(e).__name__
-    code = getattr(e, "sqlite_errorcode", None)
-    if code is not None:
-        code &= 0xFF  # the primary result code (SQLITE_IOERR_SHORT_READ -> SQLITE_IOERR, ...)
-        for kind, codes in ((BUSY, _BUSY_CODES), (DAMAGED, _DAMAGED_CODES), (UNAVAILABLE, _UNAVAILABLE_CODES)):
-            if code in codes:
-                return kind, text
-    low = text.lower()
-    if "locked" in low or "busy" in low:
-        return BUSY, text
-    if "malformed" in low or "not a database" in low or "corrupt" in low:
-        return DAMAGED, text
-    if "unable to open" in low or "readonly" in low or "permission" in low or "disk i/o" in low or "full" in low:
-        return UNAVAILABLE, text
-    if isinstance(e, OSError):
-        return UNAVAILABLE, text
-    return OTHER, text
 
 
 def normalise_address(address: str) -> str:
@@ -78,45 +38,54 @@ def normalise_address(address: str) -> str:
 class Store:
     """An open store: the database and the directory of raw message files.
 
+    ``location``: the SQLite file (a path; the default) or a ``postgresql://`` URL (connection.py). Raw
+    message files live in ``messages_dir`` on this host with either engine.
+
     ``durable=True`` (the router, ctl): a commit is on disk before it returns, power cut included.
     ``durable=False`` (the milter's envelope records): a commit survives any process crash, but a
-    power cut may lose the last ones (SQLite WAL with synchronous=NORMAL; see milter/runtime.py).
+    power cut may lose the last ones (SQLite WAL with synchronous=NORMAL; PostgreSQL
+    synchronous_commit=off; see milter/runtime.py).
     """
 
-    def __init__(self, path: Path, messages_dir: Path, durable: bool = True) -> None:
-        self.path = Path(path)
+    def __init__(self, location: Path | str, messages_dir: Path, durable: bool = True) -> None:
         # who the records chain names for changes made through this store (mattermailctl: the admin)
         self.actor = "router"
         self.messages_dir = Path(messages_dir)
         self._dirs: set[Path] = set()  # hash directories known to exist
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-        self.db = sqlite_utils.Database(conn)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        # FULL: every commit is fsynced (the router answers 250 only after it).
-        self.db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-        self.db.execute("PRAGMA foreign_keys=ON")
-        self._identity = _identity(self.path)  # the file this connection reads (see replaced)
+        self.db: Connection
+        if is_url(location):
+            self.location: Path | str = str(location)
+            self.path: Path | str = redact(str(location))  # what messages name (no password)
+            self.db = PgConnection(str(location), durable=durable)
+            self._identity: tuple[int, int] | None = None
+        else:
+            self.location = self.path = Path(location)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            self.db = SqliteConnection(conn)
+            conn.execute("PRAGMA journal_mode=WAL")
+            # FULL: every commit is fsynced (the router answers 250 only after it).
+            conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._identity = _identity(self.path)  # the file this connection reads (see replaced)
         self._wal_identity: tuple[int, int] | None = None
-        self.migrate()
+        try:
+            self.migrate()
+        except BaseException:
+            self.db.close()
+            raise
+
+    @property
+    def engine(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return self.db.engine
 
     # -- schema ------------------------------------------------------------
     def schema_version(self) -> int:
-        return self.db.execute("PRAGMA user_version").fetchone()[0]
+        return schema.version(self.db)
 
     def migrate(self) -> None:
-        for number, fn in enumerate(MIGRATIONS, start=1):
-            if self.schema_version() >= number:
-                continue
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                if self.schema_version() < number:  # another process may have won the race
-                    fn(self.db)
-                    self.db.execute(f"PRAGMA user_version = {number}")
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
+        schema.migrate(self.db)
 
     def close(self) -> None:
         self.db.close()
@@ -125,7 +94,11 @@ class Store:
         """Whether the database file at :attr:`path` is no longer the one this connection opened (removed,
         or another file put in its place, as by a restore into a fresh store), or its WAL file was replaced
         or removed while this connection had it open (SQLite removes it only when the last connection
-        closes): a long-lived reader (the milter) then reopens, or it would go on reading the old rows."""
+        closes): a long-lived reader (the milter) then reopens, or it would go on reading the old rows.
+        Always False on PostgreSQL: the server owns its files, a connection always reads the live database."""
+        if self.db.engine != SQLITE:
+            return False
+        assert isinstance(self.path, Path)
         if self._identity is None:  # created by this connection: remember the file it made
             self._identity = _identity(self.path)
             return False
@@ -140,7 +113,7 @@ class Store:
     @property
     def in_transaction(self) -> bool:
         """Whether a transaction is open (SQLite ends one by itself on some errors: a batch checks)."""
-        return self.db.conn.in_transaction
+        return self.db.in_transaction
 
     # -- raw messages --------------------------------------------------------
     def blob_path(self, sha256: str) -> Path:
@@ -216,7 +189,9 @@ class Store:
             sync_dir(d)
 
     def count(self, table: str) -> int:
-        return self.db[table].count
+        if not table.isidentifier():
+            raise ValueError(f"table: {table!r}")
+        return int(self.db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
 
 
 SPOOL_DIR = ".spool"  # under messages_dir: messages being received (``.tmp-*`` files, see recover_stale_tmp)
@@ -283,8 +258,14 @@ def _identity(path: Path) -> tuple[int, int] | None:
 
 
 def data_version(store: Store) -> int:
-    """Changes whenever another connection commits: a cheap "reload?" check for the milter."""
-    return store.db.execute("PRAGMA data_version").fetchone()[0]
+    """Changes whenever another connection commits: a cheap "reload?" check for the milter.
+
+    PostgreSQL: the snapshot's ``xmax`` (the next transaction id to be assigned), which moves past every
+    transaction that wrote anything, this connection's own and other databases' included: it may say
+    "changed" when nothing the caller reads did (a needless reload), never the reverse."""
+    if store.db.engine == SQLITE:
+        return store.db.execute("PRAGMA data_version").fetchone()[0]
+    return int(store.db.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint").fetchone()[0])
 
 
 # -- start-up recovery ------------------------------------------------------------------
@@ -321,8 +302,9 @@ def recover_stale_tmp(messages_dir: Path | str) -> int:
 
 
 class _Tx:
-    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error; inside a transaction already (the router's
-    batches, router/lmtp.py), a SAVEPOINT ... RELEASE instead, rolled back to the savepoint on error."""
+    """BEGIN (SQLite: BEGIN IMMEDIATE, the write lock at once) ... COMMIT, rolled back on any error; inside a
+    transaction already (the router's batches, router/lmtp.py), a SAVEPOINT ... RELEASE instead, rolled
+    back to the savepoint on error (on PostgreSQL that also clears the failed state, so the batch goes on)."""
 
     _names = itertools.count(1)
 
@@ -331,11 +313,11 @@ class _Tx:
         self.savepoint: str | None = None
 
     def __enter__(self) -> None:
-        if self.db.conn.in_transaction:
+        if self.db.in_transaction:
             self.savepoint = f"tx{next(self._names)}"
             self.db.execute(f"SAVEPOINT {self.savepoint}")
         else:
-            self.db.execute("BEGIN IMMEDIATE")
+            self.db.begin()
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if self.savepoint is None:
@@ -348,14 +330,13 @@ class _Tx:
                     raise
             self._rollback()
             return
-        if exc_type and self.db.conn.in_transaction:
+        if exc_type and self.db.in_transaction:
             self.db.execute(f"ROLLBACK TO {self.savepoint}")
-        if self.db.conn.in_transaction:
+        if self.db.in_transaction:
             self.db.execute(f"RELEASE {self.savepoint}")
 
-
     def _rollback(self) -> None:
-        if self.db.conn.in_transaction:  # SQLite ends a transaction by itself on some errors
+        if self.db.in_transaction:  # SQLite ends a transaction by itself on some errors
             self.db.execute("ROLLBACK")
 
 

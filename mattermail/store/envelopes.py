@@ -34,7 +34,8 @@ def record_envelope(store: Store, env: EnvelopeRecord) -> None:
 
 
 def record_capture(store: Store, message: int, ref: str, verified: bool) -> None:
-    store.db.execute("INSERT OR IGNORE INTO captures (message, ref, verified, recorded) VALUES (?, ?, ?, ?)",
+    store.db.execute("INSERT INTO captures (message, ref, verified, recorded) VALUES (?, ?, ?, ?) "
+                     "ON CONFLICT DO NOTHING",
                      [message, ref, int(verified), time.time()])
 
 

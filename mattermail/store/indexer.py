@@ -10,6 +10,7 @@ deleting a queued message removes its queue entry (and touches no index row).
 
 from __future__ import annotations
 
+from mattermail.store import fulltext
 from mattermail.store.engine import Store, transaction
 
 __all__ = ["index_pending", "pending_count", "pending_ids"]
@@ -33,10 +34,9 @@ def index_pending(store: Store, limit: int = 200) -> int:
         ids = pending_ids(store, limit)
         if not ids:
             return 0
-        marks = ",".join("?" * len(ids))
         # a queue entry without its message (cannot happen through the triggers) is simply dropped
-        store.db.execute(f"INSERT INTO messages_fts (rowid, subject, body_text) SELECT id, subject, body_text "
-                         f"FROM messages WHERE id IN ({marks})", ids)
+        fulltext.index_messages(store, ids)
+        marks = ",".join("?" * len(ids))
         store.db.execute(f"DELETE FROM fts_pending WHERE message IN ({marks})", ids)
     return len(ids)
 

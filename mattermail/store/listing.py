@@ -27,6 +27,7 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
+from mattermail.store import fulltext
 from mattermail.store.chain import ChainEntry, history
 from mattermail.store.engine import Store
 from mattermail.store.msgtime import message_datetime, time_key
@@ -353,19 +354,6 @@ def parse_search(text: str) -> SearchQuery:
     return SearchQuery(tuple(tuple(g) for g in groups), tuple(excluded))
 
 
-def _fts5_term(t: SearchTerm) -> str:
-    s = '"' + t.text.replace('"', '""') + '"' + (" *" if t.prefix else "")
-    return f"(subject : {s})" if t.subject_only else s
-
-
-def _fts5(q: SearchQuery) -> str:
-    """The FTS5 query for ``q``: every term an FTS5 string (inner quotes doubled), structure explicit."""
-    text = " AND ".join("(" + " OR ".join(_fts5_term(t) for t in g) + ")" for g in q.groups)
-    for t in q.excluded:
-        text = f"({text}) NOT {_fts5_term(t)}"
-    return text
-
-
 def search(store: Store, text: str, matter: str | None = None, limit: int | None = 50) -> list[SearchHit]:
     """Messages whose subject or body text matches ``text``, best match first, at most ``limit`` (0/None: all).
 
@@ -385,15 +373,6 @@ def search(store: Store, text: str, matter: str | None = None, limit: int | None
     q = parse_search(text)
     if not q.groups:
         return []
-    sql = (f"SELECT {_COLUMNS}, snippet(messages_fts, -1, '[', ']', '…', 12) FROM messages_fts "
-           "JOIN messages m ON m.id = messages_fts.rowid WHERE messages_fts MATCH ?")
-    params: list[Any] = [_fts5(q)]
-    if matter is not None:
-        sql += " AND EXISTS (SELECT 1 FROM filings f WHERE f.message = m.id AND f.matter = ?)"
-        params.append(matter)
-    sql += " ORDER BY rank, m.id"
-    if limit:
-        sql += " LIMIT ?"
-        params.append(limit)
-    return [SearchHit(_summary(r[:-1]), " ".join((r[-1] or "").split())) for r in store.db.execute(sql, params)]
+    return [SearchHit(_summary(r[:-1]), " ".join((r[-1] or "").split()))
+            for r in fulltext.search_rows(store, _COLUMNS, q, matter, limit)]
 

@@ -30,14 +30,20 @@ def insert_message(store: Store, raw: bytes | None, sha256: str, direction: str 
     (compat32), when the caller has it already; with ``headers`` and ``size`` given, ``raw`` may be None
     (the router streams messages to their file and never holds them). ``capture``: one of
     :data:`CAPTURE_STATES`; only a "verified" capture copy may be "outbound". A new row appends its
-    ``stored`` chain entry."""
+    ``stored`` chain entry.
+
+    PostgreSQL, where several routers may store the same message at once: no look-up first, the insert
+    itself says whether the row is new (``ON CONFLICT DO NOTHING RETURNING id``), one round trip fewer and no
+    duplicate-key error for the second router."""
     if capture not in CAPTURE_STATES:
         raise ValueError(f"capture: {capture!r}")
     if direction == "outbound" and capture != "verified":
         raise ValueError("only a verified capture copy is recorded as outbound")
-    existing = find_message(store, sha256)
-    if existing is not None:
-        return existing, False
+    pg = store.db.engine == "postgresql"
+    if not pg:
+        existing = find_message(store, sha256)
+        if existing is not None:
+            return existing, False
     from email.header import decode_header, make_header
 
     if headers is None or size is None:
@@ -55,13 +61,21 @@ def insert_message(store: Store, raw: bytes | None, sha256: str, direction: str 
         return " ".join(value.split())[:998]
 
     date, received = h("Date"), time.time()
+    sql = ("INSERT INTO messages (sha256, size, message_id, subject, header_from, date, received, direction,"
+           " body_text, system, capture, sort_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+    values = [sha256, size, h("Message-ID"), h("Subject"), h("From"), date, received, direction, body_text,
+              int(system), capture, sort_time(date, received)]
     with chain.atomic(store):
-        cur = store.db.execute(
-            "INSERT INTO messages (sha256, size, message_id, subject, header_from, date, received, direction,"
-            " body_text, system, capture, sort_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [sha256, size, h("Message-ID"), h("Subject"), h("From"), date, received, direction,
-             body_text, int(system), capture, sort_time(date, received)])
-        mid = int(cur.lastrowid)
+        if pg:
+            row = store.db.execute(sql + " ON CONFLICT (sha256) DO NOTHING RETURNING id", values).fetchone()
+            if row is None:  # stored already (by another router, or before)
+                existing = find_message(store, sha256)
+                if existing is None:  # cannot be: DO NOTHING reports a conflict with a committed row only
+                    raise RuntimeError(f"message {sha256}: neither inserted nor found")
+                return existing, False
+            mid = int(row[0])
+        else:
+            mid = store.db.insert(sql, values)
         chain.append(store, "stored", mid, sha256)
     return mid, True
 
@@ -72,5 +86,5 @@ def record_deliveries(store: Store, message: int, envelope_from: str, recipients
     now = time.time()
     for rcpt in recipients:
         store.db.execute(
-            "INSERT OR IGNORE INTO deliveries (message, recipient, envelope_from, queue_id, delivered)"
-            " VALUES (?, ?, ?, ?, ?)", [message, normalise_address(rcpt), envelope_from, queue_id, now])
+            "INSERT INTO deliveries (message, recipient, envelope_from, queue_id, delivered)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", [message, normalise_address(rcpt), envelope_from, queue_id, now])

@@ -41,11 +41,10 @@ class ForwardRecord:
 def queue_forward(store: Store, message: int, queue_id: str, to: str, reasons: Sequence[tuple[str, str]],
                   envelope_from: str = "", subject: str = "") -> int:
     """Record a notice to send (inside the filing transaction); its id."""
-    cur = store.db.execute(
+    return store.db.insert(
         "INSERT INTO outbox (message, queue_id, recipient, reasons, envelope_from, subject, created) "
         "VALUES (?, ?, ?, ?, ?, ?, ?)",
         [message, queue_id, to, json.dumps([list(r) for r in reasons]), envelope_from, subject, time.time()])
-    return int(cur.lastrowid)
 
 
 def queued_recipients(store: Store, message: int) -> set[str]:

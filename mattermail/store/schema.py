@@ -1,17 +1,57 @@
-"""The schema: numbered migrations, each applied once in its own transaction (see engine.migrate).
+"""The schema: numbered migrations, each applied once in its own transaction (:func:`migrate`).
 
-SQLite's dialect lives here and in the other modules of this package only; nothing outside
-mattermail.store sees a table, a PRAGMA or FTS5 syntax.
+Two lists with the same numbers: :data:`MIGRATIONS` here (SQLite, through sqlite_utils; the version is
+``PRAGMA user_version``) and :data:`~mattermail.store.schema_pg.PG_MIGRATIONS` (PostgreSQL, plain DDL; the
+version is the ``schema_version`` table). A new migration is added to both, with the same number and
+the same tables and columns (tests/unit/test_store_engines.py checks the lists have the same length).
+
+The dialects live here and in the other modules of this package only; nothing outside mattermail.store
+sees a table, a PRAGMA, FTS5 or tsvector syntax.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import sqlite_utils
 
+if TYPE_CHECKING:
+    from mattermail.store.connection import Connection
+
 # Numbered migrations, each applied once in its own transaction.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = []
+
+
+def version(db: Connection) -> int:
+    """The schema version of the database behind ``db`` (0: empty)."""
+    if db.engine == "sqlite":
+        return db.execute("PRAGMA user_version").fetchone()[0]
+    from mattermail.store import schema_pg
+
+    return schema_pg.version(db)
+
+
+def migrate(db: Connection) -> None:
+    """Apply every migration the database lacks, each in its own transaction; safe against another process
+    migrating the same database at the same time (it re-checks the version under the write lock)."""
+    if db.engine != "sqlite":
+        from mattermail.store import schema_pg
+
+        schema_pg.migrate(db)
+        return
+    for number, fn in enumerate(MIGRATIONS, start=1):
+        if version(db) >= number:
+            continue
+        db.begin()
+        try:
+            if version(db) < number:  # another process may have won the race
+                fn(sqlite_utils.Database(db.conn))
+                db.execute(f"PRAGMA user_version = {number}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
 
 def migration(fn: Callable[[sqlite_utils.Database], None]) -> Callable[[sqlite_utils.Database], None]:
@@ -173,11 +213,12 @@ def _m006_outbox(db: sqlite_utils.Database) -> None:
 def _m007_records_chain(db: sqlite_utils.Database) -> None:
     """The records chain (store/chain.py) and legal holds; the chain of what is already stored, built once."""
     from mattermail.store import chain
+    from mattermail.store.connection import SqliteConnection
 
-    chain.create_table(db)
+    chain.create_table(SqliteConnection(db.conn))
     db.execute("CREATE TABLE holds (matter TEXT PRIMARY KEY REFERENCES matters(id), reason TEXT NOT NULL, "
                "actor TEXT NOT NULL, since REAL NOT NULL)")
-    chain.genesis(db)
+    chain.genesis(SqliteConnection(db.conn))
 
 
 @migration
@@ -212,14 +253,19 @@ def _m009_thread_keys(db: sqlite_utils.Database) -> None:
     and ``envelopes.direction`` which way the captured message went (two-way capture). The primary key serves the lookup by key; the second index the deletes by message.
     Existing messages get their keys from the ``message_id`` and ``subject`` columns they already have.
     Portable SQL only (the PostgreSQL backend ports this as it is)."""
-    from mattermail.msgid import msgid, subject_key
-
     db.execute("CREATE TABLE thread_keys (message INTEGER NOT NULL REFERENCES messages(id), kind TEXT NOT NULL, "
                "key TEXT NOT NULL, PRIMARY KEY (kind, key, message))")
     db.execute("CREATE INDEX thread_keys_message ON thread_keys (message)")
     db.execute("ALTER TABLE envelopes ADD COLUMN message_id TEXT NOT NULL DEFAULT ''")
     # which way the captured message went: "outbound" (a user's submission) or "inbound" (mail to a user)
     db.execute("ALTER TABLE envelopes ADD COLUMN direction TEXT NOT NULL DEFAULT 'outbound'")
+    thread_keys_of_stored_messages(db)
+
+
+def thread_keys_of_stored_messages(db: Any) -> None:
+    """Migration 9 on either engine: the thread keys of the messages stored before it."""
+    from mattermail.msgid import msgid, subject_key
+
     last = 0
     while rows := db.execute("SELECT id, message_id, subject FROM messages WHERE id > ? ORDER BY id LIMIT 1000",
                              [last]).fetchall():

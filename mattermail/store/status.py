@@ -1,5 +1,7 @@
 """Read-only looks at a store another process writes: counts for ``mattermailctl status`` and the
-capture copy ``mattermailctl test-send`` waits for. Opens the database read-only, creates nothing."""
+capture copy ``mattermailctl test-send`` waits for. Opens the database read-only, creates nothing.
+
+``location``: the SQLite file, or a ``postgresql://`` URL (a session with read-only transactions)."""
 
 from __future__ import annotations
 
@@ -8,8 +10,10 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
+from mattermail.store.connection import PgConnection, is_url
 from mattermail.store.listing import UNFILED  # the one definition of "unfiled"
 
 _COUNTS = {
@@ -24,8 +28,17 @@ _COUNTS = {
 
 
 @contextmanager
-def _readonly(path: Path) -> Iterator[sqlite3.Connection]:
-    """A read-only connection; OSError when the file is missing or unreadable, StoreError on a bad file."""
+def _readonly(location: Path | str) -> Iterator[Any]:
+    """A read-only connection; OSError when the file is missing or unreadable, StoreError on a bad file
+    (or a PostgreSQL server that cannot be reached)."""
+    if is_url(location):
+        pg = PgConnection(str(location), readonly=True)
+        try:
+            yield pg
+        finally:
+            pg.close()
+        return
+    path = Path(location)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no store file")
     if not os.access(path, os.R_OK):
@@ -37,24 +50,26 @@ def _readonly(path: Path) -> Iterator[sqlite3.Connection]:
         db.close()
 
 
-def check_readable(path: Path) -> None:
+def check_readable(path: Path | str) -> None:
     """Raise OSError or StoreError when the store at ``path`` cannot be read."""
     with _readonly(path) as db:
         db.execute("SELECT 1 FROM messages LIMIT 1").fetchall()
 
 
-def counts(path: Path) -> dict[str, int]:
+def counts(path: Path | str) -> dict[str, int]:
     """Messages, filings, unfiled messages, persons, matters, aliases, users and messages not indexed for
     search yet (``not_indexed``) in the store at ``path``."""
     with _readonly(path) as db:
         out = {k: db.execute(q).fetchone()[0] for k, q in _COUNTS.items()}
         # messages the router has not indexed for search yet (a store before migration 8 has no queue)
-        queued = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'fts_pending'").fetchone()
+        queued = db.execute("SELECT to_regclass('fts_pending') IS NOT NULL" if is_url(path) else
+                            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'fts_pending'").fetchone()
+        queued = queued and queued[0]
         out["not_indexed"] = db.execute("SELECT COUNT(*) FROM fts_pending").fetchone()[0] if queued else 0
         return out
 
 
-def find_capture_copy(path: Path, messages_dir: Path, message_id: str,
+def find_capture_copy(path: Path | str, messages_dir: Path, message_id: str,
                       is_capture: Callable[[str], bool]) -> tuple[int, Path] | None:
     """(id, raw file) of the stored message with this Message-ID that came in as a capture copy: linked to
     an envelope, or delivered to an address ``is_capture`` recognises. None when there is none (yet)."""

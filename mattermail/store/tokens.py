@@ -49,9 +49,9 @@ def create_token(store: Store, login: str, scope: str = "read") -> tuple[Token, 
         raise UserError(f"--user: no such user: {login} (add it with 'mattermailctl user add')")
     secret = PREFIX + secrets.token_urlsafe(32)
     now = time.time()
-    cur = store.db.execute("INSERT INTO api_tokens (login, scope, token_hash, created) VALUES (?, ?, ?, ?)",
-                           [login, scope, _hash(secret), now])
-    return Token(cur.lastrowid, login, scope, now, None, None), secret
+    tid = store.db.insert("INSERT INTO api_tokens (login, scope, token_hash, created) VALUES (?, ?, ?, ?)",
+                          [login, scope, _hash(secret), now])
+    return Token(tid, login, scope, now, None, None), secret
 
 
 def list_tokens(store: Store, login: str | None = None) -> list[Token]:

@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from mattermail.store.engine import Store, UserError, normalise_address
+from mattermail.store.engine import Store, UserError, normalise_address, transaction
 
 # -- SMTP users ------------------------------------------------------------------
 
@@ -32,17 +32,12 @@ def list_users(store: Store) -> list[User]:
 def add_user(store: Store, login: str, password_hash: str, send_as: Iterable[str] = ()) -> User:
     login = normalise_address(login)
     addresses = sorted({login, *(normalise_address(a) for a in send_as)})
-    store.db.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(store):
         if store.db.execute("SELECT 1 FROM users WHERE login = ?", [login]).fetchone():
             raise UserError(f"user {login} already exists")
         store.db.execute("INSERT INTO users (login, password_hash, created) VALUES (?, ?, ?)", [login, password_hash, time.time()])
         for a in addresses:
             store.db.execute("INSERT INTO user_addresses (login, address) VALUES (?, ?)", [login, a])
-        store.db.execute("COMMIT")
-    except BaseException:
-        store.db.execute("ROLLBACK")
-        raise
     return User(login, tuple(addresses))
 
 
@@ -55,16 +50,11 @@ def set_password(store: Store, login: str, password_hash: str) -> None:
 
 def remove_user(store: Store, login: str) -> None:
     login = normalise_address(login)
-    store.db.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(store):
         store.db.execute("DELETE FROM user_addresses WHERE login = ?", [login])
         cur = store.db.execute("DELETE FROM users WHERE login = ?", [login])
         if cur.rowcount == 0:
             raise UserError(f"no such user: {login}")
-        store.db.execute("COMMIT")
-    except BaseException:
-        store.db.execute("ROLLBACK")
-        raise
 
 
 def login_addresses(store: Store) -> list[tuple[str, str]]:

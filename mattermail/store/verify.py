@@ -89,7 +89,7 @@ def verify(store: Store, wrap: Wrap | None = None, expect: Iterable[tuple[int, s
     filings: dict[int, dict[tuple, int]] = {}  # message -> filing -> entry
     holds: dict[str, int] = {}
     problems = rep.problems
-    db.execute("BEGIN")  # deferred: the first read fixes the snapshot
+    db.begin_snapshot()  # one snapshot for the chain and the tables
     try:
         prev_seq, prev_hash = 0, chain.GENESIS
         for e in chain.entries(db):
@@ -120,7 +120,7 @@ def verify(store: Store, wrap: Wrap | None = None, expect: Iterable[tuple[int, s
         _compare(store, rep, live, filings, holds)
         todo = sorted((mid, sha) for mid, (sha, _) in live.items())
     finally:
-        if db.conn.in_transaction:
+        if db.in_transaction:
             db.execute("COMMIT")
     missing: list[tuple[int, str]] = []
     for mid, sha in (wrap(todo) if wrap else todo):

@@ -73,9 +73,9 @@ def add_webhook(store: Store, url: str, secret_file: str, matter: str | None = N
         if store.db.execute("SELECT 1 FROM users WHERE login = ?", [login]).fetchone() is None:
             raise UserError(f"--user: no such user: {login}")
     now = time.time()
-    cur = store.db.execute("INSERT INTO webhooks (url, secret_file, matter, login, created) VALUES (?, ?, ?, ?, ?)",
-                           [url, secret_file, matter, login, now])
-    return Webhook(cur.lastrowid, url, secret_file, matter, login, now)
+    wid = store.db.insert("INSERT INTO webhooks (url, secret_file, matter, login, created) VALUES (?, ?, ?, ?, ?)",
+                          [url, secret_file, matter, login, now])
+    return Webhook(wid, url, secret_file, matter, login, now)
 
 
 def remove_webhook(store: Store, webhook_id: int) -> Webhook:

@@ -27,12 +27,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from mattermail_dev.devstack import Ports, Stack
+from mattermail_dev.pgcluster import free_port
 
 from .conftest import wait_for
 
@@ -94,14 +96,15 @@ def test_the_parser_finds_the_quick_start_commands():
     assert len(meta) == 3 and len(swaks) >= 2 and len(commands) >= 7, commands
 
 
-@pytest.fixture(scope="module")
-def fresh_stack():
-    """A stack of its own, as `make run` leaves it: no user, no matter (the session's stack has alice)."""
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def fresh_stack(request):
+    """A stack of its own, as `make run` leaves it: no user, no matter (the session's stack has alice).
+    Once per store engine: `make run` (SQLite) and `make run STORE=postgresql` file the same."""
     if os.geteuid() != 0:
         pytest.fail("the stack tests start a private Postfix instance and must run as root")
     var = Path(tempfile.mkdtemp(prefix="mattermail-stack-quickstart-"))
     os.chmod(var, 0o755)
-    stack = Stack(var, Ports.free())
+    stack = Stack(var, Ports.free(), store=request.param, pg_port=free_port())
     try:
         stack.start()
         yield stack
@@ -165,3 +168,8 @@ def test_readme_quick_start_commands_work(fresh_stack):
     listed = subprocess.run([str(BIN / "mattermailctl"), "--config", str(fresh_stack.config),
                              "messages", "list", "--matter", "1234"], capture_output=True, text=True, timeout=60)
     assert listed.returncode == 0 and "bob@example.test" in listed.stdout, listed.stdout + listed.stderr
+    url = tomllib.loads(fresh_stack.config.read_text())["store"].get("url", "")
+    if fresh_stack.store == "postgresql":  # filed in the database, not in a SQLite file beside it
+        assert url == fresh_stack.pg_url() and not (fresh_stack.var / "store.sqlite").exists(), url
+    else:
+        assert url == "" and (fresh_stack.var / "store.sqlite").exists()

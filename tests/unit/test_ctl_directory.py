@@ -22,14 +22,14 @@ def _invoker(cfg: Path):
 
 
 @pytest.fixture
-def run(write_config):
-    return _invoker(write_config(CATCHALL))
+def run(write_config, store_location):
+    return _invoker(write_config(CATCHALL, store=store_location))
 
 
 @pytest.fixture
-def store(run, tmp_path):
+def store(run, store_location, tmp_path):
     def open_store():
-        return Store(tmp_path / "store.sqlite", tmp_path / "messages")
+        return Store(store_location, tmp_path / "messages")
 
     return open_store
 

@@ -16,8 +16,8 @@ HTML = '<p class="disclaimer">HTML NOTICE &mdash; this e-mail is confidential.</
 
 
 @pytest.fixture
-def run(write_config):
-    cfg = write_config()
+def run(write_config, store_location):
+    cfg = write_config(store=store_location)
 
     def invoke(*args):
         return CliRunner().invoke(cli, ["--config", str(cfg), *map(str, args)])

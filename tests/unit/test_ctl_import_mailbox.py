@@ -147,18 +147,19 @@ def test_corpus_messages_in_one_mbox_split_as_before(corpus, tmp_path, newline):
 
 
 class Env:
-    def __init__(self, cfg: Path, tmp: Path) -> None:
+    def __init__(self, cfg: Path, tmp: Path, location: Path | str) -> None:
         self.cfg = cfg
-        self.store = Store(tmp / "store.sqlite", tmp / "messages")
+        self.store = Store(location, tmp / "messages")
 
     def run(self, *args):
         return CliRunner().invoke(cli, ["--config", str(self.cfg), *map(str, args)])
 
 
 @pytest.fixture
-def env(write_config, tmp_path):
-    cfg = write_config(f'[general]\ncatchall_domains = ["{CA}"]\nsending_domains = ["lawfirm.test"]\n')
-    e = Env(cfg, tmp_path)
+def env(write_config, tmp_path, store_location):
+    cfg = write_config(f'[general]\ncatchall_domains = ["{CA}"]\nsending_domains = ["lawfirm.test"]\n',
+                       store=store_location)
+    e = Env(cfg, tmp_path, store_location)
     d.add_matter(e.store, "1234", "Smith v Jones")
     d.add_matter(e.store, "5678", "Estate of Brown")
     yield e

@@ -25,9 +25,9 @@ SUMMARY = re.compile(r"^imported (\d+): filed (\d+), unfiled (\d+), personal (\d
 
 
 class Env:
-    def __init__(self, cfg: Path, tmp: Path) -> None:
+    def __init__(self, cfg: Path, tmp: Path, location: Path | str) -> None:
         self.cfg, self.tmp = cfg, tmp
-        self.store = Store(tmp / "store.sqlite", tmp / "messages")
+        self.store = Store(location, tmp / "messages")
 
     def run(self, *args, input=None):
         return CliRunner().invoke(cli, ["--config", str(self.cfg), *map(str, args)], input=input)
@@ -38,11 +38,12 @@ class Env:
 
 
 @pytest.fixture
-def env(write_config, tmp_path):
+def env(write_config, tmp_path, store_location):
     (tmp_path / "capture.key").write_bytes(SECRET)
     cfg = write_config(f'[general]\ncatchall_domains = ["{CA}"]\nsending_domains = ["lawfirm.test"]\n'
-                       f'[capture]\naddress = "capture@{CA}"\nsecret_file = "{tmp_path}/capture.key"\n')
-    e = Env(cfg, tmp_path)
+                       f'[capture]\naddress = "capture@{CA}"\nsecret_file = "{tmp_path}/capture.key"\n',
+                       store=store_location)
+    e = Env(cfg, tmp_path, store_location)
     d.add_person(e.store, "jane@client.example", "Jane Client")  # id 1
     d.add_person(e.store, "alice@lawfirm.test", "Alice Lawyer")  # id 2
     d.add_person(e.store, "bob@partner.example", "Bob Partner")  # id 3

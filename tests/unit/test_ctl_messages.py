@@ -27,9 +27,9 @@ def eml(to, subject, frm, body, date, extra=""):
 
 
 class Env:
-    def __init__(self, cfg: Path, tmp: Path) -> None:
+    def __init__(self, cfg: Path, tmp: Path, location: Path | str) -> None:
         self.cfg, self.tmp = cfg, tmp
-        self.store = Store(tmp / "store.sqlite", tmp / "messages")
+        self.store = Store(location, tmp / "messages")
         self.files: dict[str, Path] = {}
         self.ids: dict[str, int] = {}
 
@@ -43,12 +43,13 @@ class Env:
 
 
 @pytest.fixture
-def env(write_config, tmp_path):
+def env(write_config, tmp_path, store_location):
     """Persons, matters and seven imported messages, named by what they are."""
     (tmp_path / "capture.key").write_bytes(SECRET)
     cfg = write_config(f'[general]\ncatchall_domains = ["{CA}"]\nsending_domains = ["lawfirm.test"]\n'
-                       f'[capture]\naddress = "capture@{CA}"\nsecret_file = "{tmp_path}/capture.key"\n')
-    e = Env(cfg, tmp_path)
+                       f'[capture]\naddress = "capture@{CA}"\nsecret_file = "{tmp_path}/capture.key"\n',
+                       store=store_location)
+    e = Env(cfg, tmp_path, store_location)
     s = e.store
     d.add_person(s, "jane@client.example", "Jane Client")  # 1
     d.add_person(s, "alice@lawfirm.test", "Alice Lawyer")  # 2

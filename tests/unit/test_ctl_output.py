@@ -40,18 +40,19 @@ def no_raw_controls(text: str, what: str) -> None:
 
 
 class Env:
-    def __init__(self, cfg: Path, tmp: Path) -> None:
+    def __init__(self, cfg: Path, tmp: Path, location: Path | str) -> None:
         self.cfg, self.tmp = cfg, tmp
-        self.store = Store(tmp / "store.sqlite", tmp / "messages")
+        self.store = Store(location, tmp / "messages")
 
     def run(self, *args: object, input: str | None = None):
         return CliRunner().invoke(cli, ["--config", str(self.cfg), *map(str, args)], input=input)
 
 
 @pytest.fixture
-def env(write_config, tmp_path):
-    cfg = write_config(f'[general]\ncatchall_domains = ["{CA}"]\nsending_domains = ["lawfirm.test"]\n')
-    e = Env(cfg, tmp_path)
+def env(write_config, tmp_path, store_location):
+    cfg = write_config(f'[general]\ncatchall_domains = ["{CA}"]\nsending_domains = ["lawfirm.test"]\n',
+                       store=store_location)
+    e = Env(cfg, tmp_path, store_location)
     d.add_person(e.store, "jane@client.example", "Jane Client")
     d.add_matter(e.store, "1234", "Smith v Jones", ["jane@client.example"])
     yield e

@@ -6,6 +6,7 @@ import hashlib
 import json
 import sqlite3
 
+import psycopg
 import pytest
 from click.testing import CliRunner
 
@@ -21,8 +22,28 @@ def eml(to: str, subject: str, n: int) -> bytes:
 
 
 class Env:
-    def __init__(self, cfg, tmp):
-        self.cfg, self.tmp = cfg, tmp
+    def __init__(self, cfg, tmp, location):
+        self.cfg, self.tmp, self.location = cfg, tmp, location
+
+    def sql(self, *statements: str) -> list[tuple]:
+        """Run statements on the database behind the CLI's back, as its owner could (the chain's triggers off
+        on PostgreSQL; SQLite's are dropped by the statements themselves); the last one's rows."""
+        if isinstance(self.location, str):
+            with psycopg.connect(self.location, autocommit=True) as pg:
+                pg.execute("ALTER TABLE chain DISABLE TRIGGER USER")
+                cur = None
+                for q in statements:
+                    if not q.startswith("DROP TRIGGER"):
+                        cur = pg.execute(q)
+                return cur.fetchall() if cur is not None and cur.description else []
+        con = sqlite3.connect(self.location, isolation_level=None)
+        try:
+            rows: list[tuple] = []
+            for q in statements:
+                rows = con.execute(q).fetchall()
+            return rows
+        finally:
+            con.close()
 
     def run(self, *args, env=None):
         return CliRunner().invoke(cli, ["--config", str(self.cfg), *map(str, args)], env=env)
@@ -40,11 +61,10 @@ class Env:
         return self.tmp / "messages" / sha[:2] / f"{sha}.eml"
 
 
-@pytest.fixture
-def env(write_config, tmp_path):
-    cfg = write_config(f'[general]\ncatchall_domains = ["{CA}"]\n')
-    e = Env(cfg, tmp_path)
-    s = Store(tmp_path / "store.sqlite", tmp_path / "messages")
+def _env(write_config, tmp_path, location):
+    cfg = write_config(f'[general]\ncatchall_domains = ["{CA}"]\n', store=location)
+    e = Env(cfg, tmp_path, location)
+    s = Store(location, tmp_path / "messages")
     s.close()
     e.ok("person", "add", "bob@partner.example", "--name", "Bob")
     e.ok("matter", "add", "1234", "--title", "Smith v Jones")
@@ -57,6 +77,17 @@ def env(write_config, tmp_path):
     r = e.ok("import", src)
     assert "imported 3: filed 3" in r.stdout, r.stdout
     return e
+
+
+@pytest.fixture
+def env(write_config, tmp_path, store_location):
+    return _env(write_config, tmp_path, store_location)
+
+
+@pytest.fixture
+def sqlite_env(write_config, tmp_path):
+    """backup and restore: SQLite's (a PostgreSQL store is dumped with pg_dump, test_store_engines.py)."""
+    return _env(write_config, tmp_path, tmp_path / "store.sqlite")
 
 
 def test_verify_clean_store_exits_0_and_head_prints_length_and_digest(env):
@@ -83,16 +114,11 @@ def test_verify_names_a_flipped_byte(env):
 
 
 def test_verify_names_a_deleted_filing_and_a_deleted_entry(env):
-    con = sqlite3.connect(env.tmp / "store.sqlite", isolation_level=None)
-    con.execute("DELETE FROM filings WHERE message = 3")
-    con.close()
+    env.sql("DELETE FROM filings WHERE message = 3")
     r = env.run("store", "verify")
     assert r.exit_code == 1 and "entry 6, filed, message 3" in r.output and "missing from the filings table" \
         in r.output, r.output
-    con = sqlite3.connect(env.tmp / "store.sqlite", isolation_level=None)
-    con.execute("DROP TRIGGER chain_no_delete")
-    con.execute("DELETE FROM chain WHERE seq = 2")
-    con.close()
+    env.sql("DROP TRIGGER chain_no_delete", "DELETE FROM chain WHERE seq = 2")
     r = env.run("store", "verify")
     assert r.exit_code == 1 and "first: entry 3, stored, message 2" in r.output and \
         "entry 2 before it is missing" in r.output, r.output
@@ -127,9 +153,7 @@ def test_delete_removes_the_file_after_the_chain_records_it(env):
     assert not path.exists()
     r = env.run("messages", "show", 1)
     assert r.exit_code == 1 and "no message 1" in r.output, r.output
-    con = sqlite3.connect(env.tmp / "store.sqlite")
-    row = con.execute("SELECT kind, actor, sha256, detail FROM chain WHERE seq = 7").fetchone()
-    con.close()
+    [row] = env.sql("SELECT kind, actor, sha256, detail FROM chain WHERE seq = 7")
     assert row[:3] == ("deleted", "bob", sha) and json.loads(row[3])["reason"] == "personal mail", row
     assert env.json("store", "verify")["messages"] == 2
 
@@ -151,7 +175,7 @@ def test_a_held_matter_refuses_delete_and_refile_away(env):
     r = env.ok("matter", "release", "1234", "--reason", "settled")
     assert "legal hold released (it was: litigation hold)" in r.stdout
     env.ok("messages", "delete", 1, "--reason", "after the hold")
-    kinds = [k for (k,) in sqlite3.connect(env.tmp / "store.sqlite").execute("SELECT kind FROM chain ORDER BY seq")]
+    kinds = [k for (k,) in env.sql("SELECT kind FROM chain ORDER BY seq")]
     assert kinds[6:] == ["hold", "refiled", "release", "deleted"], kinds
     env.ok("store", "verify")
 
@@ -175,7 +199,7 @@ def fresh_env(write_config_dir, name):
     base.mkdir()
     cfg = base / "mattermail.toml"
     cfg.write_text(env_config_text(base))
-    return Env(cfg, base)
+    return Env(cfg, base, base / "store.sqlite")
 
 
 def env_config_text(base):
@@ -183,7 +207,8 @@ def env_config_text(base):
             f'[general]\ncatchall_domains = ["{CA}"]\n')
 
 
-def test_backup_then_restore_onto_an_empty_store_verifies(env, tmp_path):
+def test_backup_then_restore_onto_an_empty_store_verifies(sqlite_env, tmp_path):
+    env = sqlite_env
     env.ok("messages", "delete", 3, "--reason", "gone before the backup")
     r = env.ok("backup", tmp_path / "bk")
     head = env.json("store", "verify", "--head")
@@ -206,7 +231,8 @@ def test_backup_then_restore_onto_an_empty_store_verifies(env, tmp_path):
     assert r.exit_code == 1 and "is not empty (2 messages" in r.output, r.output
 
 
-def test_restore_refuses_an_altered_backup_naming_the_file(env, tmp_path):
+def test_restore_refuses_an_altered_backup_naming_the_file(sqlite_env, tmp_path):
+    env = sqlite_env
     env.ok("backup", tmp_path / "bk")
     manifest = json.loads((tmp_path / "bk" / "manifest.json").read_text())
     name = sorted(manifest["files"])[1]
@@ -218,7 +244,8 @@ def test_restore_refuses_an_altered_backup_naming_the_file(env, tmp_path):
     assert other.json("store", "verify", "--head")["length"] == 0
 
 
-def test_a_backup_taken_while_mail_is_written_restores_consistently(env, tmp_path):
+def test_a_backup_taken_while_mail_is_written_restores_consistently(sqlite_env, tmp_path):
+    env = sqlite_env
     import threading
 
     from mattermail.store import Store, insert_message, transaction
@@ -304,7 +331,8 @@ def test_store_log_shows_a_deleted_messages_trail(env):
     assert len(env.json("store", "log", "--limit", 2)) == 2
 
 
-def test_an_incremental_backup_links_what_the_previous_one_holds(env, tmp_path):
+def test_an_incremental_backup_links_what_the_previous_one_holds(sqlite_env, tmp_path):
+    env = sqlite_env
     env.ok("backup", tmp_path / "bk1")
     env.ok("messages", "delete", 3, "--reason", "gone")
     src = tmp_path / "src2"
@@ -326,3 +354,12 @@ def test_an_incremental_backup_links_what_the_previous_one_holds(env, tmp_path):
     assert "1 linked" not in r.stdout and "2 linked" in r.stdout, r.stdout
     third = fresh_env(tmp_path, "third")
     assert "store verify: OK" in third.ok("restore", tmp_path / "bk3").stdout
+
+
+def test_backup_of_a_postgresql_store_is_refused_naming_pg_dump(write_config, tmp_path, pg_cluster):
+    url = pg_cluster.create_database("mm_ctl_backup", "mattermail_template")
+    e = _env(write_config, tmp_path, url)
+    r = e.run("backup", tmp_path / "b")
+    assert r.exit_code == 1 and "pg_dump" in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert "Traceback" not in r.output and not (tmp_path / "b").exists()
+    pg_cluster.drop_database("mm_ctl_backup")

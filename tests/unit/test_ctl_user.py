@@ -8,8 +8,8 @@ from mattermail.ctl.cli import cli
 
 
 @pytest.fixture
-def run(write_config):
-    cfg = write_config()
+def run(write_config, store_location):
+    cfg = write_config(store=store_location)
 
     def invoke(*args, input=None):
         return CliRunner().invoke(cli, ["--config", str(cfg), *args], input=input)

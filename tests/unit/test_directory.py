@@ -7,8 +7,8 @@ CATCHALL = ["matters.lawfirm.test"]
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "s.sqlite", tmp_path / "m")
+def store(store_location, tmp_path):
+    s = Store(store_location, tmp_path / "m")
     yield s
     s.close()
 
@@ -61,7 +61,7 @@ def test_filing_is_recorded_once(store):
 def test_a_failure_inside_a_nested_transaction_rolls_back_to_its_savepoint(store):
     """Inside an open transaction (the router's batch), transaction() is a savepoint: an error after
     some inserts undoes only those; the outer transaction's rows stay and commit."""
-    store.db.execute("BEGIN IMMEDIATE")
+    store.db.begin()
     kept = d.add_person(store, "kept@example.test", "Kept")
     with pytest.raises(RuntimeError, match="after the inserts"):
         with d.transaction(store):
@@ -70,7 +70,7 @@ def test_a_failure_inside_a_nested_transaction_rolls_back_to_its_savepoint(store
                              [kept.id, "gone@example.test"])
             assert d.get_matter(store, "77") is not None  # inserted, inside the savepoint
             raise RuntimeError("after the inserts")
-    assert store.db.conn.in_transaction  # the outer transaction is still open
+    assert store.in_transaction  # the outer transaction is still open
     store.db.execute("COMMIT")
     assert d.get_matter(store, "77") is None
     assert d.person_by_email(store, "kept@example.test").addresses == ("kept@example.test",)

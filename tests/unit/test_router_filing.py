@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import stat
 import time
 
@@ -16,6 +15,7 @@ from mattermail.router import filing, forward
 from mattermail.router.forward import notice_message_id
 from mattermail.router.forwarder import send_pending
 from mattermail.store import index_pending, pending_count, pending_forwards
+from mattermail.store import search as store_search
 from mattermail.router.capture_link import inspect_captures
 from mattermail.store import EnvelopeRecord, Store, record_envelope
 
@@ -32,8 +32,8 @@ def make_cfg(tmp_path, **router):
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "s.sqlite", tmp_path / "m")
+def store(store_location, tmp_path):
+    s = Store(store_location, tmp_path / "m")
     d.add_person(s, "client@example.test", "Client")  # id 1
     d.add_person(s, "alice@lawfirm.test", "Alice")  # id 2
     d.add_person(s, "bcc-client@example.test", "Bcc'd client")  # id 3
@@ -85,7 +85,7 @@ def test_full_text_search_finds_body_and_subject_words(store, tmp_path):
     res = filing.file_message(raw, "client@example.test", [f"1234@{CA}"], store, cfg, "Q2")
 
     def search(q):
-        return [r[0] for r in store.db.execute("SELECT rowid FROM messages_fts WHERE messages_fts MATCH ?", [q])]
+        return [h.message.id for h in store_search(store, q)]
 
     # filing queues the message for the index; the indexer (after the commit) puts it there
     assert search("quarterly") == [] and pending_count(store) == 1
@@ -264,4 +264,4 @@ def test_route_explain_of_a_recipient(store, tmp_path):
     assert len(r.trace) == 8 and r.unfiled_reason is None  # one line per rule
     none = filing.route(msg(frm="x@other.test", extra=""), None, store, cfg)
     assert none.unfiled_reason == "no rule matched" and none.trace[0].startswith("resolution: no catch-all address")
-    assert os.path.exists(store.path) and store.count("events") == 0
+    assert store.count("events") == 0

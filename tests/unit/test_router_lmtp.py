@@ -50,8 +50,8 @@ def running(store, handler=None):
 
 
 @pytest.fixture
-def server(tmp_path):
-    store = Store(tmp_path / "s.sqlite", tmp_path / "m")
+def server(store_location, tmp_path):
+    store = Store(store_location, tmp_path / "m")
     with running(store) as port:
         yield store, port
     store.close()
@@ -133,8 +133,8 @@ def test_each_recipient_is_filed_before_its_250_and_logged(server, caplog):
     assert lines[1].endswith('status=stored unfiled="unknown matter 9999"')
 
 
-def test_a_failing_forward_answers_250_and_keeps_the_notice_in_the_outbox(tmp_path, monkeypatch, caplog):
-    store = Store(tmp_path / "s.sqlite", tmp_path / "m")
+def test_a_failing_forward_answers_250_and_keeps_the_notice_in_the_outbox(store_location, tmp_path, monkeypatch, caplog):
+    store = Store(store_location, tmp_path / "m")
     directory.add_matter(store, "1234", "Smith v Jones")
     monkeypatch.setattr(forward, "SENDMAIL", "/bin/false")
     caplog.set_level(logging.INFO, "mattermail.router")
@@ -155,8 +155,8 @@ def test_a_failing_forward_answers_250_and_keeps_the_notice_in_the_outbox(tmp_pa
     store.close()
 
 
-def test_concurrent_deliveries_are_group_committed(tmp_path, monkeypatch):
-    store = Store(tmp_path / "s.sqlite", tmp_path / "m")
+def test_concurrent_deliveries_are_group_committed(store_location, tmp_path, monkeypatch):
+    store = Store(store_location, tmp_path / "m")
     directory.add_matter(store, "1234", "Smith v Jones")
     handler = lmtp.DeliveryHandler(store)
     commits = []
@@ -211,8 +211,8 @@ def test_concurrent_deliveries_are_group_committed(tmp_path, monkeypatch):
     store.close()
 
 
-def test_a_failed_filing_defers_only_its_message_in_the_batch(tmp_path, monkeypatch):
-    store = Store(tmp_path / "s.sqlite", tmp_path / "m")
+def test_a_failed_filing_defers_only_its_message_in_the_batch(store_location, tmp_path, monkeypatch):
+    store = Store(store_location, tmp_path / "m")
     real = batch.file_stored
 
     def flaky(data, *a, **k):
@@ -232,9 +232,9 @@ def test_a_failed_filing_defers_only_its_message_in_the_batch(tmp_path, monkeypa
 
 
 @pytest.mark.parametrize("data,code", [(b"x" * 2000 + b"\r\n", 500), ((b"y" * 70 + b"\r\n") * 40, 552)])
-def test_refused_data_gets_one_reply_per_recipient_and_leaves_no_spool_file(tmp_path, monkeypatch, data, code):
+def test_refused_data_gets_one_reply_per_recipient_and_leaves_no_spool_file(store_location, tmp_path, monkeypatch, data, code):
     monkeypatch.setattr(lmtp, "MAX_MESSAGE_SIZE", 2048)
-    store = Store(tmp_path / "s.sqlite", tmp_path / "m")
+    store = Store(store_location, tmp_path / "m")
     with running(store) as port, smtplib.LMTP("127.0.0.1", port) as c:
         c.ehlo()
         c.mail("bob@example.test")
@@ -258,8 +258,8 @@ def _until(what, seconds=10.0):
     return value
 
 
-def test_delivery_is_answered_250_before_indexing_and_the_next_start_indexes_it(tmp_path):
-    store = Store(tmp_path / "s.sqlite", tmp_path / "m")
+def test_delivery_is_answered_250_before_indexing_and_the_next_start_indexes_it(store_location, tmp_path):
+    store = Store(store_location, tmp_path / "m")
     held = lmtp.DeliveryHandler(store, config=from_dict({"router": {"index_delay": 3600}}))
     with running(store, held) as port:
         assert held.indexer.started.wait(10)  # (the start-up catch-up, with nothing to do, is over)
@@ -278,8 +278,8 @@ def test_delivery_is_answered_250_before_indexing_and_the_next_start_indexes_it(
     store.close()
 
 
-def test_the_indexer_catches_up_after_each_commit_and_logs_it(tmp_path, caplog):
-    store = Store(tmp_path / "s.sqlite", tmp_path / "m")
+def test_the_indexer_catches_up_after_each_commit_and_logs_it(store_location, tmp_path, caplog):
+    store = Store(store_location, tmp_path / "m")
     handler = lmtp.DeliveryHandler(store)
     with caplog.at_level(logging.DEBUG, logger="mattermail.router.index"), running(store, handler) as port:
         for _ in range(3):
@@ -291,13 +291,13 @@ def test_the_indexer_catches_up_after_each_commit_and_logs_it(tmp_path, caplog):
     store.close()
 
 
-def test_an_indexing_failure_is_logged_with_the_message_ids_and_retried(tmp_path, monkeypatch, caplog):
+def test_an_indexing_failure_is_logged_with_the_message_ids_and_retried(store_location, tmp_path, monkeypatch, caplog):
     import hashlib
 
     from mattermail.router import indexer
     from mattermail.store import StoreError, insert_message, transaction
 
-    store = Store(tmp_path / "s.sqlite", tmp_path / "m")
+    store = Store(store_location, tmp_path / "m")
     with transaction(store):
         insert_message(store, MSG, hashlib.sha256(MSG).hexdigest(), body_text="body")
     real, calls = indexer.index_pending, []

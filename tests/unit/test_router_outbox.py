@@ -20,8 +20,8 @@ NOBODY = "nobody@matters.lawfirm.test"
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "s.sqlite", tmp_path / "m")
+def store(store_location, tmp_path):
+    s = Store(store_location, tmp_path / "m")
     yield s
     s.close()
 

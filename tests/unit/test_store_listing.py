@@ -68,8 +68,8 @@ class Fill:
 
 
 @pytest.fixture
-def fill(tmp_path, monkeypatch):
-    s = Store(tmp_path / "store.sqlite", tmp_path / "messages")
+def fill(store_location, tmp_path, monkeypatch):
+    s = Store(store_location, tmp_path / "messages")
     f = Fill(s, monkeypatch)
     f.add("plus", "Mon, 01 Jan 2024 09:00:00 +0000", "the zebrafish reports for review", matter="1234",
           person=f.jane.id)
@@ -252,15 +252,17 @@ def test_search_never_raises_on_random_operator_soup(fill):
     assert total > 0, "400 random queries over 'zebrafish'/'hearing' found nothing at all"
 
 
-def test_migration_12_stores_each_message_time_and_listings_order_by_it(tmp_path, monkeypatch):
+def test_migration_12_stores_each_message_time_and_listings_order_by_it(blank_store_location, tmp_path,
+                                                                        monkeypatch):
     """Rows stored before migration 12 get their sort time from their Date header (or the time they were
     stored); a listing by time and a since/until filter then agree with message_datetime."""
     from mattermail import store as storemod
-    from mattermail.store import engine
+    from mattermail.store import schema, schema_pg
 
     assert [i for i, fn in enumerate(storemod.MIGRATIONS, 1) if fn.__name__ == "_m012_sort_time"] == [12]
-    monkeypatch.setattr(engine, "MIGRATIONS", storemod.MIGRATIONS[:11])
-    old = storemod.Store(tmp_path / "s.sqlite", tmp_path / "m")
+    monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:11])
+    monkeypatch.setattr(schema_pg, "PG_MIGRATIONS", schema_pg.PG_MIGRATIONS[:11])
+    old = storemod.Store(blank_store_location, tmp_path / "m")
     rows = [("Tue, 2 Mar 1999 09:44:33 +0100", 5.0), ("", 1_700_000_000.0), ("not a date", 3.0),
             ("Mon, 23 Nov 2026 12:00:00 -0500", 0.0)]
     for i, (date, received) in enumerate(rows, 1):
@@ -268,7 +270,7 @@ def test_migration_12_stores_each_message_time_and_listings_order_by_it(tmp_path
                        [f"s{i}", received, date])
     old.close()
     monkeypatch.undo()
-    new = storemod.Store(tmp_path / "s.sqlite", tmp_path / "m")
+    new = storemod.Store(blank_store_location, tmp_path / "m")
     assert new.schema_version() >= 12
     got = dict(new.db.execute("SELECT sha256, sort_time FROM messages").fetchall())
     assert got == {"s1": "19990302084433000000", "s2": "20231114221320000000", "s3": "19700101000003000000",

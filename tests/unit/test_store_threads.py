@@ -31,8 +31,8 @@ def make_cfg(tmp_path, **router):
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "s.sqlite", tmp_path / "m")
+def store(store_location, tmp_path):
+    s = Store(store_location, tmp_path / "m")
     d.add_person(s, "client@example.test", "Client")  # id 1
     d.add_matter(s, "1234", "Smith v Jones")
     d.add_matter(s, "5678", "Estate of Brown")
@@ -111,14 +111,16 @@ def test_deleting_a_message_removes_its_keys(store, tmp_path) -> None:
     assert res.filings == []
 
 
-def test_migration_9_backfills_message_ids_and_subjects(tmp_path, monkeypatch) -> None:
+def test_migration_9_backfills_message_ids_and_subjects(blank_store_location, tmp_path, monkeypatch) -> None:
     from mattermail import store as storemod
-    from mattermail.store import engine
+    from mattermail.store import schema, schema_pg
 
     n = [i for i, fn in enumerate(storemod.MIGRATIONS, 1) if fn.__name__ == "_m009_thread_keys"]
     assert n == [9]
-    monkeypatch.setattr(engine, "MIGRATIONS", storemod.MIGRATIONS[:8])
-    old = Store(tmp_path / "s.sqlite", tmp_path / "m")
+    monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:8])
+    monkeypatch.setattr(schema_pg, "PG_MIGRATIONS", schema_pg.PG_MIGRATIONS[:8])
+    old = Store(blank_store_location, tmp_path / "m")
+    assert old.schema_version() == 8
     for i, (header_id, subject) in enumerate((("<Old.1@Example.ORG>", "Re: Contract draft"), ("", "hi"),
                                               ("junk", "")), 1):
         old.db.execute("INSERT INTO messages (sha256, size, received, message_id, subject) VALUES (?, 1, 0, ?, ?)",
@@ -127,7 +129,7 @@ def test_migration_9_backfills_message_ids_and_subjects(tmp_path, monkeypatch) -
                    "VALUES ('aaaaaaaaaaaa', 'Q', 'a@x.test', '[]', 'a@x.test', '127.0.0.1', 0)")
     old.close()
     monkeypatch.undo()
-    new = Store(tmp_path / "s.sqlite", tmp_path / "m")
+    new = Store(blank_store_location, tmp_path / "m")
     assert new.schema_version() >= 9
     rows = new.db.execute("SELECT message, kind, key FROM thread_keys ORDER BY message, kind").fetchall()
     assert rows == [(1, "msgid", "Old.1@example.org"), (1, "subject", "contract draft")]
@@ -136,9 +138,11 @@ def test_migration_9_backfills_message_ids_and_subjects(tmp_path, monkeypatch) -
     new.close()
 
 
-def test_import_threads_in_file_order_and_route_explain_names_the_reference(write_config, tmp_path) -> None:
-    cfg = write_config(f'[general]\ncatchall_domains = ["{CA}"]\nsending_domains = ["lawfirm.test"]\n')
-    s = Store(tmp_path / "store.sqlite", tmp_path / "messages")
+def test_import_threads_in_file_order_and_route_explain_names_the_reference(write_config, store_location,
+                                                                           tmp_path) -> None:
+    cfg = write_config(f'[general]\ncatchall_domains = ["{CA}"]\nsending_domains = ["lawfirm.test"]\n',
+                       store=store_location)
+    s = Store(store_location, tmp_path / "messages")
     d.add_matter(s, "1234", "Smith v Jones")
     s.close()
     folder = tmp_path / "mail"
@@ -150,7 +154,7 @@ def test_import_threads_in_file_order_and_route_explain_names_the_reference(writ
                                        extra="References: <a@lawfirm.test> <b@client.example>\r\n"))
     r = CliRunner().invoke(cli, ["--config", str(cfg), "import", str(folder)])
     assert r.exit_code == 0, r.output
-    s = Store(tmp_path / "store.sqlite", tmp_path / "messages")
+    s = Store(store_location, tmp_path / "messages")
     rules = s.db.execute("SELECT m.message_id, f.matter, f.rule FROM filings f JOIN messages m ON m.id = f.message "
                          "ORDER BY m.id").fetchall()
     s.close()

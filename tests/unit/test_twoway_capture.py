@@ -123,8 +123,8 @@ def router_cfg(tmp_path, inbound="known"):
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "s.sqlite", tmp_path / "m")
+def store(store_location, tmp_path):
+    s = Store(store_location, tmp_path / "m")
     d.add_person(s, "client@example.test", "Client")  # id 1
     d.add_matter(s, "1234", "Smith v Jones")
     yield s

@@ -5,6 +5,9 @@ Everything runs on loopback with its state in one directory (``var/`` for
 (inbound SMTP and STARTTLS+SASL submission), an auth-only Dovecot, the
 milter, the router (LMTP), the SRS socketmap (its own process), a sink
 standing for "the internet", and a DNS server serving ``<var>/dns/*.zone``.
+With ``--store postgresql`` (``make run STORE=postgresql``) the store is the
+database ``mattermail`` in a PostgreSQL cluster kept in ``<var>/postgresql``
+(127.0.0.1:5433, mattermail_dev.pgcluster), started and stopped with the rest.
 ``start`` is idempotent: parts already running are left alone. It returns
 when every part answers; a part that cannot start is named with the log
 line that says why.
@@ -46,7 +49,10 @@ DAEMONS = ("milter", "router", "srs", "sink", "dns", "web")
 # Where a var/ the daemons cannot enter is moved to (see place_var).
 DEV_STATE = Path("/var/lib/mattermail-dev")
 # Unprivileged users whose daemons must enter the state directory.
-DAEMON_USERS = ("postfix", "dovecot", "dovenull")
+DAEMON_USERS = ("postfix", "dovecot", "dovenull", "postgres")
+# The dev stack's PostgreSQL cluster (--store postgresql): its port and database.
+PG_PORT = 5433
+PG_DATABASE = "mattermail"
 
 
 class StackError(RuntimeError):
@@ -198,9 +204,12 @@ def _dns_answers(port: int) -> bool:
 
 
 class Stack:
-    def __init__(self, var: Path, ports: Ports = Ports()) -> None:
+    def __init__(self, var: Path, ports: Ports = Ports(), store: str | None = None, pg_port: int = PG_PORT) -> None:
         self.var = Path(var).resolve()
         self.ports = ports
+        self.store = store  # "sqlite", "postgresql", or None: as the config says (SQLite for a new one)
+        self.pg_port = pg_port
+        self.pg_root = self.var / "postgresql"
         self.name = "postfix-mm-" + hashlib.sha1(str(self.var).encode()).hexdigest()[:8]
         self.etc = self.var / "postfix" / "etc"
         self.spool = self.var / "postfix" / "spool"
@@ -224,7 +233,20 @@ class Stack:
                     sender_login_map=self.sender_login_map,
                     smtp_port=self.ports.smtp, submission_port=self.ports.submission,
                     milter_port=self.ports.milter, lmtp_port=self.ports.lmtp, sink_port=self.ports.sink,
-                    dns_port=self.ports.dns, srs_port=self.ports.srs, web_port=self.ports.web)
+                    dns_port=self.ports.dns, srs_port=self.ports.srs, web_port=self.ports.web,
+                    store_url=self.pg_url() if self.store == "postgresql" else "")
+
+    def pg_url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.pg_port}/{PG_DATABASE}"
+
+    def uses_postgresql(self) -> bool:
+        """--store postgresql, or (without --store) a config whose store.url is set."""
+        if self.store is not None:
+            return self.store == "postgresql"
+        try:
+            return bool(tomllib.loads(self.config.read_text()).get("store", {}).get("url"))
+        except FileNotFoundError:
+            return False
 
     def prepare(self) -> None:
         blocked = unreachable_for_daemons(self.var)
@@ -246,6 +268,7 @@ class Stack:
         else:
             self._migrate_config()
             self._migrate_submission()
+            self._set_store()
             self._migrate_web()
         for zone in (TEMPLATES / "zones").glob("*.zone"):
             if not (self.dns_dir / zone.name).exists():
@@ -291,6 +314,42 @@ class Stack:
         self.config.write_text(new)
         print(f"devstack: added postfix.submission = 127.0.0.1:{self.ports.submission} to {self.config}")
 
+    def _set_store(self) -> None:
+        """--store given for an existing config: point store.url at the dev cluster, or empty it (SQLite)."""
+        if self.store is None:
+            return
+        text = self.config.read_text()
+        want = self.values()["store_url"]
+        if tomllib.loads(text).get("store", {}).get("url", "") == want:
+            return
+        line = f'url = "{want}"\n'
+        new, n = re.subn(r'(?m)^url[ \t]*=.*\n', line, text, count=1) if "url" in tomllib.loads(text).get(
+            "store", {}) else re.subn(r"(?m)^\[store\][ \t]*\n", lambda m: m.group(0) + line, text, count=1)
+        if not n:
+            new = text.rstrip("\n") + "\n\n[store]\n" + line
+        self.config.write_text(new)
+        print(f"devstack: set store.url = \"{want}\" in {self.config}")
+
+    # -- the PostgreSQL store (--store postgresql) --------------------------------------------
+    def start_postgres(self) -> None:
+        from mattermail_dev import pgcluster
+
+        try:
+            cluster = pgcluster.open_persistent(self.pg_root, self.pg_port)
+            if not cluster.database_exists(PG_DATABASE):
+                cluster.create_database(PG_DATABASE)
+        except pgcluster.ClusterError as e:
+            raise StackError(f"postgresql: {e}") from None
+
+    def stop_postgres(self) -> None:
+        if not (self.pg_root / "data" / "postmaster.pid").exists():
+            return
+        from mattermail_dev import pgcluster
+
+        pgcluster.persistent(self.pg_root, self.pg_port).stop()
+
+    def postgres_running(self) -> bool:
+        return (self.pg_root / "data" / "postmaster.pid").exists()
     def _migrate_web(self) -> None:
         """A config written before ``[web]`` existed: the web view listens on the dev port, over plain http."""
         text = self.config.read_text()
@@ -476,6 +535,8 @@ class Stack:
     # -- the whole stack -----------------------------------------------------------------
     def start(self) -> None:
         self.prepare()
+        if self.uses_postgresql():
+            self.start_postgres()
         self.start_dns()
         self.start_sink()
         self.start_srs()
@@ -491,6 +552,7 @@ class Stack:
         self.stop_dovecot()
         for name in DAEMONS:
             self._kill(name)
+        self.stop_postgres()
 
     def _tail(self, name: str, lines: int = 20) -> str:
         p = self.logs / f"{name}.log"
@@ -545,6 +607,7 @@ class Stack:
   Postfix submission (587-like) 127.0.0.1:{p.submission}   STARTTLS + AUTH required
   milter                        inet:127.0.0.1:{p.milter}
   router (LMTP)                 127.0.0.1:{p.lmtp}
+  store                         {self.pg_url() if self.uses_postgresql() else self.var / "store.sqlite"}
   sink ("the internet")         127.0.0.1:{p.sink}   -> {self.sink_dir}/*.eml
   DNS (zones in {self.dns_dir}) 127.0.0.1:{p.dns} udp+tcp
   SRS socketmap (mattermail-srs) 127.0.0.1:{p.srs}
@@ -569,11 +632,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="mattermail-devstack", description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=["start", "stop", "status"])
     parser.add_argument("--var", type=Path, default=Path("var"))
+    parser.add_argument("--store", choices=["sqlite", "postgresql"],
+                        help="the store's engine (default: as var/mattermail.toml says; SQLite for a new stack)")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         sys.exit("mattermail-devstack: must run as root (it starts a private Postfix instance)")
     try:
-        stack = Stack(place_var(args.var) if args.action == "start" else args.var)
+        stack = Stack(place_var(args.var) if args.action == "start" else args.var, store=args.store)
         if args.action == "start":
             stack.start()
             print(stack.summary())
@@ -582,6 +647,7 @@ def main(argv: list[str] | None = None) -> None:
             print("mattermail dev stack stopped")
         else:
             print({"postfix": stack.postfix_running(), "dovecot": bool(stack._dovecot_pid()),
+                   "postgresql": stack.postgres_running(),
                    **{n: bool(stack._running(n)) for n in DAEMONS}})
             print(asdict(stack.ports))
     except StackError as e:

@@ -1,0 +1,175 @@
+"""The engine seam: one small connection wrapper per database engine, with the few dialect differences.
+
+Query modules speak to ``store.db``, an :class:`SqliteConnection` or a :class:`PgConnection`, and write
+portable SQL with ``?`` placeholders:
+
+* ``db.execute(sql, params)`` returns a cursor (``fetchone``, ``fetchall``, iteration, ``rowcount``);
+  ``db.executemany(sql, rows)``;
+* ``db.insert(sql, params)`` runs an ``INSERT`` into a table whose key is ``id`` and returns the new id
+  (SQLite: ``lastrowid``; PostgreSQL: ``RETURNING id``);
+* ``db.in_transaction``; ``db.begin()`` (the write transaction: SQLite ``BEGIN IMMEDIATE``, PostgreSQL
+  ``BEGIN``) and ``db.begin_snapshot()`` (a read transaction that sees one commit throughout);
+* ``db.engine`` (``"sqlite"`` or ``"postgresql"``): the modules that need engine-specific SQL (schema,
+  full-text search, the records chain's lock, date order) branch on it, and nothing else does.
+
+Portable SQL: ``INSERT ... ON CONFLICT DO NOTHING`` (never ``INSERT OR IGNORE``), ``ON CONFLICT (...) DO
+UPDATE SET x = excluded.x``, ``COALESCE``, ``LIMIT ?``; no ``rowid``, no ``PRAGMA``, no ``%`` outside a
+string literal is needed (it is escaped for psycopg).
+
+The SQLite wrapper binds the driver's own methods (``execute = conn.execute``): no call in between, so the
+router's per-row cost is what it was. psycopg is imported only when a PostgreSQL store is opened (its
+import costs ~0.1 s, which every ``mattermailctl`` run would pay), and its errors are re-raised as
+:class:`PgError` (a :data:`~mattermail.store.errors.StoreError`), keeping the SQLSTATE.
+"""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+SQLITE = "sqlite"
+POSTGRESQL = "postgresql"
+_PG_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_url(location: object) -> bool:
+    """Whether a store location is a PostgreSQL URL (else a SQLite file path)."""
+    return isinstance(location, str) and location.startswith(_PG_SCHEMES)
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs and messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+class SqliteConnection:
+    """A sqlite3 connection in autocommit mode (transactions are explicit, engine.transaction)."""
+
+    engine = SQLITE
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        # the driver's bound methods: no wrapper call per statement
+        self.execute = conn.execute
+        self.executemany = conn.executemany
+        self._functions: set[str] = set()
+
+    def function(self, name: str, nargs: int, fn: Callable[..., Any]) -> None:
+        """Make the Python function ``fn`` callable in SQL as ``name`` (deterministic), once per connection."""
+        if name not in self._functions:
+            self.conn.create_function(name, nargs, fn, deterministic=True)
+            self._functions.add(name)
+
+    def insert(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return int(self.conn.execute(sql, params).lastrowid)
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.conn.in_transaction
+
+    def begin(self) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")  # the write lock now: one writer at a time
+
+    def begin_snapshot(self) -> None:
+        self.conn.execute("BEGIN")  # deferred: the first read fixes the WAL snapshot
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class PgError(sqlite3.Error):
+    """A PostgreSQL failure (re-raised from psycopg): ``sqlstate`` is its SQLSTATE code, or None when the
+    server was never reached (connection refused, bad host). A subclass of the class callers already catch
+    as ``StoreError`` (sqlite3.Error), so that name stays one class (``except``, ``raise StoreError(...)``)."""
+
+    def __init__(self, text: str, sqlstate: str | None = None) -> None:
+        super().__init__(text)
+        self.sqlstate = sqlstate
+
+
+def _pg_error(e: BaseException) -> PgError:
+    diag = getattr(e, "diag", None)
+    text = (getattr(diag, "message_primary", None) or str(e) or type(e).__name__).strip()
+    return PgError(text, getattr(e, "sqlstate", None))
+
+
+@functools.lru_cache(maxsize=1024)  # bounded: some texts are one-offs (SAVEPOINT tx<n>, IN lists of any length)
+def pg_sql(sql: str) -> str:
+    """``?`` placeholders as psycopg's ``%s`` (``%`` escaped), cached per statement text."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+class PgConnection:
+    """A psycopg 3 connection in autocommit mode (transactions are explicit, as on SQLite).
+
+    ``durable=False`` sets ``synchronous_commit = off`` for the session: a commit survives any process
+    crash but a server crash may lose the last ones, as SQLite's synchronous=NORMAL (the milter)."""
+
+    engine = POSTGRESQL
+
+    def __init__(self, url: str, durable: bool = True, readonly: bool = False) -> None:
+        try:
+            import psycopg
+        except ImportError as e:  # pragma: no cover - install_requires has it
+            raise PgError(f"psycopg is not installed ({e}): a postgresql:// store needs it") from None
+        from psycopg.pq import TransactionStatus
+
+        self._psycopg = psycopg
+        self._open = (TransactionStatus.INTRANS, TransactionStatus.INERROR)  # INERROR: failed, not yet rolled back
+        try:
+            self.conn = psycopg.connect(url, autocommit=True, connect_timeout=10,
+                                        application_name="mattermail")
+            if not durable:
+                self.conn.execute("SET synchronous_commit = off")
+            if readonly:
+                self.conn.execute("SET default_transaction_read_only = on")
+        except psycopg.Error as e:
+            raise _pg_error(e) from e
+
+    # Whether this transaction holds the records chain's advisory lock (chain.append_db takes it once per
+    # transaction). A lock taken inside a savepoint that is rolled back is released with it, so any
+    # BEGIN, COMMIT or ROLLBACK (TO) forgets it; RELEASE hands it to the enclosing transaction.
+    chain_locked = False
+
+    def execute(self, sql: str, params: Sequence[Any] | None = ()) -> Any:
+        if self.chain_locked and sql.startswith(("ROLLBACK", "COMMIT", "BEGIN")):
+            self.chain_locked = False
+        try:
+            return self.conn.execute(pg_sql(sql), params or ())
+        except self._psycopg.Error as e:
+            raise _pg_error(e) from e
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> Any:
+        try:
+            cur = self.conn.cursor()
+            cur.executemany(pg_sql(sql), rows)
+            return cur
+        except self._psycopg.Error as e:
+            raise _pg_error(e) from e
+
+    def insert(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return int(self.execute(sql + " RETURNING id", params).fetchone()[0])
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.conn.info.transaction_status in self._open
+
+    def begin(self) -> None:
+        self.execute("BEGIN")
+
+    def begin_snapshot(self) -> None:
+        self.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+Connection = SqliteConnection | PgConnection
