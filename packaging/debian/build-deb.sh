@@ -20,7 +20,7 @@ VERSION=$(sed -n 's/^__version__ *= *"\([^"]*\)".*/\1/p' mattermail/version.py)
 DEB=$OUT/mattermail_${VERSION}_amd64.deb
 
 # What goes into the package (tests, docs, bench and the dev stack's files do not).
-PATHS=(mattermail milter router ctl packaging setup.cfg setup.py pyproject.toml README.md)
+PATHS=(mattermail milter router ctl web packaging setup.cfg setup.py pyproject.toml README.md)
 key=$( {
     for p in "${PATHS[@]}"; do git rev-parse -q --verify "HEAD:$p" || echo "$p: new"; done
     git diff HEAD --binary -- "${PATHS[@]}"
