@@ -327,9 +327,14 @@ def _m012_sort_time(db: sqlite_utils.Database) -> None:
     as sortable text, written with the row and indexed with the id, so listings filter, order and page in
     SQL with no function registered on the connection (and on PostgreSQL the same way). Existing rows are
     filled from their ``date`` and ``received`` columns."""
+    db.execute("ALTER TABLE messages ADD COLUMN sort_time TEXT NOT NULL DEFAULT ''")
+    sort_times_of_stored_messages(db)
+
+
+def sort_times_of_stored_messages(db: Any) -> None:
+    """Migration 12 on either engine: the sort time of the messages stored before it, then its index."""
     from mattermail.store.msgtime import sort_time
 
-    db.execute("ALTER TABLE messages ADD COLUMN sort_time TEXT NOT NULL DEFAULT ''")
     last = 0
     while rows := db.execute("SELECT id, date, received FROM messages WHERE id > ? ORDER BY id LIMIT 1000",
                              [last]).fetchall():

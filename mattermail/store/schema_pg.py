@@ -269,13 +269,7 @@ def _m011_webhooks(db: Any) -> None:
 def _m012_sort_time(db: Any) -> None:
     """As SQLite's migration 12: ``messages.sort_time`` (msgtime.py), filled for existing rows, indexed with
     the id. (It replaces the Python sort function that PostgreSQL could not run in SQL.)"""
-    from mattermail.store.msgtime import sort_time
+    from mattermail.store.schema import sort_times_of_stored_messages
 
     db.execute(f"ALTER TABLE messages ADD COLUMN sort_time {T} NOT NULL DEFAULT ''")
-    last = 0
-    while rows := db.execute("SELECT id, date, received FROM messages WHERE id > ? ORDER BY id LIMIT 1000",
-                             [last]).fetchall():
-        for mid, date, received in rows:
-            db.execute("UPDATE messages SET sort_time = ? WHERE id = ?", [sort_time(date, received), mid])
-        last = rows[-1][0]
-    db.execute("CREATE INDEX messages_sort_time ON messages (sort_time, id)")
+    sort_times_of_stored_messages(db)
