@@ -102,24 +102,32 @@ def download(data: bytes, filename: str, media_type: str = "application/octet-st
         "Content-Disposition": mail.content_disposition(filename), "X-Content-Type-Options": "nosniff"})
 
 
-async def raw(request: Request) -> Response:
-    v = api_viewer(request)
+def raw_download(request: Request, v: access.Viewer, via: str) -> Response:
+    """The raw message ``v`` may see, as a download (``via``: "api" or "web", for the admin audit)."""
     st = state(request)
     m, _, data = load_message(st, v, request.path_params["message"])
-    message_filings(st, v, m, "api: raw message")
+    message_filings(st, v, m, f"{via}: raw message")
     return download(data, f"message-{m.id}.eml", "message/rfc822")
 
 
-async def attachment(request: Request) -> Response:
-    v = api_viewer(request)
+def attachment_download(request: Request, v: access.Viewer, via: str) -> Response:
+    """One attachment of a message ``v`` may see, as a download; 404 for an index it does not have."""
     st = state(request)
     m, msg, _ = load_message(st, v, request.path_params["message"])
     found = mail.attachment_bytes(msg, request.path_params["index"])
     if found is None:
         raise not_found(f"attachment {request.path_params['index']} in message {m.id}")
-    message_filings(st, v, m, "api: attachment")
+    message_filings(st, v, m, f"{via}: attachment")
     att, data = found
     return download(data, mail.safe_filename(att.filename, att.index))
+
+
+async def raw(request: Request) -> Response:
+    return raw_download(request, api_viewer(request), "api")
+
+
+async def attachment(request: Request) -> Response:
+    return attachment_download(request, api_viewer(request), "api")
 
 
 async def search(request: Request) -> Response:

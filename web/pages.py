@@ -19,7 +19,7 @@ from starlette.routing import Route
 
 from mattermail.store import UserError, access, sessions, webview
 from mattermail.web import mail
-from mattermail.web.api import audit_listing, audit_search, download
+from mattermail.web.api import attachment_download, audit_listing, audit_search, raw_download
 from mattermail.web.auth import COOKIE, LOGIN_COOKIE, check_csrf, check_password, web_session
 from mattermail.web.common import (load_message, log, matter_for, message_filings, message_text, not_found, paging,
                                    state, thread_groups)
@@ -174,23 +174,11 @@ async def message_page(request: Request) -> Response:
 
 
 async def raw(request: Request) -> Response:
-    v, _ = web_session(request)
-    st = state(request)
-    m, _, data = load_message(st, v, request.path_params["message"])
-    message_filings(st, v, m, "web: raw message")
-    return download(data, f"message-{m.id}.eml", "message/rfc822")
+    return raw_download(request, web_session(request)[0], "web")
 
 
 async def attachment(request: Request) -> Response:
-    v, _ = web_session(request)
-    st = state(request)
-    m, msg, _ = load_message(st, v, request.path_params["message"])
-    found = mail.attachment_bytes(msg, request.path_params["index"])
-    if found is None:
-        raise not_found(f"attachment {request.path_params['index']} in message {m.id}")
-    message_filings(st, v, m, "web: attachment")
-    att, data = found
-    return download(data, mail.safe_filename(att.filename, att.index))
+    return attachment_download(request, web_session(request)[0], "web")
 
 
 _MARK = re.compile(r"\[([^\[\]]*)\]")
