@@ -157,16 +157,22 @@ def _check_matter_id(matter_id: str) -> None:
         raise UserError(f"id: {matter_id!r} is not a valid matter id: {e}") from None
 
 
+def _person_ids(store: Store, emails: Sequence[str], field: str) -> list[int]:
+    """The ids of the persons with these addresses; a UserError naming ``field`` for an unknown one."""
+    pids = []
+    for email in emails:
+        p = person_by_email(store, email)
+        if p is None:
+            raise UserError(f"{field}: no person with address {normalise_address(email)}")
+        pids.append(p.id)
+    return pids
+
+
 def add_matter(store: Store, matter_id: str, title: str, persons: Sequence[str] = ()) -> Matter:
     _check_matter_id(matter_id)
     if not title.strip():
         raise UserError("--title: a matter needs a title")
-    pids = []
-    for email in persons:
-        p = person_by_email(store, email)
-        if p is None:
-            raise UserError(f"--person: no person with address {normalise_address(email)}")
-        pids.append(p.id)
+    pids = _person_ids(store, persons, "--person")
     with transaction(store):
         if store.db.execute("SELECT 1 FROM matters WHERE id = ?", [matter_id]).fetchone():
             raise UserError(f"id: matter {matter_id} already exists")
@@ -315,12 +321,7 @@ def import_matters(store: Store, rows: Sequence[tuple[str, str, Sequence[str]]])
                 raise UserError("title: a matter needs a title")
             if store.db.execute("SELECT 1 FROM matters WHERE id = ?", [matter_id]).fetchone():
                 raise UserError(f"id: matter {matter_id} already exists")
-            pids = []
-            for email in persons:
-                p = person_by_email(store, email)
-                if p is None:
-                    raise UserError(f"persons: no person with address {normalise_address(email)}")
-                pids.append(p.id)
+            pids = _person_ids(store, persons, "persons")
             store.db.execute("INSERT INTO matters (id, title, status, created) VALUES (?, ?, 'open', ?)",
                              [matter_id, title, now])
             for pid in dict.fromkeys(pids):
