@@ -4,9 +4,11 @@ Every reader and writer goes through this package (mattermail.store), so the dat
 replaced later without touching the router, the milter or the CLI.
 
 Durability order for a delivery (see DESIGN.md "Store"): the raw message is
-written to a temp file, fsynced, renamed to ``<sha256[:2]>/<sha256>.eml`` and
-the directory fsynced; only then is the database row committed, and only
-after the commit does the LMTP server answer ``250``. A message delivered
+written to a temp file and renamed to ``<sha256[:2]>/<sha256>.eml``; the file and
+its rename are made durable (the router's batches: one syncfs(2) of the store's
+file system, :meth:`Store.sync_blobs`; otherwise an fsync of the file and its
+directory); only then is the database row committed, and only after the commit
+does the LMTP server answer ``250``. A message delivered
 twice (Postfix retrying after a crash) is stored once.
 """
 
