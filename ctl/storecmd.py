@@ -212,3 +212,109 @@ def restore_cmd(ctx: Context, src: str) -> None:
         raise UserFacingError(f"restore: store verify found {len(rep.problems)} problem(s); first: "
                               f"{rep.problems[0].line()}")
     echo(f"store verify: OK (chain length {rep.length} head {rep.head}, as at the backup)")
+
+
+# -- migrate to PostgreSQL (mattermail.store.migrate) ------------------------------------------------
+
+
+def _bar_factory():
+    """click's progress bar on standard error when that is a terminal, else none (mattermail.store.migrate)."""
+    import contextlib
+    import sys
+
+    from mattermail.store import migrate
+
+    if not stderr_is_terminal():
+        return migrate.no_progress
+
+    @contextlib.contextmanager
+    def bar(label: str, length: int):
+        with click.progressbar(length=max(length, 0), label=label, file=sys.stderr, show_pos=True) as b:
+            yield b
+    return bar
+
+
+@store_group.command("migrate")
+@click.option("--to", "url", required=True, metavar="URL",
+              help="The PostgreSQL database to copy into: postgresql://USER:PASSWORD@HOST[:PORT]/DATABASE.")
+@click.option("--from", "source", metavar="PATH", type=click.Path(dir_okay=False),
+              help="The SQLite store to copy (default: the configured [store] path).")
+@click.option("--messages-dir", "messages_dir", metavar="DIR", type=click.Path(file_okay=False),
+              help="Also copy the raw message files into DIR (default: they stay in [store] messages_dir).")
+@click.option("--dry-run", is_flag=True, help="Compare only: say what would be copied; write nothing.")
+@json_option
+@pass_ctx
+@user_errors
+def store_migrate(ctx: Context, url: str, source: str | None, messages_dir: str | None, dry_run: bool,
+                  as_json: bool) -> None:
+    """Copy the SQLite store into a PostgreSQL database, then verify the copy.
+
+    Every table is copied with its ids (the search index is rebuilt from the
+    rows), in batches of one transaction each: run it again after an
+    interruption and it goes on from there; run it again after a complete
+    copy and it copies only what changed since (nothing: it says so). The
+    source is read as one consistent snapshot, so it may run while mail
+    flows; for the switch, stop the router, milter and web service, run it
+    once more, set [store] url, start them.
+
+    A database holding another store's data (its records chain is not a
+    prefix of this one's) is refused, naming the table and row, before
+    anything is written. Afterwards every table's count, the chain's head
+    and `store verify` (chain, tables, every raw file re-hashed) must agree,
+    else exit 1. Raw files stay in messages_dir unless --messages-dir copies
+    them (content-addressed: a file already there is kept and re-hashed).
+
+    \b
+    Example:
+      mattermailctl store migrate --to postgresql://mattermail:PASSWORD@db.lawfirm.test/mattermail --dry-run
+      mattermailctl store migrate --to postgresql://mattermail:PASSWORD@db.lawfirm.test/mattermail
+    """
+    from pathlib import Path
+
+    from mattermail.store import migrate
+    from mattermail.store.connection import redact
+
+    migrate.check_url(url)
+    cfg = ctx.config.store
+    src = migrate.open_source(Path(source) if source else cfg.path, cfg.messages_dir)
+    try:
+        res = migrate.migrate_store(src, url, Path(messages_dir) if messages_dir else None, dry_run, _bar_factory())
+    finally:
+        src.close()
+    if as_json:
+        echo_json({"target": res.target, "dry_run": res.dry_run, "resumed": res.resumed, "ok": res.ok,
+                   "changed": res.changed, "files_copied": res.files_copied, "indexed": res.indexed,
+                   "chain": {"length": res.chain_length, "head": res.chain_head}, "problems": res.problems,
+                   "tables": [{"table": t.name, "source": t.source, "copied": t.copied, "updated": t.updated,
+                               "removed": t.removed, "unchanged": t.unchanged} for t in res.tables]})
+    else:
+        verb = "would copy" if dry_run else "copied"
+        for t in res.tables:
+            if t.changed or t.source:
+                extra = "".join(f", {n} {w}" for n, w in ((t.updated, "updated"), (t.removed, "removed")) if n)
+                echo(f"{t.name:16} {t.source:8} rows: {verb} {t.copied}{extra}, {t.unchanged} already there")
+        rows = sum(t.source for t in res.tables)
+        if not res.changed:
+            echo(f"nothing new to copy: the {rows} rows of the source are on {safe(res.target)} already")
+        elif dry_run:
+            echo(f"dry run: {res.changed} row(s) to copy, update or remove on {safe(res.target)}; nothing written")
+        else:
+            echo(f"{'resumed: ' if res.resumed else ''}{res.changed} row(s) copied, updated or removed on "
+                 f"{safe(res.target)} in {res.seconds:.1f} s; {res.indexed} messages indexed for search")
+        if not dry_run:
+            where = "copied to" if messages_dir else "left in"
+            echo(f"raw files: {res.files_copied} {where} {safe(res.files_dir)}" if messages_dir
+                 else f"raw files: {where} {safe(res.files_dir)} (the router host keeps using them)")
+            for p in res.problems:
+                echo(f"PROBLEM: {safe(p)}")
+    if not res.ok:
+        raise UserFacingError(f"store migrate: the copy does not verify ({len(res.problems)} problem(s)); first: "
+                              f"{res.problems[0]}")
+    if dry_run or as_json:
+        return
+    echo(f"verified: every table's count, chain length {res.chain_length} head {res.chain_head}, and store verify")
+    echo("next: stop the router, milter and web service, run this again (it copies what arrived since), then set")
+    echo(f"  [store]\n  url = \"{safe(redact(url))}\"   (with the real password)")
+    if messages_dir:
+        echo(f"  messages_dir = \"{safe(messages_dir)}\"")
+    echo("in mattermail.toml on every host that uses the store, and start them.")
