@@ -288,3 +288,45 @@ def test_every_table_of_the_schema_is_copied_or_rebuilt(tmp_path):
         assert migrate.unknown_tables(s) == []
     finally:
         s.close()
+
+
+def test_a_run_while_mail_is_filed_copies_one_snapshot_and_the_next_run_the_rest(env, pg_url, monkeypatch):
+    import threading
+
+    from mattermail.store import directory as d
+    from mattermail.store import insert_message
+
+    monkeypatch.setattr(migrate, "BATCH", 2)  # many batches: the writer commits between them
+    stop, written = threading.Event(), []
+
+    def writer():
+        s = env.store()
+        n = 100
+        while not stop.is_set() and n < 400:
+            data = eml(n, f"1234@{CA}", "burst", f"burst {n}", None)
+            sha, _ = s.write_blob(data)
+            with transaction(s):
+                mid, _ = insert_message(s, data, sha)
+                d.record_filing(s, d.Filing(mid, "1234", None, "matter-address", f"1234@{CA}", ""))
+            written.append(mid)
+            n += 1
+            time.sleep(0.005)
+        s.close()
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        while len(written) < 5:
+            time.sleep(0.01)
+        j = env.json("store", "migrate", "--to", pg_url)
+        during = len(written)
+    finally:
+        stop.set()
+        t.join(timeout=60)
+    assert j["ok"], j["problems"]  # the copy is one commit of the source: it verifies by itself
+    copied = counts(pg_url, env.tmp)["messages"]
+    assert 4 + 5 <= copied <= 4 + during, (copied, during)
+    assert 4 + len(written) > copied, "the writer wrote nothing after the snapshot: the test proved nothing"
+    j = env.json("store", "migrate", "--to", pg_url)
+    assert j["ok"] and j["resumed"], j
+    assert counts(pg_url, env.tmp) == counts(env.tmp / "store.sqlite", env.tmp)
