@@ -152,10 +152,12 @@ def _files_bar(label: str):
 def backup_cmd(ctx: Context, dest: str, previous: str | None) -> None:
     """Back the store up into DIR (new or empty) while mail flows.
 
-    DIR gets store.sqlite (SQLite's online backup: one consistent snapshot),
-    every raw message that snapshot names (re-hashed as copied) and
-    manifest.json (chain length and head at the snapshot, counts, the
-    SHA-256 of every file). Keep the printed head with your records.
+    DIR gets the database as of one commit — store.sqlite (SQLite's online
+    backup) or store.dump (a PostgreSQL store: pg_dump's custom format, so
+    PostgreSQL's client tools must be installed) — every raw message that
+    snapshot names (re-hashed as copied) and manifest.json (chain length and
+    head at the snapshot, counts, the SHA-256 of every file). Keep the
+    printed head with your records.
 
     With --since, raw files already in an earlier backup are hard-linked
     from it (each still re-hashed): DIR is complete by itself, and costs
@@ -185,7 +187,9 @@ def restore_cmd(ctx: Context, src: str) -> None:
     """Restore a backup made by `mattermailctl backup` onto an empty store, then verify it.
 
     Every file is checked against the manifest first; a store that holds any
-    message or chain entry is refused. The backup's users, persons, matters
+    message or chain entry, or is of the other engine, is refused. On
+    PostgreSQL, pg_restore replaces the configured database's empty tables
+    with the backup's in one transaction. The backup's users, persons, matters
     and aliases replace the empty store's. Exit 1 when the verification
     afterwards finds a problem (named as by `store verify`).
 

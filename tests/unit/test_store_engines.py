@@ -63,16 +63,20 @@ def test_the_store_orders_text_as_sqlite_does(store_location, tmp_path):
     s.close()
 
 
-def test_backup_of_a_postgresql_store_names_pg_dump(pg_cluster, tmp_path):
-    url = pg_cluster.create_database("mm_backup_refused", "mattermail_template")
+def test_backup_of_a_postgresql_store_is_a_pg_dump_of_one_snapshot(pg_cluster, tmp_path):
+    url = pg_cluster.create_database("mm_backup_pg", "mattermail_template")
     s = Store(url, tmp_path / "m")
-    with pytest.raises(UserError, match="pg_dump"):
-        backup.backup(s, tmp_path / "b")
-    with pytest.raises(UserError, match="pg_dump"):
+    d.add_matter(s, "1234", "Smith v Jones")
+    res = backup.backup(s, tmp_path / "b")
+    manifest = backup.read_manifest(tmp_path / "b")
+    assert manifest["engine"] == "postgresql" and manifest["database"]["file"] == "store.dump", manifest
+    assert (tmp_path / "b" / "store.dump").read_bytes()[:5] == b"PGDMP"  # pg_dump's custom format
+    assert res.messages == 0
+    s.db.execute("INSERT INTO messages (sha256, size) VALUES ('x', 1)")
+    with pytest.raises(UserError, match="not empty"):  # restore goes onto an empty store only
         backup.restore(s, tmp_path / "b")
-    assert not (tmp_path / "b").exists()
     s.close()
-    pg_cluster.drop_database("mm_backup_refused")
+    pg_cluster.drop_database("mm_backup_pg")
 
 
 def test_status_reads_a_postgresql_store(pg_cluster, tmp_path):
