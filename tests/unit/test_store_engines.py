@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -278,3 +279,33 @@ def test_the_web_services_store_functions_on_both_engines(store_location, tmp_pa
     page = webview.matter_messages(s, alice, "1234")
     assert page.total == 1 and [m.id for m in page.items] == [mid]
     s.close()
+
+
+def test_a_message_with_nul_characters_is_filed_on_both_engines(write_config, tmp_path, store_location):
+    """Header and body text may carry NUL (attacker-controlled); PostgreSQL's text cannot hold it: it is stored
+    as U+FFFD there instead of failing the delivery again and again."""
+    import json
+
+    from click.testing import CliRunner
+
+    from mattermail.ctl.cli import cli
+
+    cfg = write_config('[general]\ncatchall_domains = ["matters.lawfirm.test"]\n', store=store_location)
+
+    def run(*args):
+        r = CliRunner().invoke(cli, ["--config", str(cfg), *map(str, args)])
+        assert r.exit_code == 0, r.output
+        return r.stdout
+
+    run("matter", "add", "1234", "--title", "Smith v Jones")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "1.eml").write_bytes(b"Delivered-To: 1234@matters.lawfirm.test\r\nFrom: jane\x00@client.example\r\n"
+                                b"Subject: deed\x00 of trust\r\nMessage-ID: <n\x00ul@client.example>\r\n\r\n"
+                                b"the deed \x00 is signed\r\n")
+    assert "imported 1: filed 1" in run("import", src)
+    [hit] = json.loads(run("messages", "search", "deed", "--json"))
+    shown = json.loads(run("messages", "show", hit["id"], "--json"))
+    nul = "\x00" if isinstance(store_location, Path) else "\ufffd"
+    assert shown["subject"] == f"deed{nul} of trust", shown["subject"]
+    assert json.loads(run("store", "verify", "--json"))["ok"]
