@@ -46,7 +46,7 @@ from typing import Any, Protocol
 
 from mattermail.atomicfile import sync_dir
 from mattermail.store import chain, indexer, schema
-from mattermail.store.connection import SQLITE, PgConnection, PgError, is_url, redact
+from mattermail.store.connection import SQLITE, PgConnection, PgError, is_url, redact, without_nul
 from mattermail.store.engine import Store, UserError, transaction
 
 BATCH = 500  # rows per read and per target transaction
@@ -255,8 +255,12 @@ class _Batch:
 
 
 def _scan(src: Any, dst: Any, t: Table, cols: list[str]) -> Iterator[_Batch]:
-    """The source's rows in key order, a batch at a time, each with the target's rows of the same key range
-    (every key range from the smallest to past the largest, so each target row is seen once)."""
+    """The source's rows in key order, a batch at a time, each with the target's rows of the same keys; then
+    one last batch of the target's keys that the source lacks (looked for only when the target has more
+    rows than were matched).
+
+    Rows are compared as PostgreSQL holds them: text with NUL as U+FFFD (connection.without_nul), so a
+    subject or thread key with a NUL matches its copy."""
     keys = ", ".join(t.key)
     krow = f"({keys})"
     marks = "(" + ", ".join("?" * len(t.key)) + ")"
@@ -266,37 +270,37 @@ def _scan(src: Any, dst: Any, t: Table, cols: list[str]) -> Iterator[_Batch]:
     tki = [compare.index(k) for k in t.key]
     select = ", ".join(cols)
     last: tuple | None = None
+    matched = 0
     while True:
         where, params = ("", []) if last is None else (f" WHERE {krow} > {marks}", list(last))
-        rows = src.execute(f"SELECT {select} FROM {t.name}{where} ORDER BY {keys} LIMIT ?",
-                           [*params, BATCH]).fetchall()
-        if rows:
-            hi = tuple(rows[-1][i] for i in ki)
-            cond = ([] if last is None else [f"{krow} > {marks}"]) + [f"{krow} <= {marks}"]
-            tparams = ([] if last is None else list(last)) + list(hi)
-        else:
-            cond = [] if last is None else [f"{krow} > {marks}"]
-            tparams = [] if last is None else list(last)
+        raw = src.execute(f"SELECT {select} FROM {t.name}{where} ORDER BY {keys} LIMIT ?",
+                          [*params, BATCH]).fetchall()
+        if not raw:
+            break
+        last = tuple(raw[-1][i] for i in ki)
+        rows = [tuple(without_nul(r)) for r in raw]
+        wanted = [tuple(r[i] for i in ki) for r in rows]
         there = {tuple(r[i] for i in tki): tuple(r) for r in dst.execute(
-            f"SELECT {', '.join(compare)} FROM {t.name}" + (" WHERE " + " AND ".join(cond) if cond else ""),
-            tparams)}
+            f"SELECT {', '.join(compare)} FROM {t.name} WHERE {krow} IN ({', '.join([marks] * len(wanted))})",
+            [v for k in wanted for v in k])}
         b = _Batch(rows, [], [], [], [], 0)
-        for r in rows:
-            k = tuple(r[i] for i in ki)
-            mine = tuple(r[i] for i in ci)
-            theirs = there.pop(k, None)
+        for r, k in zip(rows, wanted):
+            theirs = there.get(k)
             if theirs is None:
-                b.insert.append(tuple(r))
-            elif theirs == mine:
+                b.insert.append(r)
+            elif theirs == tuple(r[i] for i in ci):
                 b.unchanged += 1
             else:
-                b.update.append(tuple(r))
+                b.update.append(r)
                 b.differ.append(k)
-        b.extra = list(there)
+        matched += len(there)
         yield b
-        if not rows:
-            return
-        last = hi
+    extra: list[tuple] = []
+    if int(dst.execute(f"SELECT COUNT(*) FROM {t.name}").fetchone()[0]) > matched:
+        mine = {tuple(without_nul(r)) for r in src.execute(f"SELECT {keys} FROM {t.name}")}
+        extra = [tuple(r) for r in dst.execute(f"SELECT {keys} FROM {t.name} ORDER BY {keys}")
+                 if tuple(r) not in mine]
+    yield _Batch([], [], [], extra, [], 0)
 
 
 def _key(t: Table, k: tuple) -> dict[str, Any]:

@@ -73,7 +73,8 @@ def _populate(e: Env) -> None:
              (f"5678@{CA}", "Valuation", "valuation of the house", None)]
     for n, (to, subj, body, att) in enumerate(mails, start=1):
         (src / f"{n}.eml").write_bytes(eml(n, to, subj, body, att))
-    assert "imported 5: filed 5" in e.ok("import", src).stdout
+    (src / "6.eml").write_bytes(eml(6, f"5678@{CA}", "Nul\x00 subject", "a NUL\x00 in the body", None))
+    assert "imported 6: filed 6" in e.ok("import", src).stdout
     e.ok("messages", "refile", 4, "--matter", "5678", "--reason", "wrong matter")
     e.ok("messages", "delete", 2, "--reason", "sent in error")
     e.ok("matter", "hold", "1234", "--reason", "litigation")
@@ -137,8 +138,11 @@ def test_migrate_copies_every_table_and_the_copy_verifies_and_searches_the_same(
     assert counts(pg_url, env.tmp) == before
     pg = pg_config(env, pg_url)
     # ids kept: the same messages, filings and links under the same numbers; the chain verifies there
-    assert pg.json("messages", "list") == env.json("messages", "list")
+    # (a NUL in text is U+FFFD on PostgreSQL: connection.without_nul)
+    assert pg.ok("messages", "list", "--json").stdout == env.ok("messages", "list", "--json").stdout.replace(
+        "\\u0000", "\\ufffd")
     assert pg.json("messages", "show", 3) == env.json("messages", "show", 3)
+    assert pg.json("messages", "show", 6)["subject"] == "Nul\ufffd subject"
     assert pg.json("store", "verify")["ok"]
     assert pg.json("store", "verify", "--head") == env.json("store", "verify", "--head")
     for q in ("hearing", "settlement", "subject:valuation", "estate"):
@@ -150,13 +154,13 @@ def test_migrate_copies_every_table_and_the_copy_verifies_and_searches_the_same(
     src.mkdir()
     (src / "9.eml").write_bytes(eml(9, f"1234@{CA}", "After the move", "filed on postgresql", None))
     assert "imported 1: filed 1" in pg.ok("import", src).stdout
-    assert max(m["id"] for m in pg.json("messages", "list")) == 6
+    assert max(m["id"] for m in pg.json("messages", "list")) == 7
     assert pg.json("store", "verify")["ok"]
     # the outbox's next id is past SQLite's high-water mark (AUTOINCREMENT: ids never reused)
     s = Store(pg_url, env.tmp / "messages")
     try:
         with transaction(s):
-            assert queue_forward(s, 6, "5X", "failed@lawfirm.test", [("r", "x")]) == 2
+            assert queue_forward(s, 7, "5X", "failed@lawfirm.test", [("r", "x")]) == 2
     finally:
         s.close()
 
@@ -184,12 +188,12 @@ def test_a_later_run_copies_what_changed_since(env, pg_url):
     by = {t["table"]: t for t in dry["tables"]}
     assert by["messages"]["copied"] == 1 and by["messages"]["removed"] == 1, by["messages"]
     assert by["api_tokens"]["updated"] == 1, by["api_tokens"]
-    assert counts(pg_url, env.tmp)["messages"] == 4  # the dry run wrote nothing
+    assert counts(pg_url, env.tmp)["messages"] == 5  # the dry run wrote nothing
     j = env.json("store", "migrate", "--to", pg_url)
     assert j["ok"] and j["resumed"] and j["changed"] == dry["changed"], j
     assert counts(pg_url, env.tmp) == counts(env.tmp / "store.sqlite", env.tmp)
     pg = pg_config(env, pg_url)
-    assert [h["id"] for h in pg.json("messages", "search", "probate")] == [6]
+    assert [h["id"] for h in pg.json("messages", "search", "probate")] == [7]
     assert pg.json("store", "verify", "--head") == env.json("store", "verify", "--head")
 
 
@@ -247,10 +251,10 @@ def test_a_row_changed_on_a_chainless_target_is_refused(write_config, tmp_path, 
 def test_raw_files_copied_to_a_new_messages_dir_and_rehashed(env, pg_url, tmp_path):
     dest = tmp_path / "pg-messages"
     r = env.ok("store", "migrate", "--to", pg_url, "--messages-dir", dest)
-    assert "raw files: 4 copied to" in r.stdout and f'messages_dir = "{dest}"' in r.stdout, r.stdout
-    assert len(list(dest.glob("*/*.eml"))) == 4
+    assert "raw files: 5 copied to" in r.stdout and f'messages_dir = "{dest}"' in r.stdout, r.stdout
+    assert len(list(dest.glob("*/*.eml"))) == 5
     pg = pg_config(env, pg_url, dest)
-    assert pg.json("store", "verify")["files"] == 4
+    assert pg.json("store", "verify")["files"] == 5
     victim = next(dest.glob("*/*.eml"))
     victim.write_bytes(victim.read_bytes() + b"tampered")
     r = env.run("store", "migrate", "--to", pg_url, "--messages-dir", dest)
@@ -325,8 +329,8 @@ def test_a_run_while_mail_is_filed_copies_one_snapshot_and_the_next_run_the_rest
         t.join(timeout=60)
     assert j["ok"], j["problems"]  # the copy is one commit of the source: it verifies by itself
     copied = counts(pg_url, env.tmp)["messages"]
-    assert 4 + 5 <= copied <= 4 + during, (copied, during)
-    assert 4 + len(written) > copied, "the writer wrote nothing after the snapshot: the test proved nothing"
+    assert 5 + 5 <= copied <= 5 + during, (copied, during)
+    assert 5 + len(written) > copied, "the writer wrote nothing after the snapshot: the test proved nothing"
     j = env.json("store", "migrate", "--to", pg_url)
     assert j["ok"] and j["resumed"], j
     assert counts(pg_url, env.tmp) == counts(env.tmp / "store.sqlite", env.tmp)
