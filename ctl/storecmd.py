@@ -12,7 +12,7 @@ from __future__ import annotations
 import click
 
 from mattermail.ctl.base import Context, UserFacingError, cli, json_option, pass_ctx, user_errors
-from mattermail.ctl.terminal import echo, echo_json, progressbar, safe, stderr_is_terminal
+from mattermail.ctl.terminal import counting_bar, echo, echo_json, progressbar, safe, stderr_is_terminal
 from mattermail.store import chain
 from mattermail.store.verify import verify
 
@@ -224,7 +224,6 @@ def restore_cmd(ctx: Context, src: str) -> None:
 def _bar_factory():
     """click's progress bar on standard error when that is a terminal, else none (mattermail.store.migrate)."""
     import contextlib
-    import sys
 
     from mattermail.store import migrate
 
@@ -233,7 +232,7 @@ def _bar_factory():
 
     @contextlib.contextmanager
     def bar(label: str, length: int):
-        with click.progressbar(length=max(length, 0), label=label, file=sys.stderr, show_pos=True) as b:
+        with counting_bar(length, label) as b:
             yield b
     return bar
 

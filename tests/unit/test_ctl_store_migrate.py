@@ -334,3 +334,27 @@ def test_a_run_while_mail_is_filed_copies_one_snapshot_and_the_next_run_the_rest
     j = env.json("store", "migrate", "--to", pg_url)
     assert j["ok"] and j["resumed"], j
     assert counts(pg_url, env.tmp) == counts(env.tmp / "store.sqlite", env.tmp)
+
+
+def test_a_target_that_has_taken_mail_since_is_refused(env, pg_url):
+    env.ok("store", "migrate", "--to", pg_url)
+    pg = pg_config(env, pg_url)
+    src = env.tmp / "src4"
+    src.mkdir()
+    (src / "8.eml").write_bytes(eml(8, f"1234@{CA}", "Filed on the new store", "already live", None))
+    pg.ok("import", src)  # the router moved to PostgreSQL and filed mail there
+    r = env.run("store", "migrate", "--to", pg_url)
+    length = env.json("store", "verify", "--head")["length"]
+    assert r.exit_code == 1 and f"table chain, seq {length + 1}: is on the target but not in the source" in r.output, \
+        r.output
+    assert pg.json("store", "verify")["ok"]  # untouched
+
+
+def test_a_dry_run_on_an_empty_database_writes_nothing(env, pg_url, pg_cluster):
+    j = env.json("store", "migrate", "--to", pg_url, "--dry-run")
+    rows = counts(env.tmp / "store.sqlite", env.tmp)
+    assert j["dry_run"] and {t["table"]: t["copied"] for t in j["tables"]} == rows, j
+    name = pg_url.rsplit("/", 1)[1]
+    assert pg_cluster.sql_value("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'", name) == 0
+    text = env.ok("store", "migrate", "--to", pg_url, "--dry-run").stdout
+    assert "nothing written" in text and "verified" not in text, text
