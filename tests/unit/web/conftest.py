@@ -64,6 +64,15 @@ class WebFill:
         return mid
 
 
+def everything_stored(store) -> str:
+    """Every row of every table, as text."""
+    if store.engine == "sqlite":
+        return "\n".join(store.db.conn.iterdump())
+    tables = [t for (t,) in store.db.execute("SELECT table_name FROM information_schema.tables "
+                                             "WHERE table_schema = current_schema()")]
+    return "\n".join(repr(row) for t in tables for row in store.db.execute(f"SELECT * FROM {t}"))
+
+
 def web_config(tmp_path, secure: bool = False, page_size: int = 50) -> configmod.Config:
     return configmod.from_dict({
         "store": {"path": str(tmp_path / "store.sqlite"), "messages_dir": str(tmp_path / "messages")},

@@ -9,7 +9,7 @@ import pytest
 
 from mattermail.store import access, tokens
 
-from .conftest import ADMIN, ALICE, BOB, BOTH_ENGINES  # noqa: F401  (importlib mode resolves the package-relative name)
+from .conftest import ADMIN, ALICE, BOB, BOTH_ENGINES, everything_stored  # noqa: F401  (importlib mode resolves the package-relative name)
 
 
 def error_of(r, status: int, code: str) -> dict:
@@ -47,15 +47,6 @@ def test_tokens_are_stored_hashed_and_record_their_last_use(client, token, fill)
     assert tokens.list_tokens(fill.store, ALICE)[0].last_used is not None
     dump = everything_stored(fill.store)
     assert secret not in dump and hashlib.sha256(secret.encode()).hexdigest() in dump
-
-
-def everything_stored(store) -> str:
-    """Every row of every table, as text."""
-    if store.engine == "sqlite":
-        return "\n".join(store.db.conn.iterdump())
-    tables = [t for (t,) in store.db.execute("SELECT table_name FROM information_schema.tables "
-                                             "WHERE table_schema = current_schema()")]
-    return "\n".join(repr(row) for t in tables for row in store.db.execute(f"SELECT * FROM {t}"))
 
 
 @BOTH_ENGINES
