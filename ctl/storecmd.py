@@ -5,6 +5,9 @@ filings and legal holds are exactly what the chain records, and every raw file h
 Exit status 1: the first problem is named (chain entry, message id, file, event), then the others.
 ``--head`` prints the chain's current length and digest, for an admin to keep outside the server.
 The checks and the queries are mattermail.store.verify's.
+
+Also here: ``store log``, ``backup`` / ``restore`` (mattermail.store.backup: SQLite's backup API or
+pg_dump/pg_restore) and ``store migrate`` (mattermail.store.migrate: a SQLite store copied into PostgreSQL).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from mattermail.store.verify import verify
 
 @cli.group("store")
 def store_group() -> None:
-    """The store as a record: verify it, print the chain's head."""
+    """The store as a record: verify it, print the chain's head; move it to PostgreSQL."""
 
 
 @store_group.command("verify")
@@ -241,7 +244,8 @@ def _bar_factory():
 @click.option("--to", "url", required=True, metavar="URL",
               help="The PostgreSQL database to copy into: postgresql://USER:PASSWORD@HOST[:PORT]/DATABASE.")
 @click.option("--from", "source", metavar="PATH", type=click.Path(dir_okay=False),
-              help="The SQLite store to copy (default: the configured [store] path).")
+              help="The SQLite store to copy (default: the configured [store] path; its raw files are in "
+                   "[store] messages_dir either way).")
 @click.option("--messages-dir", "messages_dir", metavar="DIR", type=click.Path(file_okay=False),
               help="Also copy the raw message files into DIR (default: they stay in [store] messages_dir).")
 @click.option("--dry-run", is_flag=True, help="Compare only: say what would be copied; write nothing.")
