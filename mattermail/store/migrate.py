@@ -48,6 +48,7 @@ from mattermail.atomicfile import sync_dir
 from mattermail.store import chain, indexer, schema
 from mattermail.store.connection import SQLITE, PgConnection, PgError, is_url, redact, without_nul
 from mattermail.store.engine import Store, UserError, transaction
+from mattermail.store.errors import describe_error
 
 BATCH = 500  # rows per read and per target transaction
 
@@ -414,7 +415,7 @@ def _apply(src: Any, target: Store, plan: _Plan, bar: Bar) -> dict[str, TableRes
                     for trig in t.triggers_off:
                         db.execute(f"ALTER TABLE {t.name} DISABLE TRIGGER {trig}")
                     if b.insert:
-                        _insert(db, insert, b.insert, t)
+                        _insert(db, insert, b.insert, t, ki)
                     if b.update:
                         db.executemany(update, [[r[i] for i in oi] + [r[i] for i in ki] for r in b.update])
                     for trig in t.triggers_off:
@@ -425,13 +426,15 @@ def _apply(src: Any, target: Store, plan: _Plan, bar: Bar) -> dict[str, TableRes
     return done
 
 
-def _insert(db: Any, sql: str, rows: list[tuple], t: Table) -> None:
+def _insert(db: Any, sql: str, rows: list[tuple], t: Table, ki: list[int]) -> None:
     try:
         db.executemany(sql, rows)
     except PgError as e:
-        first, last = rows[0][:len(t.key)], rows[-1][:len(t.key)]
+        if describe_error(e)[0] == "unavailable":  # the server, not these rows: migrate_store says so
+            raise
+        first, last = (tuple(r[i] for i in ki) for r in (rows[0], rows[-1]))
         raise UserError(f"table {t.name}: the rows from {_key(t, first)} to {_key(t, last)} cannot be written to "
-                        f"the target: {e}") from None
+                        f"the target: {' '.join(str(e).split())}") from None
 
 
 def _advance_sequences(src: Any, target: Store) -> None:
@@ -496,8 +499,12 @@ def migrate_store(source: Store, url: str, target_dir: Path | None = None, dry_r
                             f"{schema.version(source.db)}: a dry run cannot compare them (a run without "
                             "--dry-run upgrades the target's schema first)")
         _run(source, target, tdb, result, progress)
+    except PgError as e:  # the target went away, or refused a statement: what was committed stays
+        raise UserError(f"--to: the database {result.target} failed: {' '.join(_scrub(str(e), url).split())}; "
+                        "the batches copied so far are kept: run store migrate again to go on from there") from None
     finally:
-        target.close()
+        with contextlib.suppress(PgError):
+            target.close()
     result.seconds = time.monotonic() - started
     return result
 
