@@ -255,10 +255,10 @@ class _Batch:
     unchanged: int
 
 
-def _scan(src: Any, dst: Any, t: Table, cols: list[str]) -> Iterator[_Batch]:
+def _scan(src: Any, dst: Any, t: Table, cols: list[str], extras: bool = True) -> Iterator[_Batch]:
     """The source's rows in key order, a batch at a time, each with the target's rows of the same keys; then
-    one last batch of the target's keys that the source lacks (looked for only when the target has more
-    rows than were matched).
+    (``extras``) one last batch of the target's keys that the source lacks (looked for only when the target
+    has more rows than were matched).
 
     Rows are compared as PostgreSQL holds them: text with NUL as U+FFFD (connection.without_nul), so a
     subject or thread key with a NUL matches its copy."""
@@ -297,7 +297,7 @@ def _scan(src: Any, dst: Any, t: Table, cols: list[str]) -> Iterator[_Batch]:
         matched += len(there)
         yield b
     extra: list[tuple] = []
-    if int(dst.execute(f"SELECT COUNT(*) FROM {t.name}").fetchone()[0]) > matched:
+    if extras and int(dst.execute(f"SELECT COUNT(*) FROM {t.name}").fetchone()[0]) > matched:
         mine = {tuple(without_nul(r)) for r in src.execute(f"SELECT {keys} FROM {t.name}")}
         extra = [tuple(r) for r in dst.execute(f"SELECT {keys} FROM {t.name} ORDER BY {keys}")
                  if tuple(r) not in mine]
@@ -407,7 +407,7 @@ def _apply(src: Any, target: Store, plan: _Plan, bar: Bar) -> dict[str, TableRes
                   f"WHERE {' AND '.join(f'{k} = ?' for k in t.key)}")
         oi = [cols.index(c) for c in others]
         ki = [cols.index(k) for k in t.key]
-        for b in _scan(src, db, t, cols):
+        for b in _scan(src, db, t, cols, extras=False):  # (the plan's extras are removed already)
             res.source += len(b.rows)
             res.unchanged += b.unchanged
             if b.insert or b.update:
