@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from mattermail.atomicfile import sync_dir
+from mattermail.atomicfile import sync_dir, write_atomic
 from mattermail.store import chain, indexer, schema
 from mattermail.store.connection import SQLITE, PgConnection, PgError, is_url, redact, without_nul
 from mattermail.store.engine import Store, UserError, transaction
@@ -376,8 +376,6 @@ def _copy_files(source: Store, target_dir: Path, ids: list[tuple[int, str]], bar
             raise UserError(f"message {mid}: its raw file {src} does not hash to its SHA-256 (run "
                             f"`mattermailctl store verify` on the source)")
         dest.parent.mkdir(parents=True, exist_ok=True)
-        from mattermail.atomicfile import write_atomic
-
         write_atomic(dest, data, mode=0o600, sync_directory=False)
         dirs.add(dest.parent)
         copied += 1
