@@ -270,11 +270,15 @@ def store_migrate(ctx: Context, url: str, source: str | None, messages_dir: str 
     and `store verify` (chain, tables, every raw file re-hashed) must agree,
     else exit 1. Raw files stay in messages_dir unless --messages-dir copies
     them (content-addressed: a file already there is kept and re-hashed).
+    Progress bars go to standard error when that is a terminal. To keep the
+    password off the command line, leave it out of URL: PostgreSQL's client
+    library reads it from $PGPASSWORD or ~/.pgpass.
 
     \b
     Example:
       mattermailctl store migrate --to postgresql://mattermail:PASSWORD@db.lawfirm.test/mattermail --dry-run
       mattermailctl store migrate --to postgresql://mattermail:PASSWORD@db.lawfirm.test/mattermail
+      PGPASSWORD=... mattermailctl store migrate --to postgresql://mattermail@db.lawfirm.test/mattermail
     """
     from pathlib import Path
 
