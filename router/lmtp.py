@@ -290,10 +290,10 @@ class DeliveryHandler:
         the server stays unreachable the batch is deferred (451) with one log line, and Postfix retries."""
         try:
             if self.store.reconnect():
-                log.warning("store %s: the database connection was lost; reconnected", self.config.store.where)
+                log.warning("store %s: the database connection was lost; reconnected", self.store.path)
         except StoreError as e:
             kind, text = describe_error(e)
-            log.error("store %s unavailable (%s: %s): deferring %d message(s)", self.config.store.where, kind, text,
+            log.error("store %s unavailable (%s: %s): deferring %d message(s)", self.store.path, kind, text,
                       len(batch))
             for j in batch:
                 j.item.discard()
