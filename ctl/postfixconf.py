@@ -13,6 +13,13 @@ Two steps, so the policy is testable without touching Postfix:
   runs ``postfix check`` and restores the originals if it fails. A second run
   finds nothing to change and writes nothing.
 
+Edges (``--edge --router HOST:PORT``): a Postfix host with its own milter whose
+catch-all mail and capture copies go to the router on another host over
+LMTP/TCP (``lmtp:inet:HOST:PORT``), not to a local ``router.listen`` socket.
+Nothing of the router runs on an edge; SRS maps are wired only when the edge's
+config has ``[srs] listen``. The edge's milter records envelopes in the shared
+database (``[store] url``), which is why an edge without one is warned about.
+
 Chroot: Debian runs smtpd, cleanup and lmtp chrooted in the queue directory, so
 a unix socket they use (milter, LMTP router, SRS socketmap) must live under it
 and is written relative to it (``unix:/var/spool/postfix/mattermail/milter.sock``
@@ -25,8 +32,10 @@ the policy (desired_settings) and the editing (apply) are its two halves.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import pty
+import re
 import shutil
 import subprocess
 import tempfile
@@ -157,19 +166,64 @@ def _endpoint(spec: str, key: str, spool: str, chrooted: list[bool], suggestion:
     return f"unix:{inside}"
 
 
+_HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
+
+
+def router_nexthop(spec: str, option: str = "--router") -> str:
+    """Postfix's LMTP destination (``inet:host:port``, ``inet:[ipv6:addr]:port``) for a router's ``HOST:PORT``.
+
+    Raises PostfixConfError naming ``option`` for anything else: a unix socket, no port, a wildcard address.
+    """
+    example = f"{option}: expected the router host's LMTP address as HOST:PORT (its router.listen), " \
+              "e.g. router.lawfirm.example:2424, 192.0.2.10:2424 or [2001:db8::10]:2424"
+    value = spec.strip()
+    if value.startswith("unix:"):
+        raise PostfixConfError(f"{option}: {spec!r} is a unix socket, which another host cannot reach; "
+                               + example.split(": ", 1)[1])
+    value = value.removeprefix("inet:")
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise PostfixConfError(f"{example}; got {spec!r}")
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            addr = ipaddress.IPv6Address(host[1:-1].removeprefix("ipv6:"))
+        except ValueError:
+            raise PostfixConfError(f"{option}: {host} is not an IPv6 address; {example.split(': ', 1)[1]}") from None
+        if addr.is_unspecified:
+            raise PostfixConfError(f"{option}: {spec!r} is a wildcard; name the router host's address")
+        return f"inet:[ipv6:{addr.compressed}]:{int(port)}"
+    if ":" in host:
+        raise PostfixConfError(f"{option}: an IPv6 address needs brackets, as [{host}]:{port}; got {spec!r}")
+    try:
+        addr4 = ipaddress.IPv4Address(host)
+    except ValueError:
+        if not _HOSTNAME.fullmatch(host):
+            raise PostfixConfError(f"{option}: {host!r} is not a host name or address; "
+                                   f"{example.split(': ', 1)[1]}") from None
+        return f"inet:{host.lower().rstrip('.')}:{int(port)}"
+    if addr4.is_unspecified:
+        raise PostfixConfError(f"{option}: {spec!r} is a wildcard; name the router host's address")
+    return f"inet:{addr4}:{int(port)}"
+
+
 def desired_settings(
     cfg: Config,
     *,
     config_dir: str | os.PathLike[str] | None = None,
     queue_directory: str = DEFAULT_SPOOL,
     chroot: Mapping[str, bool | None] | None = None,
+    edge_router: str | None = None,
 ) -> Settings:
     """The main.cf / master.cf settings mattermail needs, for a Postfix with this spool.
 
     ``chroot`` maps role -> chrooted for ``smtpd``, ``cleanup`` and ``lmtp``
     (default: all chrooted, as in Debian's master.cf; None: some services of
-    that role are chrooted, others not). Raises PostfixConfError naming the
-    mattermail config key that Postfix cannot use.
+    that role are chrooted, others not). ``edge_router``: this Postfix is an
+    edge, delivering catch-all mail and capture copies to the router at that
+    ``HOST:PORT`` over LMTP/TCP (``router.listen`` is not consulted). Raises
+    PostfixConfError naming the mattermail config key (or ``--router``) that
+    Postfix cannot use.
     """
     roles: dict[str, bool | None] = {"smtpd": True, "cleanup": True, "lmtp": True, **(chroot or {})}
 
@@ -190,10 +244,21 @@ def desired_settings(
     main["milter_mail_macros"] = MAIL_MACROS
 
     domains = [d.strip().lower().rstrip(".") for d in cfg.general.catchall_domains if d.strip()]
+    warnings: list[str] = []
+    if edge_router is not None:
+        edge_nexthop = router_nexthop(edge_router)
+        if not domains:
+            raise PostfixConfError("general.catchall_domains: empty, but an edge exists to send catch-all mail and "
+                                   "capture copies to the router: list the catch-all domains (the capture "
+                                   "address's among them)")
+        if not cfg.store.url:
+            warnings.append("store.url: empty, so this edge's milter records capture envelopes in the local file "
+                            f"{cfg.store.path}, which the router never reads: set [store] url to the shared "
+                            "postgresql:// database")
     if domains:
-        nexthop = None
+        nexthop = edge_nexthop if edge_router is not None else None
         problems = []
-        for spec in cfg.router.listen:
+        for spec in () if nexthop is not None else cfg.router.listen:
             try:
                 nexthop = _endpoint(spec, "router.listen", spool, flags("lmtp"), "127.0.0.1:2424")
                 break
@@ -204,8 +269,9 @@ def desired_settings(
                                    "router.listen: empty, but catch-all domains need the router's LMTP address")
         table = conf_dir / TRANSPORT_FILE
         files[table] = (
-            "# Catch-all domains -> mattermail-router over LMTP.\n"
-            "# Written by `mattermailctl postfix configure`; edits here are overwritten.\n"
+            ("# Catch-all domains -> the central mattermail-router over LMTP/TCP (this host is an edge).\n"
+             if edge_router is not None else "# Catch-all domains -> mattermail-router over LMTP.\n")
+            + "# Written by `mattermailctl postfix configure`; edits here are overwritten.\n"
             + "".join(f"{d}\tlmtp:{nexthop}\n" for d in domains)
         )
         main["relay_domains"] = ", ".join(domains)
@@ -236,7 +302,7 @@ def desired_settings(
             ("smtpd_recipient_restrictions", "permit_sasl_authenticated,reject"),
         ),
     )
-    return Settings(main=main, master=[submission], files=files)
+    return Settings(main=main, master=[submission], files=files, warnings=warnings)
 
 
 # ---------------------------------------------------------------- merging with current values
@@ -404,12 +470,13 @@ class Instance:
         return flags[0] if len(set(flags)) == 1 else None
 
 
-def settings_for(cfg: Config, config_dir: Path) -> Settings:
+def settings_for(cfg: Config, config_dir: Path, edge_router: str | None = None) -> Settings:
     """desired_settings for the instance in ``config_dir`` (its spool and chroot flags)."""
     inst = Instance.read(config_dir)
     spool = inst.values(["queue_directory"], expand=True).get("queue_directory") or DEFAULT_SPOOL
     settings = desired_settings(cfg, config_dir=config_dir, queue_directory=spool,
-                                chroot={r: inst.chrooted(r) for r in ("smtpd", "cleanup", "lmtp")})
+                                chroot={r: inst.chrooted(r) for r in ("smtpd", "cleanup", "lmtp")},
+                                edge_router=edge_router)
     login_db = Path(f"{cfg.auth.sender_login_map}.db")
     if not login_db.exists():
         settings.warnings.append(f"auth.sender_login_map: {login_db} does not exist yet; the submission service "
@@ -603,9 +670,13 @@ def _one_line(msg: str) -> str:
     return (fatal or lines or ["no message (see the mail log)"])[-1]
 
 
-def configure(cfg: Config, config_dir: str | os.PathLike[str] | None = None, dry_run: bool = False) -> Change:
-    """desired settings for ``cfg``, applied to ``config_dir`` (default ``postfix.config_dir``)."""
+def configure(cfg: Config, config_dir: str | os.PathLike[str] | None = None, dry_run: bool = False,
+              edge_router: str | None = None) -> Change:
+    """desired settings for ``cfg``, applied to ``config_dir`` (default ``postfix.config_dir``);
+    ``edge_router``: wire an edge that delivers to the router at that HOST:PORT."""
+    if edge_router is not None:
+        router_nexthop(edge_router)  # a bad --router is named before anything else is looked at
     d = Path(config_dir) if config_dir is not None else cfg.postfix.config_dir
     if not d.is_dir():
         raise PostfixConfError(f"--config-dir: {d} is not a directory")
-    return apply(d, settings_for(cfg, d), dry_run=dry_run)
+    return apply(d, settings_for(cfg, d, edge_router=edge_router), dry_run=dry_run)

@@ -110,6 +110,25 @@ def user_remove(ctx: Context, address: str) -> None:
     echo(f"removed user {safe(login)}")
 
 
+@user.command("sync")
+@pass_ctx
+@user_errors
+def user_sync(ctx: Context) -> None:
+    """Rewrite this host's Dovecot passwd-file and Postfix sender login map from the store.
+
+    On an edge host (several Postfix hosts, one shared database) users are
+    added on one host; run this on every other edge afterwards, e.g. from cron.
+    Idempotent: unchanged users give the same files.
+
+    \b
+    Example:
+      mattermailctl user sync
+    """
+    _sync_passwd(ctx)
+    echo(f"wrote {ctx.config.auth.passwd_file} and {ctx.config.auth.sender_login_map} "
+         f"({len(storemod.list_users(ctx.store))} user(s))")
+
+
 @user.command("list")
 @json_option
 @pass_ctx

@@ -18,12 +18,13 @@ message: the copies for the firm's own mailboxes carry it too, harmlessly).
 Forwarding that happens after the queue (local(8): ``alias_maps``,
 ``.forward``) is out of the milter's sight and is not sealed.
 
-What: ``arc=`` (our check of the chain the message arrived with) is added to
-our ``Authentication-Results``; dkimpy's ``arc_sign`` copies that into
+What: ``arc=`` (our check of the chain the message arrived with, dkimpy's
+``arc_verify``) is added to our ``Authentication-Results``;
+:mod:`~mattermail.milter.arc_sign` copies that into
 ``ARC-Authentication-Results: i=N`` and signs ``ARC-Message-Signature`` and
-``ARC-Seal`` (``cv=none`` for the first set, else the chain's result) with the
-RSA key of the sealing domain from the DKIM key table (ARC is rsa-sha256 only;
-the Ed25519 key of dual signing cannot seal).
+``ARC-Seal`` (``cv=none`` for the first set, else the chain's result) in
+OpenSSL with the RSA key of the sealing domain from the DKIM key table (ARC is
+rsa-sha256 only; the Ed25519 key of dual signing cannot seal).
 
 Failure: sealing never costs a message. No key, a table Postfix cannot read, a
 DNS timeout while checking the prior chain: the message goes on unsealed (as
@@ -47,10 +48,10 @@ from pathlib import Path
 
 import dkim
 import dns.exception
-from cryptography.hazmat.primitives import serialization
 
 from mattermail import dkimkeys
 from mattermail.dns import Resolver, TempError
+from mattermail.milter import arc_sign
 
 log = logging.getLogger("mattermail.milter")
 
@@ -275,38 +276,9 @@ def chain_result(raw: bytes, resolver: Resolver) -> str:
 
 # --- sealing ----------------------------------------------------------------------------
 
-_PEMS: dict[int, tuple[dkimkeys.SigningKey, bytes]] = {}
-
-
-def _pem(key: dkimkeys.SigningKey) -> bytes:
-    """The key as dkimpy reads it (PKCS#1 PEM), kept per key object."""
-    hit = _PEMS.get(id(key))
-    if hit is None or hit[0] is not key:
-        pem = key.private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                                            serialization.NoEncryption())
-        hit = _PEMS[id(key)] = (key, pem)
-        if len(_PEMS) > 64:
-            _PEMS.pop(next(iter(_PEMS)))
-    return hit[1]
-
 
 def sealing_key(table: dict[str, list[dkimkeys.SigningKey]], domain: str) -> dkimkeys.SigningKey | None:
     return next((k for k in table.get(domain.lower(), ()) if k.algorithm == "rsa-sha256"), None)
-
-
-def arc_set(message: bytes, key: dkimkeys.SigningKey, authserv_id: str, now: int | None = None) -> list[tuple[str, str]]:
-    """The ARC set for ``message`` (CRLF, with our Authentication-Results on top), in prepend order.
-
-    [] when dkimpy declines: no Authentication-Results of ``authserv_id``, or
-    a prior chain with no ``arc=`` result in it.
-    """
-    lines = dkim.arc_sign(message, key.selector.encode(), key.domain.encode(), _pem(key), authserv_id.encode(),
-                          timestamp=now)
-    out = []
-    for line in reversed(lines):  # dkimpy: [Seal, AMS, AAR]; we prepend AAR first
-        name, _, value = line.decode("utf-8", "surrogateescape").partition(":")
-        out.append((name, value.strip(" ").rstrip("\r\n").replace("\r\n", "\n")))
-    return out
 
 
 def message_for_sealing(ar_value: str, headers: Sequence[tuple[str, str]], forged: Iterable[int],
@@ -371,12 +343,10 @@ class Sealer:
         value = f"{ar_value};\n\tarc={cv}"
         try:
             started = time.perf_counter()
-            arc = arc_set(message_for_sealing(value, headers, forged, raw[body_offset:]), key, self.authserv_id)
+            arc = arc_sign.arc_set(headers, raw[body_offset:], value, cv, key)
             ms = (time.perf_counter() - started) * 1000
-        except Exception as e:  # noqa: BLE001 - dkimpy refusing the message or the key
+        except Exception as e:  # noqa: BLE001 - a chain we cannot extend, a key OpenSSL refuses
             return self._unsealed(value, f"sealing failed: {type(e).__name__}: {str(e)[:120]}", to)
-        if not arc:
-            return self._unsealed(value, "dkimpy found no Authentication-Results of ours to seal", to)
         instance = re.search(r"\bi=(\d+)", arc[0][1])
         return Seal(value, arc, f"arc=sealed i={instance.group(1) if instance else '?'} cv={cv} "
                                 f"d={key.domain} s={key.selector} forwarded_to=<{to}> seal_ms={ms:.1f}")

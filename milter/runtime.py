@@ -6,10 +6,12 @@ re-read when the store changes (SQLite's ``data_version``), so
 ``mattermailctl disclaimer set`` takes effect without a restart; DKIM keys are
 re-read when a file in the keys directory changes.
 
-A store that fails (damaged, locked, unreadable) raises ``StoreError`` to the
-caller, which defers the message (451); the connection is closed and the
-cached disclaimers dropped, so the next look-up reopens the file and reads it
-afresh. A database file replaced on disk (a restore into a new store) is
+A store that fails (damaged, locked, unreadable; a PostgreSQL server that is
+down) raises ``StoreError`` to the caller, which defers the message (451); the
+connection is closed and the cached disclaimers dropped, so the next look-up
+reopens the file (or reconnects) and reads it afresh. A PostgreSQL connection
+found lost by a look-up (the server restarted meanwhile) is replaced at once
+and the look-up tried once more. A database file replaced on disk (a restore into a new store) is
 noticed before each look-up and reopened too: the milter never answers from
 the old file's rows.
 """
@@ -20,8 +22,10 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from mattermail import dkimkeys
 from mattermail.config import Config
@@ -33,6 +37,7 @@ from mattermail.milter.inbound import InboundSettings
 from mattermail import store as storemod
 
 log = logging.getLogger("mattermail.milter")
+T = TypeVar("T")
 
 
 def _dir_stamp(path: Path) -> tuple:
@@ -106,43 +111,40 @@ class Runtime:
                   self.config.store.where, what, kind, text)
         self._forget_store()
 
-    def owned_addresses(self, login: str) -> set[str]:
+    def _locked(self, what: str, fn: Callable[[storemod.Store], T]) -> T:
+        """``fn(store)`` under the lock. A PostgreSQL connection that turns out lost (the server restarted
+        while it was idle: the first statement finds out) is replaced and ``fn`` tried once more, so the
+        first message after a database restart is not deferred for nothing."""
         with self._lock:
-            try:
-                return storemod.owned_addresses(self.store(), login)
-            except storemod.StoreError as e:
-                self._failed("sender look-up", e)
-                raise
+            for again in (False, True):
+                try:
+                    return fn(self.store())
+                except storemod.StoreError as e:
+                    lost = self._store is not None and self._store.db.lost
+                    self._failed(what, e)
+                    if again or not lost:
+                        raise
+        raise AssertionError("unreachable")
+
+    def owned_addresses(self, login: str) -> set[str]:
+        return self._locked("sender look-up", lambda store: storemod.owned_addresses(store, login))
 
     def is_user_address(self, address: str) -> bool:
         """Whether a login owns ``address`` (two-way capture: inbound mail to the firm's users)."""
-        with self._lock:
-            try:
-                return storemod.is_user_address(self.store(), address)
-            except storemod.StoreError as e:
-                self._failed("user look-up", e)
-                raise
+        return self._locked("user look-up", lambda store: storemod.is_user_address(store, address))
 
     def disclaimer_for(self, sender: str) -> storemod.DisclaimerRow | None:
-        with self._lock:
-            try:
-                version = storemod.data_version(self.store())
-                if version != self._disclaimers_version:
-                    self._disclaimers = storemod.list_disclaimers(self.store())
-                    self._disclaimers_version = version
-            except storemod.StoreError as e:
-                self._failed("disclaimer look-up", e)
-                raise
-            rows = self._disclaimers
-        return storemod.disclaimer_for(rows, sender)
+        def current(store: storemod.Store) -> list[storemod.DisclaimerRow]:
+            version = storemod.data_version(store)
+            if version != self._disclaimers_version:
+                self._disclaimers = storemod.list_disclaimers(store)
+                self._disclaimers_version = version
+            return self._disclaimers
+
+        return storemod.disclaimer_for(self._locked("disclaimer look-up", current), sender)
 
     def record_envelope(self, env: storemod.EnvelopeRecord) -> None:
-        with self._lock:
-            try:
-                storemod.record_envelope(self.store(), env)
-            except storemod.StoreError as e:
-                self._failed("envelope record", e)
-                raise
+        self._locked("envelope record", lambda store: storemod.record_envelope(store, env))
 
     # -- keys and secrets ------------------------------------------------------------------
     def load_keys(self) -> None:

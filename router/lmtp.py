@@ -30,7 +30,7 @@ from mattermail.router.indexer import Indexer
 from mattermail.router.message import MessageData, head_length, parse_headers, queue_id_from
 from mattermail.router.rules import RouterRules
 from mattermail.srs import SRSCodec
-from mattermail.store import BlobWriter, Spooled, Store
+from mattermail.store import BlobWriter, Spooled, Store, StoreError, describe_error
 
 log = logging.getLogger("mattermail.router.lmtp")
 
@@ -284,7 +284,20 @@ class DeliveryHandler:
         return await job.future
 
     def _file(self, batch: list[_Delivery]) -> list[Outcome]:
-        """In the writer thread: the batch filed, one commit."""
+        """In the writer thread: the batch filed, one commit.
+
+        A PostgreSQL connection lost since the last batch (the server restarted) is replaced first; while
+        the server stays unreachable the batch is deferred (451) with one log line, and Postfix retries."""
+        try:
+            if self.store.reconnect():
+                log.warning("store %s: the database connection was lost; reconnected", self.store.path)
+        except StoreError as e:
+            kind, text = describe_error(e)
+            log.error("store %s unavailable (%s: %s): deferring %d message(s)", self.store.path, kind, text,
+                      len(batch))
+            for j in batch:
+                j.item.discard()
+            return [Outcome(j.item) for j in batch]
         capture = CaptureSettings(self.capture_address, self.capture_secret)
         outcomes = file_batch(self.store, self.config, self.rules, capture, [j.item for j in batch])
         if any(o.result is not None for o in outcomes):

@@ -54,6 +54,7 @@ class SqliteConnection:
     """A sqlite3 connection in autocommit mode (transactions are explicit, engine.transaction)."""
 
     engine = SQLITE
+    lost = False  # a file: there is no server connection to lose
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
@@ -183,6 +184,12 @@ class PgConnection:
 
     def insert(self, sql: str, params: Sequence[Any] = ()) -> int:
         return int(self.execute(sql + " RETURNING id", params).fetchone()[0])
+
+    @property
+    def lost(self) -> bool:
+        """Whether the server connection is gone (the server was stopped or restarted, the network cut):
+        psycopg closes it at the first statement that meets the loss; only a new connection helps."""
+        return self.conn.closed or self.conn.broken
 
     @property
     def in_transaction(self) -> bool:

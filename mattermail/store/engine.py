@@ -54,6 +54,7 @@ class Store:
         self.actor = "router"
         self.messages_dir = Path(messages_dir)
         self._dirs: set[Path] = set()  # hash directories known to exist
+        self._durable = durable
         self.db: Connection
         if is_url(location):
             self.location: Path | str = str(location)
@@ -91,6 +92,17 @@ class Store:
 
     def close(self) -> None:
         self.db.close()
+
+    def reconnect(self) -> bool:
+        """A new PostgreSQL connection when the old one was lost (:attr:`PgConnection.lost`), for a long-lived
+        process (the router) that would otherwise fail every statement until restarted; True when it made one.
+        Call it only between transactions. Raises StoreError while the server is still unreachable."""
+        if not self.db.lost:
+            return False
+        new = PgConnection(str(self.location), durable=self._durable)
+        old, self.db = self.db, new
+        old.close()
+        return True
 
     def replaced(self) -> bool:
         """Whether the database file at :attr:`path` is no longer the one this connection opened (removed,

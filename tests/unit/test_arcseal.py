@@ -3,6 +3,7 @@ ARC-Authentication-Results says, and that dkimpy's arc_verify passes what we sea
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import re
@@ -11,12 +12,15 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import dkim
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding
 import pytest
 
 from mattermail import dkimkeys
 from mattermail.config import DNS
 from mattermail.dns import Resolver
-from mattermail.milter import arcseal
+from mattermail.milter import arc_sign, arcseal
+from mattermail.milter.dkim_sign import _relaxed_header
 from mattermail.milter.inbound import DMARCResult, SPFResult, authentication_results
 from mattermail_dev.devdns import free_port, serve
 
@@ -204,7 +208,8 @@ def prior_sealed(body: bytes = BODY) -> list[tuple[str, str]]:
     headers = [(n, v) for n, v in HEADERS if n != "Received"]
     msg, _ = raw_of([("Authentication-Results", " mx.list.test; spf=pass smtp.mailfrom=bob@example.test")] + headers,
                     body)
-    lines = dkim.arc_sign(msg, b"lst", b"list.test", arcseal._pem(PRIOR_KEY), b"mx.list.test")
+    lines = dkim.arc_sign(msg, b"lst", b"list.test", PRIOR_KEY.private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                                      serialization.NoEncryption()), b"mx.list.test")
     prior = []
     for line in lines:
         n, _, v = line.decode().partition(":")
@@ -231,6 +236,55 @@ def test_a_broken_prior_chain_is_sealed_cv_fail(resolver: Resolver) -> None:
     raw, off = raw_of(headers, b"changed on the way\r\n")
     seal = sealer(resolver).seal(["fwd@lawfirm.test"], headers, [], our_ar(), raw, off)
     assert "arc=fail" in seal.headers[0][1] and re.search(r"\bcv=fail\b", seal.headers[2][1])
+    # our seal over the new set alone (RFC 8617 §5.1.2) is itself valid: the next hop sees a chain we ended
+    cv, results, why = dkim.arc_verify(as_delivered(seal, headers, b"changed on the way\r\n"),
+                                       dnsfunc=lambda n, timeout=5: _txt(resolver, n))
+    assert cv is None and "terminated" in why
+    assert results[0]["instance"] == 2 and results[0]["ams-valid"]
+    # dkimpy's verifier hashes every set under a seal; §5.1.2's cv=fail seal covers its own set only
+    aar, ams, arc_seal = seal.headers
+    b_value = re.search(r"\bb=([A-Za-z0-9+/=\s]+)$", arc_seal[1]).group(1)
+    unsigned = arc_seal[1][:-len(b_value)]
+    signed = (_relaxed_header(*aar) + _relaxed_header(*ams) + _relaxed_header("ARC-Seal", unsigned)[:-2])
+    FIRM_KEY.private_key.public_key().verify(base64.b64decode(re.sub(r"\s", "", b_value)), signed,
+                                             padding.PKCS1v15(), hashes.SHA256())  # raises if it does not
+
+
+def received_sealed(seal: arcseal.Seal, headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The header fields of a message we sealed, as the next hop receives it."""
+    return [(n, f" {v}") for n, v in reversed(seal.headers)] + [("Authentication-Results", f" {seal.ar_value}")] \
+        + list(headers)
+
+
+def test_a_chain_we_sealed_twice_verifies_at_the_third_hop(resolver: Resolver) -> None:
+    headers = prior_sealed()
+    raw, off = raw_of(headers)
+    second = received_sealed(sealer(resolver).seal(["fwd@lawfirm.test"], headers, [], our_ar(), raw, off), headers)
+    raw, off = raw_of(second)
+    seal = sealer(resolver).seal(["fwd@lawfirm.test"], second, [], our_ar(), raw, off)
+    assert "arc=sealed i=3 cv=pass" in seal.note
+    cv, results, why = dkim.arc_verify(as_delivered(seal, second), dnsfunc=lambda n, timeout=5: _txt(resolver, n))
+    assert cv == dkim.CV_Pass, why
+    assert [r["instance"] for r in results] == [3, 2, 1]
+
+
+def test_a_large_message_is_sealed_and_verifies(resolver: Resolver) -> None:
+    body = b"".join(b"line %d of a long forwarded brief, with  spaces\t and tabs \r\n" % n for n in range(40_000))
+    raw, off = raw_of(HEADERS, body)
+    seal = sealer(resolver).seal(["fwd@lawfirm.test"], HEADERS, [], our_ar(), raw, off)
+    assert "arc=sealed i=1 cv=none" in seal.note
+    cv, _, why = dkim.arc_verify(as_delivered(seal, HEADERS, body), dnsfunc=lambda n, timeout=5: _txt(resolver, n))
+    assert cv == dkim.CV_Pass, why
+
+
+def test_a_chain_that_contradicts_its_result_is_not_extended() -> None:
+    """cv must be none on the first set and only there (dkimpy's arc_verify says none for an ARC-Seal without i=)."""
+    with pytest.raises(ValueError, match="cv=none with 1 prior set"):
+        arc_sign.arc_set(prior_sealed(), BODY, our_ar(), "none", FIRM_KEY)
+    with pytest.raises(ValueError, match="cv=pass with 0 prior set"):
+        arc_sign.arc_set(HEADERS, BODY, our_ar(), "pass", FIRM_KEY)
+    with pytest.raises(ValueError, match="rsa-sha256 only"):
+        arc_sign.arc_set(HEADERS, BODY, our_ar(), "none", FIRM_ED)
 
 
 def test_forged_results_of_ours_do_not_reach_the_aar(resolver: Resolver) -> None:

@@ -80,3 +80,21 @@ def test_broken_config_exits_78(tmp_path):
 
 def test_usage_error_exits_2(run):
     assert run("user", "add").exit_code == 2
+
+
+def test_sync_writes_another_hosts_files_from_the_shared_store(run, write_config, store_location, tmp_path):
+    """An edge host shares the database, not the files: `user sync` writes its own from the store."""
+    assert run("user", "add", "alice@lawfirm.test", input="correct-horse\n").exit_code == 0
+    edge = tmp_path / "edge"
+    edge.mkdir()
+    cfg = write_config(store=store_location)
+    text = cfg.read_text().replace(f"{tmp_path}/dovecot-users", f"{edge}/dovecot-users") \
+        .replace(f"{tmp_path}/sender-login-map", f"{edge}/sender-login-map")
+    edge_cfg = edge / "mattermail.toml"
+    edge_cfg.write_text(text)
+    r = CliRunner().invoke(cli, ["--config", str(edge_cfg), "user", "sync"])
+    assert r.exit_code == 0, r.output
+    assert f"wrote {edge}/dovecot-users and {edge}/sender-login-map (1 user(s))" in r.output
+    assert (edge / "dovecot-users").read_text() == (tmp_path / "dovecot-users").read_text()
+    assert (edge / "sender-login-map").read_text() == "alice@lawfirm.test\talice@lawfirm.test\n"
+    assert (edge / "sender-login-map.db").exists()

@@ -282,6 +282,90 @@ def test_missing_config_dir_and_help(tmp_path: Path, pf: Path):
     assert r.exit_code == 0 and "Example:" in r.output and "--dry-run" in r.output
 
 
+# -- edges: --edge --router HOST:PORT ---------------------------------------------------------
+
+
+def edge_cfg(tmp_path: Path, etc: Path, store_url: str = "postgresql://mm@db.firm.example/mattermail") -> Path:
+    """An edge's config: no router here (router.listen is this host's default unix socket), no SRS."""
+    cfg = write_cfg(tmp_path, etc, extra=f'[store]\nurl = "{store_url}"\n' if store_url else "")
+    text = cfg.read_text().replace('listen = ["unix:/run/mattermail/lmtp.sock", "127.0.0.1:2424"]\n', "")
+    cfg.write_text(text.replace('[srs]\nlisten = "127.0.0.1:10001"\n', ""))
+    return cfg
+
+
+def test_edge_sends_catchall_mail_and_capture_copies_to_the_router_over_tcp(pf: Path, tmp_path: Path):
+    cfg = edge_cfg(tmp_path, pf)
+    # as a router host this config cannot be wired: its router listens on a unix socket outside the spool
+    r = run(cfg)
+    assert r.exit_code == 1 and "router.listen: unix:/run/mattermail/lmtp.sock" in r.output, r.output
+    r = run(cfg, "--edge", "--router", "router.firm.example:2424")
+    assert r.exit_code == 0, r.output
+    assert "warning: store.url" not in r.output
+    main = dict(line.split(" = ", 1) for line in postconf(pf, "-n").splitlines() if " = " in line)
+    assert main["smtpd_milters"] == "unix:/mattermail/milter.sock"  # the milter is this host's own
+    assert main["milter_default_action"] == "tempfail"
+    assert main["relay_domains"] == "matters.firm.example"
+    assert main["transport_maps"] == f"texthash:{pf}/mattermail-transport"
+    table = (pf / "mattermail-transport").read_text()
+    assert table.splitlines()[-1] == "matters.firm.example\tlmtp:inet:router.firm.example:2424"
+    assert "this host is an edge" in table
+    assert "sender_canonical_maps" not in main and "smtpd_recipient_restrictions" not in main  # no SRS here
+    assert postconf(pf, "-M", "submission/inet").split()[:8] == ["submission", "inet", "n", "-", "y", "-", "-", "smtpd"]
+    # idempotent; a moved router is one changed line in the table
+    assert "no change" in run(cfg, "--edge", "--router", "router.firm.example:2424").output
+    r = run(cfg, "--edge", "--router", "192.0.2.7:2525")
+    assert r.exit_code == 0, r.output
+    assert [ln for ln in r.output.splitlines() if ln.startswith(("main.cf", "master.cf", "rewrote", "new file"))] \
+        == [f"rewrote {pf}/mattermail-transport"], r.output
+    assert (pf / "mattermail-transport").read_text().splitlines()[-1] == "matters.firm.example\tlmtp:inet:192.0.2.7:2525"
+
+
+def test_edge_dry_run_shows_the_router_address_and_writes_nothing(pf: Path, tmp_path: Path):
+    cfg = edge_cfg(tmp_path, pf)
+    before = snapshot(pf)
+    r = run(cfg, "--edge", "--router", "[2001:db8::10]:2424", "--dry-run")
+    assert r.exit_code == 0, r.output
+    assert snapshot(pf) == before
+    assert "+matters.firm.example\tlmtp:inet:[ipv6:2001:db8::10]:2424" in r.output
+    assert "+smtpd_milters = unix:/mattermail/milter.sock" in r.output and "nothing written" in r.output
+
+
+def test_edge_without_a_database_url_is_warned_about(pf: Path, tmp_path: Path):
+    r = run(edge_cfg(tmp_path, pf, store_url=""), "--edge", "--router", "10.1.2.3:2424")
+    assert r.exit_code == 0, r.output
+    assert "warning: store.url: empty, so this edge's milter records capture envelopes in the local file" in r.output
+
+
+@pytest.mark.parametrize("value, says", [
+    ("router.firm.example", "expected the router host's LMTP address as HOST:PORT"),
+    ("router.firm.example:", "expected the router host's LMTP address as HOST:PORT"),
+    ("router.firm.example:0", "expected the router host's LMTP address as HOST:PORT"),
+    ("router.firm.example:70000", "expected the router host's LMTP address as HOST:PORT"),
+    ("unix:/run/mattermail/lmtp.sock", "is a unix socket, which another host cannot reach"),
+    ("0.0.0.0:2424", "is a wildcard; name the router host's address"),
+    ("[::]:2424", "is a wildcard; name the router host's address"),
+    ("2001:db8::10:2424", "an IPv6 address needs brackets, as [2001:db8::10]:2424"),
+    ("[router]:2424", "[router] is not an IPv6 address"),
+    ("bad_host!:2424", "'bad_host!' is not a host name or address"),
+])
+def test_a_bad_router_address_is_refused_naming_the_option(pf: Path, tmp_path: Path, value: str, says: str):
+    cfg = edge_cfg(tmp_path, pf)
+    before = snapshot(pf)
+    r = run(cfg, "--edge", "--router", value)
+    assert r.exit_code == 1, r.output
+    line = r.output.strip().splitlines()[-1]
+    assert line.startswith("Error: --router: ") and says in line, line
+    assert snapshot(pf) == before
+
+
+def test_edge_and_router_go_together(pf: Path, tmp_path: Path):
+    cfg = edge_cfg(tmp_path, pf)
+    r = run(cfg, "--edge")
+    assert r.exit_code == 1 and "Error: --edge: needs --router HOST:PORT" in r.output, r.output
+    r = run(cfg, "--router", "10.1.2.3:2424")
+    assert r.exit_code == 1 and "Error: --router: only with --edge" in r.output, r.output
+
+
 # -- the pure core -------------------------------------------------------------------------
 
 
@@ -332,6 +416,23 @@ def test_inet_specs_and_wildcard_listeners():
     assert s.files == {Path("/etc/postfix/mattermail-transport"): s.files[Path("/etc/postfix/mattermail-transport")]}
     assert "m.example\tlmtp:inet:127.0.0.1:2424\n" in s.files[Path("/etc/postfix/mattermail-transport")]
     assert s.main["sender_canonical_maps"] == "socketmap:inet:127.0.0.1:10001:srs_forward"
+
+
+def test_router_nexthop_in_postfix_notation():
+    assert postfixconf.router_nexthop("Router.Firm.Example.:2424") == "inet:router.firm.example:2424"
+    assert postfixconf.router_nexthop("inet:192.0.2.7:24") == "inet:192.0.2.7:24"
+    assert postfixconf.router_nexthop("[2001:DB8:0::10]:2424") == "inet:[ipv6:2001:db8::10]:2424"
+    assert postfixconf.router_nexthop("[ipv6:2001:db8::10]:2424") == "inet:[ipv6:2001:db8::10]:2424"
+
+
+def test_edge_settings_ignore_router_listen_and_need_catchall_domains():
+    cfg = cfg_from(milter={"socket": "inet:127.0.0.1:8894"}, general={"catchall_domains": ["m.example"]},
+                   router={"listen": ["unix:/run/mattermail/lmtp.sock"]}, store={"url": "postgresql://db/mm"})
+    s = postfixconf.desired_settings(cfg, config_dir="/etc/postfix", edge_router="10.0.0.5:2424")
+    assert "m.example\tlmtp:inet:10.0.0.5:2424\n" in s.files[Path("/etc/postfix/mattermail-transport")]
+    assert s.warnings == []
+    with pytest.raises(postfixconf.PostfixConfError, match=r"^general.catchall_domains: empty, but an edge"):
+        postfixconf.desired_settings(cfg_from(milter={"socket": "inet:127.0.0.1:8894"}), edge_router="10.0.0.5:2424")
 
 
 @pytest.mark.parametrize(

@@ -400,3 +400,24 @@ def test_over_long_lines_and_too_much_data_are_refused_after_draining():
 def test_a_connection_closed_mid_data_raises():
     with pytest.raises(asyncio.IncompleteReadError):
         _receive([b"Subject: x\r\n\r\nno dot"])
+
+
+@pytest.mark.parametrize("store_location", ["postgresql"], indirect=True)
+def test_a_lost_database_connection_is_replaced_at_the_next_batch(store_location, tmp_path, caplog):
+    """The server ends the router's connection (as a restart of PostgreSQL does): the delivery that meets
+    the loss is deferred (451, Postfix retries), the next one is filed on a new connection."""
+    import psycopg
+
+    store = Store(store_location, tmp_path / "m")
+    try:
+        with running(store) as port:
+            assert [code for code, _ in lmtp_send(port, ["1234@matters.lawfirm.test"])] == [250]
+            with psycopg.connect(store_location, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", [store.db.conn.info.backend_pid])
+            assert [code for code, _ in lmtp_send(port, ["1234@matters.lawfirm.test"])] == [451]
+            with caplog.at_level(logging.WARNING, logger="mattermail.router"):
+                assert [code for code, _ in lmtp_send(port, ["1234@matters.lawfirm.test"])] == [250]
+            assert "the database connection was lost; reconnected" in caplog.text
+            assert store.count("messages") == 1  # the same message each time: stored once
+    finally:
+        store.close()

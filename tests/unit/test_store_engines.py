@@ -177,20 +177,40 @@ def test_the_milter_runtime_sees_ctl_changes_and_records_envelopes(store_locatio
     ctl.close()
 
 
-def test_a_milter_whose_connection_is_cut_fails_once_then_reconnects(pg_cluster, tmp_path):
-    """The server drops the milter's connection (restart, failover): that look-up raises StoreError
-    (the milter defers the message, 451), the next one opens a new connection."""
+def test_a_milter_whose_connection_is_cut_reconnects_within_the_look_up(pg_cluster, tmp_path, caplog):
+    """The server drops the milter's idle connection (restart, failover): the look-up that finds it lost
+    opens a new connection and answers, so the first message after a database restart is not deferred."""
+    from mattermail.store import EnvelopeRecord, get_envelope
+
     url = pg_cluster.create_database("mm_milter_cut", "mattermail_template")
     rt = _milter_runtime(url, tmp_path)
     assert rt.owned_addresses("nobody@lawfirm.test") == set()
-    pg_cluster.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'mm_milter_cut' "
-                   "AND pid <> pg_backend_pid()")
-    with pytest.raises(StoreError) as exc:
-        rt.owned_addresses("nobody@lawfirm.test")
-    assert describe_error(exc.value)[0] == "unavailable", describe_error(exc.value)
-    assert rt.owned_addresses("nobody@lawfirm.test") == set()
+    for n, look_up in enumerate((lambda: rt.owned_addresses("nobody@lawfirm.test") == set(),
+                                 lambda: rt.disclaimer_for("nobody@lawfirm.test") is None,
+                                 lambda: rt.is_user_address("nobody@lawfirm.test") is False,
+                                 lambda: rt.record_envelope(EnvelopeRecord(
+                                     f"cut{n}", "4QX1", "a@lawfirm.test", ("b@example.test",), "a@lawfirm.test",
+                                     "127.0.0.1", 1.5)) is None)):
+        pid = rt.store().db.conn.info.backend_pid
+        pg_cluster.sql(f"SELECT pg_terminate_backend({pid})")
+        assert look_up(), n
+        assert rt.store().db.conn.info.backend_pid != pid, n
+    assert get_envelope(rt.store(), "cut3") is not None
+    assert caplog.text.count("closing it, the next look-up reopens it") == 4  # each loss is logged
     rt.store().close()
     pg_cluster.drop_database("mm_milter_cut")
+
+
+def test_a_milter_whose_database_is_unreachable_raises_every_time(tmp_path):
+    """Connection refused (the server down, a dead port): every look-up raises StoreError, which the
+    milter answers with 451, and nothing is retried in a loop."""
+    from mattermail_dev.pgcluster import free_port
+
+    rt = _milter_runtime(f"postgresql://postgres@127.0.0.1:{free_port()}/mattermail", tmp_path)
+    for _ in range(2):
+        with pytest.raises(StoreError) as exc:
+            rt.owned_addresses("alice@lawfirm.test")
+        assert describe_error(exc.value)[0] == "unavailable", describe_error(exc.value)
 
 
 def test_the_chain_lock_is_taken_once_per_transaction_and_never_assumed_after_a_rollback(pg_cluster, tmp_path):

@@ -125,6 +125,14 @@ class Cluster:
             if not self.keep:
                 shutil.rmtree(self.root, ignore_errors=True)
 
+    def pause(self) -> None:
+        """Stop the server (fast: open connections are closed), keeping its directory: a database outage."""
+        _run(self.owner, [str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"])
+
+    def resume(self) -> None:
+        """Start the server again after :meth:`pause`, on the same port."""
+        _initdb_and_start(self, initdb=False)
+
     def __enter__(self) -> Cluster:
         return self
 
