@@ -5,6 +5,9 @@ filings and legal holds are exactly what the chain records, and every raw file h
 Exit status 1: the first problem is named (chain entry, message id, file, event), then the others.
 ``--head`` prints the chain's current length and digest, for an admin to keep outside the server.
 The checks and the queries are mattermail.store.verify's.
+
+Also here: ``store log``, ``backup`` / ``restore`` (mattermail.store.backup: SQLite's backup API or
+pg_dump/pg_restore) and ``store migrate`` (mattermail.store.migrate: a SQLite store copied into PostgreSQL).
 """
 
 from __future__ import annotations
@@ -12,14 +15,14 @@ from __future__ import annotations
 import click
 
 from mattermail.ctl.base import Context, UserFacingError, cli, json_option, pass_ctx, user_errors
-from mattermail.ctl.terminal import echo, echo_json, progressbar, safe, stderr_is_terminal
+from mattermail.ctl.terminal import counting_bar, echo, echo_json, progressbar, safe, stderr_is_terminal
 from mattermail.store import chain
 from mattermail.store.verify import verify
 
 
 @cli.group("store")
 def store_group() -> None:
-    """The store as a record: verify it, print the chain's head."""
+    """The store as a record: verify it, print the chain's head; move it to PostgreSQL."""
 
 
 @store_group.command("verify")
@@ -152,10 +155,12 @@ def _files_bar(label: str):
 def backup_cmd(ctx: Context, dest: str, previous: str | None) -> None:
     """Back the store up into DIR (new or empty) while mail flows.
 
-    DIR gets store.sqlite (SQLite's online backup: one consistent snapshot),
-    every raw message that snapshot names (re-hashed as copied) and
-    manifest.json (chain length and head at the snapshot, counts, the
-    SHA-256 of every file). Keep the printed head with your records.
+    DIR gets the database as of one commit — store.sqlite (SQLite's online
+    backup) or store.dump (a PostgreSQL store: pg_dump's custom format, so
+    PostgreSQL's client tools must be installed) — every raw message that
+    snapshot names (re-hashed as copied) and manifest.json (chain length and
+    head at the snapshot, counts, the SHA-256 of every file). Keep the
+    printed head with your records.
 
     With --since, raw files already in an earlier backup are hard-linked
     from it (each still re-hashed): DIR is complete by itself, and costs
@@ -185,7 +190,9 @@ def restore_cmd(ctx: Context, src: str) -> None:
     """Restore a backup made by `mattermailctl backup` onto an empty store, then verify it.
 
     Every file is checked against the manifest first; a store that holds any
-    message or chain entry is refused. The backup's users, persons, matters
+    message or chain entry, or is of the other engine, is refused. On
+    PostgreSQL, pg_restore replaces the configured database's empty tables
+    with the backup's in one transaction. The backup's users, persons, matters
     and aliases replace the empty store's. Exit 1 when the verification
     afterwards finds a problem (named as by `store verify`).
 
@@ -212,3 +219,113 @@ def restore_cmd(ctx: Context, src: str) -> None:
         raise UserFacingError(f"restore: store verify found {len(rep.problems)} problem(s); first: "
                               f"{rep.problems[0].line()}")
     echo(f"store verify: OK (chain length {rep.length} head {rep.head}, as at the backup)")
+
+
+# -- migrate to PostgreSQL (mattermail.store.migrate) ------------------------------------------------
+
+
+def _bar_factory():
+    """click's progress bar on standard error when that is a terminal, else none (mattermail.store.migrate)."""
+    import contextlib
+
+    from mattermail.store import migrate
+
+    if not stderr_is_terminal():
+        return migrate.no_progress
+
+    @contextlib.contextmanager
+    def bar(label: str, length: int):
+        with counting_bar(length, label) as b:
+            yield b
+    return bar
+
+
+@store_group.command("migrate")
+@click.option("--to", "url", required=True, metavar="URL",
+              help="The PostgreSQL database to copy into: postgresql://USER:PASSWORD@HOST[:PORT]/DATABASE.")
+@click.option("--from", "source", metavar="PATH", type=click.Path(dir_okay=False),
+              help="The SQLite store to copy (default: the configured [store] path; its raw files are in "
+                   "[store] messages_dir either way).")
+@click.option("--messages-dir", "messages_dir", metavar="DIR", type=click.Path(file_okay=False),
+              help="Also copy the raw message files into DIR (default: they stay in [store] messages_dir).")
+@click.option("--dry-run", is_flag=True, help="Compare only: say what would be copied; write nothing.")
+@json_option
+@pass_ctx
+@user_errors
+def store_migrate(ctx: Context, url: str, source: str | None, messages_dir: str | None, dry_run: bool,
+                  as_json: bool) -> None:
+    """Copy the SQLite store into a PostgreSQL database, then verify the copy.
+
+    Every table is copied with its ids (the search index is rebuilt from the
+    rows), in batches of one transaction each: run it again after an
+    interruption and it goes on from there; run it again after a complete
+    copy and it copies only what changed since (nothing: it says so). The
+    source is read as one consistent snapshot, so it may run while mail
+    flows; for the switch, stop the router, milter and web service, run it
+    once more, set [store] url, start them.
+
+    A database holding another store's data (its records chain is not a
+    prefix of this one's) is refused, naming the table and row, before
+    anything is written. Afterwards every table's count, the chain's head
+    and `store verify` (chain, tables, every raw file re-hashed) must agree,
+    else exit 1. Raw files stay in messages_dir unless --messages-dir copies
+    them (content-addressed: a file already there is kept and re-hashed).
+    Progress bars go to standard error when that is a terminal. To keep the
+    password off the command line, leave it out of URL: PostgreSQL's client
+    library reads it from $PGPASSWORD or ~/.pgpass.
+
+    \b
+    Example:
+      mattermailctl store migrate --to postgresql://mattermail:PASSWORD@db.lawfirm.test/mattermail --dry-run
+      mattermailctl store migrate --to postgresql://mattermail:PASSWORD@db.lawfirm.test/mattermail
+      PGPASSWORD=... mattermailctl store migrate --to postgresql://mattermail@db.lawfirm.test/mattermail
+    """
+    from pathlib import Path
+
+    from mattermail.store import migrate
+    from mattermail.store.connection import redact
+
+    migrate.check_url(url)
+    cfg = ctx.config.store
+    src = migrate.open_source(Path(source) if source else cfg.path, cfg.messages_dir)
+    try:
+        res = migrate.migrate_store(src, url, Path(messages_dir) if messages_dir else None, dry_run, _bar_factory())
+    finally:
+        src.close()
+    if as_json:
+        echo_json({"target": res.target, "dry_run": res.dry_run, "resumed": res.resumed, "ok": res.ok,
+                   "changed": res.changed, "files_copied": res.files_copied, "indexed": res.indexed,
+                   "chain": {"length": res.chain_length, "head": res.chain_head}, "problems": res.problems,
+                   "tables": [{"table": t.name, "source": t.source, "copied": t.copied, "updated": t.updated,
+                               "removed": t.removed, "unchanged": t.unchanged} for t in res.tables]})
+    else:
+        verb = "would copy" if dry_run else "copied"
+        for t in res.tables:
+            if t.changed or t.source:
+                extra = "".join(f", {n} {w}" for n, w in ((t.updated, "updated"), (t.removed, "removed")) if n)
+                echo(f"{t.name:16} {t.source:8} rows: {verb} {t.copied}{extra}, {t.unchanged} already there")
+        rows = sum(t.source for t in res.tables)
+        if not res.changed:
+            echo(f"nothing new to copy: the {rows} rows of the source are on {safe(res.target)} already")
+        elif dry_run:
+            echo(f"dry run: {res.changed} row(s) to copy, update or remove on {safe(res.target)}; nothing written")
+        else:
+            echo(f"{'resumed: ' if res.resumed else ''}{res.changed} row(s) copied, updated or removed on "
+                 f"{safe(res.target)} in {res.seconds:.1f} s; {res.indexed} messages indexed for search")
+        if not dry_run:
+            where = "copied to" if messages_dir else "left in"
+            echo(f"raw files: {res.files_copied} {where} {safe(res.files_dir)}" if messages_dir
+                 else f"raw files: {where} {safe(res.files_dir)} (the router host keeps using them)")
+            for p in res.problems:
+                echo(f"PROBLEM: {safe(p)}")
+    if not res.ok:
+        raise UserFacingError(f"store migrate: the copy does not verify ({len(res.problems)} problem(s)); first: "
+                              f"{res.problems[0]}")
+    if dry_run or as_json:
+        return
+    echo(f"verified: every table's count, chain length {res.chain_length} head {res.chain_head}, and store verify")
+    echo("next: stop the router, milter and web service, run this again (it copies what arrived since), then set")
+    echo(f"  [store]\n  url = \"{safe(redact(url))}\"   (with the real password)")
+    if messages_dir:
+        echo(f"  messages_dir = \"{safe(messages_dir)}\"")
+    echo("in mattermail.toml on every host that uses the store, and start them.")

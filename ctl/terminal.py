@@ -102,6 +102,11 @@ def stderr_is_terminal() -> bool:
     return sys.stderr.isatty()
 
 
+def counting_bar(length: int, label: str) -> Any:
+    """click's progress bar on standard error over a count (``bar.update(n)``); ``label`` is escaped."""
+    return click.progressbar(length=max(length, 0), label=safe(label), file=sys.stderr, show_pos=True)
+
+
 def progressbar(items: Iterable[T], label: str, show: Callable[[T], str]) -> Any:
     """click's progress bar on standard error; ``show(item)`` (e.g. a file name) is escaped."""
     return click.progressbar(items, label=label, file=sys.stderr, show_pos=True,

@@ -248,3 +248,29 @@ def blank_store_location(request, tmp_path: Path) -> Iterator[Path | str]:
     url = cluster.create_database(name)
     yield url
     cluster.drop_database(name)
+
+
+@pytest.fixture
+def store_engine(request) -> str:
+    """The engine of ``new_store_location``: "sqlite", unless the test parametrizes it (indirect) to run on both:
+    ``@pytest.mark.parametrize("store_engine", STORE_ENGINES, indirect=True)`` on the tests that exercise
+    store queries, so the rest of a module's tests (which only need some store) run once."""
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture
+def new_store_location(request, tmp_path: Path, store_engine: str):
+    """``new_store_location(name="store.sqlite")``: a new store's location on ``store_engine``: ``tmp_path/name``,
+    or the URL of a new database copied from the migrated template (each call its own; dropped after the test)."""
+    made: list[str] = []
+
+    def make(name: str = "store.sqlite") -> Path | str:
+        if store_engine == "sqlite":
+            return tmp_path / name
+        db = f"mm_test_{os.getpid()}_{next(_databases)}"
+        made.append(db)
+        return request.getfixturevalue("pg_cluster").create_database(db, PG_TEMPLATE)
+
+    yield make
+    for db in made:
+        request.getfixturevalue("pg_cluster").drop_database(db)

@@ -8,7 +8,8 @@ their SHA-256 (:meth:`Store.write_blob`), durable before the rows that name them
 The record: every new message, filing and unfiled/personal outcome appends a hash-linked entry to the
 records chain (``chain``) in the same transaction; ``records`` has refile, delete and legal hold (each
 chained), ``indexer`` indexes new messages for search after their commit, ``verify`` checks chain,
-tables and raw files, ``backup`` writes and restores online backups (SQLite).
+tables and raw files, ``backup`` writes and restores online backups (SQLite's backup API, or
+pg_dump/pg_restore), ``migrate`` copies a SQLite store into a PostgreSQL database.
 
 Engines: ``Store(location, messages_dir)`` opens a SQLite file (a path) or a PostgreSQL database (a
 ``postgresql://`` URL, config ``[store] url``). Every query goes through ``store.db`` (connection.py: portable

@@ -1,15 +1,22 @@
-"""Online backup and restore of a store: the database by SQLite's online backup API, the raw files it names.
+"""Online backup and restore of a store: the database as of one commit, and the raw files it names.
 
-A backup directory holds ``store.sqlite`` (a consistent copy as of one commit, taken while the router
-writes), ``messages/<sha256[:2]>/<sha256>.eml`` for every message in that copy (each re-hashed as it is
-copied), and ``manifest.json``: the chain's length and head at the snapshot, the counts, and the SHA-256
-of the database file and of every raw file.
+A backup directory holds the database — ``store.sqlite`` (SQLite's online backup API) or ``store.dump``
+(PostgreSQL: ``pg_dump --format=custom`` of an exported snapshot) — taken while the router writes,
+``messages/<sha256[:2]>/<sha256>.eml`` for every message in that copy (each re-hashed as it is copied), and
+``manifest.json``: the engine, the chain's length and head at the snapshot, the counts, and the SHA-256 of
+the database file and of every raw file. The message list, the counts and the head are read in the same
+snapshot the database copy is made of (PostgreSQL: the dump imports the snapshot this connection exported),
+so they always agree.
 
-Restore goes onto an *empty* store (no message, no chain entry): the raw files first, then the database
-(so it never names a file that is not there); the target's own users, persons and matters are replaced
-by the backup's. The caller runs :func:`mattermail.store.verify.verify` after.
+Restore goes onto an *empty* store of the same engine (no message, no chain entry): the raw files first,
+then the database (so it never names a file that is not there); the target's own users, persons and matters
+are replaced by the backup's. PostgreSQL: ``pg_restore --clean --if-exists --single-transaction`` into the
+configured database (its empty tables are dropped and the backup's made, all or nothing). The caller runs
+:func:`mattermail.store.verify.verify` after.
 
-SQLite only: a PostgreSQL store is backed up with PostgreSQL's own tools (:func:`_sqlite_only` says how).
+PostgreSQL's client tools (``pg_dump``, ``pg_restore``; Debian's ``postgresql-client``) are found on the PATH,
+else in the newest ``/usr/lib/postgresql/*/bin``. The password never goes on their command line (``PGPASSWORD``
+in their environment), and never into a message.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import json
 import os
 import shutil
 import sqlite3
+import subprocess
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -30,7 +38,9 @@ from mattermail.store.engine import Store, UserError
 
 MANIFEST = "manifest.json"
 DB_NAME = "store.sqlite"
+PG_DUMP_NAME = "store.dump"
 FORMAT = 1
+PG_LIB = Path("/usr/lib/postgresql")  # Debian: one <major>/bin per installed version
 
 Wrap = Callable[[list[tuple[int, str]]], Iterable[tuple[int, str]]]
 
@@ -66,26 +76,46 @@ def _empty_dir(dest: Path) -> None:
         raise UserError(f"DIR: cannot create {dest}: {e.strerror or e}") from None
 
 
-def _sqlite_only(store: Store, what: str) -> None:
-    if store.engine != "sqlite":
-        raise UserError(f"{what} works on a SQLite store; this one is on PostgreSQL ({store.path}): use "
-                        f"pg_dump (e.g. `pg_dump --format=custom --file=store.dump URL`) and pg_restore for the "
-                        f"database, and copy the raw message files in {store.messages_dir} after the dump "
-                        f"(files are never rewritten, so a copy taken after the dump holds every file it names)")
+def pg_tool(name: str) -> str:
+    """The PostgreSQL client program ``name`` (pg_dump, pg_restore): on the PATH, else the newest Debian one."""
+    found = shutil.which(name)
+    if found:
+        return found
+    versions = sorted(PG_LIB.glob(f"*/bin/{name}"), key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
+    if versions:
+        return str(versions[-1])
+    raise UserError(f"{name} not found (on the PATH or under {PG_LIB}/*/bin): a PostgreSQL store is backed up and "
+                    f"restored with PostgreSQL's client tools; install Debian's postgresql-client package")
 
 
-def backup(store: Store, dest: Path, wrap: Wrap | None = None, previous: Path | None = None) -> BackupResult:
-    """Write a consistent backup of ``store`` into ``dest`` (new or empty), while mail flows.
+def _pg_run(store: Store, argv: list[str]) -> None:
+    """Run a PostgreSQL client program against the store's database (``--dbname`` without the password, which
+    goes in ``PGPASSWORD``); a failure is a UserError with its message, the password scrubbed."""
+    from urllib.parse import unquote, urlsplit, urlunsplit
 
-    ``previous``: an earlier backup; raw files it holds (checked against its manifest's hashes) are hard-linked
-    from it instead of copied (copied when the link fails: another file system). ``linked`` counts them."""
-    _sqlite_only(store, "backup")
-    dest = Path(dest)
-    before: dict[str, Path] = {}
-    if previous is not None:
-        for name, info in read_manifest(Path(previous))["files"].items():
-            before[info["sha256"]] = Path(previous) / name
-    _empty_dir(dest)
+    from mattermail.store.connection import redact
+
+    url = str(store.location)
+    parts = urlsplit(url)
+    env = dict(os.environ, PGCONNECT_TIMEOUT="10", PGAPPNAME="mattermail-backup")
+    if parts.password is not None:
+        netloc = parts.netloc.rpartition("@")
+        user = netloc[0].partition(":")[0]
+        url = urlunsplit((parts.scheme, f"{user}@{netloc[2]}", parts.path, parts.query, parts.fragment))
+        env["PGPASSWORD"] = unquote(parts.password)
+    try:
+        done = subprocess.run([*argv, "--dbname", url], env=env, capture_output=True, text=True, timeout=24 * 3600)
+    except OSError as e:
+        raise UserError(f"{argv[0]} cannot be run: {e}") from None
+    if done.returncode != 0:
+        text = " ".join((done.stderr or done.stdout or "").split())[-1000:]
+        if parts.password:
+            text = text.replace(parts.password, "***").replace(unquote(parts.password), "***")
+        raise UserError(f"{Path(argv[0]).name} failed (exit {done.returncode}) on {redact(str(store.location))}: "
+                        f"{text}")
+
+
+def _sqlite_copy(store: Store, dest: Path) -> tuple[str, list[tuple[int, str]], int, str, int, int]:
     target = sqlite3.connect(dest / DB_NAME)
     try:
         store.db.conn.backup(target)  # all pages in one step: one snapshot
@@ -96,6 +126,44 @@ def backup(store: Store, dest: Path, wrap: Wrap | None = None, previous: Path | 
         schema = target.execute("PRAGMA user_version").fetchone()[0]
     finally:
         target.close()
+    return DB_NAME, rows, length, head, filings, schema
+
+
+def _pg_copy(store: Store, dest: Path) -> tuple[str, list[tuple[int, str]], int, str, int, int]:
+    """pg_dump of the snapshot this connection exports, and what that snapshot holds (read in it)."""
+    tool = pg_tool("pg_dump")
+    db = store.db
+    db.begin_snapshot()
+    try:
+        snapshot = db.execute("SELECT pg_export_snapshot()").fetchone()[0]
+        rows = [tuple(r) for r in db.execute("SELECT id, sha256 FROM messages ORDER BY id").fetchall()]
+        length, head = chain.head_of(db)
+        filings = db.execute("SELECT COUNT(*) FROM filings").fetchone()[0]
+        schema = store.schema_version()
+        # the snapshot stays exported while this transaction is open: until pg_dump has finished
+        _pg_run(store, [tool, "--format=custom", "--no-owner", "--no-privileges", f"--snapshot={snapshot}",
+                        f"--file={dest / PG_DUMP_NAME}"])
+    finally:
+        if db.in_transaction:
+            db.execute("COMMIT")
+    return PG_DUMP_NAME, rows, length, head, filings, schema
+
+
+def backup(store: Store, dest: Path, wrap: Wrap | None = None, previous: Path | None = None) -> BackupResult:
+    """Write a consistent backup of ``store`` into ``dest`` (new or empty), while mail flows.
+
+    ``previous``: an earlier backup; raw files it holds (checked against its manifest's hashes) are hard-linked
+    from it instead of copied (copied when the link fails: another file system). ``linked`` counts them."""
+    dest = Path(dest)
+    before: dict[str, Path] = {}
+    if previous is not None:
+        for name, info in read_manifest(Path(previous))["files"].items():
+            before[info["sha256"]] = Path(previous) / name
+    if store.engine != "sqlite":
+        pg_tool("pg_dump")  # before anything is made: a missing tool leaves no half backup
+    _empty_dir(dest)
+    copy = _sqlite_copy if store.engine == "sqlite" else _pg_copy
+    db_file, rows, length, head, filings, schema = copy(store, dest)
     files: dict[str, int] = {}
     total = linked = 0
     for mid, sha in (wrap(rows) if wrap else rows):
@@ -119,9 +187,9 @@ def backup(store: Store, dest: Path, wrap: Wrap | None = None, previous: Path | 
                             f"run `mattermailctl store verify`; the backup in {dest} is incomplete")
         files[sha] = out.stat().st_size
         total += files[sha]
-    manifest = {"format": FORMAT, "created": time.time(), "schema_version": schema,
+    manifest = {"format": FORMAT, "created": time.time(), "schema_version": schema, "engine": store.engine,
                 "chain": {"length": length, "head": head}, "messages": len(rows), "filings": filings,
-                "database": {"file": DB_NAME, "sha256": _sha_file(dest / DB_NAME)},
+                "database": {"file": db_file, "sha256": _sha_file(dest / db_file)},
                 "files": {f"messages/{s[:2]}/{s}.eml": {"sha256": s, "size": n} for s, n in sorted(files.items())}}
     write_atomic(dest / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n", mode=0o600)
     return BackupResult(dest, length, head, len(rows), filings, len(files), total, linked)
@@ -171,10 +239,17 @@ def is_empty(store: Store) -> bool:
 
 
 def restore(store: Store, src: Path, wrap: Wrap | None = None) -> dict:
-    """Restore the backup in ``src`` onto ``store`` (refused unless it is empty); returns the manifest."""
-    _sqlite_only(store, "restore")
+    """Restore the backup in ``src`` onto ``store`` (refused unless it is empty and of the backup's engine);
+    returns the manifest."""
     src = Path(src)
     manifest = check_backup(src, wrap)
+    engine = manifest.get("engine", "sqlite")  # backups made before PostgreSQL had none
+    if engine != store.engine:
+        how = ("restore it into a SQLite store, then copy that with `mattermailctl store migrate --to URL`"
+               if engine == "sqlite" else "restore it into a PostgreSQL store ([store] url)")
+        raise UserError(f"DIR: {src} is a backup of a {engine} store and this store is on {store.engine}: {how}")
+    if engine != "sqlite":
+        tool = pg_tool("pg_restore")
     if not is_empty(store):
         raise UserError(f"the store {store.path} is not empty ({store.count('messages')} messages, chain length "
                         f"{chain.head_of(store.db)[0]}): restore goes onto an empty store only")
@@ -187,11 +262,20 @@ def restore(store: Store, src: Path, wrap: Wrap | None = None) -> dict:
         dirs.add(dest.parent)
     for d in dirs:
         sync_dir(d)
-    source = sqlite3.connect(f"file:{src / manifest['database']['file']}?mode=ro", uri=True)
-    try:
-        source.backup(store.db.conn)
-    finally:
-        source.close()
-    store.db.execute("PRAGMA journal_mode=WAL")
+    if engine == "sqlite":
+        source = sqlite3.connect(f"file:{src / manifest['database']['file']}?mode=ro", uri=True)
+        try:
+            source.backup(store.db.conn)
+        finally:
+            source.close()
+        store.db.execute("PRAGMA journal_mode=WAL")
+    else:
+        # the empty tables are dropped and the backup's made, in one transaction (all or nothing)
+        _pg_run(store, [tool, "--clean", "--if-exists", "--no-owner", "--no-privileges", "--single-transaction",
+                        "--exit-on-error", str(src / manifest["database"]["file"])])
+        from mattermail.store.connection import PgConnection
+
+        store.db.close()  # a fresh session: nothing prepared against the tables that were replaced
+        store.db = PgConnection(str(store.location))
     store.migrate()  # a backup of an older schema
     return manifest

@@ -102,6 +102,23 @@ def _pg_error(e: BaseException) -> PgError:
     return PgError(text, getattr(e, "sqlstate", None))
 
 
+NUL_STANDIN = "\ufffd"  # what a NUL character in text becomes on PostgreSQL (its text type cannot hold one)
+
+
+def without_nul(values: Sequence[Any]) -> list[Any]:
+    """``values`` with every NUL character in a string replaced by :data:`NUL_STANDIN`.
+
+    PostgreSQL's ``text`` cannot hold U+0000, which attacker-controlled text (a header, a body part) may carry:
+    such a value is stored with U+FFFD in its place instead of failing the delivery (4xx, forever). SQLite
+    stores it as given."""
+    return [v.replace("\x00", NUL_STANDIN) if isinstance(v, str) else v for v in values]
+
+
+def _has_nul(e: BaseException) -> bool:
+    # psycopg refuses the value while adapting it, before anything is sent: the transaction is untouched
+    return "NUL (0x00)" in str(e)
+
+
 @functools.lru_cache(maxsize=1024)  # bounded: some texts are one-offs (SAVEPOINT tx<n>, IN lists of any length)
 def pg_sql(sql: str) -> str:
     """``?`` placeholders as psycopg's ``%s`` (``%`` escaped), cached per statement text."""
@@ -145,10 +162,19 @@ class PgConnection:
             self.chain_locked = False
         try:
             return self.conn.execute(pg_sql(sql), params or ())
+        except self._psycopg.DataError as e:
+            if not _has_nul(e):
+                raise _pg_error(e) from e
+        except self._psycopg.Error as e:
+            raise _pg_error(e) from e
+        try:  # (the rare value with a NUL: not checked for on every statement)
+            return self.conn.execute(pg_sql(sql), without_nul(params or ()))
         except self._psycopg.Error as e:
             raise _pg_error(e) from e
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> Any:
+        # checked before any row is sent: a row refused half-way through would leave the rows before it sent
+        rows = [without_nul(r) if any(isinstance(v, str) and "\x00" in v for v in r) else r for r in rows]
         try:
             cur = self.conn.cursor()
             cur.executemany(pg_sql(sql), rows)

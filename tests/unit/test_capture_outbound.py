@@ -47,15 +47,23 @@ def test_short_or_missing_secret(tmp_path):
         capture.load_secret(tmp_path / "short")
 
 
+# the tests that read or write capture envelopes run on both engines
+BOTH_ENGINES = pytest.mark.parametrize("store_engine", ("sqlite", "postgresql"), indirect=True)
+
+
 @pytest.fixture
-def runtime(tmp_path_factory):
+def runtime(tmp_path_factory, new_store_location):
     def make(**capture_cfg) -> Runtime:
         tmp_path = tmp_path_factory.mktemp("rt")
         (tmp_path / "secret").write_bytes(SECRET)
         keys = tmp_path / "keys" / "lawfirm.test"
         dkimkeys.write_private_key(keys / "sel.ed25519.pem", dkimkeys.generate("ed25519"))
+        location = new_store_location(f"{tmp_path.name}.sqlite")
+        store = {"path": str(tmp_path / "s.sqlite"), "messages_dir": str(tmp_path / "m")}
+        if isinstance(location, str):
+            store["url"] = location
         cfg = config.from_dict({
-            "store": {"path": str(tmp_path / "s.sqlite"), "messages_dir": str(tmp_path / "m")},
+            "store": store,
             "dkim": {"keys_dir": str(tmp_path / "keys")},
             "capture": {"address": BASE, "secret_file": str(tmp_path / "secret"), **capture_cfg},
         })
@@ -76,6 +84,7 @@ def submission(**kw) -> outbound.Submission:
     return outbound.Submission.of(**base)
 
 
+@BOTH_ENGINES
 def test_full_pipeline_decision(runtime):
     rt = runtime()
     sub = submission()
@@ -92,6 +101,7 @@ def test_full_pipeline_decision(runtime):
     assert "d=lawfirm.test" in out.signatures[0][1] and "s=sel" in out.signatures[0][1]
 
 
+@BOTH_ENGINES
 def test_envelope_records_the_message_id_the_milter_saw(runtime):
     """Thread filing: the capture envelope keeps the submitted Message-ID, normalised."""
     rt = runtime()
@@ -103,6 +113,7 @@ def test_envelope_records_the_message_id_the_milter_saw(runtime):
         assert storemod.get_envelope(rt.store(), ref).message_id == want
 
 
+@BOTH_ENGINES
 def test_reject_comes_before_any_capture(runtime):
     rt = runtime()
     out = outbound.process(submission(headers=[("From", " bob@lawfirm.test")]), rt)
@@ -122,6 +133,7 @@ def test_excluded_sender_is_not_captured_but_still_signed(runtime):
     assert out.add_recipient is None and out.signatures
 
 
+@BOTH_ENGINES
 def test_capture_failure_tempfails_by_default_and_accepts_when_configured(runtime):
     rt = runtime()
     rt.config.capture.secret_file.unlink()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import os
 import sqlite3
 
 import psycopg
@@ -86,7 +88,6 @@ def env(write_config, tmp_path, store_location):
 
 @pytest.fixture
 def sqlite_env(write_config, tmp_path):
-    """backup and restore: SQLite's (a PostgreSQL store is dumped with pg_dump, test_store_engines.py)."""
     return _env(write_config, tmp_path, tmp_path / "store.sqlite")
 
 
@@ -193,22 +194,38 @@ def test_errors_name_the_field(env):
 # -- backup and restore ---------------------------------------------------------------------------------
 
 
-def fresh_env(write_config_dir, name):
-    """A second, empty store (its own config) to restore into."""
-    base = write_config_dir / name
-    base.mkdir()
-    cfg = base / "mattermail.toml"
-    cfg.write_text(env_config_text(base))
-    return Env(cfg, base, base / "store.sqlite")
+_restore_dbs = itertools.count(1)
 
 
-def env_config_text(base):
-    return (f'[store]\npath = "{base}/store.sqlite"\nmessages_dir = "{base}/messages"\n'
+@pytest.fixture
+def fresh_env(request, env):
+    """``fresh_env(name)``: a second, empty store of ``env``'s engine (its own config) to restore into."""
+    made: list[str] = []
+
+    def make(name):
+        base = env.tmp / name
+        base.mkdir()
+        cfg = base / "mattermail.toml"
+        location = base / "store.sqlite"
+        if isinstance(env.location, str):  # a new, empty database in the session's cluster
+            dbname = f"mm_restore_{os.getpid()}_{next(_restore_dbs)}"
+            location = request.getfixturevalue("pg_cluster").create_database(dbname)
+            made.append(dbname)
+        cfg.write_text(env_config_text(base, location))
+        return Env(cfg, base, location)
+
+    yield make
+    for dbname in made:
+        request.getfixturevalue("pg_cluster").drop_database(dbname)
+
+
+def env_config_text(base, location):
+    url = f'url = "{location}"\n' if isinstance(location, str) else ""
+    return (f'[store]\npath = "{base}/store.sqlite"\n{url}messages_dir = "{base}/messages"\n'
             f'[general]\ncatchall_domains = ["{CA}"]\n')
 
 
-def test_backup_then_restore_onto_an_empty_store_verifies(sqlite_env, tmp_path):
-    env = sqlite_env
+def test_backup_then_restore_onto_an_empty_store_verifies(env, fresh_env, tmp_path):
     env.ok("messages", "delete", 3, "--reason", "gone before the backup")
     r = env.ok("backup", tmp_path / "bk")
     head = env.json("store", "verify", "--head")
@@ -219,7 +236,8 @@ def test_backup_then_restore_onto_an_empty_store_verifies(sqlite_env, tmp_path):
     r = env.run("backup", tmp_path / "bk")
     assert r.exit_code == 1 and "is not empty" in r.output, r.output
 
-    other = fresh_env(tmp_path, "other")
+    assert (tmp_path / "bk" / ("store.dump" if isinstance(env.location, str) else "store.sqlite")).is_file()
+    other = fresh_env("other")
     r = other.ok("restore", tmp_path / "bk")
     assert "restored 2 messages, 2 filings, 2 raw files" in r.stdout, r.stdout
     assert f"store verify: OK (chain length {head['length']} head {head['head']}, as at the backup)" in r.stdout
@@ -231,21 +249,19 @@ def test_backup_then_restore_onto_an_empty_store_verifies(sqlite_env, tmp_path):
     assert r.exit_code == 1 and "is not empty (2 messages" in r.output, r.output
 
 
-def test_restore_refuses_an_altered_backup_naming_the_file(sqlite_env, tmp_path):
-    env = sqlite_env
+def test_restore_refuses_an_altered_backup_naming_the_file(env, fresh_env, tmp_path):
     env.ok("backup", tmp_path / "bk")
     manifest = json.loads((tmp_path / "bk" / "manifest.json").read_text())
     name = sorted(manifest["files"])[1]
     f = tmp_path / "bk" / name
     f.write_bytes(f.read_bytes().replace(b"body", b"bodY"))
-    other = fresh_env(tmp_path, "other")
+    other = fresh_env("other")
     r = other.run("restore", tmp_path / "bk")
     assert r.exit_code == 1 and f"{f} does not match its SHA-256 in the manifest" in r.output, r.output
     assert other.json("store", "verify", "--head")["length"] == 0
 
 
-def test_a_backup_taken_while_mail_is_written_restores_consistently(sqlite_env, tmp_path):
-    env = sqlite_env
+def test_a_backup_taken_while_mail_is_written_restores_consistently(env, fresh_env, tmp_path):
     import threading
 
     from mattermail.store import Store, insert_message, transaction
@@ -255,7 +271,7 @@ def test_a_backup_taken_while_mail_is_written_restores_consistently(sqlite_env, 
     written = []
 
     def writer():
-        s = Store(tmp_path / "store.sqlite", tmp_path / "messages")
+        s = Store(env.location, tmp_path / "messages")
         n = 100
         while not stop.is_set() and n < 400:
             data = eml(f"1234@{CA}", "burst", 1)[:-2] + f"{n}\r\n".encode()
@@ -277,7 +293,7 @@ def test_a_backup_taken_while_mail_is_written_restores_consistently(sqlite_env, 
         stop.set()
         t.join(timeout=60)
     manifest = json.loads((tmp_path / "bk" / "manifest.json").read_text())
-    other = fresh_env(tmp_path, "other")
+    other = fresh_env("other")
     r = other.ok("restore", tmp_path / "bk")
     assert "store verify: OK" in r.stdout, r.stdout
     # the snapshot holds the 3 imported messages and a prefix of the burst; two chain entries each
@@ -345,21 +361,56 @@ def test_an_incremental_backup_links_what_the_previous_one_holds(sqlite_env, tmp
     m2 = json.loads((tmp_path / "bk2" / "manifest.json").read_text())
     shared = sorted(set(m1["files"]) & set(m2["files"]))
     assert len(shared) == 2 and all((tmp_path / "bk2" / n).stat().st_nlink == 2 for n in shared), shared
-    other = fresh_env(tmp_path, "other")
+    other = _fresh_sqlite(tmp_path, "other")
     assert "store verify: OK" in other.ok("restore", tmp_path / "bk2").stdout
     # a damaged file in the previous backup is not carried over: the store's copy is taken
     victim = tmp_path / "bk2" / shared[0]
     victim.write_bytes(victim.read_bytes() + b"x")  # also changes bk1's copy (the same inode)
     r = env.ok("backup", "--since", tmp_path / "bk2", tmp_path / "bk3")
     assert "1 linked" not in r.stdout and "2 linked" in r.stdout, r.stdout
-    third = fresh_env(tmp_path, "third")
+    third = _fresh_sqlite(tmp_path, "third")
     assert "store verify: OK" in third.ok("restore", tmp_path / "bk3").stdout
 
 
-def test_backup_of_a_postgresql_store_is_refused_naming_pg_dump(write_config, tmp_path, pg_cluster):
+def _fresh_sqlite(tmp_path, name):
+    base = tmp_path / name
+    base.mkdir()
+    cfg = base / "mattermail.toml"
+    cfg.write_text(env_config_text(base, base / "store.sqlite"))
+    return Env(cfg, base, base / "store.sqlite")
+
+
+def test_a_postgresql_backup_is_not_restored_onto_sqlite(write_config, tmp_path, pg_cluster):
+    url = pg_cluster.create_database("mm_ctl_backup_cross", "mattermail_template")
+    e = _env(write_config, tmp_path, url)
+    e.ok("backup", tmp_path / "bk")
+    r = _fresh_sqlite(tmp_path, "lite").run("restore", tmp_path / "bk")
+    assert r.exit_code == 1 and "is a backup of a postgresql store and this store is on sqlite" in r.output \
+        and "Traceback" not in r.output, r.output
+    pg_cluster.drop_database("mm_ctl_backup_cross")
+
+
+def test_a_sqlite_backup_is_not_restored_onto_postgresql(sqlite_env, tmp_path, pg_cluster):
+    sqlite_env.ok("backup", tmp_path / "bk")
+    url = pg_cluster.create_database("mm_ctl_restore_cross")
+    base = tmp_path / "pg"
+    base.mkdir()
+    (base / "mattermail.toml").write_text(env_config_text(base, url))
+    r = Env(base / "mattermail.toml", base, url).run("restore", tmp_path / "bk")
+    assert r.exit_code == 1 and "is a backup of a sqlite store and this store is on postgresql" in r.output \
+        and "store migrate" in r.output, r.output
+    pg_cluster.drop_database("mm_ctl_restore_cross")
+
+
+def test_backup_of_a_postgresql_store_without_pg_dump_names_the_package(write_config, tmp_path, pg_cluster,
+                                                                        monkeypatch):
+    from mattermail.store import backup
+
     url = pg_cluster.create_database("mm_ctl_backup", "mattermail_template")
     e = _env(write_config, tmp_path, url)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setattr(backup, "PG_LIB", tmp_path / "none")
     r = e.run("backup", tmp_path / "b")
-    assert r.exit_code == 1 and "pg_dump" in r.output and len(r.output.strip().splitlines()) == 1, r.output
-    assert "Traceback" not in r.output and not (tmp_path / "b").exists()
+    assert r.exit_code == 1 and "pg_dump not found" in r.output and "postgresql-client" in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output and not (tmp_path / "b").exists()
     pg_cluster.drop_database("mm_ctl_backup")

@@ -19,12 +19,24 @@ class Ctx(testctx.TestCtx):
     pass
 
 
+# the tests whose milter reads the store (users and their addresses) run on both engines
+BOTH_ENGINES = pytest.mark.parametrize("store_engine", ("sqlite", "postgresql"), indirect=True)
+
+
+def store_config(location, tmp_path) -> dict:
+    """The [store] table for a ``new_store_location``: a SQLite path, or a PostgreSQL URL."""
+    cfg = {"path": str(tmp_path / "s.sqlite"), "messages_dir": str(tmp_path / "m")}
+    if isinstance(location, str):
+        cfg["url"] = location
+    return cfg
+
+
 @pytest.fixture(autouse=True)
-def milter_config(monkeypatch, tmp_path):
+def milter_config(monkeypatch, tmp_path, new_store_location):
     # Negotiate no skipped steps, so TestCtx (which stops on NOREPLY) feeds every callback.
     monkeypatch.setattr(testctx.TestCtx, "default_opts", [Milter.CURR_ACTS, 0, 0, 0])
     cfg = config.from_dict({"milter": {"trusted_networks": ["127.0.0.1/32"]},
-                            "store": {"path": str(tmp_path / "s.sqlite"), "messages_dir": str(tmp_path / "m")},
+                            "store": store_config(new_store_location("s.sqlite"), tmp_path),
                             "dkim": {"keys_dir": str(tmp_path / "keys")},
                             # Nothing answers there: lookups fail at once (temperror), accepted and tagged.
                             "dns": {"nameservers": ["127.0.0.1"], "port": 9, "timeout": 1.0},
@@ -62,6 +74,7 @@ def test_over_tcp_every_command_is_answered(tmp_path):
     assert not opts[1] & (Milter.P_NR_HDR | Milter.P_NR_BODY | Milter.P_NR_MAIL)
 
 
+@BOTH_ENGINES
 def test_authenticated_submission_is_outbound(caplog):
     caplog.set_level(logging.INFO, "mattermail.milter")
     ctx = feed("192.0.2.7", auth="alice@lawfirm.test")
@@ -69,6 +82,7 @@ def test_authenticated_submission_is_outbound(caplog):
     assert "4QX1Y2: outbound " in caplog.messages[-1] and "sasl_username=alice@lawfirm.test" in caplog.messages[-1]
 
 
+@BOTH_ENGINES
 def test_sending_as_someone_else_is_refused_with_reason():
     ctx = feed("192.0.2.7", auth="bob@lawfirm.test")
     assert ctx.rc == Milter.REJECT

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -63,16 +64,20 @@ def test_the_store_orders_text_as_sqlite_does(store_location, tmp_path):
     s.close()
 
 
-def test_backup_of_a_postgresql_store_names_pg_dump(pg_cluster, tmp_path):
-    url = pg_cluster.create_database("mm_backup_refused", "mattermail_template")
+def test_backup_of_a_postgresql_store_is_a_pg_dump_of_one_snapshot(pg_cluster, tmp_path):
+    url = pg_cluster.create_database("mm_backup_pg", "mattermail_template")
     s = Store(url, tmp_path / "m")
-    with pytest.raises(UserError, match="pg_dump"):
-        backup.backup(s, tmp_path / "b")
-    with pytest.raises(UserError, match="pg_dump"):
+    d.add_matter(s, "1234", "Smith v Jones")
+    res = backup.backup(s, tmp_path / "b")
+    manifest = backup.read_manifest(tmp_path / "b")
+    assert manifest["engine"] == "postgresql" and manifest["database"]["file"] == "store.dump", manifest
+    assert (tmp_path / "b" / "store.dump").read_bytes()[:5] == b"PGDMP"  # pg_dump's custom format
+    assert res.messages == 0
+    s.db.execute("INSERT INTO messages (sha256, size) VALUES ('x', 1)")
+    with pytest.raises(UserError, match="not empty"):  # restore goes onto an empty store only
         backup.restore(s, tmp_path / "b")
-    assert not (tmp_path / "b").exists()
     s.close()
-    pg_cluster.drop_database("mm_backup_refused")
+    pg_cluster.drop_database("mm_backup_pg")
 
 
 def test_status_reads_a_postgresql_store(pg_cluster, tmp_path):
@@ -294,3 +299,33 @@ def test_the_web_services_store_functions_on_both_engines(store_location, tmp_pa
     page = webview.matter_messages(s, alice, "1234")
     assert page.total == 1 and [m.id for m in page.items] == [mid]
     s.close()
+
+
+def test_a_message_with_nul_characters_is_filed_on_both_engines(write_config, tmp_path, store_location):
+    """Header and body text may carry NUL (attacker-controlled); PostgreSQL's text cannot hold it: it is stored
+    as U+FFFD there instead of failing the delivery again and again."""
+    import json
+
+    from click.testing import CliRunner
+
+    from mattermail.ctl.cli import cli
+
+    cfg = write_config('[general]\ncatchall_domains = ["matters.lawfirm.test"]\n', store=store_location)
+
+    def run(*args):
+        r = CliRunner().invoke(cli, ["--config", str(cfg), *map(str, args)])
+        assert r.exit_code == 0, r.output
+        return r.stdout
+
+    run("matter", "add", "1234", "--title", "Smith v Jones")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "1.eml").write_bytes(b"Delivered-To: 1234@matters.lawfirm.test\r\nFrom: jane\x00@client.example\r\n"
+                                b"Subject: deed\x00 of trust\r\nMessage-ID: <n\x00ul@client.example>\r\n\r\n"
+                                b"the deed \x00 is signed\r\n")
+    assert "imported 1: filed 1" in run("import", src)
+    [hit] = json.loads(run("messages", "search", "deed", "--json"))
+    shown = json.loads(run("messages", "show", hit["id"], "--json"))
+    nul = "\x00" if isinstance(store_location, Path) else "\ufffd"
+    assert shown["subject"] == f"deed{nul} of trust", shown["subject"]
+    assert json.loads(run("store", "verify", "--json"))["ok"]

@@ -27,12 +27,20 @@ SECRET = b"w" * 32
 
 # -- the milter ---------------------------------------------------------------------------------------
 
-def runtime(tmp_path, **capture_cfg) -> Runtime:
+# the tests whose milter reads users and writes envelopes run on both engines
+BOTH_ENGINES = pytest.mark.parametrize("store_engine", ("sqlite", "postgresql"), indirect=True)
+
+
+def runtime(tmp_path, location=None, **capture_cfg) -> Runtime:
+    """``location``: a ``new_store_location`` (a PostgreSQL URL becomes store.url); default the SQLite file."""
     (tmp_path / "secret").write_bytes(SECRET)
+    store = {"path": str(tmp_path / "s.sqlite"), "messages_dir": str(tmp_path / "m")}
+    if isinstance(location, str):
+        store["url"] = location
     cfg = config.from_dict({
         "general": {"sending_domains": ["lawfirm.test"], "catchall_domains": [CA]},
         "milter": {"trusted_networks": ["127.0.0.1/32"]},
-        "store": {"path": str(tmp_path / "s.sqlite"), "messages_dir": str(tmp_path / "m")},
+        "store": store,
         "dkim": {"keys_dir": str(tmp_path / "keys")},
         "dns": {"nameservers": ["127.0.0.1"], "port": 9, "timeout": 1.0},
         "inbound": {"on_temperror": "accept"},
@@ -46,8 +54,9 @@ HEADERS = [("From", " Client <client@example.test>"), ("To", " alice@lawfirm.tes
            ("Message-ID", " <Reply.1@Example.TEST>")]
 
 
-def test_inbound_mail_to_a_user_gets_a_capture_copy_with_its_envelope(tmp_path):
-    rt = runtime(tmp_path)
+@BOTH_ENGINES
+def test_inbound_mail_to_a_user_gets_a_capture_copy_with_its_envelope(tmp_path, new_store_location):
+    rt = runtime(tmp_path, new_store_location())
     copy = twoway.inbound_copy(rt, "Q1", "client@example.test", ["Alice@LawFirm.test", "nobody@lawfirm.test"],
                                HEADERS, "192.0.2.7")
     parsed = capture.parse_capture_address(copy.recipient, BASE, SECRET)
@@ -91,13 +100,14 @@ MSG = b"From: client@example.test\nTo: alice@lawfirm.test\nSubject: hi\nMessage-
 
 
 @pytest.fixture
-def milter(monkeypatch, tmp_path):
+def milter(monkeypatch, tmp_path, new_store_location):
     monkeypatch.setattr(testctx.TestCtx, "default_opts", [Milter.CURR_ACTS, 0, 0, 0])
-    MatterMilter.runtime = runtime(tmp_path)
+    MatterMilter.runtime = runtime(tmp_path, new_store_location())
     Milter.factory = MatterMilter
     return MatterMilter.runtime
 
 
+@BOTH_ENGINES
 def test_the_milter_adds_the_capture_recipient_to_accepted_inbound_mail(milter, caplog):
     caplog.set_level(logging.INFO, "mattermail.milter")
     ctx = testctx.TestCtx()

@@ -1,4 +1,4 @@
-"""A real SQLite store in tmp_path with users, matters, an ethical wall and filed mail, and the web app on it.
+"""A real store (SQLite in tmp_path; PostgreSQL too for the tests marked ``BOTH_ENGINES``) with users, matters, an ethical wall and filed mail, and the web app on it.
 
 Users: ``alice@lawfirm.test`` (plain user), ``bob@lawfirm.test`` (screened off matter 5678) and
 ``admin@lawfirm.test`` (role admin). Matters 1234 "Smith v Jones" and 5678 "Estate of Brown" (walled:
@@ -19,6 +19,8 @@ from mattermail.store import Store, access, index_pending, insert_message, trans
 from mattermail.store import directory as d
 
 PASSWORD = "correct-horse-battery"
+# on the tests that exercise store queries: run them on both engines (tests/conftest.py, store_engine)
+BOTH_ENGINES = pytest.mark.parametrize("store_engine", ("sqlite", "postgresql"), indirect=True)
 ALICE, BOB, ADMIN = "alice@lawfirm.test", "bob@lawfirm.test", "admin@lawfirm.test"
 
 
@@ -62,6 +64,15 @@ class WebFill:
         return mid
 
 
+def everything_stored(store) -> str:
+    """Every row of every table, as text."""
+    if store.engine == "sqlite":
+        return "\n".join(store.db.conn.iterdump())
+    tables = [t for (t,) in store.db.execute("SELECT table_name FROM information_schema.tables "
+                                             "WHERE table_schema = current_schema()")]
+    return "\n".join(repr(row) for t in tables for row in store.db.execute(f"SELECT * FROM {t}"))
+
+
 def web_config(tmp_path, secure: bool = False, page_size: int = 50) -> configmod.Config:
     return configmod.from_dict({
         "store": {"path": str(tmp_path / "store.sqlite"), "messages_dir": str(tmp_path / "messages")},
@@ -69,8 +80,8 @@ def web_config(tmp_path, secure: bool = False, page_size: int = 50) -> configmod
 
 
 @pytest.fixture
-def fill(tmp_path) -> WebFill:
-    store = Store(tmp_path / "store.sqlite", tmp_path / "messages")
+def fill(tmp_path, new_store_location) -> WebFill:
+    store = Store(new_store_location(), tmp_path / "messages")
     store.actor = "test-admin"
     h = passwords.hash_password(PASSWORD)
     from mattermail.store import add_user

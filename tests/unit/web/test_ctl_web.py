@@ -11,10 +11,18 @@ from click.testing import CliRunner
 from mattermail.ctl.cli import cli
 from mattermail.store import Store, access, tokens
 
+from .conftest import BOTH_ENGINES, everything_stored
+
 
 @pytest.fixture
-def run(write_config, tmp_path):
-    cfg = write_config()
+def where(new_store_location):
+    """The store's location: SQLite, or PostgreSQL too for the tests marked BOTH_ENGINES."""
+    return new_store_location()
+
+
+@pytest.fixture
+def run(write_config, where):
+    cfg = write_config(store=where)
 
     def invoke(*args, input=None):
         return CliRunner().invoke(cli, ["--config", str(cfg), *args], input=input)
@@ -24,20 +32,21 @@ def run(write_config, tmp_path):
     return invoke
 
 
-def store_of(tmp_path: Path) -> Store:
-    return Store(tmp_path / "store.sqlite", tmp_path / "messages")
+def store_of(where: Path | str, tmp_path: Path) -> Store:
+    return Store(where, tmp_path / "messages")
 
 
-def test_token_create_prints_the_token_alone_on_its_last_line_and_stores_its_hash(run, tmp_path):
+@BOTH_ENGINES
+def test_token_create_prints_the_token_alone_on_its_last_line_and_stores_its_hash(run, where, tmp_path):
     r = run("api", "token", "create", "--user", "alice@lawfirm.test", "--scope", "write")
     assert r.exit_code == 0, r.output
     secret = r.output.strip().splitlines()[-1]
     assert secret.startswith("mmt_") and " " not in secret
-    s = store_of(tmp_path)
+    s = store_of(where, tmp_path)
     try:
         t = tokens.authenticate_token(s, secret)
         assert t is not None and t.login == "alice@lawfirm.test" and t.scope == "write"
-        dump = "\n".join(s.db.conn.iterdump())
+        dump = everything_stored(s)
         assert secret not in dump and hashlib.sha256(secret.encode()).hexdigest() in dump
     finally:
         s.close()
@@ -45,7 +54,7 @@ def test_token_create_prints_the_token_alone_on_its_last_line_and_stores_its_has
     assert "alice@lawfirm.test" in listed and "write" in listed and "live" in listed and "last used" in listed
     assert run("api", "token", "revoke", "1").exit_code == 0
     assert "revoked" in run("api", "token", "list").output
-    s = store_of(tmp_path)
+    s = store_of(where, tmp_path)
     try:
         assert tokens.authenticate_token(s, secret) is None
     finally:
@@ -65,13 +74,14 @@ def test_bad_input_is_one_line_naming_the_field(run, args, needle):
     assert len(r.output.strip().splitlines()) == 1 and needle in r.output, r.output
 
 
-def test_role_and_walls(run, tmp_path):
+@BOTH_ENGINES
+def test_role_and_walls(run, where, tmp_path):
     assert run("user", "role", "alice@lawfirm.test", "admin").output.strip() == "alice@lawfirm.test\tadmin"
     assert run("user", "role", "bob@lawfirm.test").output.strip() == "bob@lawfirm.test\tuser"
     assert "no wall" in run("matter", "access", "1234").output
     out = run("matter", "access", "1234", "--deny", "bob@lawfirm.test").output
     assert "denied bob@lawfirm.test" in out
-    s = store_of(tmp_path)
+    s = store_of(where, tmp_path)
     try:
         assert access.walled_matters(s, access.viewer(s, "bob@lawfirm.test")) == {"1234"}
         assert access.walled_matters(s, access.viewer(s, "alice@lawfirm.test")) == set()
@@ -80,17 +90,18 @@ def test_role_and_walls(run, tmp_path):
     out = run("matter", "access", "1234", "--only", "alice@lawfirm.test").output
     assert "only alice@lawfirm.test" in out
     assert run("matter", "access", "1234", "--clear").exit_code == 0
-    s = store_of(tmp_path)
+    s = store_of(where, tmp_path)
     try:
         assert access.get_wall(s, "1234").walled is False
     finally:
         s.close()
 
 
-def test_only_list_screens_everyone_else(run, tmp_path):
+@BOTH_ENGINES
+def test_only_list_screens_everyone_else(run, where, tmp_path):
     run("user", "add", "carol@lawfirm.test", input="correct-horse-battery\n")
     run("matter", "access", "1234", "--only", "alice@lawfirm.test", "--only", "carol@lawfirm.test")
-    s = store_of(tmp_path)
+    s = store_of(where, tmp_path)
     try:
         assert [login for login in ("alice@lawfirm.test", "bob@lawfirm.test", "carol@lawfirm.test")
                 if "1234" in access.walled_matters(s, access.viewer(s, login))] == ["bob@lawfirm.test"]
@@ -105,13 +116,14 @@ def test_every_web_command_has_an_example(run):
         assert r.exit_code == 0 and "Example:" in r.output, path
 
 
-def test_a_removed_and_re_added_user_inherits_neither_role_nor_tokens(run, tmp_path):
+@BOTH_ENGINES
+def test_a_removed_and_re_added_user_inherits_neither_role_nor_tokens(run, where, tmp_path):
     run("user", "role", "alice@lawfirm.test", "admin")
     secret = run("api", "token", "create", "--user", "alice@lawfirm.test").output.strip().splitlines()[-1]
     assert run("user", "remove", "alice@lawfirm.test").exit_code == 0
     assert run("user", "add", "alice@lawfirm.test", input="another-password-9\n").exit_code == 0
     assert run("user", "role", "alice@lawfirm.test").output.strip() == "alice@lawfirm.test\tuser"
-    s = store_of(tmp_path)
+    s = store_of(where, tmp_path)
     try:
         assert tokens.authenticate_token(s, secret) is None
     finally:

@@ -9,7 +9,7 @@ import pytest
 
 from mattermail.store import access, tokens
 
-from .conftest import ADMIN, ALICE, BOB  # noqa: F401  (importlib mode resolves the package-relative name)
+from .conftest import ADMIN, ALICE, BOB, BOTH_ENGINES, everything_stored  # noqa: F401  (importlib mode resolves the package-relative name)
 
 
 def error_of(r, status: int, code: str) -> dict:
@@ -38,16 +38,18 @@ def test_every_endpoint_wants_a_live_token(client, token, fill, path):
     error_of(client.get(path, headers=headers), 401, "unauthorized")
 
 
+@BOTH_ENGINES
 def test_tokens_are_stored_hashed_and_record_their_last_use(client, token, fill):
     headers = token(ALICE)
     secret = headers["Authorization"].split()[1]
     assert tokens.list_tokens(fill.store, ALICE)[0].last_used is None
     assert client.get("/api/v1/matters", headers=headers).status_code == 200
     assert tokens.list_tokens(fill.store, ALICE)[0].last_used is not None
-    dump = "\n".join(fill.store.db.conn.iterdump())
+    dump = everything_stored(fill.store)
     assert secret not in dump and hashlib.sha256(secret.encode()).hexdigest() in dump
 
 
+@BOTH_ENGINES
 def test_matters_with_counts_and_the_wall(client, token):
     def listed(login):
         return {m["id"]: m["messages"] for m in client.get("/api/v1/matters", headers=token(login)).json()["matters"]}
@@ -57,6 +59,7 @@ def test_matters_with_counts_and_the_wall(client, token):
     assert listed(ADMIN) == {"1234": 3, "5678": 2}
 
 
+@BOTH_ENGINES
 def test_matter_messages_newest_first_paged_and_threaded(client, token, fill):
     h = token(ALICE)
     r = client.get("/api/v1/matters/1234/messages?per_page=2", headers=h).json()
@@ -72,6 +75,7 @@ def test_matter_messages_newest_first_paged_and_threaded(client, token, fill):
     error_of(client.get("/api/v1/matters/1234/messages?page=x", headers=h), 400, "bad_request")
 
 
+@BOTH_ENGINES
 def test_a_walled_or_missing_matter_is_404_alike(client, token, fill):
     bob = error_of(client.get("/api/v1/matters/5678/messages", headers=token(BOB)), 404, "not_found")
     missing = error_of(client.get("/api/v1/matters/9999/messages", headers=token(BOB)), 404, "not_found")
@@ -79,6 +83,7 @@ def test_a_walled_or_missing_matter_is_404_alike(client, token, fill):
     assert client.get("/api/v1/matters/5678/messages", headers=token(ALICE)).json()["total"] == 2
 
 
+@BOTH_ENGINES
 def test_admin_views_of_a_walled_matter_are_logged(client, token, fill):
     assert access.admin_views(fill.store, "5678") == []
     client.get("/api/v1/matters/5678/messages", headers=token(ADMIN))
@@ -97,6 +102,7 @@ def test_admin_views_of_a_walled_matter_are_logged(client, token, fill):
     assert len(access.admin_views(fill.store, "5678", 100)) == before
 
 
+@BOTH_ENGINES
 def test_persons_and_their_messages(client, token, fill):
     rows = client.get("/api/v1/persons", headers=token(BOB)).json()["persons"]
     assert rows == [{"id": fill.jane.id, "name": "Jane Client", "addresses": ["jane@client.example"], "messages": 2}]
@@ -105,6 +111,7 @@ def test_persons_and_their_messages(client, token, fill):
     error_of(client.get("/api/v1/persons/999/messages", headers=token(BOB)), 404, "not_found")
 
 
+@BOTH_ENGINES
 def test_one_message_raw_and_attachment(client, token, fill):
     h = token(ALICE)
     mid = fill.ids["Draft contract"]
@@ -131,6 +138,7 @@ def test_a_screened_user_gets_404_for_walled_messages(client, token, fill, suffi
         error_of(client.get(f"/api/v1/messages/{fill.ids[subject]}{suffix}", headers=token(BOB)), 404, "not_found")
 
 
+@BOTH_ENGINES
 def test_search_never_reveals_walled_messages(client, token, fill):
     def found(login, q):
         return [h["subject"] for h in client.get("/api/v1/search", params={"q": q}, headers=token(login)).json()["hits"]]
@@ -144,6 +152,7 @@ def test_search_never_reveals_walled_messages(client, token, fill):
     error_of(client.get("/api/v1/search?q=estate&matter=5678", headers=token(BOB)), 404, "not_found")
 
 
+@BOTH_ENGINES
 def test_search_pages(client, token, fill):
     h = token(ALICE)
     first = client.get("/api/v1/search?q=contract&per_page=2", headers=h).json()
@@ -152,12 +161,14 @@ def test_search_pages(client, token, fill):
     assert {x["id"] for x in first["hits"]}.isdisjoint({x["id"] for x in second["hits"]})
 
 
+@BOTH_ENGINES
 def test_unfiled_queue_is_for_admins(client, token, fill):
     error_of(client.get("/api/v1/unfiled", headers=token(ALICE)), 403, "forbidden")
     r = client.get("/api/v1/unfiled", headers=token(ADMIN)).json()
     assert r["total"] == 1 and [m["subject"] for m in r["messages"]] == ["Who is this"]
 
 
+@BOTH_ENGINES
 def test_refile_needs_write_scope_and_an_admin_and_is_recorded(client, token, fill):
     mid = fill.ids["Who is this"]
     body = {"matter": "1234", "reason": "client confirmed it is about the contract"}

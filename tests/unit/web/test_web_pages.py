@@ -10,7 +10,7 @@ from starlette.testclient import TestClient
 from mattermail.store import access
 from mattermail.web.app import create_app
 
-from .conftest import ADMIN, ALICE, BOB, PASSWORD, web_config
+from .conftest import ADMIN, ALICE, BOB, BOTH_ENGINES, PASSWORD, web_config
 
 
 def sign_in(client, login: str, password: str = PASSWORD):
@@ -29,6 +29,7 @@ def test_pages_want_a_session(client):
     assert r.status_code == 303 and r.headers["location"].startswith("/login")
 
 
+@BOTH_ENGINES
 def test_sign_in_sets_a_strict_httponly_cookie(client):
     r = sign_in(client, ALICE)
     assert r.status_code == 303 and r.headers["location"] == "/matters"
@@ -57,6 +58,7 @@ def test_sign_in_without_the_form_token_is_refused(client):
     assert r.status_code == 403
 
 
+@BOTH_ENGINES
 def test_matter_page_timeline_threads_and_attachments(client, fill):
     sign_in(client, ALICE)
     page = client.get("/matters/1234").text
@@ -66,6 +68,7 @@ def test_matter_page_timeline_threads_and_attachments(client, fill):
     assert f'/messages/{fill.ids["Draft contract"]}/attachments/1">contract.pdf' in page
 
 
+@BOTH_ENGINES
 def test_matter_page_pages(fill, tmp_path):
     with TestClient(create_app(fill.store, web_config(tmp_path, page_size=2)), base_url="http://127.0.0.1") as c:
         sign_in(c, ALICE)
@@ -96,6 +99,7 @@ def test_no_inline_script_or_style_anywhere(client, fill):
         assert "script-src" not in r.headers["content-security-policy"]
 
 
+@BOTH_ENGINES
 def test_screened_user_sees_neither_the_matter_nor_its_messages(client, fill):
     sign_in(client, BOB)
     assert "Estate of Brown" not in client.get("/matters").text
@@ -107,12 +111,14 @@ def test_screened_user_sees_neither_the_matter_nor_its_messages(client, fill):
     assert "Joint note" not in client.get("/matters/1234").text
 
 
+@BOTH_ENGINES
 def test_search_highlights(client, fill):
     sign_in(client, ALICE)
     page = client.get("/search?q=valuation").text
     assert "<mark>valuation</mark>" in page
 
 
+@BOTH_ENGINES
 def test_unfiled_queue_and_refile_for_admins(client, fill):
     sign_in(client, ALICE)
     assert client.get("/unfiled").status_code == 403
@@ -132,12 +138,14 @@ def test_unfiled_queue_and_refile_for_admins(client, fill):
     assert actor == f"web:{ADMIN}"
 
 
+@BOTH_ENGINES
 def test_admin_page_view_of_a_walled_matter_is_logged(client, fill):
     sign_in(client, ADMIN)
     assert "Your view is logged" in client.get("/matters/5678").text
     assert [v.what for v in access.admin_views(fill.store, "5678")] == ["web: matter page"]
 
 
+@BOTH_ENGINES
 def test_sign_out_ends_the_session(client):
     sign_in(client, ALICE)
     page = client.get("/matters").text

@@ -18,7 +18,7 @@ from mattermail.store import access, transaction, webhooks
 from mattermail.store import directory as d
 from mattermail.web import webhooks as deliverer
 
-from .conftest import BOB
+from .conftest import BOB, BOTH_ENGINES
 
 SECRET = b"s3cret-shared-with-the-pms"
 
@@ -67,6 +67,7 @@ def secret_file(tmp_path):
     return p
 
 
+@BOTH_ENGINES
 def test_receiver_down_then_up_gets_every_event_once_signed_and_in_order(fill, secret_file):
     port = free_port()  # nobody listens here yet: the receiver is down
     hook = webhooks.add_webhook(fill.store, f"http://127.0.0.1:{port}/hook", str(secret_file))
@@ -106,6 +107,7 @@ def test_receiver_down_then_up_gets_every_event_once_signed_and_in_order(fill, s
     assert final.last_error == ""  # the outage is over
 
 
+@BOTH_ENGINES
 def test_a_failed_event_holds_back_its_matter_only(fill, secret_file):
     port = free_port()
     webhooks.add_webhook(fill.store, f"http://127.0.0.1:{port}/hook", str(secret_file))
@@ -116,6 +118,7 @@ def test_a_failed_event_holds_back_its_matter_only(fill, secret_file):
     assert [(e.matter) for e in due] == ["1234", "5678"]  # one per matter: A2 waits behind A1
 
 
+@BOTH_ENGINES
 def test_the_outbox_row_is_part_of_the_filing_transaction(fill, secret_file):
     webhooks.add_webhook(fill.store, "http://127.0.0.1:9/hook", str(secret_file), matter="1234")
     mid = fill.ids["Who is this"]
@@ -133,6 +136,7 @@ def test_the_outbox_row_is_part_of_the_filing_transaction(fill, secret_file):
     assert event.kind == "refiled" and event.message == mid
 
 
+@BOTH_ENGINES
 def test_a_user_scoped_webhook_skips_walled_messages(fill, secret_file):
     port = free_port()
     receiver = Receiver(port)
