@@ -291,9 +291,9 @@ def file_stored(data: MessageData | bytes, sha: str, envelope_from: str | None, 
             if info.ref is not None:
                 record_capture(store, mid, info.ref, info.verified)
         for o in outcomes:
-            o.new_filings = sum(record_filing(store, Filing(mid, f.matter, f.person_id, f.rule, f.recipient, f.detail))
-                                for f in o.result.filings)
-            log_event(store, o.kind, _event(o, source), mid, queue_id)
+            o.new_filings = sum(record_filing(store, Filing(mid, f.matter, f.person_id, f.rule, f.recipient, f.detail),
+                                              sha) for f in o.result.filings)
+            log_event(store, o.kind, _event(o, source), mid, queue_id, sha)
         if to:
             outbox = _queue_unfiled(store, mid, msg, outcomes, to, envelope_from, queue_id)
     return FileResult(mid, sha, new, direction, loop is not None, outcomes, outbox)

@@ -5,6 +5,11 @@ portable SQL with ``?`` placeholders:
 
 * ``db.execute(sql, params)`` returns a cursor (``fetchone``, ``fetchall``, iteration, ``rowcount``);
   ``db.executemany(sql, rows)``;
+* ``db.defer(sql, params)`` runs a statement whose result nobody reads (an ``INSERT`` of a log row, a
+  ``SAVEPOINT``) inside a transaction: SQLite runs it at once; PostgreSQL queues it and sends it in one
+  pipeline with the next statement (one round trip for both, the router's per-message cost): an error in
+  it is raised by that next statement (at the latest the ``RELEASE`` or ``COMMIT``, which engine.py's
+  transaction handles). Outside a transaction it runs at once on both;
 * ``db.insert(sql, params)`` runs an ``INSERT`` into a table whose key is ``id`` and returns the new id
   (SQLite: ``lastrowid``; PostgreSQL: ``RETURNING id``);
 * ``db.in_transaction``; ``db.begin()`` (the write transaction: SQLite ``BEGIN IMMEDIATE``, PostgreSQL
@@ -59,6 +64,7 @@ class SqliteConnection:
         self.conn = conn
         # the driver's bound methods: no wrapper call per statement
         self.execute = conn.execute
+        self.defer = conn.execute  # SQLite has no round trips to save
         self.executemany = conn.executemany
         self._functions: set[str] = set()
 
@@ -135,17 +141,53 @@ class PgConnection:
             raise _pg_error(e) from e
 
     # Whether this transaction holds the records chain's advisory lock (chain.append_db takes it once per
-    # transaction). A lock taken inside a savepoint that is rolled back is released with it, so any
-    # BEGIN, COMMIT or ROLLBACK (TO) forgets it; RELEASE hands it to the enclosing transaction.
+    # transaction), and while it does, the chain's head as this transaction left it (``chain_head``: (seq,
+    # hash) of its last append, so the next append needs no SELECT). A lock taken inside a savepoint that is
+    # rolled back is released with it, so any BEGIN, COMMIT or ROLLBACK (TO) forgets both; RELEASE hands
+    # them to the enclosing transaction.
     chain_locked = False
+    chain_head: tuple[int, str] | None = None
 
     def execute(self, sql: str, params: Sequence[Any] | None = ()) -> Any:
         if self.chain_locked and sql.startswith(("ROLLBACK", "COMMIT", "BEGIN")):
-            self.chain_locked = False
+            self.chain_locked, self.chain_head = False, None
+        if self._later:
+            return self._pipelined(sql, params)
         try:
             return self.conn.execute(pg_sql(sql), params or ())
         except self._psycopg.Error as e:
             raise _pg_error(e) from e
+
+    _later: list[tuple[str, Sequence[Any]]] = []  # deferred statements (an instance list once one is queued)
+
+    def defer(self, sql: str, params: Sequence[Any] | None = ()) -> None:
+        """Queue a statement whose result nobody reads, sent with the next :meth:`execute` (module docstring)."""
+        if not self.in_transaction:  # nothing would send it before the caller moves on
+            self.execute(sql, params)
+            return
+        if not self._later:
+            self._later = []
+        self._later.append((pg_sql(sql), params or ()))
+
+    def _pipelined(self, sql: str, params: Sequence[Any] | None) -> Any:
+        """The queued statements and ``sql`` in one pipeline (one round trip); ``sql``'s cursor. Before a
+        ROLLBACK the queued statements are sent on their own and their error, if any, is the reason for the
+        rollback: it is not raised (the rollback clears it)."""
+        later, self._later = self._later, []
+        rollback = sql.startswith("ROLLBACK")
+        cur = None
+        try:
+            with self.conn.pipeline():
+                for q, p in later:
+                    self.conn.execute(q, p)
+                if not rollback:
+                    cur = self.conn.execute(pg_sql(sql), params or ())
+        except self._psycopg.Error as e:
+            if not rollback:
+                raise _pg_error(e) from e
+        if rollback:
+            return self.execute(sql, params)
+        return cur
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> Any:
         try:
@@ -169,6 +211,7 @@ class PgConnection:
         self.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
 
     def close(self) -> None:
+        self._later = []
         self.conn.close()
 
 

@@ -250,16 +250,16 @@ def list_aliases(store: Store) -> list[Alias]:
 # -- filings and events --------------------------------------------------------------------------
 
 
-def record_filing(store: Store, f: Filing) -> bool:
+def record_filing(store: Store, f: Filing, sha256: str | None = None) -> bool:
     """Record a filing once (a redelivery files nothing twice); True when it is new. Call inside a transaction.
-    A new filing appends its ``filed`` chain entry."""
+    A new filing appends its ``filed`` chain entry (``sha256``: the message's, when the caller has it)."""
     with chain.atomic(store):
         cur = store.db.execute(
             "INSERT INTO filings (message, matter, person, rule, recipient, detail, created) "
             "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", [f.message, f.matter, f.person, f.rule, f.recipient, f.detail, time.time()])
         if cur.rowcount != 1:
             return False
-        chain.append(store, "filed", f.message, _sha256_of(store, f.message),
+        chain.append(store, "filed", f.message, _sha256_of(store, f.message) if sha256 is None else sha256,
                      chain.filing_detail(f.matter, f.person, f.rule, f.recipient, f.detail))
     return True
 
@@ -275,16 +275,18 @@ def filings_for(store: Store, message: int) -> list[Filing]:
     return [Filing(*r) for r in rows]
 
 
-def log_event(store: Store, kind: str, detail: dict | str, message: int | None = None, queue_id: str = "") -> None:
-    """An events row; an ``unfiled`` or ``personal`` outcome for a message also appends its chain entry."""
+def log_event(store: Store, kind: str, detail: dict | str, message: int | None = None, queue_id: str = "",
+              sha256: str | None = None) -> None:
+    """An events row; an ``unfiled`` or ``personal`` outcome for a message also appends its chain entry
+    (``sha256``: the message's, when the caller has it)."""
     text = detail if isinstance(detail, str) else json.dumps(detail, sort_keys=True)
     chained = kind in ("unfiled", "personal") and message is not None
     with chain.atomic(store) if chained else contextlib.nullcontext():
-        store.db.execute("INSERT INTO events (time, kind, message, queue_id, detail) VALUES (?, ?, ?, ?, ?)",
-                         [time.time(), kind, message, queue_id, text])
+        store.db.defer("INSERT INTO events (time, kind, message, queue_id, detail) VALUES (?, ?, ?, ?, ?)",
+                       [time.time(), kind, message, queue_id, text])
         if chained:
             d = detail if isinstance(detail, dict) else {}
-            chain.append(store, kind, message, _sha256_of(store, message),
+            chain.append(store, kind, message, _sha256_of(store, message) if sha256 is None else sha256,
                          {k: d[k] for k in ("recipient", "reason", "source") if k in d} | {"queue_id": queue_id})
 
 

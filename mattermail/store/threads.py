@@ -44,10 +44,10 @@ def record_thread_keys(store: Store, message: int, keys: Iterable[tuple[str, str
             raise ValueError(f"thread key kind: {kind!r}")
         if not key:
             continue
-        if store.db.execute("SELECT 1 FROM thread_keys WHERE kind = ? AND key = ? AND message = ?",
-                            [kind, key, message]).fetchone() is None:
-            store.db.execute("INSERT INTO thread_keys (message, kind, key) VALUES (?, ?, ?)", [message, kind, key])
-            added += 1
+        added += store.db.execute(  # one statement (one round trip on PostgreSQL): inserted unless there
+            "INSERT INTO thread_keys (message, kind, key) SELECT ?, ?, ? WHERE NOT EXISTS "
+            "(SELECT 1 FROM thread_keys WHERE kind = ? AND key = ? AND message = ?)",
+            [message, kind, key, kind, key, message]).rowcount
     return added
 
 
