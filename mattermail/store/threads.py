@@ -35,19 +35,23 @@ class ThreadHit:
     sha256: str
 
 
-def record_thread_keys(store: Store, message: int, keys: Iterable[tuple[str, str]]) -> int:
+def record_thread_keys(store: Store, message: int, keys: Iterable[tuple[str, str]], count: bool = True) -> int:
     """Record (kind, key) pairs for ``message`` (each once; a redelivery adds none); inside the caller's
-    transaction. Returns how many rows were added."""
+    transaction. Returns how many rows were added; ``count=False``: 0, the rows sent later (``db.defer``:
+    on PostgreSQL with the next statement)."""
     added = 0
     for kind, key in dict.fromkeys(keys):
         if kind not in KINDS:
             raise ValueError(f"thread key kind: {kind!r}")
         if not key:
             continue
-        added += store.db.execute(  # one statement (one round trip on PostgreSQL): inserted unless there
-            "INSERT INTO thread_keys (message, kind, key) SELECT ?, ?, ? WHERE NOT EXISTS "
-            "(SELECT 1 FROM thread_keys WHERE kind = ? AND key = ? AND message = ?)",
-            [message, kind, key, kind, key, message]).rowcount
+        sql = ("INSERT INTO thread_keys (message, kind, key) SELECT ?, ?, ? WHERE NOT EXISTS "  # inserted unless there
+               "(SELECT 1 FROM thread_keys WHERE kind = ? AND key = ? AND message = ?)")
+        values = [message, kind, key, kind, key, message]
+        if count:
+            added += store.db.execute(sql, values).rowcount
+        else:
+            store.db.defer(sql, values)
     return added
 
 
