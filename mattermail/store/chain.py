@@ -110,7 +110,7 @@ def append_db(db: Any, kind: str, actor: str, message: int | None = None, sha256
     t = _time.time() if when is None else float(when)
     h = entry_hash(prev, seq, kind, actor, message, sha256, text, t)
     db.defer("INSERT INTO chain (seq, prev_hash, hash, kind, actor, message, sha256, detail, time) "
-             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [seq, prev, h, kind, actor, message, sha256, text, t])
+             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [seq, prev, h, kind, actor, message, sha256, text, t], merge=True)
     if pg and db.chain_locked:
         db.chain_head = (seq, h)
     return ChainEntry(seq, prev, h, kind, actor, message, sha256, text, t)

@@ -9,7 +9,9 @@ portable SQL with ``?`` placeholders:
   ``SAVEPOINT``) inside a transaction: SQLite runs it at once; PostgreSQL queues it and sends it in one
   pipeline with the next statement (one round trip for both, the router's per-message cost): an error in
   it is raised by that next statement (at the latest the ``RELEASE`` or ``COMMIT``, which engine.py's
-  transaction handles). Outside a transaction it runs at once on both;
+  transaction handles). Outside a transaction it runs at once on both. ``merge=True`` (a plain ``INSERT
+  ... VALUES (?, ...)`` of independent rows, e.g. chain entries): PostgreSQL adds the row to the same
+  statement queued earlier in this savepoint, one multi-row ``INSERT`` for all;
 * ``db.insert(sql, params)`` runs an ``INSERT`` into a table whose key is ``id`` and returns the new id
   (SQLite: ``lastrowid``; PostgreSQL: ``RETURNING id``);
 * ``db.in_transaction``; ``db.begin()`` (the write transaction: SQLite ``BEGIN IMMEDIATE``, PostgreSQL
@@ -64,7 +66,7 @@ class SqliteConnection:
         self.conn = conn
         # the driver's bound methods: no wrapper call per statement
         self.execute = conn.execute
-        self.defer = conn.execute  # SQLite has no round trips to save
+        self.defer = lambda sql, params=(), merge=False: conn.execute(sql, params)  # no round trips to save
         self.executemany = conn.executemany
         self._functions: set[str] = set()
 
@@ -158,16 +160,27 @@ class PgConnection:
         except self._psycopg.Error as e:
             raise _pg_error(e) from e
 
-    _later: list[tuple[str, Sequence[Any]]] = []  # deferred statements (an instance list once one is queued)
+    # deferred statements, in order: [sql, params, rows] (rows > 1: a merged multi-row INSERT); an instance
+    # list once one is queued
+    _later: list[list[Any]] = []
 
-    def defer(self, sql: str, params: Sequence[Any] | None = ()) -> None:
+    def defer(self, sql: str, params: Sequence[Any] | None = (), merge: bool = False) -> None:
         """Queue a statement whose result nobody reads, sent with the next :meth:`execute` (module docstring)."""
         if not self.in_transaction:  # nothing would send it before the caller moves on
             self.execute(sql, params)
             return
         if not self._later:
             self._later = []
-        self._later.append((pg_sql(sql), params or ()))
+        q = pg_sql(sql)
+        if merge:  # join the same INSERT queued since the last savepoint: rows of other tables may lie between
+            for item in reversed(self._later):
+                if item[0] == q:
+                    item[1] = [*item[1], *(params or ())]
+                    item[2] += 1
+                    return
+                if item[0].startswith("SAVEPOINT"):
+                    break
+        self._later.append([q, params or (), 1])
 
     def _pipelined(self, sql: str, params: Sequence[Any] | None) -> Any:
         """The queued statements and ``sql`` in one pipeline (one round trip); ``sql``'s cursor. Before a
@@ -178,8 +191,8 @@ class PgConnection:
         cur = None
         try:
             with self.conn.pipeline():
-                for q, p in later:
-                    self.conn.execute(q, p)
+                for q, p, rows in later:
+                    self.conn.execute(_rows(q, rows), p)
                 if not rollback:
                     cur = self.conn.execute(pg_sql(sql), params or ())
         except self._psycopg.Error as e:
@@ -213,6 +226,15 @@ class PgConnection:
     def close(self) -> None:
         self._later = []
         self.conn.close()
+
+
+def _rows(sql: str, rows: int) -> str:
+    """``INSERT ... VALUES (%s, ...) [suffix]`` with its VALUES tuple ``rows`` times."""
+    if rows == 1:
+        return sql
+    i = sql.index(" VALUES (") + len(" VALUES ")
+    j = sql.index(")", i) + 1
+    return sql[:i] + ", ".join([sql[i:j]] * rows) + sql[j:]
 
 
 Connection = SqliteConnection | PgConnection

@@ -266,7 +266,7 @@ def record_filing(store: Store, f: Filing, sha256: str | None = None, fresh: boo
     values = [f.message, f.matter, f.person, f.rule, f.recipient, f.detail, time.time()]
     with chain.atomic(store):
         if fresh:
-            store.db.defer(sql, values)
+            store.db.defer(sql, values, merge=True)
         elif store.db.execute(sql, values).rowcount != 1:
             return False
         chain.append(store, "filed", f.message, _sha256_of(store, f.message) if sha256 is None else sha256,
