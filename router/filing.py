@@ -288,7 +288,7 @@ def file_stored(data: MessageData | bytes, sha: str, envelope_from: str | None, 
         mid, new = insert_message(store, data.raw, sha, direction, text, loop is not None, headers=msg,
                                   capture=capture, size=data.size)
         record_deliveries(store, mid, envelope_from or "", recipients, queue_id)
-        record_thread_keys(store, mid, thread_keys(msg, capture_info), count=False)
+        record_thread_keys(store, mid, thread_keys(msg, capture_info), fresh=new)
         for info in capture_info.values():
             if info.ref is not None:
                 record_capture(store, mid, info.ref, info.verified)

@@ -35,10 +35,11 @@ class ThreadHit:
     sha256: str
 
 
-def record_thread_keys(store: Store, message: int, keys: Iterable[tuple[str, str]], count: bool = True) -> int:
+def record_thread_keys(store: Store, message: int, keys: Iterable[tuple[str, str]], fresh: bool = False) -> int:
     """Record (kind, key) pairs for ``message`` (each once; a redelivery adds none); inside the caller's
-    transaction. Returns how many rows were added; ``count=False``: 0, the rows sent later (``db.defer``:
-    on PostgreSQL with the next statement)."""
+    transaction. Returns how many rows were added. ``fresh``: the caller inserted the message in this
+    transaction, so every key is new: one multi-row INSERT sent later (``db.defer``, on PostgreSQL with the
+    next statement)."""
     added = 0
     for kind, key in dict.fromkeys(keys):
         if kind not in KINDS:
@@ -48,10 +49,12 @@ def record_thread_keys(store: Store, message: int, keys: Iterable[tuple[str, str
         sql = ("INSERT INTO thread_keys (message, kind, key) SELECT ?, ?, ? WHERE NOT EXISTS "  # inserted unless there
                "(SELECT 1 FROM thread_keys WHERE kind = ? AND key = ? AND message = ?)")
         values = [message, kind, key, kind, key, message]
-        if count:
-            added += store.db.execute(sql, values).rowcount
+        if fresh:
+            store.db.defer("INSERT INTO thread_keys (message, kind, key) VALUES (?, ?, ?)", [message, kind, key],
+                           merge=True)
+            added += 1
         else:
-            store.db.defer(sql, values)
+            added += store.db.execute(sql, values).rowcount
     return added
 
 
