@@ -14,7 +14,7 @@ on, the unix socket), on the same disk. WAL = ``pg_current_wal_lsn()`` differenc
 records included; the file way writes WAL for its small row only). Sizes 4 KB (text) and 100 KB (text with
 a base64 attachment, which compresses little), rounds interleaved (file, bytea, bytea, file, ...), medians.
 
-    .venv/bin/python -P bench/raw_bytes.py [N [ROUNDS]]
+    .venv/bin/python -P bench/raw_bytes.py [N [ROUNDS [SIZES_KB]]]      (SIZES_KB: e.g. 4,16,64,100)
 
 The file system is shared: syncfs(2) flushes every dirty page of it, other processes' too, so on a busy
 host the file way pays for its neighbours' writes (which is what production would see as well).
@@ -99,6 +99,7 @@ def lsn(conn) -> int:
 def main() -> int:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 200
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 4
+    sizes = [int(k) * 1024 for k in (sys.argv[3] if len(sys.argv) > 3 else "4,100").split(",")]
     import psycopg
 
     rng = random.Random(1)
@@ -111,7 +112,7 @@ def main() -> int:
         conn.execute("CREATE TABLE row_bench (id bigserial PRIMARY KEY, sha256 text UNIQUE)")
         conn.execute("CREATE TABLE raw_bench (id bigserial PRIMARY KEY, sha256 text UNIQUE, raw bytea)")
         counter = 0
-        for size in (4096, 100 * 1024):
+        for size in sizes:
             for batch in (1, 8):
                 res: dict[str, list[tuple[float, float]]] = {"file": [], "bytea": []}
                 for r in range(rounds):
