@@ -187,13 +187,13 @@ class PgConnection:
         ROLLBACK the queued statements are sent on their own and their error, if any, is the reason for the
         rollback: it is not raised (the rollback clears it)."""
         later, self._later = self._later, []
-        rollback = sql.startswith("ROLLBACK")
+        rollback = sql.startswith("ROLLBACK")  # ("": the queued statements alone, for executemany)
         cur = None
         try:
             with self.conn.pipeline():
                 for q, p, rows in later:
                     self.conn.execute(_rows(q, rows), p)
-                if not rollback:
+                if sql and not rollback:
                     cur = self.conn.execute(pg_sql(sql), params or ())
         except self._psycopg.Error as e:
             if not rollback:
@@ -203,6 +203,8 @@ class PgConnection:
         return cur
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> Any:
+        if self._later:  # the deferred statements first, in order
+            self._pipelined("", ())
         try:
             cur = self.conn.cursor()
             cur.executemany(pg_sql(sql), rows)
