@@ -22,7 +22,7 @@ from mattermail.router.capture_link import inspect_captures
 from mattermail.router.filing import FileResult, after_commit, file_stored
 from mattermail.router.message import MessageData
 from mattermail.router.rules import RouterRules
-from mattermail.store import Spooled, Store, transaction
+from mattermail.store import Spooled, Store, directory, transaction
 
 __all__ = ["CaptureSettings", "Item", "Outcome", "file_batch"]
 
@@ -96,13 +96,14 @@ def file_batch(store: Store, cfg: Config, rules: RouterRules, capture: CaptureSe
     try:
         store.sync_blobs(dirs, whole_fs)  # the files and their renames durable before the commit
         with transaction(store):  # one commit for the batch
+            lookups = directory.Lookups(store, cached=True)  # the directory read once per batch
             for o in written:
                 it = o.item
                 try:
                     caps = inspect_captures(it.rcpts, capture.address, capture.secret, store, it.log)
                     # in its own savepoint (a nested transaction)
                     o.result = file_stored(it.data, o.sha256, it.sender, it.rcpts, store, cfg, it.queue_id, caps,
-                                           rules=rules)
+                                           rules=rules, lookups=lookups)
                 except Exception:
                     if not store.in_transaction:  # the database rolled the whole batch back
                         raise

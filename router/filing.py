@@ -235,12 +235,14 @@ def file_message(raw: bytes, envelope_from: str | None, recipients: list[str], s
 
 def file_stored(data: MessageData | bytes, sha: str, envelope_from: str | None, recipients: list[str],
                 store: Store, cfg: Config, queue_id: str = "", capture_info: dict[str, CaptureInfo] | None = None,
-                *, rules: RouterRules | None = None, source: str = "lmtp", forward: bool = True) -> FileResult:
+                *, rules: RouterRules | None = None, source: str = "lmtp", forward: bool = True,
+                lookups: directory.Lookups | None = None) -> FileResult:
     """The filing part of :func:`file_message`, for a message already written (``sha``, its durable file):
     the rows in one transaction — a savepoint when the caller has one open (the router's batches), which
     then commits before answering — and, with ``forward``, the outbox record of its unfiled recipients.
     Call :func:`after_commit` once committed. ``data``'s parsed header block serves the rules, the
-    messages row and the body text (of which at most ``MAX_SCAN`` bytes are read)."""
+    messages row and the body text (of which at most ``MAX_SCAN`` bytes are read). ``lookups``: the
+    directory's answers (the router's batches share one cached :class:`~mattermail.store.directory.Lookups`)."""
     if isinstance(data, bytes):
         data = MessageData.from_bytes(data)
     qlog = QueueIdAdapter(log, {"queue_id": queue_id})
@@ -252,7 +254,7 @@ def file_stored(data: MessageData | bytes, sha: str, envelope_from: str | None, 
         capture_info = inspect_captures([a for a, _ in addresses], cfg.capture.address,
                                         load_capture_secret(cfg), store, qlog)
     capture_info = {k.strip().strip("<>"): v for k, v in capture_info.items()}
-    lookups = directory.Lookups(store)
+    lookups = lookups or directory.Lookups(store)
     outcomes: list[RecipientOutcome] = []
     for addr, _source in addresses or [("", "")]:
         cap = capture_info.get(addr)
@@ -270,8 +272,8 @@ def file_stored(data: MessageData | bytes, sha: str, envelope_from: str | None, 
     if capture == "unverified":
         qlog.warning("capture copy to %s does not verify (%s): stored as inbound mail, marked unverified",
                      ", ".join(f"<{a}>" for a in capture_info), ";".join(i.note.strip() for i in capture_info.values()))
-    existing = find_message(store, sha)
-    if existing is None and _drop(outcomes, capture_info, cfg):
+    # (a stored message is found by insert_message: no look-up here but for the rare drop)
+    if _drop(outcomes, capture_info, cfg) and find_message(store, sha) is None:
         with transaction(store):
             for info in capture_info.values():
                 if info.ref is not None:
@@ -279,21 +281,27 @@ def file_stored(data: MessageData | bytes, sha: str, envelope_from: str | None, 
         for o in outcomes:
             o.kind = "dropped"
         return FileResult(0, sha, False, direction, loop is not None, outcomes, dropped=True)
-    text = text_of(msg, data.body_prefix(MAX_SCAN)) if existing is None else ""
+    text = text_of(msg, data.body_prefix(MAX_SCAN))  # unused when the message is stored already (a redelivery)
     to = cfg.router.failed_mail_address if forward and loop is None else ""
     outbox: list[int] = []
     with transaction(store):
-        mid, new = (existing, False) if existing is not None else insert_message(
-            store, data.raw, sha, direction, text, loop is not None, headers=msg, capture=capture, size=data.size)
+        mid, new = insert_message(store, data.raw, sha, direction, text, loop is not None, headers=msg,
+                                  capture=capture, size=data.size)
         record_deliveries(store, mid, envelope_from or "", recipients, queue_id)
-        record_thread_keys(store, mid, thread_keys(msg, capture_info))
+        record_thread_keys(store, mid, thread_keys(msg, capture_info), fresh=new)
         for info in capture_info.values():
             if info.ref is not None:
                 record_capture(store, mid, info.ref, info.verified)
+        seen: set[tuple] = set()  # a new message's filings are new, each key once (no answer to wait for)
         for o in outcomes:
-            o.new_filings = sum(record_filing(store, Filing(mid, f.matter, f.person_id, f.rule, f.recipient, f.detail))
-                                for f in o.result.filings)
-            log_event(store, o.kind, _event(o, source), mid, queue_id)
+            o.new_filings = 0
+            for f in o.result.filings:
+                row = Filing(mid, f.matter, f.person_id, f.rule, f.recipient, f.detail)
+                if new and directory.filing_key(row) in seen:
+                    continue
+                seen.add(directory.filing_key(row))
+                o.new_filings += record_filing(store, row, sha, fresh=new)
+            log_event(store, o.kind, _event(o, source), mid, queue_id, sha)
         if to:
             outbox = _queue_unfiled(store, mid, msg, outcomes, to, envelope_from, queue_id)
     return FileResult(mid, sha, new, direction, loop is not None, outcomes, outbox)

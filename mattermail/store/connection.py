@@ -5,6 +5,13 @@ portable SQL with ``?`` placeholders:
 
 * ``db.execute(sql, params)`` returns a cursor (``fetchone``, ``fetchall``, iteration, ``rowcount``);
   ``db.executemany(sql, rows)``;
+* ``db.defer(sql, params)`` runs a statement whose result nobody reads (an ``INSERT`` of a log row, a
+  ``SAVEPOINT``) inside a transaction: SQLite runs it at once; PostgreSQL queues it and sends it in one
+  pipeline with the next statement (one round trip for both, the router's per-message cost): an error in
+  it is raised by that next statement (at the latest the ``RELEASE`` or ``COMMIT``, which engine.py's
+  transaction handles). Outside a transaction it runs at once on both. ``merge=True`` (a plain ``INSERT
+  ... VALUES (?, ...)`` of independent rows, e.g. chain entries): PostgreSQL adds the row to the same
+  statement queued earlier in this savepoint, one multi-row ``INSERT`` for all;
 * ``db.insert(sql, params)`` runs an ``INSERT`` into a table whose key is ``id`` and returns the new id
   (SQLite: ``lastrowid``; PostgreSQL: ``RETURNING id``);
 * ``db.in_transaction``; ``db.begin()`` (the write transaction: SQLite ``BEGIN IMMEDIATE``, PostgreSQL
@@ -60,6 +67,7 @@ class SqliteConnection:
         self.conn = conn
         # the driver's bound methods: no wrapper call per statement
         self.execute = conn.execute
+        self.defer = lambda sql, params=(), merge=False: conn.execute(sql, params)  # no round trips to save
         self.executemany = conn.executemany
         self._functions: set[str] = set()
 
@@ -114,6 +122,10 @@ def without_nul(values: Sequence[Any]) -> list[Any]:
     return [v.replace("\x00", NUL_STANDIN) if isinstance(v, str) else v for v in values]
 
 
+def _any_nul(values: Sequence[Any]) -> bool:
+    return any(isinstance(v, str) and "\x00" in v for v in values)
+
+
 def _has_nul(e: BaseException) -> bool:
     # psycopg refuses the value while adapting it, before anything is sent: the transaction is untouched
     return "NUL (0x00)" in str(e)
@@ -153,13 +165,18 @@ class PgConnection:
             raise _pg_error(e) from e
 
     # Whether this transaction holds the records chain's advisory lock (chain.append_db takes it once per
-    # transaction). A lock taken inside a savepoint that is rolled back is released with it, so any
-    # BEGIN, COMMIT or ROLLBACK (TO) forgets it; RELEASE hands it to the enclosing transaction.
+    # transaction), and while it does, the chain's head as this transaction left it (``chain_head``: (seq,
+    # hash) of its last append, so the next append needs no SELECT). A lock taken inside a savepoint that is
+    # rolled back is released with it, so any BEGIN, COMMIT or ROLLBACK (TO) forgets both; RELEASE hands
+    # them to the enclosing transaction.
     chain_locked = False
+    chain_head: tuple[int, str] | None = None
 
     def execute(self, sql: str, params: Sequence[Any] | None = ()) -> Any:
         if self.chain_locked and sql.startswith(("ROLLBACK", "COMMIT", "BEGIN")):
-            self.chain_locked = False
+            self.chain_locked, self.chain_head = False, None
+        if self._later:
+            return self._pipelined(sql, params)
         try:
             return self.conn.execute(pg_sql(sql), params or ())
         except self._psycopg.DataError as e:
@@ -172,9 +189,56 @@ class PgConnection:
         except self._psycopg.Error as e:
             raise _pg_error(e) from e
 
+    # deferred statements, in order: [sql, params, rows] (rows > 1: a merged multi-row INSERT); an instance
+    # list once one is queued
+    _later: list[list[Any]] = []
+
+    def defer(self, sql: str, params: Sequence[Any] | None = (), merge: bool = False) -> None:
+        """Queue a statement whose result nobody reads, sent with the next :meth:`execute` (module docstring)."""
+        if not self.in_transaction:  # nothing would send it before the caller moves on
+            self.execute(sql, params)
+            return
+        if not self._later:
+            self._later = []
+        if params and _any_nul(params):  # (a failed adaptation inside the pipeline would end the transaction)
+            params = without_nul(params)
+        q = pg_sql(sql)
+        if merge:  # join the same INSERT queued since the last savepoint: rows of other tables may lie between
+            for item in reversed(self._later):
+                if item[0] == q:
+                    item[1] = [*item[1], *(params or ())]
+                    item[2] += 1
+                    return
+                if item[0].startswith("SAVEPOINT"):
+                    break
+        self._later.append([q, params or (), 1])
+
+    def _pipelined(self, sql: str, params: Sequence[Any] | None) -> Any:
+        """The queued statements and ``sql`` in one pipeline (one round trip); ``sql``'s cursor. Before a
+        ROLLBACK the queued statements are sent on their own and their error, if any, is the reason for the
+        rollback: it is not raised (the rollback clears it)."""
+        later, self._later = self._later, []
+        rollback = sql.startswith("ROLLBACK")  # ("": the queued statements alone, for executemany)
+        cur = None
+        try:
+            with self.conn.pipeline():
+                for q, p, rows in later:
+                    self.conn.execute(_rows(q, rows), p)
+                if sql and not rollback:
+                    cur = self.conn.execute(pg_sql(sql), without_nul(params) if params and _any_nul(params)
+                                            else params or ())
+        except self._psycopg.Error as e:
+            if not rollback:
+                raise _pg_error(e) from e
+        if rollback:
+            return self.execute(sql, params)
+        return cur
+
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> Any:
+        if self._later:  # the deferred statements first, in order
+            self._pipelined("", ())
         # checked before any row is sent: a row refused half-way through would leave the rows before it sent
-        rows = [without_nul(r) if any(isinstance(v, str) and "\x00" in v for v in r) else r for r in rows]
+        rows = [without_nul(r) if _any_nul(r) else r for r in rows]
         try:
             cur = self.conn.cursor()
             cur.executemany(pg_sql(sql), rows)
@@ -202,7 +266,17 @@ class PgConnection:
         self.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
 
     def close(self) -> None:
+        self._later = []
         self.conn.close()
+
+
+def _rows(sql: str, rows: int) -> str:
+    """``INSERT ... VALUES (%s, ...) [suffix]`` with its VALUES tuple ``rows`` times."""
+    if rows == 1:
+        return sql
+    i = sql.index(" VALUES (") + len(" VALUES ")
+    j = sql.index(")", i) + 1
+    return sql[:i] + ", ".join([sql[i:j]] * rows) + sql[j:]
 
 
 Connection = SqliteConnection | PgConnection

@@ -10,8 +10,9 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from mattermail import validate
 from mattermail.store import chain
@@ -250,16 +251,25 @@ def list_aliases(store: Store) -> list[Alias]:
 # -- filings and events --------------------------------------------------------------------------
 
 
-def record_filing(store: Store, f: Filing) -> bool:
+def filing_key(f: Filing) -> tuple:
+    """What makes a filing unique (the index ``filings_once``): message, matter, person, recipient."""
+    return (f.message, f.matter or "", f.person or 0, f.recipient)
+
+
+def record_filing(store: Store, f: Filing, sha256: str | None = None, fresh: bool = False) -> bool:
     """Record a filing once (a redelivery files nothing twice); True when it is new. Call inside a transaction.
-    A new filing appends its ``filed`` chain entry."""
+    A new filing appends its ``filed`` chain entry (``sha256``: the message's, when the caller has it).
+    ``fresh``: the caller inserted the message in this transaction and records each :func:`filing_key` once,
+    so the filing is new: nothing to wait for (``db.defer``)."""
+    sql = ("INSERT INTO filings (message, matter, person, rule, recipient, detail, created) "
+           "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING")
+    values = [f.message, f.matter, f.person, f.rule, f.recipient, f.detail, time.time()]
     with chain.atomic(store):
-        cur = store.db.execute(
-            "INSERT INTO filings (message, matter, person, rule, recipient, detail, created) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", [f.message, f.matter, f.person, f.rule, f.recipient, f.detail, time.time()])
-        if cur.rowcount != 1:
+        if fresh:
+            store.db.defer(sql, values, merge=True)
+        elif store.db.execute(sql, values).rowcount != 1:
             return False
-        chain.append(store, "filed", f.message, _sha256_of(store, f.message),
+        chain.append(store, "filed", f.message, _sha256_of(store, f.message) if sha256 is None else sha256,
                      chain.filing_detail(f.matter, f.person, f.rule, f.recipient, f.detail))
     return True
 
@@ -275,16 +285,18 @@ def filings_for(store: Store, message: int) -> list[Filing]:
     return [Filing(*r) for r in rows]
 
 
-def log_event(store: Store, kind: str, detail: dict | str, message: int | None = None, queue_id: str = "") -> None:
-    """An events row; an ``unfiled`` or ``personal`` outcome for a message also appends its chain entry."""
+def log_event(store: Store, kind: str, detail: dict | str, message: int | None = None, queue_id: str = "",
+              sha256: str | None = None) -> None:
+    """An events row; an ``unfiled`` or ``personal`` outcome for a message also appends its chain entry
+    (``sha256``: the message's, when the caller has it)."""
     text = detail if isinstance(detail, str) else json.dumps(detail, sort_keys=True)
     chained = kind in ("unfiled", "personal") and message is not None
     with chain.atomic(store) if chained else contextlib.nullcontext():
-        store.db.execute("INSERT INTO events (time, kind, message, queue_id, detail) VALUES (?, ?, ?, ?, ?)",
-                         [time.time(), kind, message, queue_id, text])
+        store.db.defer("INSERT INTO events (time, kind, message, queue_id, detail) VALUES (?, ?, ?, ?, ?)",
+                       [time.time(), kind, message, queue_id, text])
         if chained:
             d = detail if isinstance(detail, dict) else {}
-            chain.append(store, kind, message, _sha256_of(store, message),
+            chain.append(store, kind, message, _sha256_of(store, message) if sha256 is None else sha256,
                          {k: d[k] for k in ("recipient", "reason", "source") if k in d} | {"queue_id": queue_id})
 
 
@@ -333,24 +345,48 @@ def import_matters(store: Store, rows: Sequence[tuple[str, str, Sequence[str]]])
 
 
 class Lookups:
-    """The routing rules' directory questions (router/rules.py ``Lookups``), each one indexed query."""
+    """The routing rules' directory questions (router/rules.py ``Lookups``), each one indexed query.
 
-    def __init__(self, store: Store) -> None:
+    ``cached=True`` (the router's batches, one per batch transaction): each alias, matter and address is
+    read once and its answer kept for the batch. SQLite's batch holds the write lock, so nothing changes
+    the directory meanwhile; on PostgreSQL a change committed during the batch (a few milliseconds) is seen
+    by the next batch, as if the batch had been filed just before it. Thread look-ups are never cached
+    (the batch's own messages add thread keys)."""
+
+    def __init__(self, store: Store, cached: bool = False) -> None:
         self._db = store.db
         self._store = store
+        self._memo: dict[tuple[str, str], Any] | None = {} if cached else None
+
+    def _cached(self, kind: str, key: str, read: Callable[[], Any]) -> Any:
+        if self._memo is None:
+            return read()
+        k = (kind, key)
+        if k not in self._memo:
+            self._memo[k] = read()
+        return self._memo[k]
 
     def alias(self, address: str) -> tuple[int | None, str | None] | None:
-        row = self._db.execute("SELECT person, matter FROM aliases WHERE address = ?",
-                               [normalise_address(address)]).fetchone()
-        return (row[0], row[1]) if row else None
+        def read() -> tuple[int | None, str | None] | None:
+            row = self._db.execute("SELECT person, matter FROM aliases WHERE address = ?",
+                                   [normalise_address(address)]).fetchone()
+            return (row[0], row[1]) if row else None
+
+        return self._cached("alias", address, read)
 
     def matter_status(self, matter_id: str) -> str | None:
-        row = self._db.execute("SELECT status FROM matters WHERE id = ?", [matter_id]).fetchone()
-        return row[0] if row else None
+        def read() -> str | None:
+            row = self._db.execute("SELECT status FROM matters WHERE id = ?", [matter_id]).fetchone()
+            return row[0] if row else None
+
+        return self._cached("matter", matter_id, read)
 
     def persons(self, address: str) -> list[int]:
-        return [r[0] for r in self._db.execute(
-            "SELECT person FROM person_addresses WHERE address = ? ORDER BY person", [normalise_address(address)])]
+        def read() -> tuple[int, ...]:
+            return tuple(r[0] for r in self._db.execute(
+                "SELECT person FROM person_addresses WHERE address = ? ORDER BY person", [normalise_address(address)]))
+
+        return list(self._cached("persons", address, read))
 
     def thread(self, kind: str, key: str) -> list[tuple[str, int, str]]:
         """(matter, message id, sha256) of the stored messages with this thread key, newest first

@@ -329,7 +329,7 @@ class _Tx:
     def __enter__(self) -> None:
         if self.db.in_transaction:
             self.savepoint = f"tx{next(self._names)}"
-            self.db.execute(f"SAVEPOINT {self.savepoint}")
+            self.db.defer(f"SAVEPOINT {self.savepoint}")  # PostgreSQL: sent with the first statement in it
         else:
             self.db.begin()
 
@@ -347,7 +347,14 @@ class _Tx:
         if exc_type and self.db.in_transaction:
             self.db.execute(f"ROLLBACK TO {self.savepoint}")
         if self.db.in_transaction:
-            self.db.execute(f"RELEASE {self.savepoint}")
+            try:
+                self.db.execute(f"RELEASE {self.savepoint}")
+            except BaseException:  # a deferred statement of this savepoint failed (db.defer): undo it alone
+                if exc_type or not self.db.in_transaction:
+                    raise
+                self.db.execute(f"ROLLBACK TO {self.savepoint}")
+                self.db.execute(f"RELEASE {self.savepoint}")
+                raise
 
     def _rollback(self) -> None:
         if self.db.in_transaction:  # SQLite ends a transaction by itself on some errors

@@ -85,6 +85,6 @@ def record_deliveries(store: Store, message: int, envelope_from: str, recipients
     """One deliveries row per recipient (a retried delivery is recorded once); inside a transaction."""
     now = time.time()
     for rcpt in recipients:
-        store.db.execute(
+        store.db.defer(
             "INSERT INTO deliveries (message, recipient, envelope_from, queue_id, delivered)"
             " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", [message, normalise_address(rcpt), envelope_from, queue_id, now])

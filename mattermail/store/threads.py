@@ -35,19 +35,26 @@ class ThreadHit:
     sha256: str
 
 
-def record_thread_keys(store: Store, message: int, keys: Iterable[tuple[str, str]]) -> int:
+def record_thread_keys(store: Store, message: int, keys: Iterable[tuple[str, str]], fresh: bool = False) -> int:
     """Record (kind, key) pairs for ``message`` (each once; a redelivery adds none); inside the caller's
-    transaction. Returns how many rows were added."""
+    transaction. Returns how many rows were added. ``fresh``: the caller inserted the message in this
+    transaction, so every key is new: one multi-row INSERT sent later (``db.defer``, on PostgreSQL with the
+    next statement)."""
     added = 0
     for kind, key in dict.fromkeys(keys):
         if kind not in KINDS:
             raise ValueError(f"thread key kind: {kind!r}")
         if not key:
             continue
-        if store.db.execute("SELECT 1 FROM thread_keys WHERE kind = ? AND key = ? AND message = ?",
-                            [kind, key, message]).fetchone() is None:
-            store.db.execute("INSERT INTO thread_keys (message, kind, key) VALUES (?, ?, ?)", [message, kind, key])
+        sql = ("INSERT INTO thread_keys (message, kind, key) SELECT ?, ?, ? WHERE NOT EXISTS "  # inserted unless there
+               "(SELECT 1 FROM thread_keys WHERE kind = ? AND key = ? AND message = ?)")
+        values = [message, kind, key, kind, key, message]
+        if fresh:
+            store.db.defer("INSERT INTO thread_keys (message, kind, key) VALUES (?, ?, ?)", [message, kind, key],
+                           merge=True)
             added += 1
+        else:
+            added += store.db.execute(sql, values).rowcount
     return added
 
 

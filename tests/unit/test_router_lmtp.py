@@ -421,3 +421,50 @@ def test_a_lost_database_connection_is_replaced_at_the_next_batch(store_location
             assert store.count("messages") == 1  # the same message each time: stored once
     finally:
         store.close()
+
+
+def test_two_routers_on_one_store_file_each_message_once_and_keep_the_chain(store_location, tmp_path):
+    """Two routers (each its own connection, writer thread and LMTP listener; each host its own messages
+    directory) on one store: every message is delivered to BOTH at once, as when Postfix retries with the
+    other next hop while the first still works. A 4xx is retried, as Postfix does (two batches waiting on
+    each other's rows may be cut short by the database, never filed twice). Each message is stored once,
+    filed once per rule, and the records chain stays one valid chain (PostgreSQL: the advisory lock)."""
+    from mattermail.store import verify
+
+    stores = [Store(store_location, tmp_path / f"m{i}") for i in (1, 2)]
+    directory.add_person(stores[0], "bob@example.test", "Bob Client")
+    directory.add_matter(stores[0], "1234", "Smith v Jones", ["bob@example.test"])
+    n = 24
+    replies: dict[tuple[int, int], list[int]] = {}
+
+    def send(port, i, router):
+        codes = replies.setdefault((i, router), [])
+        for _ in range(20):
+            with smtplib.LMTP("127.0.0.1", port) as c:
+                c.ehlo()
+                c.mail("bob@example.test")
+                assert c.rcpt("1234@matters.lawfirm.test")[0] == 250
+                c.putcmd("data")
+                assert c.getreply()[0] == 354
+                c.send(MSG.replace(b"body", b"body %d" % i) + b".\r\n")
+                codes.append(c.getreply()[0])
+            if codes[-1] != 451:
+                return
+
+    with running(stores[0]) as p1, running(stores[1]) as p2:
+        threads = [threading.Thread(target=send, args=(port, i, r)) for i in range(n) for r, port in ((1, p1), (2, p2))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    assert all(codes and codes[-1] == 250 for codes in replies.values()), replies
+    assert len(replies) == 2 * n
+    s = stores[0]
+    assert s.count("messages") == n
+    assert s.count("filings") == 2 * n  # matter 1234 (matter-address) and Bob (sender), once each
+    kinds = dict(s.db.execute("SELECT kind, COUNT(*) FROM chain GROUP BY kind").fetchall())
+    assert kinds == {"stored": n, "filed": 2 * n}, kinds
+    report = verify.verify(s)
+    assert report.length == 3 * n and not report.problems, report.problems
+    for st in stores:
+        st.close()

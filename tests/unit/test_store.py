@@ -117,11 +117,11 @@ def test_a_filing_failing_midway_rolls_back_to_its_savepoint(store, monkeypatch)
     directory.add_matter(store, "1234", "Smith v Jones")
     real_log_event, partial = filing.log_event, {}
 
-    def log_event(store_, kind, detail, mid, queue_id):
+    def log_event(store_, kind, detail, mid, queue_id, *rest):
         if queue_id == "4FAIL":
             partial.update({t: store.count(t) for t in TABLES})
             raise RuntimeError("disk I/O error")
-        return real_log_event(store_, kind, detail, mid, queue_id)
+        return real_log_event(store_, kind, detail, mid, queue_id, *rest)
 
     monkeypatch.setattr(filing, "log_event", log_event)
     raws = [RAW.replace(b"4ABC123", qid).replace(b"body", b"body " + qid) for qid in (b"4OK1", b"4FAIL", b"4OK2")]
@@ -134,6 +134,29 @@ def test_a_filing_failing_midway_rolls_back_to_its_savepoint(store, monkeypatch)
     assert storemod.find_message(store, failed_sha) is None
     assert store.blob_path(failed_sha).exists()  # the file stays: Postfix's retry finds it written
     assert {r[0] for r in store.db.execute("SELECT queue_id FROM deliveries")} == {"4OK1", "4OK2"}
+
+
+def test_a_deferred_statement_failing_rolls_back_only_its_message(store, monkeypatch):
+    """A statement sent later (db.defer: on PostgreSQL with the next one, here the savepoint's RELEASE) that
+    fails defers its own message only: its savepoint is rolled back, the batch's other messages commit."""
+    directory.add_matter(store, "1234", "Smith v Jones")
+    real = filing.record_deliveries
+
+    def record_deliveries(store_, mid, sender, rcpts, queue_id=""):
+        real(store_, mid, sender, rcpts, queue_id)
+        if queue_id == "4FAIL":  # refused by the database (no such table), only once it is sent
+            store_.db.defer("INSERT INTO no_such_table (x) VALUES (?)", [1])
+
+    monkeypatch.setattr(filing, "record_deliveries", record_deliveries)
+    raws = [RAW.replace(b"4ABC123", qid).replace(b"body", b"body " + qid) for qid in (b"4OK1", b"4FAIL", b"4OK2")]
+    replies = deliver(store, *[(raw, ["1234@matters.lawfirm.test"]) for raw in raws])
+    assert [r[:3] for r in replies] == ["250", "451", "250"], replies
+    assert counts(store) == {"messages": 2, "deliveries": 2, "filings": 2, "events": 2}
+    assert storemod.find_message(store, hashlib.sha256(raws[1]).hexdigest()) is None
+    assert {r[0] for r in store.db.execute("SELECT queue_id FROM deliveries")} == {"4OK1", "4OK2"}
+    from mattermail.store import verify
+
+    assert verify.verify(store).ok  # the chain holds the two filed messages' entries, linked
 
 
 def test_schema_is_migrated_once(tmp_path, store):

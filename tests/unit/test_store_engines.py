@@ -329,3 +329,29 @@ def test_a_message_with_nul_characters_is_filed_on_both_engines(write_config, tm
     nul = "\x00" if isinstance(store_location, Path) else "\ufffd"
     assert shown["subject"] == f"deed{nul} of trust", shown["subject"]
     assert json.loads(run("store", "verify", "--json"))["ok"]
+
+
+def test_deferred_statements_keep_their_order_and_their_errors(store_location, tmp_path):
+    """db.defer (PostgreSQL: sent with the next statement, rows of one INSERT merged): the transaction reads
+    what it deferred, executemany comes after it, and a failing one fails the next statement (at the latest
+    the savepoint's RELEASE, which rolls back to the savepoint) — never silently."""
+    from mattermail.store import StoreError, transaction
+
+    s = Store(store_location, tmp_path / "m")
+    sql = "INSERT INTO holds (matter, reason, actor, since) VALUES (?, ?, ?, ?)"
+    d.add_matter(s, "1", "one")
+    d.add_matter(s, "2", "two")
+    with transaction(s):
+        s.db.defer("INSERT INTO matters (id, title) VALUES (?, ?)", ["3", "three"], merge=True)
+        s.db.defer("INSERT INTO matters (id, title) VALUES (?, ?)", ["4", "four"], merge=True)
+        assert s.count("matters") == 4  # read after the deferred rows
+        s.db.defer(sql, ["1", "r", "a", 1.0])
+        s.db.defer("INSERT INTO matters (id, title) VALUES (?, ?)", ["5", "five"])
+        s.db.executemany(sql, [["5", "r", "a", 2.0]])  # after the deferred matter it holds (a foreign key)
+        with pytest.raises(StoreError):
+            with transaction(s):
+                s.db.defer(sql, ["1", "again", "a", 3.0])  # a duplicate key: refused only once sent
+        assert s.count("holds") == 2  # the savepoint was rolled back, the transaction goes on
+    assert sorted(r[0] for r in s.db.execute("SELECT matter FROM holds")) == ["1", "5"]
+    assert s.count("matters") == 5
+    s.close()
