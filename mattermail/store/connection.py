@@ -137,6 +137,15 @@ def pg_sql(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
 
 
+# libpq settings the URL may override. Over TCP a server that stops answering (a network partition, a host
+# gone) would otherwise hold a statement until the kernel gives up (~15 min): the milter's sessions queue
+# behind its connection. With these, a connection that has sent data unacknowledged for 15 s, or an idle one
+# whose keepalives go unanswered for ~40 s, fails (StoreError: the milter defers, the next look-up reconnects).
+# Unix-socket connections ignore them.
+TCP_DEFAULTS = {"connect_timeout": "10", "keepalives": "1", "keepalives_idle": "10", "keepalives_interval": "10",
+                "keepalives_count": "3", "tcp_user_timeout": "15000"}
+
+
 class PgConnection:
     """A psycopg 3 connection in autocommit mode (transactions are explicit, as on SQLite).
 
@@ -155,8 +164,9 @@ class PgConnection:
         self._psycopg = psycopg
         self._open = (TransactionStatus.INTRANS, TransactionStatus.INERROR)  # INERROR: failed, not yet rolled back
         try:
-            self.conn = psycopg.connect(url, autocommit=True, connect_timeout=10,
-                                        application_name="mattermail")
+            given = psycopg.conninfo.conninfo_to_dict(url)
+            self.conn = psycopg.connect(url, autocommit=True, application_name="mattermail",
+                                        **{k: v for k, v in TCP_DEFAULTS.items() if k not in given})
             if not durable:
                 self.conn.execute("SET synchronous_commit = off")
             if readonly:

@@ -117,6 +117,20 @@ def test_postgresql_errors_are_classified_by_sqlstate(pg_cluster):
     assert describe_error(exc.value)[0] == "unavailable", describe_error(exc.value)
 
 
+def test_a_tcp_connection_gives_up_on_a_silent_server_unless_the_url_says_otherwise(pg_cluster):
+    """libpq's keepalives and tcp_user_timeout are set (a partition fails a statement in 15 s, not ~15 min);
+    a URL that sets one keeps its own value."""
+    db = PgConnection(pg_cluster.url())
+    params = db.conn.info.get_parameters()
+    assert params.get("tcp_user_timeout") == "15000" and params.get("keepalives_idle") == "10", params
+    db.close()
+    sep = "&" if "?" in pg_cluster.url() else "?"
+    db = PgConnection(pg_cluster.url() + f"{sep}tcp_user_timeout=4000&connect_timeout=3")
+    params = db.conn.info.get_parameters()
+    assert params.get("tcp_user_timeout") == "4000" and params.get("connect_timeout") == "3", params
+    db.close()
+
+
 def test_placeholders_and_percent_signs_reach_postgresql_intact(pg_cluster):
     assert pg_sql("SELECT ? WHERE 'a%' LIKE ?") == "SELECT %s WHERE 'a%%' LIKE %s"
     db = PgConnection(pg_cluster.url())
