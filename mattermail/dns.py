@@ -10,6 +10,7 @@ record".
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import dns.exception
 import dns.message
@@ -25,6 +26,16 @@ from mattermail.config import DNS as DNSConfig
 
 class TempError(Exception):
     """Timeout, SERVFAIL or no reachable server: try again later."""
+
+
+@lru_cache(maxsize=4096)
+def _qname(name: str) -> dns.name.Name:
+    """The absolute name for ``name`` (parsed once: SPF, DKIM and DMARC ask for the same names again)."""
+    return dns.name.from_text(name.rstrip(".") + ".")
+
+
+_IN, _ANY, _NXDOMAIN = dns.rdataclass.IN, dns.rdatatype.ANY, dns.rcode.NXDOMAIN
+_rdtype = lru_cache(maxsize=64)(dns.rdatatype.from_text)
 
 
 @dataclass
@@ -52,7 +63,15 @@ class Resolver:
 
     def query(self, name: str, rdtype: str) -> list[dns.rdata.Rdata]:
         """Answer records for ``name``; [] for NXDOMAIN or no data; TempError otherwise."""
-        qname = dns.name.from_text(name.rstrip(".") + ".")
+        qname = _qname(name)
+        cache = self._r.cache
+        if cache is not None:  # what resolve() answers from its cache, without its per-query machinery
+            answer = cache.get((qname, _rdtype(rdtype), _IN))
+            if answer is not None:
+                return list(answer)  # [] for a cached "no data"
+            negative = cache.get((qname, _ANY, _IN))
+            if negative is not None and negative.response.rcode() == _NXDOMAIN:
+                return []
         if self._direct is not None:
             answer = self._exchange(qname, dns.rdatatype.from_text(rdtype))
             if answer is not None:
