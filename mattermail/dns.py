@@ -9,7 +9,13 @@ record".
 
 from __future__ import annotations
 
+import contextvars
+import threading
+import time
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
 
 import dns.exception
 import dns.message
@@ -25,6 +31,27 @@ from mattermail.config import DNS as DNSConfig
 
 class TempError(Exception):
     """Timeout, SERVFAIL or no reachable server: try again later."""
+
+
+@lru_cache(maxsize=4096)
+def _qname(name: str) -> dns.name.Name:
+    """The absolute name for ``name`` (parsed once: SPF, DKIM and DMARC ask for the same names again)."""
+    return dns.name.from_text(name.rstrip(".") + ".")
+
+
+_IN, _ANY, _NXDOMAIN = dns.rdataclass.IN, dns.rdatatype.ANY, dns.rcode.NXDOMAIN
+_rdtype = lru_cache(maxsize=64)(dns.rdatatype.from_text)
+
+#: Inside :meth:`Resolver.derived`: the earliest expiration of the answers used so far (0: one
+#: could not be cached, so neither can anything computed from it).
+_used: contextvars.ContextVar[list[float] | None] = contextvars.ContextVar("mattermail_dns_used", default=None)
+DERIVED_ENTRIES = 4096
+
+
+def _note(expiration: float) -> None:
+    used = _used.get()
+    if used is not None and expiration < used[0]:
+        used[0] = expiration
 
 
 @dataclass
@@ -49,20 +76,60 @@ class Resolver:
         # One nameserver and no cache (cache_size = 0): each query is one UDP exchange (_exchange).
         ns = self.cfg.nameservers
         self._direct = (ns[0], self.cfg.port) if len(ns) == 1 and r.cache is None else None
+        # Results computed from cached answers only (an SPF verdict): kept until the first of
+        # those answers expires, so they are exactly what recomputing would give. None: no cache.
+        self._derived: dict[Hashable, tuple[float, Any]] | None = {} if r.cache is not None else None
+        self._derived_lock = threading.Lock()
+
+    def derived(self, key: Hashable, compute: Callable[[], Any], keep: Callable[[Any], bool]) -> Any:
+        """``compute()``, or its earlier result for ``key`` while every DNS answer it used is
+        still in the cache (their TTLs). ``keep(result)`` False: not kept (a temporary error).
+        Without a cache (``cache_size = 0``) this is just ``compute()``."""
+        if self._derived is None:
+            return compute()
+        hit = self._derived.get(key)
+        if hit is not None and hit[0] > time.time():
+            return hit[1]
+        used = [float("inf")]
+        token = _used.set(used)
+        try:
+            result = compute()
+        finally:
+            _used.reset(token)
+        if keep(result) and used[0] > time.time() and used[0] != float("inf"):
+            with self._derived_lock:
+                if len(self._derived) >= DERIVED_ENTRIES:
+                    self._derived.clear()
+                self._derived[key] = (used[0], result)
+        return result
 
     def query(self, name: str, rdtype: str) -> list[dns.rdata.Rdata]:
         """Answer records for ``name``; [] for NXDOMAIN or no data; TempError otherwise."""
-        qname = dns.name.from_text(name.rstrip(".") + ".")
+        qname = _qname(name)
+        cache = self._r.cache
+        if cache is not None:  # what resolve() answers from its cache, without its per-query machinery
+            answer = cache.get((qname, _rdtype(rdtype), _IN))
+            if answer is not None:
+                _note(answer.expiration)
+                return list(answer)  # [] for a cached "no data"
+            negative = cache.get((qname, _ANY, _IN))
+            if negative is not None and negative.response.rcode() == _NXDOMAIN:
+                _note(negative.expiration)
+                return []
         if self._direct is not None:
+            _note(0.0)
             answer = self._exchange(qname, dns.rdatatype.from_text(rdtype))
             if answer is not None:
                 return answer
         try:
             answer = self._r.resolve(qname, rdtype, search=False, raise_on_no_answer=False)
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            _note(0.0)  # not kept this time; the next lookup of it is a cache hit, with its expiration
             return []
         except (dns.exception.Timeout, dns.resolver.NoNameservers, dns.resolver.LifetimeTimeout) as e:
+            _note(0.0)
             raise TempError(f"{rdtype} {name}: {e}") from e
+        _note(answer.expiration if cache is not None else 0.0)
         return list(answer)
 
     def txt(self, name: str) -> list[str]:

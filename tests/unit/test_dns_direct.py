@@ -155,3 +155,17 @@ def test_truncated_and_servfail_replies_go_to_resolve(zones: Path) -> None:
             direct(fake.sock.getsockname()[1], timeout=0.5).txt("direct.test")
     finally:
         fake.close()
+
+
+def test_cached_answers_are_resolves_answers_without_resolve(port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the cache on, a repeated question (records, CNAME, NXDOMAIN, no data) is answered from
+    dnspython's cache as resolve() answers it, without resolve()'s per-query machinery."""
+    r = Resolver(DNS(nameservers=("127.0.0.1",), port=port, timeout=2.0, cache_size=100))
+    first = {q: [x.to_text() for x in r.query(*q)] for q in QUESTIONS}
+    assert first[("alias.direct.test", "TXT")] == ['"v=spf1 -all"']
+    assert first[("nx.direct.test", "TXT")] == [] and first[("mx.direct.test", "TXT")] == []
+    asked: list[tuple] = []
+    monkeypatch.setattr(dns.resolver.Resolver, "resolve", lambda *a, **k: asked.append(a[1:3]) or pytest.fail("resolve()"))
+    assert {q: [x.to_text() for x in r.query(*q)] for q in QUESTIONS} == first
+    assert {q: [x.to_text() for x in r.query(q[0].upper() + ".", q[1])] for q in QUESTIONS} == first
+    assert not asked

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -158,6 +159,38 @@ def test_spf_dns_failure_is_temperror(dead: Env) -> None:
     r = check_spf(dead.resolver, CLIENT, "alice@spf1.test", "mail.client.test", 3)
     assert r.result == "temperror" and r.identity == "mailfrom"
     assert check_spf(dead.resolver, CLIENT, "", "mail.spfhelo.test", 3).result == "temperror"
+
+
+def _counting(monkeypatch: pytest.MonkeyPatch, cached: Resolver) -> list[tuple[str, str]]:
+    asked: list[tuple[str, str]] = []
+    real = Resolver.query
+    monkeypatch.setattr(Resolver, "query", lambda self, name, rdtype: asked.append((name, rdtype)) or real(self, name, rdtype))
+    return asked
+
+
+def test_spf_result_is_kept_while_its_dns_answers_are_cached(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the cache on, the same client, sender and HELO get the kept result without DNS or pyspf,
+    until the first answer it was computed from expires (its TTL, 300 s here)."""
+    env.zone("spfkeep.test", f'@ IN TXT "v=spf1 include:inc.spfkeep.test -all"\ninc IN TXT "v=spf1 ip4:{CLIENT} -all"')
+    cached = Resolver(DNS(nameservers=("127.0.0.1",), port=env.resolver.cfg.port, timeout=2.0, cache_size=100))
+    asked = _counting(monkeypatch, cached)
+    first = check_spf(cached, CLIENT, "a@spfkeep.test", "h.test", 5)
+    assert first.result == "pass" and asked
+    asked.clear()
+    assert check_spf(cached, CLIENT, "a@spfkeep.test", "h.test", 5) == first and not asked
+    assert check_spf(cached, OTHER, "a@spfkeep.test", "h.test", 5).result == "fail" and asked  # another client
+    asked.clear()
+    now = time.time()
+    monkeypatch.setattr(time, "time", lambda: now + 301)  # every answer expired: asked and evaluated again
+    assert check_spf(cached, CLIENT, "a@spfkeep.test", "h.test", 5) == first and asked
+
+
+def test_spf_temperror_is_not_kept(dead: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    cached = Resolver(DNS(nameservers=("127.0.0.1",), port=dead.resolver.cfg.port, timeout=0.3, cache_size=100))
+    asked = _counting(monkeypatch, cached)
+    for _ in range(2):
+        asked.clear()
+        assert check_spf(cached, CLIENT, "alice@spf1.test", "h.test", 3).result == "temperror" and asked
 
 
 # --- DKIM --------------------------------------------------------------------------
