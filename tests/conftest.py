@@ -18,7 +18,7 @@ import os
 import re
 import tempfile
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +124,16 @@ def _skip_reason(report: pytest.TestReport) -> str:
     return re.sub(r"^Skipped: ", "", str(reason))
 
 
+# Lines a test reports for the end of the run (the multi-host test's counts): shown without -s, in CI's log too.
+REPORTED: list[str] = []
+
+
+@pytest.fixture
+def report_line() -> Callable[[str], None]:
+    """``report_line(text)``: print ``text`` in the mattermail test summary at the end of the run."""
+    return REPORTED.append
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> Iterator[None]:
     """After pytest's own summary (``-ra``), just above its final count line: the skips by reason."""
@@ -140,6 +150,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     tw.write_line(f"ran {sum(ran.values())} ({detail or 'none'}), skipped {skipped}")
     for reason, n in reasons.most_common():
         tw.write_line(f"  skipped {n} \u00d7 {reason}")
+    for line in REPORTED:
+        tw.write_line(line)
     return result
 
 

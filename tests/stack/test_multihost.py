@@ -184,7 +184,7 @@ SESSIONS = 2  # SMTP sessions per kind and edge, each sending its share one mess
 OUTAGE = 30.0
 
 
-def test_two_edges_500_messages_router_killed_for_30s(hosts):
+def test_two_edges_500_messages_router_killed_for_30s(hosts, report_line):
     h = hosts
     tag = uuid.uuid4().hex[:8]
     plan: list[tuple[int, str, int, str]] = []  # (edge index, kind, n, Message-ID)
@@ -302,7 +302,8 @@ def test_two_edges_500_messages_router_killed_for_30s(hosts):
             wrong_received.append((f"edge{i + 1}", mid, qid))
 
     per_edge = {f"edge{i + 1}": Counter(k for _, (j, k, _) in accepted.items() if j == i) for i in range(len(h.edges))}
-    summary = (f"sent {len(plan)} ({per_edge}); accepted {len(accepted)}, refused {len(errors)}; "
+    shares = ", ".join(f"{e}: {c['sub']} submissions + {c['ca']} catch-all" for e, c in per_edge.items())
+    summary = (f"sent {len(plan)} ({shares}); accepted {len(accepted)}, refused {len(errors)}; "
                f"stored {sum(1 for m in accepted if per_mid[m] == 1)} exactly once, lost {len(lost)}, "
                f"duplicated {len(duplicated)}, stored but never accepted {len(unaccepted_stored)}; "
                f"filed {sum(1 for m in accepted if filings_per_mid[m] == 1)} exactly once, not filed {len(not_filed)}, "
@@ -313,7 +314,7 @@ def test_two_edges_500_messages_router_killed_for_30s(hosts):
                f"router killed (pid {killed}) with {at_kill} stored and {accepted_at_kill} accepted, sending ended "
                f"{sent_by:.0f}s after the start, {stored_in_outage} stored while it was down, down {outage:.0f}s; "
                f"all filed {total:.0f}s after the first message")
-    print(f"\nmulti-host: {summary}")
+    report_line(f"multi-host: {summary}")
     assert not errors, f"{summary}\nrefused: {errors[:10]}"
     assert len(accepted) == len(plan), summary
     assert outage >= OUTAGE and stored_in_outage == 0, summary
