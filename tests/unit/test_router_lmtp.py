@@ -57,8 +57,8 @@ def server(store_location, tmp_path):
     store.close()
 
 
-def lmtp_send(port, rcpts):
-    """Send MSG and read one reply per recipient (smtplib.LMTP.sendmail reads only one)."""
+def lmtp_send(port, rcpts, msg=MSG):
+    """Send ``msg`` and read one reply per recipient (smtplib.LMTP.sendmail reads only one)."""
     with smtplib.LMTP("127.0.0.1", port) as c:
         c.ehlo()  # smtplib.LMTP sends LHLO
         c.mail("bob@example.test")
@@ -66,7 +66,7 @@ def lmtp_send(port, rcpts):
             assert c.rcpt(r)[0] == 250
         c.putcmd("data")
         assert c.getreply()[0] == 354
-        c.send(MSG + b".\r\n")
+        c.send(msg + b".\r\n")
         return [c.getreply() for _ in rcpts]
 
 
@@ -184,14 +184,7 @@ def test_concurrent_deliveries_are_group_committed(store_location, tmp_path, mon
     results = [None] * n
 
     def send(i):
-        with smtplib.LMTP("127.0.0.1", port) as c:
-            c.ehlo()
-            c.mail("bob@example.test")
-            assert c.rcpt("1234@matters.lawfirm.test")[0] == 250
-            c.putcmd("data")
-            assert c.getreply()[0] == 354
-            c.send(MSG.replace(b"body", b"body %d" % i) + b".\r\n")
-            results[i] = c.getreply()
+        [results[i]] = lmtp_send(port, ["1234@matters.lawfirm.test"], MSG.replace(b"body", b"body %d" % i))
 
     with running(store, handler) as port:
         threads = [threading.Thread(target=send, args=(i,)) for i in range(n)]
@@ -440,14 +433,8 @@ def test_two_routers_on_one_store_file_each_message_once_and_keep_the_chain(stor
     def send(port, i, router):
         codes = replies.setdefault((i, router), [])
         for _ in range(20):
-            with smtplib.LMTP("127.0.0.1", port) as c:
-                c.ehlo()
-                c.mail("bob@example.test")
-                assert c.rcpt("1234@matters.lawfirm.test")[0] == 250
-                c.putcmd("data")
-                assert c.getreply()[0] == 354
-                c.send(MSG.replace(b"body", b"body %d" % i) + b".\r\n")
-                codes.append(c.getreply()[0])
+            [(code, _)] = lmtp_send(port, ["1234@matters.lawfirm.test"], MSG.replace(b"body", b"body %d" % i))
+            codes.append(code)
             if codes[-1] != 451:
                 return
 
