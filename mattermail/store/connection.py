@@ -122,8 +122,12 @@ def without_nul(values: Sequence[Any]) -> list[Any]:
     return [v.replace("\x00", NUL_STANDIN) if isinstance(v, str) else v for v in values]
 
 
-def _any_nul(values: Sequence[Any]) -> bool:
-    return any(isinstance(v, str) and "\x00" in v for v in values)
+def _nul_free(values: Sequence[Any] | None) -> Sequence[Any]:
+    """``values`` as they are, or :func:`without_nul` of them when a string holds a NUL: for statements whose
+    refusal cannot be retried (queued in a pipeline, or one row of several)."""
+    if values and any(isinstance(v, str) and "\x00" in v for v in values):
+        return without_nul(values)
+    return values or ()
 
 
 def _has_nul(e: BaseException) -> bool:
@@ -210,18 +214,17 @@ class PgConnection:
             return
         if not self._later:
             self._later = []
-        if params and _any_nul(params):  # (a failed adaptation inside the pipeline would end the transaction)
-            params = without_nul(params)
+        params = _nul_free(params)  # (a failed adaptation inside the pipeline would end the transaction)
         q = pg_sql(sql)
         if merge:  # join the same INSERT queued since the last savepoint: rows of other tables may lie between
             for item in reversed(self._later):
                 if item[0] == q:
-                    item[1] = [*item[1], *(params or ())]
+                    item[1] = [*item[1], *params]
                     item[2] += 1
                     return
                 if item[0].startswith("SAVEPOINT"):
                     break
-        self._later.append([q, params or (), 1])
+        self._later.append([q, params, 1])
 
     def _pipelined(self, sql: str, params: Sequence[Any] | None) -> Any:
         """The queued statements and ``sql`` in one pipeline (one round trip); ``sql``'s cursor. Before a
@@ -235,8 +238,7 @@ class PgConnection:
                 for q, p, rows in later:
                     self.conn.execute(_rows(q, rows), p)
                 if sql and not rollback:
-                    cur = self.conn.execute(pg_sql(sql), without_nul(params) if params and _any_nul(params)
-                                            else params or ())
+                    cur = self.conn.execute(pg_sql(sql), _nul_free(params))
         except self._psycopg.Error as e:
             if not rollback:
                 raise _pg_error(e) from e
@@ -248,7 +250,7 @@ class PgConnection:
         if self._later:  # the deferred statements first, in order
             self._pipelined("", ())
         # checked before any row is sent: a row refused half-way through would leave the rows before it sent
-        rows = [without_nul(r) if _any_nul(r) else r for r in rows]
+        rows = [_nul_free(r) for r in rows]
         try:
             cur = self.conn.cursor()
             cur.executemany(pg_sql(sql), rows)
