@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,10 @@ from mattermail.srs import SRSCodec
 from mattermail.store import BlobWriter, Spooled, Store, StoreError, describe_error
 
 log = logging.getLogger("mattermail.router.lmtp")
+
+# <local@domain>: dot-atoms of RFC 5322 atext (domain: letters, digits, hyphens), then the end or [ \t]
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_ADDR = re.compile(rf"<(({_ATOM}(?:\.{_ATOM})*)@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>(?=[ \t]|\Z)")
 
 MAX_MESSAGE_SIZE = 64 * 1024 * 1024
 MAX_HEAD = 4 * 1024 * 1024  # header bytes kept in memory (and read by the rules); the rest is only on disk
@@ -82,6 +87,19 @@ class MatterLMTP(LMTP):
     """
 
     _DATA_REFUSALS = ("500 Line too long", "552 Error: Too much mail data")
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's MAIL FROM / RCPT TO address parse, with a fast path for the usual ``<local@domain>``
+        (dot-atoms of plain characters, then nothing, or blanks and parameters) that gives what its
+        email-header parser gives for it (a test compares them); anything else goes to that parser (which,
+        besides, builds a class on each call: ~10% of the router's LMTP time at 4 KB)."""
+        m = _PLAIN_ADDR.match(arg)
+        rest = arg[m.end():].lstrip() if m is not None else ""
+        if m is None or rest.startswith("("):  # (a comment: the parser's to drop)
+            return super()._getaddr(arg)
+        if self.local_part_limit and len(m.group(2)) > self.local_part_limit:
+            return None, None
+        return m.group(1), rest
 
     async def smtp_DATA(self, arg: str) -> None:
         """aiosmtpd's DATA (same checks, limits and replies), but each line goes to a spool file in the store

@@ -455,3 +455,36 @@ def test_two_routers_on_one_store_file_each_message_once_and_keep_the_chain(stor
     assert report.length == 3 * n and not report.problems, report.problems
     for st in stores:
         st.close()
+
+
+def test_the_fast_address_parse_gives_what_aiosmtpd_gives():
+    """MatterLMTP._getaddr's fast path (plain <local@domain>) and aiosmtpd's email-header parser agree on
+    every MAIL FROM / RCPT TO argument, the usual ones and odd ones (which the fast path hands over)."""
+    import random
+
+    from aiosmtpd.smtp import SMTP
+
+    from mattermail.router.lmtp import MatterLMTP
+
+    ours, theirs = MatterLMTP(object()), SMTP(object())
+    args = ["<bob@example.test>", "<>", "<1234@matters.lawfirm.test> ORCPT=rfc822;1234@matters.lawfirm.test",
+            "<bob@example.test> SIZE=4200 BODY=8BITMIME", "<SRS0=HHH=TT=example.org=bob@lawfirm.test>",
+            "<capture+r1.mac@matters.lawfirm.test>", "<a.b@c>  \t SIZE=1", "<a@b> (comment) SIZE=1", "<a@b>SIZE=1",
+            "<a..b@c>", "<.a@c>", "<a.@c>", '<"a b"@c>', "<a@[127.0.0.1]>", "<a@b.>", "<a@-b.c>", "bob@example.test",
+            " <a@b>", "<a@b", "<@a,@b:c@d>", "<ü@b>", "<a@b>\u2003SIZE=1", "<a@b> \u00a0(x) y", "", "<a@b>\t"]
+    rnd = random.Random(14)
+    chars = "ab.@<>()\" \t-+=_[]:;,\\1"
+    args += ["<" + "".join(rnd.choice(chars) for _ in range(rnd.randint(0, 12))) for _ in range(5000)]
+
+    def parse(server, arg):
+        try:
+            return server._getaddr(arg)
+        except Exception as e:  # the email parser's IndexError on some broken ones: the same either way
+            return type(e)
+
+    for arg in args:
+        assert parse(ours, arg) == parse(theirs, arg), repr(arg)
+    assert ours._getaddr("<bob@example.test> SIZE=4200") == ("bob@example.test", "SIZE=4200")
+    ours.local_part_limit = theirs.local_part_limit = 3
+    for arg in ("<abc@d>", "<abcd@e> X=1", "<a.bc@d>"):
+        assert parse(ours, arg) == parse(theirs, arg), repr(arg)
