@@ -488,3 +488,20 @@ def test_the_fast_address_parse_gives_what_aiosmtpd_gives():
     ours.local_part_limit = theirs.local_part_limit = 3
     for arg in ("<abc@d>", "<abcd@e> X=1", "<a.bc@d>"):
         assert parse(ours, arg) == parse(theirs, arg), repr(arg)
+
+
+def test_the_long_line_check_finds_what_splitting_into_lines_finds():
+    """DATA's line-length check (a window at a time) says what max(len(line)) + 2 > limit over the block's
+    CRLF-split lines says, for random blocks of letters, CRs and LFs and limits around their line lengths."""
+    import random
+
+    from mattermail.router.lmtp import _has_long_line
+
+    rnd = random.Random(14)
+    for _ in range(20_000):
+        block = bytes(rnd.choice(b"ab\r\n\r\n") for _ in range(rnd.randint(0, 40)))
+        limit = rnd.randint(2, 12)
+        assert _has_long_line(block, limit) == (max(map(len, block.split(b"\r\n"))) + 2 > limit), (block, limit)
+    lines = b"".join(b"%dX%s\r\n" % (i, b"X" * 77) for i in range(1300))
+    assert not _has_long_line(lines, 1001)
+    assert _has_long_line(lines + b"Y" * 1000 + b"\r\n", 1001) and not _has_long_line(lines + b"Y" * 999 + b"\r\n", 1001)
