@@ -92,7 +92,7 @@ def _tidy(text: str) -> str:
     That is ``re.sub(r"[ \\t\\f\\v\\u00a0]+", " ")`` then ``re.sub(r" ?\\n[ \\n]*\\n", "\\n\\n")``,
     done with patterns that begin with a literal character (the regex engine then skips to it instead of
     trying a match at every position: a 100 KB body costs ~0.4 ms here instead of ~2.6 ms)."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = "\n".join(text.split("\r\n")).replace("\r", "\n")  # (faster than replace with many CRLFs)
     for c in _BLANKS:
         if c in text:
             text = text.replace(c, " ")
