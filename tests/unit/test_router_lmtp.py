@@ -505,3 +505,24 @@ def test_the_long_line_check_finds_what_splitting_into_lines_finds():
     lines = b"".join(b"%dX%s\r\n" % (i, b"X" * 77) for i in range(1300))
     assert not _has_long_line(lines, 1001)
     assert _has_long_line(lines + b"Y" * 1000 + b"\r\n", 1001) and not _has_long_line(lines + b"Y" * 999 + b"\r\n", 1001)
+
+
+def test_pipelining_is_offered_and_pipelined_commands_get_their_replies_in_order(server):
+    """LHLO offers PIPELINING (RFC 2033); a client that sends RSET, MAIL, both RCPTs and DATA in one write,
+    as Postfix's LMTP client then does, gets each reply in order, and the message is filed for both."""
+    store, port = server
+    with smtplib.LMTP("127.0.0.1", port) as c:
+        code, text = c.ehlo()
+        assert code == 250 and c.has_extn("pipelining")
+        for n in (1, 2):
+            body = MSG.replace(b"Subject: ", b"Subject: pipelined %d " % n)
+            c.send(b"RSET\r\nMAIL FROM:<bob@example.test> BODY=8BITMIME\r\nRCPT TO:<1234@matters.lawfirm.test>\r\n"
+                   b"RCPT TO:<alice+5@matters.lawfirm.test>\r\nDATA\r\n")
+            assert [c.getreply()[0] for _ in range(5)] == [250, 250, 250, 250, 354]
+            c.send(body + b".\r\n")
+            replies = [c.getreply() for _ in range(2)]
+            assert [code for code, _ in replies] == [250, 250]
+            assert b"<1234@matters.lawfirm.test>" in replies[0][1] and b"<alice+5@" in replies[1][1]
+    assert store.count("messages") == 2 and store.count("deliveries") == 4
+    subjects = [r[0] for r in store.db.execute("SELECT subject FROM messages ORDER BY id")]
+    assert [s.split()[:2] for s in subjects] == [["pipelined", "1"], ["pipelined", "2"]]
