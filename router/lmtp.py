@@ -218,13 +218,32 @@ class MatterLMTP(LMTP):
                 num_bytes += len(pending) - 4
                 pending, at_line_start = pending[-4:], False
 
+    _held: bytearray | None = None  # replies not sent yet: another command was already received
+
     async def push(self, status: str) -> None:
         rcpts = self.envelope.rcpt_tos if self.envelope is not None else []
         if status.startswith(self._DATA_REFUSALS) and len(rcpts) > 1:
             for _ in rcpts:
-                await super().push(status)
+                await self._send(status)
             return
-        await super().push(status)
+        await self._send(status)
+
+    async def _send(self, status: str) -> None:
+        """aiosmtpd's push (the reply, encoded as it does), but a reply is held while a whole command line
+        already waits in the input (a pipelined group: RSET, MAIL, RCPT..., DATA) and goes out with the next
+        one, as RFC 2920 (3.2) advises: one write and one wake-up of the client per group instead of one per
+        command. Every command is answered, so the held replies leave at the latest with the group's last
+        (DATA's 354; QUIT's 221); a command line not yet complete holds nothing."""
+        line = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii") + b"\r\n"
+        if b"\n" in self._reader._buffer:  # type: ignore[attr-defined]
+            if self._held is None:
+                self._held = bytearray()
+            self._held += line
+            return
+        if self._held:
+            line, self._held = bytes(self._held) + line, None
+        self._writer.write(line)
+        await self._writer.drain()
 
 
 @dataclass

@@ -526,3 +526,33 @@ def test_pipelining_is_offered_and_pipelined_commands_get_their_replies_in_order
     assert store.count("messages") == 2 and store.count("deliveries") == 4
     subjects = [r[0] for r in store.db.execute("SELECT subject FROM messages ORDER BY id")]
     assert [s.split()[:2] for s in subjects] == [["pipelined", "1"], ["pipelined", "2"]]
+
+
+def test_replies_to_a_pipelined_group_leave_together_and_an_incomplete_line_holds_none(server):
+    """Replies to a group of commands already received go out with the group's last reply (RFC 2920 3.2),
+    in order; a command sent alone, or followed only by part of a line, is answered at once (nothing is
+    held waiting for a line that may never end)."""
+    import socket
+
+    store, port = server
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        f = s.makefile("rb")
+
+        def reply() -> bytes:
+            lines = [f.readline()]
+            while lines[-1][3:4] == b"-":
+                lines.append(f.readline())
+            return b"".join(lines)
+
+        assert reply().startswith(b"220")
+        s.sendall(b"LHLO test\r\n")
+        assert b"PIPELINING" in reply()
+        s.sendall(b"MAIL FROM:<bob@example.test>\r\nRCPT TO:<1234@matters.lawfirm.test>")  # RCPT's line unfinished
+        assert reply().startswith(b"250")  # MAIL's reply is not held back by the half line
+        s.sendall(b"\r\nRSET\r\nMAIL FROM:<bob@example.test>\r\nRCPT TO:<1234@matters.lawfirm.test>\r\nDATA\r\n")
+        assert [reply()[:3] for _ in range(5)] == [b"250", b"250", b"250", b"250", b"354"]
+        s.sendall(MSG + b".\r\n")
+        assert reply().startswith(b"250 2.0.0 <1234@matters.lawfirm.test>")
+        s.sendall(b"NOOP\r\nQUIT\r\n")
+        assert [reply()[:3] for _ in range(2)] == [b"250", b"221"]
+    assert store.count("messages") == 1
