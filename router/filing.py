@@ -112,8 +112,8 @@ def _headers(raw: bytes) -> Message:
 
 def _decoded(value: object) -> str:
     text = str(value or "")
-    try:
-        text = str(make_header(decode_header(text)))
+    try:  # (without "=?" there is no encoded word: decode_header returns the text, make_header gives it back)
+        text = str(make_header(decode_header(text))) if "=?" in text else text
     except Exception:
         pass
     return " ".join(text.split())

@@ -163,8 +163,15 @@ class Store:
         return self.messages_dir / SPOOL_DIR
 
     def spool(self) -> BlobWriter:
-        """A temp file in the store for a message being received (see :class:`BlobWriter`)."""
-        return BlobWriter(self.spool_dir)
+        """A temp file in the store for a message being received (see :class:`BlobWriter`). The spool
+        directory is made once per process (an mkdir per message costs a system call), again if removed."""
+        if self.spool_dir not in self._dirs:
+            self.spool_dir.mkdir(parents=True, exist_ok=True)
+            self._dirs.add(self.spool_dir)
+        try:
+            return BlobWriter(self.spool_dir, make_dir=False)
+        except FileNotFoundError:  # the directory was removed since
+            return BlobWriter(self.spool_dir)
 
     def adopt(self, spooled: Spooled, sync_file: bool = True) -> Path:
         """Make a finished :class:`BlobWriter` file the durable blob of its SHA-256 (fsync, rename; the
@@ -227,8 +234,9 @@ class BlobWriter:
 
     _FLUSH = 256 * 1024
 
-    def __init__(self, spool_dir: Path) -> None:
-        spool_dir.mkdir(parents=True, exist_ok=True)
+    def __init__(self, spool_dir: Path, make_dir: bool = True) -> None:
+        if make_dir:
+            spool_dir.mkdir(parents=True, exist_ok=True)
         fd, path = tempfile.mkstemp(dir=spool_dir, prefix=".tmp-", suffix=".eml")
         self.path = Path(path)
         self._file = os.fdopen(fd, "wb")

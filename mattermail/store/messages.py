@@ -54,8 +54,8 @@ def insert_message(store: Store, raw: bytes | None, sha256: str, direction: str 
 
     def h(name: str) -> str:
         value = str(hdr.get(name, "") or "")
-        try:  # RFC 2047 words decoded, so subjects read and search as written
-            value = str(make_header(decode_header(value)))
+        try:  # RFC 2047 words decoded, so subjects read and search as written (none without "=?")
+            value = str(make_header(decode_header(value))) if "=?" in value else value
         except Exception:
             pass
         return " ".join(value.split())[:998]

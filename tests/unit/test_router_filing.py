@@ -265,3 +265,20 @@ def test_route_explain_of_a_recipient(store, tmp_path):
     none = filing.route(msg(frm="x@other.test", extra=""), None, store, cfg)
     assert none.unfiled_reason == "no rule matched" and none.trace[0].startswith("resolution: no catch-all address")
     assert store.count("events") == 0
+
+
+def test_header_text_without_encoded_words_is_taken_as_it_is():
+    """The subject/from text of the messages row and the rules skip RFC 2047 decoding when there is no "=?":
+    what decoding would give for such text is the text itself (random header-like strings: blanks, non-ASCII,
+    8-bit bytes as parsed, "?=" alone), and encoded words are still decoded."""
+    import random
+    from email.header import decode_header, make_header
+
+    rnd = random.Random(14)
+    alphabet = ["a", "Z", " ", "\t", "?", "=", "?=", "é", "\udce9", "\u2028", "(", ")", "\"", ";", "_", "Q"]
+    for _ in range(5000):
+        s = "".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 14)))
+        if "=?" not in s:
+            assert str(make_header(decode_header(s))) == s, repr(s)
+    assert filing._decoded("=?utf-8?q?Gr=C3=BC=C3=9Fe?=  aus  Bonn") == "Grüße aus Bonn"
+    assert filing._decoded("plain  subject\t here") == "plain subject here"

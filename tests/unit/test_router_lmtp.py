@@ -455,3 +455,104 @@ def test_two_routers_on_one_store_file_each_message_once_and_keep_the_chain(stor
     assert report.length == 3 * n and not report.problems, report.problems
     for st in stores:
         st.close()
+
+
+def test_the_fast_address_parse_gives_what_aiosmtpd_gives():
+    """MatterLMTP._getaddr's fast path (plain <local@domain>) and aiosmtpd's email-header parser agree on
+    every MAIL FROM / RCPT TO argument, the usual ones and odd ones (which the fast path hands over)."""
+    import random
+
+    from aiosmtpd.smtp import SMTP
+
+    from mattermail.router.lmtp import MatterLMTP
+
+    ours, theirs = MatterLMTP(object()), SMTP(object())
+    args = ["<bob@example.test>", "<>", "<1234@matters.lawfirm.test> ORCPT=rfc822;1234@matters.lawfirm.test",
+            "<bob@example.test> SIZE=4200 BODY=8BITMIME", "<SRS0=HHH=TT=example.org=bob@lawfirm.test>",
+            "<capture+r1.mac@matters.lawfirm.test>", "<a.b@c>  \t SIZE=1", "<a@b> (comment) SIZE=1", "<a@b>SIZE=1",
+            "<a..b@c>", "<.a@c>", "<a.@c>", '<"a b"@c>', "<a@[127.0.0.1]>", "<a@b.>", "<a@-b.c>", "bob@example.test",
+            " <a@b>", "<a@b", "<@a,@b:c@d>", "<ü@b>", "<a@b>\u2003SIZE=1", "<a@b> \u00a0(x) y", "", "<a@b>\t"]
+    rnd = random.Random(14)
+    chars = "ab.@<>()\" \t-+=_[]:;,\\1"
+    args += ["<" + "".join(rnd.choice(chars) for _ in range(rnd.randint(0, 12))) for _ in range(5000)]
+
+    def parse(server, arg):
+        try:
+            return server._getaddr(arg)
+        except Exception as e:  # the email parser's IndexError on some broken ones: the same either way
+            return type(e)
+
+    for arg in args:
+        assert parse(ours, arg) == parse(theirs, arg), repr(arg)
+    assert ours._getaddr("<bob@example.test> SIZE=4200") == ("bob@example.test", "SIZE=4200")
+    ours.local_part_limit = theirs.local_part_limit = 3
+    for arg in ("<abc@d>", "<abcd@e> X=1", "<a.bc@d>"):
+        assert parse(ours, arg) == parse(theirs, arg), repr(arg)
+
+
+def test_the_long_line_check_finds_what_splitting_into_lines_finds():
+    """DATA's line-length check (a window at a time) says what max(len(line)) + 2 > limit over the block's
+    CRLF-split lines says, for random blocks of letters, CRs and LFs and limits around their line lengths."""
+    import random
+
+    from mattermail.router.lmtp import _has_long_line
+
+    rnd = random.Random(14)
+    for _ in range(20_000):
+        block = bytes(rnd.choice(b"ab\r\n\r\n") for _ in range(rnd.randint(0, 40)))
+        limit = rnd.randint(2, 12)
+        assert _has_long_line(block, limit) == (max(map(len, block.split(b"\r\n"))) + 2 > limit), (block, limit)
+    lines = b"".join(b"%dX%s\r\n" % (i, b"X" * 77) for i in range(1300))
+    assert not _has_long_line(lines, 1001)
+    assert _has_long_line(lines + b"Y" * 1000 + b"\r\n", 1001) and not _has_long_line(lines + b"Y" * 999 + b"\r\n", 1001)
+
+
+def test_pipelining_is_offered_and_pipelined_commands_get_their_replies_in_order(server):
+    """LHLO offers PIPELINING (RFC 2033); a client that sends RSET, MAIL, both RCPTs and DATA in one write,
+    as Postfix's LMTP client then does, gets each reply in order, and the message is filed for both."""
+    store, port = server
+    with smtplib.LMTP("127.0.0.1", port) as c:
+        code, text = c.ehlo()
+        assert code == 250 and c.has_extn("pipelining")
+        for n in (1, 2):
+            body = MSG.replace(b"Subject: ", b"Subject: pipelined %d " % n)
+            c.send(b"RSET\r\nMAIL FROM:<bob@example.test> BODY=8BITMIME\r\nRCPT TO:<1234@matters.lawfirm.test>\r\n"
+                   b"RCPT TO:<alice+5@matters.lawfirm.test>\r\nDATA\r\n")
+            assert [c.getreply()[0] for _ in range(5)] == [250, 250, 250, 250, 354]
+            c.send(body + b".\r\n")
+            replies = [c.getreply() for _ in range(2)]
+            assert [code for code, _ in replies] == [250, 250]
+            assert b"<1234@matters.lawfirm.test>" in replies[0][1] and b"<alice+5@" in replies[1][1]
+    assert store.count("messages") == 2 and store.count("deliveries") == 4
+    subjects = [r[0] for r in store.db.execute("SELECT subject FROM messages ORDER BY id")]
+    assert [s.split()[:2] for s in subjects] == [["pipelined", "1"], ["pipelined", "2"]]
+
+
+def test_replies_to_a_pipelined_group_leave_together_and_an_incomplete_line_holds_none(server):
+    """Replies to a group of commands already received go out with the group's last reply (RFC 2920 3.2),
+    in order; a command sent alone, or followed only by part of a line, is answered at once (nothing is
+    held waiting for a line that may never end)."""
+    import socket
+
+    store, port = server
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        f = s.makefile("rb")
+
+        def reply() -> bytes:
+            lines = [f.readline()]
+            while lines[-1][3:4] == b"-":
+                lines.append(f.readline())
+            return b"".join(lines)
+
+        assert reply().startswith(b"220")
+        s.sendall(b"LHLO test\r\n")
+        assert b"PIPELINING" in reply()
+        s.sendall(b"MAIL FROM:<bob@example.test>\r\nRCPT TO:<1234@matters.lawfirm.test>")  # RCPT's line unfinished
+        assert reply().startswith(b"250")  # MAIL's reply is not held back by the half line
+        s.sendall(b"\r\nRSET\r\nMAIL FROM:<bob@example.test>\r\nRCPT TO:<1234@matters.lawfirm.test>\r\nDATA\r\n")
+        assert [reply()[:3] for _ in range(5)] == [b"250", b"250", b"250", b"250", b"354"]
+        s.sendall(MSG + b".\r\n")
+        assert reply().startswith(b"250 2.0.0 <1234@matters.lawfirm.test>")
+        s.sendall(b"NOOP\r\nQUIT\r\n")
+        assert [reply()[:3] for _ in range(2)] == [b"250", b"221"]
+    assert store.count("messages") == 1

@@ -92,3 +92,27 @@ def test_a_large_attachment_is_neither_parsed_nor_decoded_for_the_index():
         tracemalloc.stop()
     assert found == "The figures are attached.", found
     assert peak < 12 * text.MAX_SCAN, f"{peak / 1e6:.1f} MB for a {len(raw) / 1e6:.1f} MB message"
+
+
+def test_whitespace_is_tidied_as_the_two_regular_expressions_define_it():
+    """_tidy (fast: literal-led patterns) gives exactly what its definition in two re.sub calls gives, so the
+    stored body text and the search index are what they were: random strings of the characters that matter
+    (every kind of blank, line ends, other whitespace str.strip removes), and mail-like text."""
+    import random
+    import re
+
+    from mattermail.router.text import _tidy
+
+    def defined(text: str) -> str:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+        text = re.sub(r"[ \t\f\v\u00a0]+", " ", text)
+        return re.sub(r" ?\n[ \n]*\n", "\n\n", text).strip()
+
+    alphabet = [" ", " ", "\t", "\f", "\v", "\u00a0", "\n", "\n", "\r", "a", "é", "\x1c", "\u2028", "\x85"]
+    rnd = random.Random(14)
+    for _ in range(50_000):
+        s = "".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 16)))
+        assert _tidy(s) == defined(s), repr(s)
+    mail = "Dear Bob,  \r\n\r\n \tthe contract\u00a0is attached. \r\n \r\n\r\n> quoted \r\nKind regards\r\n \r\n"
+    assert _tidy(mail * 50) == defined(mail * 50)
+    assert _tidy(mail) == "Dear Bob,\n\n the contract is attached.\n\n> quoted \nKind regards"

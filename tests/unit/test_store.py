@@ -195,6 +195,21 @@ def test_blob_directory_removed_under_a_running_store(store):
     assert path2.parent == path.parent and path2.read_bytes() == raw
 
 
+def test_spool_directory_removed_under_a_running_store(store):
+    """The spool directory is made once per process; removed since, the next message's spool file makes it
+    again, and the message is stored."""
+    import shutil
+
+    first = store.spool()
+    first.write(b"Subject: one\r\n\r\nfirst\r\n")
+    store.adopt(first.finish())
+    shutil.rmtree(store.spool_dir)
+    second = store.spool()
+    second.write(b"Subject: two\r\n\r\nsecond\r\n")
+    spooled = second.finish()
+    assert store.adopt(spooled).read_bytes() == b"Subject: two\r\n\r\nsecond\r\n"
+
+
 def test_migration_5_marks_planted_outbound_records_unverified(tmp_path, monkeypatch):
     """Rows a store of schema 4 recorded as outbound without a verified capture become inbound, unverified."""
     n = [i for i, fn in enumerate(storemod.MIGRATIONS, 1) if fn.__name__ == "_m005_capture_verification"]
