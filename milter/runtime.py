@@ -3,8 +3,11 @@
 One instance per daemon. Lookups go through a single store connection behind
 a lock (libmilter runs each SMTP session in its own thread). Disclaimers are
 re-read when the store changes (SQLite's ``data_version``), so
-``mattermailctl disclaimer set`` takes effect without a restart; DKIM keys are
-re-read when a file in the keys directory changes.
+``mattermailctl disclaimer set`` takes effect without a restart; on SQLite the
+users' addresses (the sender check, two-way capture) are kept in memory the
+same way, re-read when ``data_version`` moves (on PostgreSQL, where it moves
+with every transaction, our own envelope records included, they are asked
+per message); DKIM keys are re-read when a file in the keys directory changes.
 
 A store that fails (damaged, locked, unreadable; a PostgreSQL server that is
 down) raises ``StoreError`` to the caller, which defers the message (451); the
@@ -22,7 +25,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -68,6 +71,9 @@ class Runtime:
         self._store: storemod.Store | None = None
         self._disclaimers: list[storemod.DisclaimerRow] = []
         self._disclaimers_version: int | None = None
+        self._users: dict[str, frozenset[str]] = {}  # SQLite: login -> its addresses (see _users_now)
+        self._user_addresses: frozenset[str] = frozenset()
+        self._users_version: int | None = None
         self._keys: dict[str, list[dkimkeys.SigningKey]] = {}
         self._keys_stamp: tuple | None = None
         self._keys_checked = 0.0
@@ -99,6 +105,7 @@ class Runtime:
         store, self._store = self._store, None
         # data_version counts per connection: a new one may repeat the old value, so the cache goes too
         self._disclaimers, self._disclaimers_version = [], None
+        self._users, self._user_addresses, self._users_version = {}, frozenset(), None
         if store is not None:
             try:
                 store.close()
@@ -126,12 +133,40 @@ class Runtime:
                         raise
         raise AssertionError("unreachable")
 
+    def _users_now(self, store: storemod.Store) -> bool:
+        """SQLite: bring the in-memory users up to date (one ``PRAGMA data_version``, a re-read only when
+        another connection committed); False on PostgreSQL, where the caller asks the database."""
+        if store.engine != "sqlite":
+            return False
+        version = storemod.data_version(store)
+        if version != self._users_version:
+            users = storemod.list_users(store)
+            self._users = {u.login: frozenset(u.addresses) for u in users}
+            self._user_addresses = frozenset(a for u in users for a in u.addresses)
+            self._users_version = version
+        return True
+
     def owned_addresses(self, login: str) -> set[str]:
-        return self._locked("sender look-up", lambda store: storemod.owned_addresses(store, login))
+        def owned(store: storemod.Store) -> set[str]:
+            if self._users_now(store):
+                return set(self._users.get(storemod.normalise_address(login), ()))
+            return storemod.owned_addresses(store, login)
+
+        return self._locked("sender look-up", owned)
 
     def is_user_address(self, address: str) -> bool:
         """Whether a login owns ``address`` (two-way capture: inbound mail to the firm's users)."""
-        return self._locked("user look-up", lambda store: storemod.is_user_address(store, address))
+        return self.any_user_address((address,))
+
+    def any_user_address(self, addresses: Sequence[str]) -> bool:
+        """Whether a login owns one of ``addresses`` (one look-up for a message's recipients)."""
+        def known(store: storemod.Store) -> bool:
+            if self._users_now(store):
+                users = self._user_addresses
+                return any(storemod.normalise_address(a) in users for a in addresses)
+            return any(storemod.is_user_address(store, a) for a in addresses)
+
+        return self._locked("user look-up", known)
 
     def disclaimer_for(self, sender: str) -> storemod.DisclaimerRow | None:
         def current(store: storemod.Store) -> list[storemod.DisclaimerRow]:

@@ -71,7 +71,7 @@ def inbound_copy(rt: Runtime, queue_id: str, mail_from: str, recipients: Sequenc
     if any(_domain(r) in catchall for r in recipients):
         return Copy()  # the router gets this delivery itself
     try:
-        if not any(rt.is_user_address(r) for r in recipients):
+        if not rt.any_user_address(recipients):
             return Copy()
         why = system_mail(mail_from, headers) or capture.excluded(mail_from, recipients, rt.exclude_senders,
                                                                    rt.exclude_recipients)
