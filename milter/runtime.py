@@ -98,6 +98,9 @@ class Runtime:
             # (fsynced) queue, and the router files it from its headers, logging missing-envelope.
             self._store = storemod.Store(self.config.store.location, self.config.store.messages_dir,
                                          durable=False)
+            # Remember the WAL file now (opening read the database: it exists), so that a replacement
+            # made before the next look-up is noticed even when one look-up serves a whole message.
+            self._store.replaced()
         return self._store
 
     def _forget_store(self) -> None:
@@ -133,12 +136,14 @@ class Runtime:
                         raise
         raise AssertionError("unreachable")
 
-    def _users_now(self, store: storemod.Store) -> bool:
-        """SQLite: bring the in-memory users up to date (one ``PRAGMA data_version``, a re-read only when
-        another connection committed); False on PostgreSQL, where the caller asks the database."""
+    def _users_now(self, store: storemod.Store, version: int | None = None) -> bool:
+        """SQLite: bring the in-memory users up to date (one ``PRAGMA data_version``, or ``version`` when
+        the caller read it; a re-read only when another connection committed); False on PostgreSQL,
+        where the caller asks the database."""
         if store.engine != "sqlite":
             return False
-        version = storemod.data_version(store)
+        if version is None:
+            version = storemod.data_version(store)
         if version != self._users_version:
             users = storemod.list_users(store)
             self._users = {u.login: frozenset(u.addresses) for u in users}
@@ -146,13 +151,21 @@ class Runtime:
             self._users_version = version
         return True
 
-    def owned_addresses(self, login: str) -> set[str]:
-        def owned(store: storemod.Store) -> set[str]:
-            if self._users_now(store):
-                return set(self._users.get(storemod.normalise_address(login), ()))
-            return storemod.owned_addresses(store, login)
+    def _owned(self, store: storemod.Store, login: str, version: int | None = None) -> set[str]:
+        if self._users_now(store, version):
+            return set(self._users.get(storemod.normalise_address(login), ()))
+        return storemod.owned_addresses(store, login)
 
-        return self._locked("sender look-up", owned)
+    def _disclaimers_now(self, store: storemod.Store, version: int | None = None) -> list[storemod.DisclaimerRow]:
+        if version is None:
+            version = storemod.data_version(store)
+        if version != self._disclaimers_version:
+            self._disclaimers = storemod.list_disclaimers(store)
+            self._disclaimers_version = version
+        return self._disclaimers
+
+    def owned_addresses(self, login: str) -> set[str]:
+        return self._locked("sender look-up", lambda store: self._owned(store, login))
 
     def is_user_address(self, address: str) -> bool:
         """Whether a login owns ``address`` (two-way capture: inbound mail to the firm's users)."""
@@ -169,14 +182,17 @@ class Runtime:
         return self._locked("user look-up", known)
 
     def disclaimer_for(self, sender: str) -> storemod.DisclaimerRow | None:
-        def current(store: storemod.Store) -> list[storemod.DisclaimerRow]:
-            version = storemod.data_version(store)
-            if version != self._disclaimers_version:
-                self._disclaimers = storemod.list_disclaimers(store)
-                self._disclaimers_version = version
-            return self._disclaimers
+        return storemod.disclaimer_for(self._locked("disclaimer look-up", self._disclaimers_now), sender)
 
-        return storemod.disclaimer_for(self._locked("disclaimer look-up", current), sender)
+    def sender_lookups(self, login: str, author: str) -> tuple[set[str], storemod.DisclaimerRow | None]:
+        """:meth:`owned_addresses` and :meth:`disclaimer_for` in one look-up (one store check, one
+        ``data_version``): an authenticated submission needs both."""
+        def both(store: storemod.Store) -> tuple[set[str], list[storemod.DisclaimerRow]]:
+            version = storemod.data_version(store)
+            return self._owned(store, login, version), self._disclaimers_now(store, version)
+
+        owned, rows = self._locked("sender look-up", both)
+        return owned, storemod.disclaimer_for(rows, author)
 
     def record_envelope(self, env: storemod.EnvelopeRecord) -> None:
         self._locked("envelope record", lambda store: storemod.record_envelope(store, env))
