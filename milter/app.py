@@ -19,7 +19,10 @@ the commands.
 from __future__ import annotations
 
 import logging
+import os
 import socket
+import threading
+import time
 from dataclasses import dataclass, field
 from functools import wraps
 from typing import Any, Callable
@@ -96,11 +99,33 @@ def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
 _NOREPLY, _CONTINUE = Milter.NOREPLY, Milter.CONTINUE
 
 
+_RECORDS: dict[int, dict[str, Any]] = {}  # per level: a record's fields that do not change (see _record)
+
+
+def _record(level: int, text: str) -> logging.LogRecord:
+    """What ``log.makeRecord`` makes, from a copy of the fields of a first record made by it: the
+    constant ones (names, level, no args, no exc_info) copied at once, the rest set per line."""
+    fields = _RECORDS.get(level)
+    if fields is None:
+        first = log.makeRecord(log.name, level, "(unknown file)", 0, "", None, None)
+        fields = _RECORDS[level] = dict(vars(first), _relative_base=first.created - first.relativeCreated / 1000)
+    rec = logging.LogRecord.__new__(logging.LogRecord)
+    d = rec.__dict__
+    d.update(fields)
+    del d["_relative_base"]
+    now = time.time()
+    d["msg"], d["created"], d["msecs"] = text, now, int((now - int(now)) * 1000) + 0.0
+    d["relativeCreated"] = (now - fields["_relative_base"]) * 1000
+    d["thread"], d["threadName"], d["process"] = threading.get_ident(), threading.current_thread().name, os.getpid()
+    return rec
+
+
 def _log_line(level: int, queue_id: str, text: str) -> None:
     """The line ``QueueIdAdapter`` would write (``QUEUEID: text``), through the same handlers,
-    without logging's caller lookup (a walk up the stack, per message) or %-formatting."""
+    without logging's caller lookup (a walk up the stack, per message), %-formatting or the
+    set-up of a record's constant fields."""
     if log.isEnabledFor(level):
-        log.handle(log.makeRecord(log.name, level, "(unknown file)", 0, f"{queue_id or 'NOQUEUE'}: {text}", None, None))
+        log.handle(_record(level, f"{queue_id or 'NOQUEUE'}: {text}"))
 
 
 def _chunks(pieces: Any, size: int) -> Any:
