@@ -13,7 +13,8 @@ The callbacks Postfix makes several times per message (one per recipient,
 header field and body chunk) are taken at pymilter's byte-level entry points
 (``envrcpt_bytes``, ``header_bytes``, ``body``) without the decorator layers:
 each is a Python call under the GIL per milter command, and they are most of
-the commands.
+the commands. Header values are kept as bytes until the body starts (or the
+message ends) and decoded then, all in one pass.
 """
 
 from __future__ import annotations
@@ -58,14 +59,25 @@ class Message:
     failed: bool = False
     way: Direction = Direction.INBOUND
     spf: inbound.SPFResult | None = None
-    headers: list[tuple[str, str]] = field(default_factory=list)
+    # The header fields in order; values arrive as bytes (header_bytes) and are decoded together, once,
+    # when the body starts or at end of message (decode_headers); str from header().
+    headers: list[tuple[str, Any]] = field(default_factory=list)
+    headers_decoded: bool = False
     spool: MessageSpool = field(default_factory=MessageSpool)
     body_offset: int = -1  # where the body starts in the spool, once the header block is written
     lines: LineScan = field(default_factory=LineScan)  # outbound: the body's lines over 998 octets
     raw: bytes | None = field(default=None, repr=False)  # inbound: the whole message, once read (read_all)
 
+    def decode_headers(self) -> None:
+        """Header values as str (``surrogateescape``: a raw byte survives, as pymilter's decoding)."""
+        if not self.headers_decoded:
+            self.headers = [(n, v.decode("utf-8", "surrogateescape") if v.__class__ is bytes else v)
+                            for n, v in self.headers]
+            self.headers_decoded = True
+
     def start_body(self) -> None:
         if self.body_offset < 0:
+            self.decode_headers()
             self.spool.write(outbound.header_block(self.headers))
             self.body_offset = self.spool.size
 
@@ -246,7 +258,7 @@ class MatterMilter(Milter.Base):
         msg = self.msg
         if msg is not None:
             try:
-                msg.headers.append((name, value.decode("utf-8", "surrogateescape")))
+                msg.headers.append((name, value))  # decoded with the others (Message.decode_headers)
             except Exception:
                 self._passive_failed("header")
         return _NOREPLY if self._protocol & Milter.P_NR_HDR else _CONTINUE
@@ -275,6 +287,7 @@ class MatterMilter(Milter.Base):
         if msg.failed:
             qlog.warning("verdict=tempfail reason=earlier callback failed")
             return self.tempfail()
+        msg.decode_headers()
         summary = (f"{msg.way.value} from=<{msg.mail_from}> nrcpt={len(msg.recipients)} "
                    f"client={self.client_ip or 'local'}"
                    + (f" sasl_username={msg.auth_authen}" if msg.auth_authen else ""))
