@@ -190,29 +190,49 @@ class MatterMilter(Milter.Base):
         self.setreply("451", "4.3.0", TEMPFAIL_TEXT)
         return Milter.TEMPFAIL
 
-    @Milter.noreply
-    @_guard
+    # connect, hello and MAIL FROM come once per connection or message: written out as @Milter.noreply
+    # and _guard would make them (a failure logged and kept for eom, CONTINUE or NOREPLY as
+    # negotiated), without their two wrapper calls each.
     def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
-        if family in (socket.AF_INET, socket.AF_INET6) and hostaddr:
-            self.client_ip = hostaddr if isinstance(hostaddr, str) else hostaddr[0]
-        return Milter.CONTINUE
+        try:
+            if family in (socket.AF_INET, socket.AF_INET6) and hostaddr:
+                self.client_ip = hostaddr if isinstance(hostaddr, str) else hostaddr[0]
+        except Exception:
+            self._passive_failed("connect")
+        return _NOREPLY if self._protocol & Milter.P_NR_CONN else _CONTINUE
 
-    @Milter.noreply
-    @_guard
+    connect.milter_protocol = Milter.P_NR_CONN  # as @Milter.noreply would set
+
     def hello(self, name: str) -> int:
         self.helo = name
-        return Milter.CONTINUE
+        return _NOREPLY if self._protocol & Milter.P_NR_HELO else _CONTINUE
 
-    @Milter.noreply
-    @_guard
+    hello.milter_protocol = Milter.P_NR_HELO
+
     def envfrom(self, mail_from: str, *params: str) -> int:
+        try:
+            self._start(mail_from)
+        except Exception:
+            self._passive_failed("envfrom")
+        return _NOREPLY if self._protocol & Milter.P_NR_MAIL else _CONTINUE
+
+    envfrom.milter_protocol = Milter.P_NR_MAIL
+
+    def envfrom_bytes(self, mail_from: bytes, *params: bytes) -> int:
+        """What libmilter calls (pymilter's own decodes every parameter, then calls envfrom)."""
+        try:
+            self._start(mail_from.decode("utf-8", "surrogateescape"))
+        except Exception:
+            self._passive_failed("envfrom")
+        return _NOREPLY if self._protocol & Milter.P_NR_MAIL else _CONTINUE
+
+    def _start(self, mail_from: str) -> None:
         self._discard()
         self.msg = msg = Message(mail_from=mail_from.strip("<>"), auth_authen=self.getsymval("{auth_authen}"))
         msg.way = direction(msg.auth_authen, self.client_ip, self.runtime.trusted)
         if msg.way is Direction.INBOUND:  # SPF at MAIL FROM time; acted on at end of message
             msg.spf = inbound.check_spf(self.runtime.resolver, self.client_ip or "", msg.mail_from, self.helo,
                                         self.runtime.config.inbound.spf_timeout)
-        return Milter.CONTINUE
 
     def envrcpt(self, rcpt: str, *params: str) -> int:
         """Answered (not no-reply): a client naming the capture address is refused here, at RCPT."""
