@@ -1,13 +1,13 @@
 """What every milter connection shares: config, read-only lookups, keys, secrets.
 
 One instance per daemon. Lookups go through a single store connection behind
-a lock (libmilter runs each SMTP session in its own thread). Disclaimers are
-re-read when the store changes (SQLite's ``data_version``), so
-``mattermailctl disclaimer set`` takes effect without a restart; on SQLite the
-users' addresses (the sender check, two-way capture) are kept in memory the
-same way, re-read when ``data_version`` moves (on PostgreSQL, where it moves
-with every transaction, our own envelope records included, they are asked
-per message); DKIM keys are re-read when a file in the keys directory changes.
+a lock (libmilter runs each SMTP session in its own thread). On SQLite the
+disclaimers and the users' addresses (the sender check, two-way capture) are
+kept in memory and re-read when the store changes (SQLite's ``data_version``),
+so ``mattermailctl disclaimer set`` or ``user add`` takes effect without a
+restart; on PostgreSQL, whose stand-in for data_version moves with every
+transaction (our own envelope records included), they are read per look-up.
+DKIM keys are re-read when a file in the keys directory changes.
 
 A store that fails (damaged, locked, unreadable; a PostgreSQL server that is
 down) raises ``StoreError`` to the caller, which defers the message (451); the
@@ -157,6 +157,11 @@ class Runtime:
         return storemod.owned_addresses(store, login)
 
     def _disclaimers_now(self, store: storemod.Store, version: int | None = None) -> list[storemod.DisclaimerRow]:
+        """The disclaimers; on SQLite re-read only when ``data_version`` moved. On PostgreSQL they are
+        read per look-up: its stand-in for data_version (the snapshot's xmax) moves with every
+        transaction, our own envelope records included, so checking it first cost a round trip more."""
+        if store.engine != "sqlite":
+            return storemod.list_disclaimers(store)
         if version is None:
             version = storemod.data_version(store)
         if version != self._disclaimers_version:
@@ -188,7 +193,7 @@ class Runtime:
         """:meth:`owned_addresses` and :meth:`disclaimer_for` in one look-up (one store check, one
         ``data_version``): an authenticated submission needs both."""
         def both(store: storemod.Store) -> tuple[set[str], list[storemod.DisclaimerRow]]:
-            version = storemod.data_version(store)
+            version = storemod.data_version(store) if store.engine == "sqlite" else None
             return self._owned(store, login, version), self._disclaimers_now(store, version)
 
         owned, rows = self._locked("sender look-up", both)
