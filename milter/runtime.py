@@ -67,6 +67,7 @@ class Runtime:
         # RCPT TO the capture address is refused (only the milter's addrcpt adds it): a recipient
         # that does not contain the capture domain at all skips the full check.
         self.capture_domain = cfg.capture.address.rpartition("@")[2].lower().rstrip(".").encode() or None
+        self.catchall_domains = frozenset(d.lower().rstrip(".") for d in cfg.general.catchall_domains)
         self._lock = threading.Lock()
         self._store: storemod.Store | None = None
         self._disclaimers: list[storemod.DisclaimerRow] = []
