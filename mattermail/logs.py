@@ -32,6 +32,17 @@ class PostfixStyle(logging.Formatter):
         self.progname = progname
         self.timestamps = timestamps
         self.tag = tag
+        self._second: tuple[int, str] = (-1, "")  # the last whole second formatted, and its text
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """As logging's, made once per second (the stamp has no fraction): a busy daemon's lines
+        share it."""
+        second, text = self._second
+        if datefmt != self.datefmt or int(record.created) != second:
+            text = super().formatTime(record, datefmt)
+            if datefmt == self.datefmt:
+                self._second = (int(record.created), text)
+        return text
 
     def format(self, record: logging.LogRecord) -> str:
         text = _PREFIX.get(record.levelno, "") + record.getMessage()

@@ -13,13 +13,17 @@ The callbacks Postfix makes several times per message (one per recipient,
 header field and body chunk) are taken at pymilter's byte-level entry points
 (``envrcpt_bytes``, ``header_bytes``, ``body``) without the decorator layers:
 each is a Python call under the GIL per milter command, and they are most of
-the commands.
+the commands. Header values are kept as bytes until the body starts (or the
+message ends) and decoded then, all in one pass.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import socket
+import threading
+import time
 from dataclasses import dataclass, field
 from functools import wraps
 from typing import Any, Callable
@@ -55,14 +59,25 @@ class Message:
     failed: bool = False
     way: Direction = Direction.INBOUND
     spf: inbound.SPFResult | None = None
-    headers: list[tuple[str, str]] = field(default_factory=list)
+    # The header fields in order; values arrive as bytes (header_bytes) and are decoded together, once,
+    # when the body starts or at end of message (decode_headers); str from header().
+    headers: list[tuple[str, Any]] = field(default_factory=list)
+    headers_decoded: bool = False
     spool: MessageSpool = field(default_factory=MessageSpool)
     body_offset: int = -1  # where the body starts in the spool, once the header block is written
     lines: LineScan = field(default_factory=LineScan)  # outbound: the body's lines over 998 octets
     raw: bytes | None = field(default=None, repr=False)  # inbound: the whole message, once read (read_all)
 
+    def decode_headers(self) -> None:
+        """Header values as str (``surrogateescape``: a raw byte survives, as pymilter's decoding)."""
+        if not self.headers_decoded:
+            self.headers = [(n, v.decode("utf-8", "surrogateescape") if v.__class__ is bytes else v)
+                            for n, v in self.headers]
+            self.headers_decoded = True
+
     def start_body(self) -> None:
         if self.body_offset < 0:
+            self.decode_headers()
             self.spool.write(outbound.header_block(self.headers))
             self.body_offset = self.spool.size
 
@@ -96,11 +111,33 @@ def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
 _NOREPLY, _CONTINUE = Milter.NOREPLY, Milter.CONTINUE
 
 
+_RECORDS: dict[int, dict[str, Any]] = {}  # per level: a record's fields that do not change (see _record)
+
+
+def _record(level: int, text: str) -> logging.LogRecord:
+    """What ``log.makeRecord`` makes, from a copy of the fields of a first record made by it: the
+    constant ones (names, level, no args, no exc_info) copied at once, the rest set per line."""
+    fields = _RECORDS.get(level)
+    if fields is None:
+        first = log.makeRecord(log.name, level, "(unknown file)", 0, "", None, None)
+        fields = _RECORDS[level] = dict(vars(first), _relative_base=first.created - first.relativeCreated / 1000)
+    rec = logging.LogRecord.__new__(logging.LogRecord)
+    d = rec.__dict__
+    d.update(fields)
+    del d["_relative_base"]
+    now = time.time()
+    d["msg"], d["created"], d["msecs"] = text, now, int((now - int(now)) * 1000) + 0.0
+    d["relativeCreated"] = (now - fields["_relative_base"]) * 1000
+    d["thread"], d["threadName"], d["process"] = threading.get_ident(), threading.current_thread().name, os.getpid()
+    return rec
+
+
 def _log_line(level: int, queue_id: str, text: str) -> None:
     """The line ``QueueIdAdapter`` would write (``QUEUEID: text``), through the same handlers,
-    without logging's caller lookup (a walk up the stack, per message) or %-formatting."""
+    without logging's caller lookup (a walk up the stack, per message), %-formatting or the
+    set-up of a record's constant fields."""
     if log.isEnabledFor(level):
-        log.handle(log.makeRecord(log.name, level, "(unknown file)", 0, f"{queue_id or 'NOQUEUE'}: {text}", None, None))
+        log.handle(_record(level, f"{queue_id or 'NOQUEUE'}: {text}"))
 
 
 def _chunks(pieces: Any, size: int) -> Any:
@@ -153,29 +190,49 @@ class MatterMilter(Milter.Base):
         self.setreply("451", "4.3.0", TEMPFAIL_TEXT)
         return Milter.TEMPFAIL
 
-    @Milter.noreply
-    @_guard
+    # connect, hello and MAIL FROM come once per connection or message: written out as @Milter.noreply
+    # and _guard would make them (a failure logged and kept for eom, CONTINUE or NOREPLY as
+    # negotiated), without their two wrapper calls each.
     def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
-        if family in (socket.AF_INET, socket.AF_INET6) and hostaddr:
-            self.client_ip = hostaddr if isinstance(hostaddr, str) else hostaddr[0]
-        return Milter.CONTINUE
+        try:
+            if family in (socket.AF_INET, socket.AF_INET6) and hostaddr:
+                self.client_ip = hostaddr if isinstance(hostaddr, str) else hostaddr[0]
+        except Exception:
+            self._passive_failed("connect")
+        return _NOREPLY if self._protocol & Milter.P_NR_CONN else _CONTINUE
 
-    @Milter.noreply
-    @_guard
+    connect.milter_protocol = Milter.P_NR_CONN  # as @Milter.noreply would set
+
     def hello(self, name: str) -> int:
         self.helo = name
-        return Milter.CONTINUE
+        return _NOREPLY if self._protocol & Milter.P_NR_HELO else _CONTINUE
 
-    @Milter.noreply
-    @_guard
+    hello.milter_protocol = Milter.P_NR_HELO
+
     def envfrom(self, mail_from: str, *params: str) -> int:
+        try:
+            self._start(mail_from)
+        except Exception:
+            self._passive_failed("envfrom")
+        return _NOREPLY if self._protocol & Milter.P_NR_MAIL else _CONTINUE
+
+    envfrom.milter_protocol = Milter.P_NR_MAIL
+
+    def envfrom_bytes(self, mail_from: bytes, *params: bytes) -> int:
+        """What libmilter calls (pymilter's own decodes every parameter, then calls envfrom)."""
+        try:
+            self._start(mail_from.decode("utf-8", "surrogateescape"))
+        except Exception:
+            self._passive_failed("envfrom")
+        return _NOREPLY if self._protocol & Milter.P_NR_MAIL else _CONTINUE
+
+    def _start(self, mail_from: str) -> None:
         self._discard()
         self.msg = msg = Message(mail_from=mail_from.strip("<>"), auth_authen=self.getsymval("{auth_authen}"))
         msg.way = direction(msg.auth_authen, self.client_ip, self.runtime.trusted)
         if msg.way is Direction.INBOUND:  # SPF at MAIL FROM time; acted on at end of message
             msg.spf = inbound.check_spf(self.runtime.resolver, self.client_ip or "", msg.mail_from, self.helo,
                                         self.runtime.config.inbound.spf_timeout)
-        return Milter.CONTINUE
 
     def envrcpt(self, rcpt: str, *params: str) -> int:
         """Answered (not no-reply): a client naming the capture address is refused here, at RCPT."""
@@ -221,7 +278,7 @@ class MatterMilter(Milter.Base):
         msg = self.msg
         if msg is not None:
             try:
-                msg.headers.append((name, value.decode("utf-8", "surrogateescape")))
+                msg.headers.append((name, value))  # decoded with the others (Message.decode_headers)
             except Exception:
                 self._passive_failed("header")
         return _NOREPLY if self._protocol & Milter.P_NR_HDR else _CONTINUE
@@ -250,6 +307,7 @@ class MatterMilter(Milter.Base):
         if msg.failed:
             qlog.warning("verdict=tempfail reason=earlier callback failed")
             return self.tempfail()
+        msg.decode_headers()
         summary = (f"{msg.way.value} from=<{msg.mail_from}> nrcpt={len(msg.recipients)} "
                    f"client={self.client_ip or 'local'}"
                    + (f" sasl_username={msg.auth_authen}" if msg.auth_authen else ""))

@@ -323,7 +323,8 @@ def evaluate(msg: InboundMessage, spf: SPFResult, settings: InboundSettings, res
             dmarc.result == "fail" or (spoof and policy.display_name_spoof == "reject")):
         arc = check_arc(raw, resolver, settings.trusted_arc_authserv_ids)
         forwarder = bool(arc.trusted)
-    decision = decide(spf, dmarc, replace(policy, trusted_forwarder=forwarder), spoof)
+    decision = decide(spf, dmarc, policy if policy.trusted_forwarder == forwarder
+                      else replace(policy, trusted_forwarder=forwarder), spoof)
     if early is not None:  # invalid_from = "tag": the verdict says so
         decision = replace(decision, action="tag" if decision.action == "accept" else decision.action,
                            reason=f"{early.reason}; {decision.reason}")

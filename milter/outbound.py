@@ -27,7 +27,7 @@ from mattermail.milter.disclaimer import Disclaimer, apply_edits, plan, segments
 from mattermail.milter.authresults import strip_our_results
 from mattermail.milter.longlines import LineScan, fold_header, fold_points, insert_folds
 from mattermail.milter.runtime import Runtime
-from mattermail.store import EnvelopeRecord, StoreError
+from mattermail.store import DisclaimerRow, EnvelopeRecord, StoreError
 
 log = logging.getLogger("mattermail.milter.outbound")
 
@@ -131,10 +131,13 @@ def first_mailbox(sub: Submission) -> str:
 def process(sub: Submission, rt: Runtime) -> Outcome:
     out = Outcome()
     cfg = rt.config
+    author = first_mailbox(sub)
+    row: DisclaimerRow | None = None
 
-    # 1. Sender ownership.
+    # 1. Sender ownership (its look-up brings the disclaimer's: one store check, not two).
     if sub.login:
-        verdict = senderpolicy.check(sub.login, rt.owned_addresses(sub.login), sub.mail_from,
+        owned, row = rt.sender_lookups(sub.login, author)
+        verdict = senderpolicy.check(sub.login, owned, sub.mail_from,
                                      _values(sub.headers, "from"), _values(sub.headers, "sender"),
                                      _values(sub.headers, "resent-from") + _values(sub.headers, "resent-sender"),
                                      display_names=cfg.milter.display_name_check == "refuse")
@@ -152,10 +155,9 @@ def process(sub: Submission, rt: Runtime) -> Outcome:
     headers = sub.headers
     body: list[tuple[int, int] | bytes] = [(sub.body_offset, len(sub.raw))]
 
-    author = first_mailbox(sub)
-
     # 3. Disclaimer: planned on the spool, applied as a stream of pieces (no second copy).
-    row = rt.disclaimer_for(author)
+    if not sub.login:
+        row = rt.disclaimer_for(author)
     if row is not None:
         result = plan(sub.raw, Disclaimer(row.text, row.html))
         if result.edits:

@@ -1,10 +1,13 @@
 """What every milter connection shares: config, read-only lookups, keys, secrets.
 
 One instance per daemon. Lookups go through a single store connection behind
-a lock (libmilter runs each SMTP session in its own thread). Disclaimers are
-re-read when the store changes (SQLite's ``data_version``), so
-``mattermailctl disclaimer set`` takes effect without a restart; DKIM keys are
-re-read when a file in the keys directory changes.
+a lock (libmilter runs each SMTP session in its own thread). On SQLite the
+disclaimers and the users' addresses (the sender check, two-way capture) are
+kept in memory and re-read when the store changes (SQLite's ``data_version``),
+so ``mattermailctl disclaimer set`` or ``user add`` takes effect without a
+restart; on PostgreSQL, whose stand-in for data_version moves with every
+transaction (our own envelope records included), they are read per look-up.
+DKIM keys are re-read when a file in the keys directory changes.
 
 A store that fails (damaged, locked, unreadable; a PostgreSQL server that is
 down) raises ``StoreError`` to the caller, which defers the message (451); the
@@ -22,7 +25,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -64,10 +67,14 @@ class Runtime:
         # RCPT TO the capture address is refused (only the milter's addrcpt adds it): a recipient
         # that does not contain the capture domain at all skips the full check.
         self.capture_domain = cfg.capture.address.rpartition("@")[2].lower().rstrip(".").encode() or None
+        self.catchall_domains = frozenset(d.lower().rstrip(".") for d in cfg.general.catchall_domains)
         self._lock = threading.Lock()
         self._store: storemod.Store | None = None
         self._disclaimers: list[storemod.DisclaimerRow] = []
         self._disclaimers_version: int | None = None
+        self._users: dict[str, frozenset[str]] = {}  # SQLite: login -> its addresses (see _users_now)
+        self._user_addresses: frozenset[str] = frozenset()
+        self._users_version: int | None = None
         self._keys: dict[str, list[dkimkeys.SigningKey]] = {}
         self._keys_stamp: tuple | None = None
         self._keys_checked = 0.0
@@ -92,6 +99,9 @@ class Runtime:
             # (fsynced) queue, and the router files it from its headers, logging missing-envelope.
             self._store = storemod.Store(self.config.store.location, self.config.store.messages_dir,
                                          durable=False)
+            # Remember the WAL file now (opening read the database: it exists), so that a replacement
+            # made before the next look-up is noticed even when one look-up serves a whole message.
+            self._store.replaced()
         return self._store
 
     def _forget_store(self) -> None:
@@ -99,6 +109,7 @@ class Runtime:
         store, self._store = self._store, None
         # data_version counts per connection: a new one may repeat the old value, so the cache goes too
         self._disclaimers, self._disclaimers_version = [], None
+        self._users, self._user_addresses, self._users_version = {}, frozenset(), None
         if store is not None:
             try:
                 store.close()
@@ -126,22 +137,68 @@ class Runtime:
                         raise
         raise AssertionError("unreachable")
 
+    def _users_now(self, store: storemod.Store, version: int | None = None) -> bool:
+        """SQLite: bring the in-memory users up to date (one ``PRAGMA data_version``, or ``version`` when
+        the caller read it; a re-read only when another connection committed); False on PostgreSQL,
+        where the caller asks the database."""
+        if store.engine != "sqlite":
+            return False
+        if version is None:
+            version = storemod.data_version(store)
+        if version != self._users_version:
+            users = storemod.list_users(store)
+            self._users = {u.login: frozenset(u.addresses) for u in users}
+            self._user_addresses = frozenset(a for u in users for a in u.addresses)
+            self._users_version = version
+        return True
+
+    def _owned(self, store: storemod.Store, login: str, version: int | None = None) -> set[str]:
+        if self._users_now(store, version):
+            return set(self._users.get(storemod.normalise_address(login), ()))
+        return storemod.owned_addresses(store, login)
+
+    def _disclaimers_now(self, store: storemod.Store, version: int | None = None) -> list[storemod.DisclaimerRow]:
+        """The disclaimers; on SQLite re-read only when ``data_version`` moved. On PostgreSQL they are
+        read per look-up: its stand-in for data_version (the snapshot's xmax) moves with every
+        transaction, our own envelope records included, so checking it first cost a round trip more."""
+        if store.engine != "sqlite":
+            return storemod.list_disclaimers(store)
+        if version is None:
+            version = storemod.data_version(store)
+        if version != self._disclaimers_version:
+            self._disclaimers = storemod.list_disclaimers(store)
+            self._disclaimers_version = version
+        return self._disclaimers
+
     def owned_addresses(self, login: str) -> set[str]:
-        return self._locked("sender look-up", lambda store: storemod.owned_addresses(store, login))
+        return self._locked("sender look-up", lambda store: self._owned(store, login))
 
     def is_user_address(self, address: str) -> bool:
         """Whether a login owns ``address`` (two-way capture: inbound mail to the firm's users)."""
-        return self._locked("user look-up", lambda store: storemod.is_user_address(store, address))
+        return self.any_user_address((address,))
+
+    def any_user_address(self, addresses: Sequence[str]) -> bool:
+        """Whether a login owns one of ``addresses`` (one look-up for a message's recipients)."""
+        def known(store: storemod.Store) -> bool:
+            if self._users_now(store):
+                users = self._user_addresses
+                return any(storemod.normalise_address(a) in users for a in addresses)
+            return any(storemod.is_user_address(store, a) for a in addresses)
+
+        return self._locked("user look-up", known)
 
     def disclaimer_for(self, sender: str) -> storemod.DisclaimerRow | None:
-        def current(store: storemod.Store) -> list[storemod.DisclaimerRow]:
-            version = storemod.data_version(store)
-            if version != self._disclaimers_version:
-                self._disclaimers = storemod.list_disclaimers(store)
-                self._disclaimers_version = version
-            return self._disclaimers
+        return storemod.disclaimer_for(self._locked("disclaimer look-up", self._disclaimers_now), sender)
 
-        return storemod.disclaimer_for(self._locked("disclaimer look-up", current), sender)
+    def sender_lookups(self, login: str, author: str) -> tuple[set[str], storemod.DisclaimerRow | None]:
+        """:meth:`owned_addresses` and :meth:`disclaimer_for` in one look-up (one store check, one
+        ``data_version``): an authenticated submission needs both."""
+        def both(store: storemod.Store) -> tuple[set[str], list[storemod.DisclaimerRow]]:
+            version = storemod.data_version(store) if store.engine == "sqlite" else None
+            return self._owned(store, login, version), self._disclaimers_now(store, version)
+
+        owned, rows = self._locked("sender look-up", both)
+        return owned, storemod.disclaimer_for(rows, author)
 
     def record_envelope(self, env: storemod.EnvelopeRecord) -> None:
         self._locked("envelope record", lambda store: storemod.record_envelope(store, env))

@@ -67,11 +67,11 @@ def inbound_copy(rt: Runtime, queue_id: str, mail_from: str, recipients: Sequenc
         return Copy()
     if any(capture.is_capture_address(r, cfg.capture.address) for r in recipients):
         return Copy(note="capture=already (capture address is a recipient)")
-    catchall = {d.lower().rstrip(".") for d in cfg.general.catchall_domains}
-    if any(_domain(r) in catchall for r in recipients):
+    catchall = rt.catchall_domains
+    if catchall and any(_domain(r) in catchall for r in recipients):
         return Copy()  # the router gets this delivery itself
     try:
-        if not any(rt.is_user_address(r) for r in recipients):
+        if not rt.any_user_address(recipients):
             return Copy()
         why = system_mail(mail_from, headers) or capture.excluded(mail_from, recipients, rt.exclude_senders,
                                                                    rt.exclude_recipients)

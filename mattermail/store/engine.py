@@ -71,6 +71,7 @@ class Store:
             conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             conn.execute("PRAGMA foreign_keys=ON")
             self._identity = _identity(self.path)  # the file this connection reads (see replaced)
+            self._wal_path = f"{self.path}-wal"
         self._wal_identity: tuple[int, int] | None = None
         try:
             self.migrate()
@@ -118,7 +119,7 @@ class Store:
             return False
         if _identity(self.path) != self._identity:
             return True
-        wal = _identity(Path(f"{self.path}-wal"))
+        wal = _identity(self._wal_path)
         if self._wal_identity is None:  # the WAL is made at the first read: remember it when seen
             self._wal_identity = wal
             return False
@@ -271,7 +272,7 @@ class BlobWriter:
         self.path.unlink(missing_ok=True)
 
 
-def _identity(path: Path) -> tuple[int, int] | None:
+def _identity(path: Path | str) -> tuple[int, int] | None:
     try:
         st = os.stat(path)
     except OSError:
