@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 import sys
 
 import uvloop
@@ -61,6 +62,7 @@ async def _run(cfg) -> None:
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload, handler)
     log.info("ready: store %s", cfg.store.where)
+    started = time.monotonic()
     watch = loop.create_task(_watch_store(store, stop))
     await stop.wait()
     watch.cancel()
@@ -69,6 +71,7 @@ async def _run(cfg) -> None:
         await s.wait_closed()
     await handler.aclose()
     store.close()
+    log.info("%s", handler.statistics(time.monotonic() - started))
     log.info("stopped")
     if store.replaced():
         sys.exit(EX_STORE_REPLACED)

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -297,6 +298,11 @@ class DeliveryHandler:
         self.config = config or Config()
         self.rules = RouterRules.from_config(self.config)
         self.commits = 0  # batches committed (one COMMIT each)
+        # For the statistics line at exit (statistics()): batches written, DATAs in them, and the seconds
+        # the writer thread spent on them (filing, the syncfs, the commit).
+        self.batches = 0
+        self.batched = 0
+        self.writer_busy = 0.0
         self.forwarder = Forwarder(store, lambda: self.config)
         self.indexer = Indexer(store, lambda: self.config.router.index_delay)
         self._queue: asyncio.Queue[_Delivery] | None = None
@@ -372,6 +378,7 @@ class DeliveryHandler:
             batch = [await self._queue.get()]
             while len(batch) < self.MAX_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
+            started = time.monotonic()
             try:
                 outcomes = await loop.run_in_executor(self._writer, self._file, batch)
             except BaseException as e:  # not expected (file_batch answers everything), or shutting down
@@ -386,6 +393,9 @@ class DeliveryHandler:
                 if isinstance(e, asyncio.CancelledError):
                     raise
                 continue
+            self.batches += 1
+            self.batched += len(batch)
+            self.writer_busy += time.monotonic() - started
             if any(o.result is not None and o.result.outbox for o in outcomes):
                 self.forwarder.wake()
             if any(o.result is not None and o.result.new for o in outcomes):
@@ -393,6 +403,15 @@ class DeliveryHandler:
             for j, o in zip(batch, outcomes):
                 if not j.future.done():  # the client may have gone (its task cancelled)
                     j.future.set_result(replies(o))
+
+    def statistics(self, seconds: float) -> str:
+        """One line for the log at exit: how the deliveries were batched, and how busy the one writer thread
+        was over ``seconds`` (the process's uptime): a writer near 100% is the router's bound; small batches
+        with a writer mostly idle mean the senders' concurrency and latency are."""
+        per = self.batched / self.batches if self.batches else 0.0
+        busy = 100 * self.writer_busy / seconds if seconds > 0 else 0.0
+        return (f"statistics: {self.batched} deliveries in {self.batches} batches ({per:.2f} per batch), "
+                f"writer busy {self.writer_busy:.1f}s of {seconds:.1f}s ({busy:.0f}%)")
 
     async def aclose(self) -> None:
         """Stop taking batches and wait for the one being written (call before closing the store)."""

@@ -200,6 +200,10 @@ def test_concurrent_deliveries_are_group_committed(store_location, tmp_path, mon
     assert [r[0] for r in results] == [250] * n
     assert store.count("messages") == n and store.count("filings") == n and store.count("deliveries") == n
     assert len(commits) == handler.commits == 2  # the first batch, then all the others together
+    # the line the router logs at exit: 8 deliveries in those 2 batches, the held one counted as busy
+    assert handler.statistics(100.0).startswith(f"statistics: {n} deliveries in 2 batches ({n / 2:.2f} per batch), "
+                                                "writer busy ")
+    assert handler.writer_busy > 0.0
     assert not list((tmp_path / "m").glob("*/.tmp-*")) and not list((tmp_path / "m" / ".spool").iterdir())
     store.close()
 
