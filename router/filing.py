@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass, field
-from email.header import decode_header, make_header
 from email.message import Message
 
 from mattermail.config import Config
@@ -36,7 +35,7 @@ from mattermail.store.directory import Filing, log_event, record_filing, transac
 from mattermail.router.message import MessageData
 from mattermail.router.resolve import addresses_in, loop_reason, resolve
 from mattermail.router.rules import FilingDecision, RouterRules, RoutingResult, RuleContext, apply_rules, merge
-from mattermail.store import (EnvelopeRecord, Store, find_message, forget_envelope, insert_message,
+from mattermail.store import (EnvelopeRecord, Store, find_message, forget_envelope, header_text, insert_message,
                               normalise_address, queue_forward, queued_recipients, record_capture, record_deliveries,
                               record_thread_keys)
 from mattermail.router.text import MAX_SCAN, text_of
@@ -110,13 +109,7 @@ def _headers(raw: bytes) -> Message:
     return MessageData.from_bytes(raw).headers
 
 
-def _decoded(value: object) -> str:
-    text = str(value or "")
-    try:  # (without "=?" there is no encoded word: decode_header returns the text, make_header gives it back)
-        text = str(make_header(decode_header(text))) if "=?" in text else text
-    except Exception:
-        pass
-    return " ".join(text.split())
+_decoded = header_text  # the messages row's reading of a header (RFC 2047 decoded, blanks squeezed)
 
 
 def _correspondents(msg: Message, envelope: EnvelopeRecord | None) -> tuple[tuple[str, str], ...]:

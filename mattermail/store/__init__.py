@@ -32,7 +32,7 @@ from mattermail.store.listing import (CapturedEnvelope, Delivery, Event, FilingV
                                       messages_by_sha256_prefix, parse_search, search)
 from mattermail.store.outbox import (ForwardRecord, forward_failed, mark_forwarded, next_forward_due,
                                      pending_forwards, queue_forward, queued_recipients)
-from mattermail.store.messages import find_message, insert_message, record_deliveries
+from mattermail.store.messages import find_message, header_text, insert_message, record_deliveries
 from mattermail.store.schema import CAPTURE_STATES, MIGRATIONS
 from mattermail.store.threads import ThreadHit, record_thread_keys, thread_filings
 from mattermail.store.twoway import forget_envelope, is_user_address
@@ -53,4 +53,5 @@ __all__ = [
     "record_deliveries", "record_envelope", "recover_stale_tmp", "remove_disclaimer", "remove_user",
     "set_disclaimer", "set_password", "transaction",
     "ThreadHit", "record_thread_keys", "thread_filings", "forget_envelope", "is_user_address",
+    "header_text",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from email import policy
+from email.header import decode_header, make_header
 from email.message import Message
 from email.parser import BytesHeaderParser
 
@@ -14,6 +15,18 @@ from mattermail.store.msgtime import sort_time
 from mattermail.store.schema import CAPTURE_STATES
 
 # -- filing: the message row inside the caller's transaction (router/filing.py) -------------
+
+
+def header_text(value: object) -> str:
+    """A header value as people read and search it: RFC 2047 words decoded (a value without "=?" has
+    none and is taken as it is), runs of blanks one space; an undecodable value is kept as written."""
+    text = str(value or "")
+    if "=?" in text:
+        try:
+            text = str(make_header(decode_header(text)))
+        except Exception:
+            pass
+    return " ".join(text.split())
 
 
 def find_message(store: Store, sha256: str) -> int | None:
@@ -44,8 +57,6 @@ def insert_message(store: Store, raw: bytes | None, sha256: str, direction: str 
         existing = find_message(store, sha256)
         if existing is not None:
             return existing, False
-    from email.header import decode_header, make_header
-
     if headers is None or size is None:
         if raw is None:
             raise ValueError("insert_message: raw, or headers and size")
@@ -53,12 +64,7 @@ def insert_message(store: Store, raw: bytes | None, sha256: str, direction: str 
     hdr = headers if headers is not None else BytesHeaderParser(policy=policy.compat32).parsebytes(raw)
 
     def h(name: str) -> str:
-        value = str(hdr.get(name, "") or "")
-        try:  # RFC 2047 words decoded, so subjects read and search as written (none without "=?")
-            value = str(make_header(decode_header(value))) if "=?" in value else value
-        except Exception:
-            pass
-        return " ".join(value.split())[:998]
+        return header_text(hdr.get(name, ""))[:998]
 
     date, received = h("Date"), time.time()
     sql = ("INSERT INTO messages (sha256, size, message_id, subject, header_from, date, received, direction,"
