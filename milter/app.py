@@ -111,23 +111,24 @@ def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
 _NOREPLY, _CONTINUE = Milter.NOREPLY, Milter.CONTINUE
 
 
-_RECORDS: dict[int, dict[str, Any]] = {}  # per level: a record's fields that do not change (see _record)
+# per level: a record's fields that do not change, and when logging started (see _record)
+_RECORDS: dict[int, tuple[dict[str, Any], float]] = {}
 
 
 def _record(level: int, text: str) -> logging.LogRecord:
     """What ``log.makeRecord`` makes, from a copy of the fields of a first record made by it: the
     constant ones (names, level, no args, no exc_info) copied at once, the rest set per line."""
-    fields = _RECORDS.get(level)
-    if fields is None:
+    known = _RECORDS.get(level)
+    if known is None:
         first = log.makeRecord(log.name, level, "(unknown file)", 0, "", None, None)
-        fields = _RECORDS[level] = dict(vars(first), _relative_base=first.created - first.relativeCreated / 1000)
+        known = _RECORDS[level] = (vars(first).copy(), first.created - first.relativeCreated / 1000)
+    fields, started = known
     rec = logging.LogRecord.__new__(logging.LogRecord)
     d = rec.__dict__
     d.update(fields)
-    del d["_relative_base"]
     now = time.time()
     d["msg"], d["created"], d["msecs"] = text, now, int((now - int(now)) * 1000) + 0.0
-    d["relativeCreated"] = (now - fields["_relative_base"]) * 1000
+    d["relativeCreated"] = (now - started) * 1000
     d["thread"], d["threadName"], d["process"] = threading.get_ident(), threading.current_thread().name, os.getpid()
     return rec
 
@@ -210,29 +211,24 @@ class MatterMilter(Milter.Base):
     hello.milter_protocol = Milter.P_NR_HELO
 
     def envfrom(self, mail_from: str, *params: str) -> int:
-        try:
-            self._start(mail_from)
-        except Exception:
-            self._passive_failed("envfrom")
-        return _NOREPLY if self._protocol & Milter.P_NR_MAIL else _CONTINUE
+        return self.envfrom_bytes(mail_from.encode("utf-8", "surrogateescape"))
 
     envfrom.milter_protocol = Milter.P_NR_MAIL
 
     def envfrom_bytes(self, mail_from: bytes, *params: bytes) -> int:
-        """What libmilter calls (pymilter's own decodes every parameter, then calls envfrom)."""
+        """What libmilter calls (pymilter's own decodes every parameter, which we never read, then calls
+        envfrom): only the address is decoded."""
         try:
-            self._start(mail_from.decode("utf-8", "surrogateescape"))
+            self._discard()
+            self.msg = msg = Message(mail_from=mail_from.decode("utf-8", "surrogateescape").strip("<>"),
+                                     auth_authen=self.getsymval("{auth_authen}"))
+            msg.way = direction(msg.auth_authen, self.client_ip, self.runtime.trusted)
+            if msg.way is Direction.INBOUND:  # SPF at MAIL FROM time; acted on at end of message
+                msg.spf = inbound.check_spf(self.runtime.resolver, self.client_ip or "", msg.mail_from, self.helo,
+                                            self.runtime.config.inbound.spf_timeout)
         except Exception:
             self._passive_failed("envfrom")
         return _NOREPLY if self._protocol & Milter.P_NR_MAIL else _CONTINUE
-
-    def _start(self, mail_from: str) -> None:
-        self._discard()
-        self.msg = msg = Message(mail_from=mail_from.strip("<>"), auth_authen=self.getsymval("{auth_authen}"))
-        msg.way = direction(msg.auth_authen, self.client_ip, self.runtime.trusted)
-        if msg.way is Direction.INBOUND:  # SPF at MAIL FROM time; acted on at end of message
-            msg.spf = inbound.check_spf(self.runtime.resolver, self.client_ip or "", msg.mail_from, self.helo,
-                                        self.runtime.config.inbound.spf_timeout)
 
     def envrcpt(self, rcpt: str, *params: str) -> int:
         """Answered (not no-reply): a client naming the capture address is refused here, at RCPT."""
