@@ -11,8 +11,8 @@ request on the shared cores, so the uncached term measured the test server as
 much as the filters.
 
 This module turns the same zone directory into an unbound configuration with
-one ``local-data`` line per record (parsed by dnslib, exactly as devdns parses
-it) under ``local-zone: "." static``: names that exist with other types answer
+one ``local-data`` line per record (read by devdns's own ZoneDirResolver, so
+the records are exactly what devdns serves) under ``local-zone: "." static``: names that exist with other types answer
 NODATA, names that do not exist NXDOMAIN, as devdns does. No recursion, no
 forwarding, no cache involved: every query is answered from the zone data. It
 listens on every address given (UDP and TCP) and logs every query
@@ -30,16 +30,10 @@ from pathlib import Path
 from dnslib import QTYPE, RR
 
 from countdns import fold
+from mattermail_dev.devdns import ZoneDirResolver
 
 # unbound's log-queries line: "... info: 127.0.0.1 _dmarc.sender01.example. TXT IN"
 QUERY = re.compile(rb"info: \S+ (\S+) (\S+) IN$", re.M)
-
-
-def zone_records(zone_dir: Path) -> list[RR]:
-    records: list[RR] = []
-    for path in sorted(zone_dir.glob("*.zone")):
-        records.extend(RR.fromZone(path.read_text(encoding="utf-8")))
-    return records
 
 
 def local_data(records: list[RR]) -> str:
@@ -76,7 +70,7 @@ server:
     local-zone: "test." nodefault
     local-zone: "invalid." nodefault
     local-zone: "localhost." nodefault
-{local_data(zone_records(zone_dir))}
+{local_data(ZoneDirResolver(zone_dir).records())}
 remote-control:
     control-enable: no
 """
