@@ -50,6 +50,21 @@ def _dir_stamp(path: Path) -> tuple:
         return ()
 
 
+@dataclass(frozen=True)
+class _Users:
+    """The users' addresses as the milter asks for them: by login (the sender check), and all of them
+    (two-way capture)."""
+
+    by_login: dict[str, frozenset[str]]
+    addresses: frozenset[str]
+
+    @classmethod
+    def load(cls, store: storemod.Store) -> _Users:
+        users = storemod.list_users(store)
+        return cls({u.login: frozenset(u.addresses) for u in users},
+                   frozenset(a for u in users for a in u.addresses))
+
+
 @dataclass
 class Runtime:
     config: Config
@@ -70,11 +85,8 @@ class Runtime:
         self.catchall_domains = frozenset(d.lower().rstrip(".") for d in cfg.general.catchall_domains)
         self._lock = threading.Lock()
         self._store: storemod.Store | None = None
-        self._disclaimers: list[storemod.DisclaimerRow] = []
-        self._disclaimers_version: int | None = None
-        self._users: dict[str, frozenset[str]] = {}  # SQLite: login -> its addresses (see _users_now)
-        self._user_addresses: frozenset[str] = frozenset()
-        self._users_version: int | None = None
+        # SQLite: what is kept in memory, by name, with the data_version it was read at (see _kept_now)
+        self._kept: dict[str, tuple[int, object]] = {}
         self._keys: dict[str, list[dkimkeys.SigningKey]] = {}
         self._keys_stamp: tuple | None = None
         self._keys_checked = 0.0
@@ -108,8 +120,7 @@ class Runtime:
         """Close the store and drop what was read from it (called with the lock held)."""
         store, self._store = self._store, None
         # data_version counts per connection: a new one may repeat the old value, so the cache goes too
-        self._disclaimers, self._disclaimers_version = [], None
-        self._users, self._user_addresses, self._users_version = {}, frozenset(), None
+        self._kept = {}
         if store is not None:
             try:
                 store.close()
@@ -137,38 +148,34 @@ class Runtime:
                         raise
         raise AssertionError("unreachable")
 
-    def _users_now(self, store: storemod.Store, version: int | None = None) -> bool:
-        """SQLite: bring the in-memory users up to date (one ``PRAGMA data_version``, or ``version`` when
-        the caller read it; a re-read only when another connection committed); False on PostgreSQL,
-        where the caller asks the database."""
-        if store.engine != "sqlite":
-            return False
+    def _kept_now(self, store: storemod.Store, name: str, load: Callable[[storemod.Store], T],
+                  version: int | None = None) -> T:
+        """SQLite: ``load(store)``, kept in memory and re-read only when ``data_version`` moved (another
+        connection committed); ``version`` when the caller already read it."""
         if version is None:
             version = storemod.data_version(store)
-        if version != self._users_version:
-            users = storemod.list_users(store)
-            self._users = {u.login: frozenset(u.addresses) for u in users}
-            self._user_addresses = frozenset(a for u in users for a in u.addresses)
-            self._users_version = version
-        return True
+        kept = self._kept.get(name)
+        if kept is None or kept[0] != version:
+            kept = self._kept[name] = (version, load(store))
+        return kept[1]  # type: ignore[return-value]
+
+    def _users(self, store: storemod.Store, version: int | None = None) -> _Users | None:
+        """The users' addresses from memory on SQLite; None on PostgreSQL, where the caller asks the database
+        (its stand-in for data_version moves with every transaction, our own envelope records included)."""
+        return self._kept_now(store, "users", _Users.load, version) if store.engine == "sqlite" else None
 
     def _owned(self, store: storemod.Store, login: str, version: int | None = None) -> set[str]:
-        if self._users_now(store, version):
-            return set(self._users.get(storemod.normalise_address(login), ()))
-        return storemod.owned_addresses(store, login)
+        users = self._users(store, version)
+        if users is None:
+            return storemod.owned_addresses(store, login)
+        return set(users.by_login.get(storemod.normalise_address(login), ()))
 
     def _disclaimers_now(self, store: storemod.Store, version: int | None = None) -> list[storemod.DisclaimerRow]:
         """The disclaimers; on SQLite re-read only when ``data_version`` moved. On PostgreSQL they are
-        read per look-up: its stand-in for data_version (the snapshot's xmax) moves with every
-        transaction, our own envelope records included, so checking it first cost a round trip more."""
+        read per look-up: checking its stand-in for data_version first would cost a round trip more."""
         if store.engine != "sqlite":
             return storemod.list_disclaimers(store)
-        if version is None:
-            version = storemod.data_version(store)
-        if version != self._disclaimers_version:
-            self._disclaimers = storemod.list_disclaimers(store)
-            self._disclaimers_version = version
-        return self._disclaimers
+        return self._kept_now(store, "disclaimers", storemod.list_disclaimers, version)
 
     def owned_addresses(self, login: str) -> set[str]:
         return self._locked("sender look-up", lambda store: self._owned(store, login))
@@ -180,10 +187,10 @@ class Runtime:
     def any_user_address(self, addresses: Sequence[str]) -> bool:
         """Whether a login owns one of ``addresses`` (one look-up for a message's recipients)."""
         def known(store: storemod.Store) -> bool:
-            if self._users_now(store):
-                users = self._user_addresses
-                return any(storemod.normalise_address(a) in users for a in addresses)
-            return any(storemod.is_user_address(store, a) for a in addresses)
+            users = self._users(store)
+            if users is None:
+                return any(storemod.is_user_address(store, a) for a in addresses)
+            return any(storemod.normalise_address(a) in users.addresses for a in addresses)
 
         return self._locked("user look-up", known)
 
