@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -63,8 +64,9 @@ class SqliteConnection:
     engine = SQLITE
     lost = False  # a file: there is no server connection to lose
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, busy_timeout: float = 30.0) -> None:
         self.conn = conn
+        self.busy_timeout = busy_timeout  # seconds :meth:`begin` waits for the write lock (as connect's timeout)
         # the driver's bound methods: no wrapper call per statement
         self.execute = conn.execute
         self.defer = lambda sql, params=(), merge=False: conn.execute(sql, params)  # no round trips to save
@@ -85,7 +87,32 @@ class SqliteConnection:
         return self.conn.in_transaction
 
     def begin(self) -> None:
-        self.conn.execute("BEGIN IMMEDIATE")  # the write lock now: one writer at a time
+        """``BEGIN IMMEDIATE``: the write lock now (one writer at a time), waiting up to ``busy_timeout``.
+
+        The wait is ours, not SQLite's busy handler's: that one sleeps 1, 2, 5, 10, 15, 20, 25 ... ms between
+        tries, so a writer that finds the lock held for 3 ms (a router batch's commit) sleeps 8 ms, with the
+        CPU idle and its SMTP session or LMTP delivery waiting (bench/outbound end to end: the milter's
+        envelope records took a median 10-25 ms, 0.3 ms without the router writing). Here the tries are
+        0.1 ms apart at first, growing to 1 ms; the connection's busy timeout is 0 for the ``BEGIN`` only."""
+        conn = self.conn
+        conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            deadline, pause = 0.0, 0.0001
+            while True:
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    return
+                except sqlite3.OperationalError as e:
+                    if e.sqlite_errorcode != sqlite3.SQLITE_BUSY:  # type: ignore[attr-defined]
+                        raise
+                    now = time.monotonic()
+                    deadline = deadline or now + self.busy_timeout
+                    if now >= deadline:
+                        raise
+                time.sleep(pause)
+                pause = min(pause * 1.5, 0.001)
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
 
     def begin_snapshot(self) -> None:
         self.conn.execute("BEGIN")  # deferred: the first read fixes the WAL snapshot
