@@ -1,7 +1,9 @@
 """What every milter connection shares: config, read-only lookups, keys, secrets.
 
 One instance per daemon. Lookups go through a single store connection behind
-a lock (libmilter runs each SMTP session in its own thread). On SQLite the
+a lock (libmilter runs each SMTP session in its own thread); capture envelopes
+are written on a second one (milter/envelopes.py: concurrent sessions' records
+in one commit). On SQLite the
 disclaimers and the users' addresses (the sender check, two-way capture) are
 kept in memory and re-read when the store changes (SQLite's ``data_version``),
 so ``mattermailctl disclaimer set`` or ``user add`` takes effect without a
@@ -36,6 +38,7 @@ from mattermail.dns import Resolver
 from mattermail import capture
 from mattermail.milter import arcseal
 from mattermail.milter.direction import parse_networks
+from mattermail.milter.envelopes import EnvelopeWriter
 from mattermail.milter.inbound import InboundSettings
 from mattermail import store as storemod
 
@@ -85,6 +88,7 @@ class Runtime:
         self.catchall_domains = frozenset(d.lower().rstrip(".") for d in cfg.general.catchall_domains)
         self._lock = threading.Lock()
         self._store: storemod.Store | None = None
+        self.envelopes = EnvelopeWriter(self._open_store, cfg.store.where)
         # SQLite: what is kept in memory, by name, with the data_version it was read at (see _kept_now)
         self._kept: dict[str, tuple[int, object]] = {}
         self._keys: dict[str, list[dkimkeys.SigningKey]] = {}
@@ -104,17 +108,19 @@ class Runtime:
             log.warning("store %s was replaced on disk: reopening it", self.config.store.where)
             self._forget_store()
         if self._store is None:
-            # NORMAL, not FULL: in WAL mode a commit then survives a crash of any process but
-            # not a power cut before the next checkpoint. An fsync per message serialised every
-            # SMTP session behind this store's lock (bench/outbound: 149 vs 384 msgs/s). What a
-            # power cut could lose is an envelope record: the message itself is in Postfix's
-            # (fsynced) queue, and the router files it from its headers, logging missing-envelope.
-            self._store = storemod.Store(self.config.store.location, self.config.store.messages_dir,
-                                         durable=False)
+            self._store = self._open_store()
             # Remember the WAL file now (opening read the database: it exists), so that a replacement
             # made before the next look-up is noticed even when one look-up serves a whole message.
             self._store.replaced()
         return self._store
+
+    def _open_store(self) -> storemod.Store:
+        # NORMAL, not FULL: in WAL mode a commit then survives a crash of any process but
+        # not a power cut before the next checkpoint. An fsync per message serialised every
+        # SMTP session behind this store's lock (bench/outbound: 149 vs 384 msgs/s). What a
+        # power cut could lose is an envelope record: the message itself is in Postfix's
+        # (fsynced) queue, and the router files it from its headers, logging missing-envelope.
+        return storemod.Store(self.config.store.location, self.config.store.messages_dir, durable=False)
 
     def _forget_store(self) -> None:
         """Close the store and drop what was read from it (called with the lock held)."""
@@ -208,7 +214,9 @@ class Runtime:
         return owned, storemod.disclaimer_for(rows, author)
 
     def record_envelope(self, env: storemod.EnvelopeRecord) -> None:
-        self._locked("envelope record", lambda store: storemod.record_envelope(store, env))
+        """Commit a capture envelope (milter/envelopes.py: a connection of its own, concurrent sessions'
+        records in one commit); raises StoreError when it failed."""
+        self.envelopes.record(env)
 
     # -- keys and secrets ------------------------------------------------------------------
     def load_keys(self) -> None:

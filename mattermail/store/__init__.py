@@ -24,7 +24,8 @@ from mattermail.store.errors import StoreError, describe_error
 from mattermail.store.engine import (BlobWriter, Spooled, Store, UserError, data_version,
                                      normalise_address,
                                      recover_stale_tmp, transaction)
-from mattermail.store.envelopes import EnvelopeRecord, get_envelope, record_capture, record_envelope
+from mattermail.store.envelopes import (EnvelopeRecord, get_envelope, record_capture, record_envelope,
+                                        record_envelopes)
 from mattermail.store.indexer import index_pending, pending_count
 from mattermail.store.listing import (CapturedEnvelope, Delivery, Event, FilingView, MessageDetail,
                                       MessageSummary, Names, SearchHit, SearchQuery, SearchTerm, count_unfiled,
@@ -50,7 +51,7 @@ __all__ = [
     "CAPTURE_STATES", "DISCLAIMER_SCOPES", "DisclaimerRow", "EnvelopeRecord", "MIGRATIONS", "Store", "StoreError", "User",
     "UserError", "add_user", "data_version", "describe_error", "disclaimer_for", "find_message", "get_envelope", "insert_message",
     "list_disclaimers", "list_users", "login_addresses", "normalise_address", "owned_addresses", "password_hashes", "record_capture",
-    "record_deliveries", "record_envelope", "recover_stale_tmp", "remove_disclaimer", "remove_user",
+    "record_deliveries", "record_envelope", "record_envelopes", "recover_stale_tmp", "remove_disclaimer", "remove_user",
     "set_disclaimer", "set_password", "transaction",
     "ThreadHit", "record_thread_keys", "thread_filings", "forget_envelope", "is_user_address",
     "header_text",

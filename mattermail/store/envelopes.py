@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from mattermail.store.engine import Store
+from mattermail.store.engine import Store, transaction
 
 # -- envelopes of captured messages ---------------------------------------------------
 
@@ -24,13 +25,23 @@ class EnvelopeRecord:
     direction: str = "outbound"  # "outbound": a user's submission; "inbound": mail to a user (two-way capture)
 
 
+_INSERT = ("INSERT INTO envelopes (ref, queue_id, mail_from, recipients, login, client, created, message_id, "
+           "direction) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+
+def _row(env: EnvelopeRecord) -> list:
+    return [env.ref, env.queue_id, env.mail_from, json.dumps(list(env.recipients)), env.login, env.client,
+            env.created, env.message_id, env.direction]
+
+
 def record_envelope(store: Store, env: EnvelopeRecord) -> None:
-    store.db.execute(
-        "INSERT INTO envelopes (ref, queue_id, mail_from, recipients, login, client, created, message_id, direction)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [env.ref, env.queue_id, env.mail_from, json.dumps(list(env.recipients)), env.login, env.client, env.created,
-         env.message_id, env.direction],
-    )
+    store.db.execute(_INSERT, _row(env))
+
+
+def record_envelopes(store: Store, envs: Sequence[EnvelopeRecord]) -> None:
+    """Several envelopes in one transaction (the milter's group commit, milter/envelopes.py)."""
+    with transaction(store):
+        store.db.executemany(_INSERT, [_row(e) for e in envs])
 
 
 def record_capture(store: Store, message: int, ref: str, verified: bool) -> None:
