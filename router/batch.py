@@ -2,9 +2,9 @@
 
 :func:`file_batch` is the whole durability order of a delivery (see DESIGN.md "Store"): it writes and
 syncs the batch's message files (``router.sync``: one syncfs(2) of the store's file system for the whole
-batch, or an fsync of each file and each hash directory), then files
-every message in its own savepoint of ONE transaction (router/filing.py ``file_stored``: its rows and,
-for unfiled mail, its outbox record) and commits once. A message whose filing fails is rolled back to
+batch, or an fsync of each file and each hash directory), plans every message's filing (router/filing.py
+``plan_filing``: reads and rules, before the write lock), then writes each plan in its own savepoint of
+ONE transaction (``write_filing``: its rows and, for unfiled mail, its outbox record) and commits once. A message whose filing fails is rolled back to
 its savepoint and comes back without a result (the LMTP edge defers it); if the commit fails, every
 message does. A result means: its file and its rows are durable. Nothing here speaks a protocol.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 from mattermail.config import Config
 from mattermail.logs import QueueIdAdapter
 from mattermail.router.capture_link import inspect_captures
-from mattermail.router.filing import FileResult, after_commit, file_stored
+from mattermail.router.filing import FileResult, FilingPlan, after_commit, plan_filing, write_filing
 from mattermail.router.message import MessageData
 from mattermail.router.rules import RouterRules
 from mattermail.store import Spooled, Store, directory, transaction
@@ -92,25 +92,34 @@ def file_batch(store: Store, cfg: Config, rules: RouterRules, capture: CaptureSe
         written.append(o)
     if not written:
         return outcomes
+    # Each message's reads and rules first, outside the write transaction: SQLite has one writer at a time,
+    # and the milter's envelope records (an SMTP session each) wait for it. Inside: only the rows.
+    lookups = directory.Lookups(store, cached=True)  # the directory read once per batch
+    plans: list[tuple[Outcome, FilingPlan]] = []
+    for o in written:
+        it = o.item
+        try:
+            caps = inspect_captures(it.rcpts, capture.address, capture.secret, store, it.log)
+            plans.append((o, plan_filing(it.data, o.sha256, it.sender, it.rcpts, store, cfg, it.queue_id, caps,
+                                         rules=rules, lookups=lookups)))
+        except Exception:
+            it.log.exception("storing or filing failed, deferring %d recipient(s)", len(it.rcpts))
+    if not plans:
+        return outcomes
     deferred: set[int] = set()  # ids of the items already deferred (and logged) in their savepoint
     try:
         store.sync_blobs(dirs, whole_fs)  # the files and their renames durable before the commit
         with transaction(store):  # one commit for the batch
-            lookups = directory.Lookups(store, cached=True)  # the directory read once per batch
-            for o in written:
-                it = o.item
+            for o, plan in plans:
                 try:
-                    caps = inspect_captures(it.rcpts, capture.address, capture.secret, store, it.log)
-                    # in its own savepoint (a nested transaction)
-                    o.result = file_stored(it.data, o.sha256, it.sender, it.rcpts, store, cfg, it.queue_id, caps,
-                                           rules=rules, lookups=lookups)
+                    o.result = write_filing(plan, store)  # in its own savepoint (a nested transaction)
                 except Exception:
                     if not store.in_transaction:  # the database rolled the whole batch back
                         raise
-                    it.log.exception("storing or filing failed, deferring %d recipient(s)", len(it.rcpts))
+                    o.item.log.exception("storing or filing failed, deferring %d recipient(s)", len(o.item.rcpts))
                     deferred.add(id(o))
     except Exception:  # the commit (or the whole transaction) failed: nothing of the batch is stored
-        for o in written:
+        for o, _ in plans:
             if id(o) not in deferred:
                 o.item.log.exception("storing or filing failed, deferring %d recipient(s)", len(o.item.rcpts))
             o.result = None

@@ -11,8 +11,8 @@ Used by the LMTP handler, ``mattermailctl import`` and ``mattermailctl route exp
   and, in the same transaction, queued in the outbox (mattermail/store/outbox.py)
   for ``router.failed_mail_address`` — never for system (loop) mail, at most
   once per recipient; the router's forwarder (router/forwarder.py) sends it.
-* The router's batches (router/batch.py) call :func:`file_stored` and
-  :func:`after_commit` themselves.
+* The router's batches (router/batch.py) call :func:`plan_filing` for each message before their write
+  transaction, then :func:`write_filing` in it, and :func:`after_commit` after it.
 
 Recipients: the LMTP envelope when there is one; otherwise (imports) the
 configured ``router.catchall_headers`` in order, trusting the topmost
@@ -41,7 +41,8 @@ from mattermail.store import (EnvelopeRecord, Store, find_message, forget_envelo
 from mattermail.router.text import MAX_SCAN, text_of
 
 __all__ = ["FileResult", "RecipientOutcome", "after_commit", "capture_state", "file_message",
-           "file_stored", "load_capture_secret", "route", "system_reason"]
+           "file_stored", "FilingPlan", "load_capture_secret", "plan_filing", "route", "system_reason",
+           "write_filing"]
 
 log = logging.getLogger("mattermail.router.filing")
 _quiet = logging.getLogger("mattermail.router.filing.explain")  # route() reports in its trace, not the log
@@ -226,16 +227,34 @@ def file_message(raw: bytes, envelope_from: str | None, recipients: list[str], s
     return result
 
 
-def file_stored(data: MessageData | bytes, sha: str, envelope_from: str | None, recipients: list[str],
+@dataclass
+class FilingPlan:
+    """What :func:`plan_filing` decided for a stored message, for :func:`write_filing` to write: computed
+    from reads only, so the router plans a batch before it takes the store's write lock (SQLite has one
+    writer at a time: the milter's envelope records wait for the router's transaction)."""
+
+    data: MessageData
+    sha: str
+    envelope_from: str | None
+    recipients: list[str]
+    queue_id: str
+    capture_info: dict[str, CaptureInfo]
+    outcomes: list[RecipientOutcome]
+    loop: tuple[str, str] | None
+    direction: str
+    capture: str
+    drop: bool  # an inbound capture copy nobody files, not stored before: no rows
+    text: str
+    forward_to: str  # the failed-mail address for the notice of unfiled recipients ("" none)
+    source: str
+
+
+def plan_filing(data: MessageData | bytes, sha: str, envelope_from: str | None, recipients: list[str],
                 store: Store, cfg: Config, queue_id: str = "", capture_info: dict[str, CaptureInfo] | None = None,
                 *, rules: RouterRules | None = None, source: str = "lmtp", forward: bool = True,
-                lookups: directory.Lookups | None = None) -> FileResult:
-    """The filing part of :func:`file_message`, for a message already written (``sha``, its durable file):
-    the rows in one transaction — a savepoint when the caller has one open (the router's batches), which
-    then commits before answering — and, with ``forward``, the outbox record of its unfiled recipients.
-    Call :func:`after_commit` once committed. ``data``'s parsed header block serves the rules, the
-    messages row and the body text (of which at most ``MAX_SCAN`` bytes are read). ``lookups``: the
-    directory's answers (the router's batches share one cached :class:`~mattermail.store.directory.Lookups`)."""
+                lookups: directory.Lookups | None = None) -> FilingPlan:
+    """The reading half of :func:`file_stored`: the recipients, their captures and the rules' decisions; no
+    write. Logs a capture copy that does not verify."""
     if isinstance(data, bytes):
         data = MessageData.from_bytes(data)
     qlog = QueueIdAdapter(log, {"queue_id": queue_id})
@@ -266,23 +285,32 @@ def file_stored(data: MessageData | bytes, sha: str, envelope_from: str | None, 
         qlog.warning("capture copy to %s does not verify (%s): stored as inbound mail, marked unverified",
                      ", ".join(f"<{a}>" for a in capture_info), ";".join(i.note.strip() for i in capture_info.values()))
     # (a stored message is found by insert_message: no look-up here but for the rare drop)
-    if _drop(outcomes, capture_info, cfg) and find_message(store, sha) is None:
+    drop = _drop(outcomes, capture_info, cfg) and find_message(store, sha) is None
+    # the body text is unused when the message is stored already (a redelivery)
+    text = "" if drop else text_of(msg, data.body_prefix(MAX_SCAN))
+    return FilingPlan(data, sha, envelope_from, recipients, queue_id, capture_info, outcomes, loop, direction,
+                      capture, drop, text, cfg.router.failed_mail_address if forward and loop is None else "", source)
+
+
+def write_filing(plan: FilingPlan, store: Store) -> FileResult:
+    """The writing half of :func:`file_stored`: the plan's rows in one transaction (a savepoint inside the
+    caller's), and the outbox record of its unfiled recipients."""
+    msg, sha, queue_id, outcomes = plan.data.headers, plan.sha, plan.queue_id, plan.outcomes
+    if plan.drop:
         with transaction(store):
-            for info in capture_info.values():
+            for info in plan.capture_info.values():
                 if info.ref is not None:
                     forget_envelope(store, info.ref)
         for o in outcomes:
             o.kind = "dropped"
-        return FileResult(0, sha, False, direction, loop is not None, outcomes, dropped=True)
-    text = text_of(msg, data.body_prefix(MAX_SCAN))  # unused when the message is stored already (a redelivery)
-    to = cfg.router.failed_mail_address if forward and loop is None else ""
+        return FileResult(0, sha, False, plan.direction, plan.loop is not None, outcomes, dropped=True)
     outbox: list[int] = []
     with transaction(store):
-        mid, new = insert_message(store, data.raw, sha, direction, text, loop is not None, headers=msg,
-                                  capture=capture, size=data.size)
-        record_deliveries(store, mid, envelope_from or "", recipients, queue_id)
-        record_thread_keys(store, mid, thread_keys(msg, capture_info), fresh=new)
-        for info in capture_info.values():
+        mid, new = insert_message(store, plan.data.raw, sha, plan.direction, plan.text, plan.loop is not None,
+                                  headers=msg, capture=plan.capture, size=plan.data.size)
+        record_deliveries(store, mid, plan.envelope_from or "", plan.recipients, queue_id)
+        record_thread_keys(store, mid, thread_keys(msg, plan.capture_info), fresh=new)
+        for info in plan.capture_info.values():
             if info.ref is not None:
                 record_capture(store, mid, info.ref, info.verified)
         seen: set[tuple] = set()  # a new message's filings are new, each key once (no answer to wait for)
@@ -294,10 +322,25 @@ def file_stored(data: MessageData | bytes, sha: str, envelope_from: str | None, 
                     continue
                 seen.add(directory.filing_key(row))
                 o.new_filings += record_filing(store, row, sha, fresh=new)
-            log_event(store, o.kind, _event(o, source), mid, queue_id, sha)
-        if to:
-            outbox = _queue_unfiled(store, mid, msg, outcomes, to, envelope_from, queue_id)
-    return FileResult(mid, sha, new, direction, loop is not None, outcomes, outbox)
+            log_event(store, o.kind, _event(o, plan.source), mid, queue_id, sha)
+        if plan.forward_to:
+            outbox = _queue_unfiled(store, mid, msg, outcomes, plan.forward_to, plan.envelope_from, queue_id)
+    return FileResult(mid, sha, new, plan.direction, plan.loop is not None, outcomes, outbox)
+
+
+def file_stored(data: MessageData | bytes, sha: str, envelope_from: str | None, recipients: list[str],
+                store: Store, cfg: Config, queue_id: str = "", capture_info: dict[str, CaptureInfo] | None = None,
+                *, rules: RouterRules | None = None, source: str = "lmtp", forward: bool = True,
+                lookups: directory.Lookups | None = None) -> FileResult:
+    """The filing part of :func:`file_message`, for a message already written (``sha``, its durable file):
+    the rows in one transaction — a savepoint when the caller has one open, which then commits before
+    answering — and, with ``forward``, the outbox record of its unfiled recipients. Call
+    :func:`after_commit` once committed. ``data``'s parsed header block serves the rules, the messages row
+    and the body text (of which at most ``MAX_SCAN`` bytes are read). ``lookups``: the directory's answers
+    (shared by the messages of a batch). :func:`plan_filing` then :func:`write_filing`; the router's batches
+    call them apart, planning the whole batch before the write transaction."""
+    return write_filing(plan_filing(data, sha, envelope_from, recipients, store, cfg, queue_id, capture_info,
+                                    rules=rules, source=source, forward=forward, lookups=lookups), store)
 
 
 def _drop(outcomes: list[RecipientOutcome], capture_info: dict[str, CaptureInfo], cfg: Config) -> bool:

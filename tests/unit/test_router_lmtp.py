@@ -208,16 +208,19 @@ def test_concurrent_deliveries_are_group_committed(store_location, tmp_path, mon
     store.close()
 
 
-def test_a_failed_filing_defers_only_its_message_in_the_batch(store_location, tmp_path, monkeypatch):
+@pytest.mark.parametrize("phase", ["plan_filing", "write_filing"])
+def test_a_failed_filing_defers_only_its_message_in_the_batch(store_location, tmp_path, monkeypatch, phase):
+    """Its plan (reads, rules: before the write transaction) or its rows (in its savepoint) fail."""
     store = Store(store_location, tmp_path / "m")
-    real = batch.file_stored
+    real = getattr(batch, phase)
 
-    def flaky(data, *a, **k):
+    def flaky(first, *a, **k):
+        data = first if phase == "plan_filing" else first.data
         if b"body 1" in data.raw:
             raise RuntimeError("disk I/O error")
-        return real(data, *a, **k)
+        return real(first, *a, **k)
 
-    monkeypatch.setattr(batch, "file_stored", flaky)
+    monkeypatch.setattr(batch, phase, flaky)
     items = [batch.Item(MessageData.from_bytes(MSG.replace(b"body", b"body %d" % i)), "bob@example.test",
                         [f"m{i}@matters.lawfirm.test"]) for i in range(3)]
     cfg = from_dict({})
