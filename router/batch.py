@@ -4,7 +4,8 @@
 syncs the batch's message files (``router.sync``: one syncfs(2) of the store's file system for the whole
 batch, or an fsync of each file and each hash directory), plans every message's filing (router/filing.py
 ``plan_filing``: reads and rules, before the write lock), then writes each plan in its own savepoint of
-ONE transaction (``write_filing``: its rows and, for unfiled mail, its outbox record) and commits once. A message whose filing fails is rolled back to
+ONE transaction (``write_filing``: its rows and, for unfiled mail, its outbox record) and commits once
+(on SQLite the commit's WAL is fsynced just after the write lock is released, before anything returns). A message whose filing fails is rolled back to
 its savepoint and comes back without a result (the LMTP edge defers it); if the commit fails, every
 message does. A result means: its file and its rows are durable. Nothing here speaks a protocol.
 """
@@ -109,7 +110,8 @@ def file_batch(store: Store, cfg: Config, rules: RouterRules, capture: CaptureSe
     deferred: set[int] = set()  # ids of the items already deferred (and logged) in their savepoint
     try:
         store.sync_blobs(dirs, whole_fs)  # the files and their renames durable before the commit
-        with transaction(store):  # one commit for the batch
+        # one commit for the batch; SQLite: its WAL fsynced after the write lock is released (engine._Tx)
+        with transaction(store, sync_after_unlock=True):
             for o, plan in plans:
                 try:
                     o.result = write_filing(plan, store)  # in its own savepoint (a nested transaction)

@@ -199,6 +199,23 @@ class Store:
             os.rename(spooled.path, dest)
         return dest
 
+    @property
+    def durable(self) -> bool:
+        return self._durable
+
+    def sync_wal(self) -> None:
+        """fsync the SQLite WAL file: every commit written to it so far is on disk (see :class:`_Tx`). Without
+        a WAL file (it is removed only when the last connection closes), the database file."""
+        assert isinstance(self.path, Path)
+        try:
+            fd = os.open(self._wal_path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
     def sync_blobs(self, dirs: Iterable[Path], whole_filesystem: bool) -> None:
         """Make the blobs written with ``sync_dir=False`` durable before the commit that names them:
         ``whole_filesystem`` — one syncfs(2) of the store's file system (the files were written with
@@ -327,32 +344,55 @@ def recover_stale_tmp(messages_dir: Path | str) -> int:
 class _Tx:
     """BEGIN (SQLite: BEGIN IMMEDIATE, the write lock at once) ... COMMIT, rolled back on any error; inside a
     transaction already (the router's batches, router/lmtp.py), a SAVEPOINT ... RELEASE instead, rolled
-    back to the savepoint on error (on PostgreSQL that also clears the failed state, so the batch goes on)."""
+    back to the savepoint on error (on PostgreSQL that also clears the failed state, so the batch goes on).
+
+    ``sync_after_unlock`` (a durable SQLite store; the router's batches): the same durability, with the
+    write lock held for less. With ``synchronous = FULL`` SQLite fsyncs the WAL inside COMMIT, holding the
+    store's one write lock through the flush (a median 3 ms, a p90 of 7-31 ms in bench/outbound end to
+    end, while the milter's envelope records waited). Here the commit runs with ``synchronous = NORMAL``
+    (its frames written to the WAL, not flushed), and the WAL is fsynced right after the lock is released,
+    before the transaction returns: the frames are durable before anything is answered, as with FULL. A
+    checkpoint in between syncs the WAL before it copies frames and the database file after (SQLite's
+    NORMAL), and the WAL is only reused after a complete checkpoint, so the frames are on disk in one or
+    the other. The connection is back to FULL afterwards."""
 
     _names = itertools.count(1)
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, sync_after_unlock: bool = False) -> None:
+        self.store = store
         self.db = store.db
         self.savepoint: str | None = None
+        self.sync_after = sync_after_unlock and store.engine == SQLITE and store.durable and not store.db.in_transaction
 
     def __enter__(self) -> None:
         if self.db.in_transaction:
             self.savepoint = f"tx{next(self._names)}"
             self.db.defer(f"SAVEPOINT {self.savepoint}")  # PostgreSQL: sent with the first statement in it
-        else:
+            return
+        if self.sync_after:
+            self.db.execute("PRAGMA synchronous = NORMAL")
+        try:
             self.db.begin()
+        except BaseException:
+            self._full()
+            raise
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if self.savepoint is None:
-            if exc_type is None:
-                try:
-                    self.db.execute("COMMIT")
+            try:
+                if exc_type is None:
+                    try:
+                        self.db.execute("COMMIT")
+                    except BaseException:
+                        self._rollback()
+                        raise
+                    if self.sync_after:
+                        self.store.sync_wal()
                     return
-                except BaseException:
-                    self._rollback()
-                    raise
-            self._rollback()
-            return
+                self._rollback()
+                return
+            finally:
+                self._full()
         if exc_type and self.db.in_transaction:
             self.db.execute(f"ROLLBACK TO {self.savepoint}")
         if self.db.in_transaction:
@@ -369,7 +409,12 @@ class _Tx:
         if self.db.in_transaction:  # SQLite ends a transaction by itself on some errors
             self.db.execute("ROLLBACK")
 
+    def _full(self) -> None:
+        if self.sync_after:
+            self.db.execute("PRAGMA synchronous = FULL")
 
-def transaction(store: Store) -> _Tx:
-    """``with transaction(store):`` — the one way to group changes; nested, a savepoint."""
-    return _Tx(store)
+
+def transaction(store: Store, *, sync_after_unlock: bool = False) -> _Tx:
+    """``with transaction(store):`` — the one way to group changes; nested, a savepoint.
+    ``sync_after_unlock``: see :class:`_Tx` (only a durable SQLite store's top-level transaction)."""
+    return _Tx(store, sync_after_unlock)

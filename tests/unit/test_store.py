@@ -2,6 +2,7 @@
 -> ``Store.write_blob`` + router/filing.py ``file_stored``, answered by router/lmtp.py ``replies``)."""
 
 import hashlib
+import os
 
 import pytest
 
@@ -50,11 +51,16 @@ def test_delivery_writes_the_file_then_commits_the_rows(store, monkeypatch, sync
     real_execute, real_sync, real_fsync = store.db.execute, store.sync_blobs, storemod.engine.os.fsync
     monkeypatch.setattr(store, "sync_blobs", lambda dirs, whole: (synced.append("fs" if whole else "dirs"),
                                                                    synced.extend(dirs), real_sync(dirs, whole)))
-    monkeypatch.setattr(storemod.engine.os, "fsync", lambda fd: (fsynced_files.append(fd), real_fsync(fd)))
+    monkeypatch.setattr(storemod.engine.os, "fsync",
+                        lambda fd: (fsynced_files.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd)))
+    sqlite = store.engine == "sqlite"
 
     def execute(sql, *a, **k):
         if sql == "COMMIT":
             seen.append((path.read_bytes() == RAW, path.parent in synced, synced[0]))
+            if sqlite:  # the commit does not flush the WAL itself, holding the write lock: it is flushed after
+                assert real_execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+                fsynced_files.append("COMMIT")
         return real_execute(sql, *a, **k)
 
     monkeypatch.setattr(store.db, "execute", execute)
@@ -63,7 +69,11 @@ def test_delivery_writes_the_file_then_commits_the_rows(store, monkeypatch, sync
     assert reply == f"250 2.0.0 <1234@Matters.Lawfirm.test> stored as {sha[:16]}"
     # syncfs: one flush of the file system, no fsync per file; fsync: the file, then its directory
     assert seen == [(True, True, "fs" if sync == "syncfs" else "dirs")], seen
-    assert bool(fsynced_files) == (sync == "fsync")
+    files = [f for f in fsynced_files if not f.endswith("-wal") and f != "COMMIT"]
+    assert bool(files) == (sync == "fsync"), fsynced_files
+    if sqlite:  # the WAL fsynced after the COMMIT, before the reply; the connection back to FULL
+        assert fsynced_files[-2:] == ["COMMIT", f"{store.path}-wal"], fsynced_files
+        assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 2
     assert path.name == f"{sha}.eml" and not list(path.parent.glob(".tmp-*"))
     row = store.db.execute("SELECT sha256, size, message_id, subject FROM messages").fetchone()
     assert row == (sha, len(RAW), "<m1@example.test>", "Hello")
