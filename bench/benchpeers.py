@@ -67,6 +67,14 @@ def children_cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
+def cpu_machine() -> float:
+    """Seconds of every CPU's busy time so far (/proc/stat: user, nice, system, irq, softirq, steal; not idle
+    or iowait): what per-process columns leave out too -- a load generator, kernel threads (writeback, the
+    journal), anything else running. Per message, 2 CPUs saturated read 2000 / (msgs/s) ms."""
+    f = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return sum(int(f[i]) for i in (1, 2, 3, 6, 7, 8)) / os.sysconf("SC_CLK_TCK")
+
+
 def package_version(pkg: str) -> str:
     r = subprocess.run(["dpkg-query", "-W", "-f=${Version}", pkg], capture_output=True, text=True, check=False)
     return r.stdout.strip() or "?"
