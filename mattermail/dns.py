@@ -10,6 +10,7 @@ record".
 from __future__ import annotations
 
 import contextvars
+import socket
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -18,9 +19,9 @@ from functools import lru_cache
 from typing import Any
 
 import dns.exception
+import dns.inet
 import dns.message
 import dns.name
-import dns.query
 import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
@@ -76,6 +77,7 @@ class Resolver:
         # One nameserver and no cache (cache_size = 0): each query is one UDP exchange (_exchange).
         ns = self.cfg.nameservers
         self._direct = (ns[0], self.cfg.port) if len(ns) == 1 and r.cache is None else None
+        self._family = dns.inet.af_for_address(ns[0]) if self._direct else socket.AF_INET
         # Results computed from cached answers only (an SPF verdict): kept until the first of
         # those answers expires, so they are exactly what recomputing would give. None: no cache.
         self._derived: dict[Hashable, tuple[float, Any]] | None = {} if r.cache is not None else None
@@ -138,8 +140,8 @@ class Resolver:
 
     def _exchange(self, qname: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> list[dns.rdata.Rdata] | None:
         """What ``resolve()`` answers for one nameserver without a cache, minus its per-query
-        machinery (a third of its CPU): one ``dns.query.udp`` exchange (the first reply that
-        ``is_response`` to the query), read by dnspython's own ``Answer`` (CNAME chains, checks).
+        machinery (a third of its CPU): one UDP exchange (:meth:`_udp`), the reply read by
+        dnspython's own ``Answer`` (CNAME chains, checks).
 
         None: leave it to ``resolve()`` (a truncated reply, an rcode other than NOERROR and
         NXDOMAIN, a reply Answer refuses, a malformed reply, a socket error such as a refused port).
@@ -148,12 +150,11 @@ class Resolver:
         assert self._direct is not None
         query = dns.message.make_query(qname, rdtype)
         try:
-            response = dns.query.udp(query, self._direct[0], timeout=self.cfg.timeout, port=self._direct[1],
-                                     ignore_unexpected=True, raise_on_truncation=True)
-        except dns.exception.Timeout:
+            response = self._udp(query)
+        except TimeoutError:
             raise TempError(f"{dns.rdatatype.to_text(rdtype)} {qname}: "
                             f"the DNS operation timed out after {self.cfg.timeout} seconds") from None
-        except (OSError, dns.exception.DNSException):  # truncated, malformed, refused: resolve() decides
+        except (OSError, dns.exception.DNSException):  # truncated, refused: resolve() decides
             return None
         rcode = response.rcode()
         if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
@@ -165,3 +166,36 @@ class Resolver:
             return list(dns.resolver.Answer(qname, rdtype, dns.rdataclass.IN, response, self._direct[0], self._direct[1]))
         except Exception:  # noqa: BLE001 - resolve() drops such a server and reports why
             return None
+
+    def _udp(self, query: dns.message.Message) -> dns.message.Message:
+        """The first reply to ``query`` from the nameserver, as ``dns.query.udp(ignore_unexpected=True,
+        raise_on_truncation=True)`` returns it, on a fresh socket (a random source port per query).
+
+        The socket is connected, so the kernel drops datagrams from any other address (what
+        ignore_unexpected filters), and waits with its own timeout: dns.query creates and closes an
+        epoll selector for each wait, twice per query, which made up half of the exchange's
+        system calls (each one a release of the GIL the other sessions' callbacks wait for).
+        A datagram that is not a reply to this query (another id or question, or not DNS) is
+        skipped. TimeoutError at the deadline; dns.message.Truncated for a truncated reply.
+        """
+        deadline = time.monotonic() + self.cfg.timeout
+        with socket.socket(self._family, socket.SOCK_DGRAM) as s:
+            s.settimeout(self.cfg.timeout)
+            s.connect(self._direct)
+            s.send(query.to_wire())
+            while True:
+                data = s.recv(65535)
+                try:
+                    response = dns.message.from_wire(data, raise_on_truncation=True)
+                except dns.message.Truncated as e:
+                    if query.is_response(e.message()):
+                        raise
+                    response = None
+                except Exception:  # noqa: BLE001 - not DNS: not our reply
+                    response = None
+                if response is not None and query.is_response(response):
+                    return response
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("the DNS operation timed out")
+                s.settimeout(left)
