@@ -3,7 +3,9 @@
 Serves every ``*.zone`` file in a directory (BIND syntax, parsed by dnslib) on
 UDP and TCP. A file that changes is re-read on the next query, so tests can
 add their own domains by writing a zone file. Names that exist with other
-types answer NOERROR/NODATA; names that do not exist answer NXDOMAIN. For the
+types answer NOERROR/NODATA; names that do not exist answer NXDOMAIN, or a
+wildcard's records (``*.example.org``, RFC 4592: below the closest existing
+name only). For the
 dev stack and tests only: it is not a production name server.
 """
 
@@ -15,7 +17,7 @@ import signal
 import threading
 from pathlib import Path
 
-from dnslib import QTYPE, RCODE, RR, DNSRecord
+from dnslib import QTYPE, RCODE, RR, DNSLabel, DNSRecord
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
 log = logging.getLogger("mattermail_dev.devdns")
@@ -59,7 +61,7 @@ class ZoneDirResolver(BaseResolver):
         qname = request.q.qname
         qtype = QTYPE[request.q.qtype]
         records = self.records()
-        matches = [rr for rr in records if rr.rname == qname]
+        matches = [rr for rr in records if rr.rname == qname] or _wildcard(records, qname)
         if not matches:
             # An empty non-terminal (a name with names below it) exists: NODATA, not NXDOMAIN.
             if not any(rr.rname.matchSuffix(qname) for rr in records):
@@ -77,6 +79,21 @@ class ZoneDirResolver(BaseResolver):
                     if t.rname == target and QTYPE[t.rtype] == qtype:
                         reply.add_answer(t)
         return reply
+
+
+def _wildcard(records: list[RR], qname: DNSLabel) -> list[RR]:
+    """A wildcard's records as ``qname``'s (RFC 4592): ``*.E`` at the closest existing ancestor
+    E of a name that does not exist; [] when qname exists (an empty non-terminal) or E has none."""
+    if any(rr.rname.matchSuffix(qname) for rr in records):
+        return []
+    labels = qname.label
+    for i in range(1, len(labels)):
+        encloser = DNSLabel(labels[i:])
+        star = DNSLabel((b"*",) + labels[i:])
+        found = [RR(qname, rr.rtype, rr.rclass, rr.ttl, rr.rdata) for rr in records if rr.rname == star]
+        if found or any(rr.rname.matchSuffix(encloser) for rr in records):
+            return found
+    return []
 
 
 class _QuietLogger(DNSLogger):
