@@ -13,7 +13,8 @@ much as the filters.
 This module turns the same zone directory into an unbound configuration with
 one ``local-data`` line per record (read by devdns's own ZoneDirResolver, so
 the records are exactly what devdns serves) under ``local-zone: "." static``: names that exist with other types answer
-NODATA, names that do not exist NXDOMAIN, as devdns does. No recursion, no
+NODATA, names that do not exist NXDOMAIN, as devdns does; a wildcard ``*.X``
+(bench/inbound's uncached names) is a redirect zone X. No recursion, no
 forwarding, no cache involved: every query is answered from the zone data. It
 listens on every address given (UDP and TCP) and logs every query
 (``log-queries``); ``counts()`` reads the log from where it last stopped and
@@ -37,8 +38,19 @@ QUERY = re.compile(rb"info: \S+ (\S+) (\S+) IN$", re.M)
 
 
 def local_data(records: list[RR]) -> str:
+    """unbound local-data lines for ``records``. A wildcard ``*.X`` becomes a redirect zone X whose
+    apex holds the record, which answers every name below X as the wildcard would; that holds only
+    while nothing else is published at or below X, so anything there is refused."""
     lines = []
+    wild = {str(rr.rname)[2:] for rr in records if str(rr.rname).startswith("*.")}
     for rr in records:
+        owner = str(rr.rname)
+        below = [w for w in wild if owner != "*." + w and (owner == w or owner.endswith("." + w))]
+        if below:
+            raise ValueError(f"{owner}: published below the wildcard *.{below[0]} (unbound's redirect zone would hide it)")
+        if owner.startswith("*."):
+            rr = RR(owner[2:], rr.rtype, rr.rclass, rr.ttl, rr.rdata)
+            lines.append(f'    local-zone: "{owner[2:]}" redirect')
         text = rr.toZone().replace("\t", " ")
         if "'" in text:
             raise ValueError(f"record with a single quote cannot be written as unbound local-data: {text}")

@@ -32,10 +32,13 @@ from dnslib.server import BaseResolver, DNSServer
 from mattermail_dev.devdns import ZoneDirResolver, _QuietLogger
 
 SENDER = re.compile(r"\bsender\d+\.example\.?$")
+MESSAGE = re.compile(r"^p\d+(?:-\d+)?\.u\.")
 
 
 def fold(name: str) -> str:
-    return SENDER.sub("<sender>.example", name.lower().rstrip("."))
+    """senderNN.example as <sender>.example; bench/inbound's names of one message (pNNNN-RUN.u.,
+    pNNNN.u._domainkey.) as <msg>.u."""
+    return MESSAGE.sub("<msg>.u.", SENDER.sub("<sender>.example", name.lower().rstrip(".")))
 
 
 class Counting(BaseResolver):
