@@ -15,11 +15,16 @@ hands a process signal to the main thread, which does not block them.)
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import os
 import signal
 import socket
 import sys
 import threading
+import time
+import typing
+from collections.abc import Callable
+from typing import Any
 
 import Milter
 
@@ -104,8 +109,9 @@ class Sessions:
         cfg = daemon.reload_config(path, running)
         if cfg is None:
             return False
-        if cfg.milter.socket != running.milter.socket or cfg.milter.timeout != running.milter.timeout:
-            log.warning("reload: milter.socket/timeout changed; that takes a restart (still %s)",
+        if (cfg.milter.socket, cfg.milter.timeout, cfg.milter.workers) != (
+                running.milter.socket, running.milter.timeout, running.milter.workers):
+            log.warning("reload: milter.socket/timeout/workers changed; that takes a restart (still %s)",
                         running.milter.socket)
         try:
             runtime = load_runtime(cfg)
@@ -140,32 +146,25 @@ def libmilter_stop() -> None:
     libmilter.stop()
 
 
-def main(argv: list[str] | None = None) -> None:
-    cfg = daemon.start(PROG, "Postfix milter: capture, disclaimers, DKIM, SPF/DKIM/DMARC", argv)
-    try:
-        runtime = load_runtime(cfg)
-    except RuntimeLoadError as e:
-        daemon.fatal(PROG, str(e))
-    sessions = Sessions(runtime)
-    Milter.factory = sessions.new
-    Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS | Milter.CHGBODY | Milter.ADDRCPT | Milter.ADDRCPT_PAR
-                     | Milter.DELRCPT | Milter.CHGFROM | Milter.QUARANTINE)
+def _listener(cfg: configmod.Config) -> tuple[str, str, Any]:
+    """libmilter's connection spec for ``milter.socket``, with its kind and address."""
     sock = cfg.milter.socket
     kind, where = daemon.parse_listen(sock)
     if kind == "unix":
         os.makedirs(os.path.dirname(str(where)), exist_ok=True)
-        conn = sock
-    else:
-        host, port = where  # type: ignore[misc]
-        conn = f"inet:{port}@{host}"  # libmilter writes port@host; Postfix host:port
-    if kind == "inet":
-        _nodelay_on_listener(where)  # type: ignore[arg-type]
+        return sock, kind, where
+    host, port = where  # type: ignore[misc]
+    return f"inet:{port}@{host}", kind, where  # libmilter writes port@host; Postfix host:port
 
+
+def _serve(cfg: configmod.Config, sessions: Sessions, kind: str, where: Any, start: Callable[[], None]) -> int:
+    """Run ``start`` (libmilter's accept loop) in a thread; the calling thread handles SIGHUP
+    (reload) and SIGTERM/SIGINT (stop). The exit status."""
     failure: list[BaseException] = []
 
     def serve() -> None:
         try:
-            Milter.runmilter("mattermail", conn, timeout=cfg.milter.timeout)
+            start()
         except BaseException as e:  # reported by the main thread
             failure.append(e)
 
@@ -174,7 +173,6 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     server = threading.Thread(target=serve, name="libmilter")
-    log.info("listening on %s", sock)
     server.start()
     stopping = False
     while server.is_alive():
@@ -194,11 +192,131 @@ def main(argv: list[str] | None = None) -> None:
                 stopper.join(0.05)
     if failure:
         log.error("libmilter failed: %s", failure[0])
-        sys.exit(1)
+        return 1
     if not stopping:
         log.error("libmilter stopped by itself (signal not handled by the main thread?)")
-        sys.exit(1)
+        return 1
     log.info("stopped")
+    return 0
+
+
+def _prepare_libmilter(conn: str, timeout: int) -> None:
+    """What ``Milter.runmilter`` does before it serves (callbacks, connection, registration, the
+    listening socket), so that worker processes forked afterwards all accept on that one socket."""
+    import milter as libmilter  # pymilter's C extension
+
+    libmilter.set_connect_callback(Milter.connect_callback)
+    libmilter.set_helo_callback(lambda ctx, host: ctx.getpriv().hello(host))
+    libmilter.set_envfrom_callback(lambda ctx, *b: ctx.getpriv().envfrom_bytes(*b))
+    libmilter.set_envrcpt_callback(lambda ctx, *b: ctx.getpriv().envrcpt_bytes(*b))
+    libmilter.set_header_callback(lambda ctx, f, v: ctx.getpriv().header_bytes(f, v))
+    libmilter.set_eoh_callback(lambda ctx: ctx.getpriv().eoh())
+    libmilter.set_body_callback(lambda ctx, chunk: ctx.getpriv().body(chunk))
+    libmilter.set_eom_callback(lambda ctx: ctx.getpriv().eom())
+    libmilter.set_abort_callback(lambda ctx: ctx.getpriv().abort())
+    libmilter.set_close_callback(Milter.close_callback)
+    libmilter.setconn(conn)
+    if timeout > 0:
+        libmilter.settimeout(timeout)
+    libmilter.register("mattermail", data=lambda ctx: ctx.getpriv().data(),
+                       unknown=lambda ctx, cmd: ctx.getpriv().unknown(cmd), negotiate=Milter.negotiate_callback)
+    libmilter.opensocket(True)
+
+
+def _die_with_parent() -> None:
+    """A worker gets SIGTERM (and stops as on any SIGTERM) when the parent dies, even by SIGKILL."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    PR_SET_PDEATHSIG = 1
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _worker(cfg: configmod.Config, kind: str, where: Any, number: int) -> typing.NoReturn:
+    """One forked worker: a runtime of its own (store connections, DNS cache, keys), libmilter's
+    accept loop on the socket the parent opened. Never returns."""
+    import milter as libmilter  # pymilter's C extension
+
+    status = 1
+    try:
+        _die_with_parent()
+        for h in logging.getLogger().handlers:  # syslog lines carry the worker's own pid
+            if isinstance(h, logging.handlers.SysLogHandler):
+                h.ident = f"{PROG}[{os.getpid()}]: "
+        sessions = Sessions(load_runtime(cfg))
+        Milter.factory = sessions.new
+        log.info("worker %d of %d serving", number, cfg.milter.workers)
+        status = _serve(cfg, sessions, kind, where, libmilter.main)
+    except BaseException:  # noqa: BLE001 - logged; the parent sees the status
+        log.exception("worker %d failed", number)
+    finally:
+        logging.shutdown()
+        os._exit(status)
+
+
+def _prefork(cfg: configmod.Config, conn: str, kind: str, where: Any) -> int:
+    """``milter.workers`` processes accepting on one listening socket, each with its own Python
+    interpreter lock. The parent forwards SIGHUP and SIGTERM/SIGINT to them; a worker that exits
+    on its own ends the group (status 1, for systemd to restart), as a crashed milter would."""
+    _prepare_libmilter(conn, cfg.milter.timeout)
+    workers: dict[int, int] = {}
+    for number in range(1, cfg.milter.workers + 1):
+        pid = os.fork()
+        if pid == 0:
+            _worker(cfg, kind, where, number)
+        workers[pid] = number
+    pending: list[int] = []
+    for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda s, _f: pending.append(s))
+    status, stopping = 0, False
+    while workers:
+        for sig in pending[:]:
+            pending.remove(sig)
+            if sig == signal.SIGHUP:
+                log.info("reload: passing SIGHUP to %d worker(s)", len(workers))
+            elif not stopping:
+                stopping = True
+                log.info("stopping %d worker(s)", len(workers))
+            for pid in workers:
+                os.kill(pid, signal.SIGHUP if sig == signal.SIGHUP else signal.SIGTERM)
+        try:
+            pid, wstatus = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid == 0:
+            time.sleep(0.1)
+            continue
+        number = workers.pop(pid)
+        code = os.waitstatus_to_exitcode(wstatus)
+        if not stopping:
+            log.error("worker %d (pid %d) ended with status %d; stopping the others", number, pid, code)
+            status, stopping = 1, True
+            for other in workers:
+                os.kill(other, signal.SIGTERM)
+        elif code != 0:
+            status = 1
+    log.info("stopped")
+    return status
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = daemon.start(PROG, "Postfix milter: capture, disclaimers, DKIM, SPF/DKIM/DMARC", argv)
+    try:
+        runtime = load_runtime(cfg)
+    except RuntimeLoadError as e:
+        daemon.fatal(PROG, str(e))
+    Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS | Milter.CHGBODY | Milter.ADDRCPT | Milter.ADDRCPT_PAR
+                     | Milter.DELRCPT | Milter.CHGFROM | Milter.QUARANTINE)
+    conn, kind, where = _listener(cfg)
+    if kind == "inet":
+        _nodelay_on_listener(where)  # type: ignore[arg-type]
+    log.info("listening on %s", cfg.milter.socket)
+    if cfg.milter.workers > 1:  # each worker loads its own runtime; this one only checked the config
+        sys.exit(_prefork(cfg, conn, kind, where))
+    sessions = Sessions(runtime)
+    Milter.factory = sessions.new
+    sys.exit(_serve(cfg, sessions, kind, where,
+                    lambda: Milter.runmilter("mattermail", conn, timeout=cfg.milter.timeout)))
 
 
 if __name__ == "__main__":

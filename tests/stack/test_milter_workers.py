@@ -1,0 +1,107 @@
+"""``milter.workers = 2`` through the real stack: two processes accept on the one socket and serve
+mail; SIGHUP reloads each; SIGTERM stops all; a parent killed outright takes its workers along."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from .conftest import wait_for
+from .test_outbound import dkim_results
+from .test_reload import lines, pid
+
+
+def _alive(p: int) -> bool:
+    try:
+        os.kill(p, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (ours, not yet reaped) is gone for this purpose
+        with open(f"/proc/{p}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _workers(parent: int) -> list[int]:
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == parent:
+                        out.append(int(name))
+            except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+                pass
+    return sorted(out)
+
+
+@pytest.fixture
+def two_workers(stack) -> Iterator[int]:
+    """The stack's milter restarted with workers = 2; its parent's pid. Restored afterwards."""
+    path = stack.stack.config
+    original = path.read_text()
+    path.write_text(original.replace("[milter]\n", "[milter]\nworkers = 2\n", 1))
+    try:
+        stack.stack.stop_milter()
+        stack.stack.start_milter()
+        parent = pid(stack, "milter")
+        wait_for(lambda: len(_workers(parent)) == 2, 30, "two milter workers")
+        wait_for(lambda: lines(stack, "milter", "of 2 serving") >= 2, 30, "both workers serving")
+        yield parent
+    finally:
+        path.write_text(original)
+        stack.stack.stop_milter()
+        stack.stack.start_milter()
+
+
+def test_two_workers_serve_mail_reload_and_stop(stack, two_workers):
+    parent = two_workers
+    workers = _workers(parent)
+    log = stack.stack.logs / "milter.log"
+    start = log.stat().st_size
+
+    def since() -> str:
+        with open(log, "rb") as f:
+            f.seek(start)
+            return f.read().decode(errors="replace")
+
+    for w in workers:
+        assert re.search(rf"mattermail-milter\[{w}\]: worker [12] of 2 serving", log.read_text()), w
+    sent = []
+    for i in range(6):
+        msg = stack.message("alice@lawfirm.test", ["someone@example.test"], subject=f"workers {i}")
+        stack.submit("alice@lawfirm.test", msg, ["someone@example.test"])
+        sent.append(msg["Message-ID"].encode())
+    for mid in sent:  # every message signed, whichever worker took its connection
+        raw = stack.sink_with(mid).read_bytes()
+        assert dkim_results(stack, raw) and all(dkim_results(stack, raw))
+    served = set(int(p) for p in re.findall(r"mattermail-milter\[(\d+)\]: \w+: outbound from=<alice@lawfirm\.test>",
+                                             since()))
+    assert served and served <= set(workers)  # the parent serves no mail itself
+
+    before = lines(stack, "milter", "reloaded")
+    os.kill(parent, signal.SIGHUP)
+    wait_for(lambda: lines(stack, "milter", "reloaded") >= before + 2, 30, "each worker reloaded")
+    reloaded = set(int(p) for p in re.findall(r"mattermail-milter\[(\d+)\]: reloaded", since()))
+    assert set(workers) <= reloaded
+    assert _workers(parent) == workers  # reloaded in place, not restarted
+
+    os.kill(parent, signal.SIGTERM)
+    wait_for(lambda: not _alive(parent) and not any(_alive(w) for w in workers), 30, "parent and workers gone")
+    assert f"mattermail-milter[{parent}]: stopping 2 worker(s)" in since()
+
+
+def test_a_parent_killed_outright_takes_its_workers_along(stack, two_workers):
+    parent = two_workers
+    workers = _workers(parent)
+    os.kill(parent, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(w) for w in workers), "workers outlived their parent"
