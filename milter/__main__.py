@@ -223,23 +223,26 @@ def _prepare_libmilter(conn: str, timeout: int) -> None:
     libmilter.opensocket(True)
 
 
-def _die_with_parent() -> None:
-    """A worker gets SIGTERM (and stops as on any SIGTERM) when the parent dies, even by SIGKILL."""
+def _die_with_parent(parent: int) -> None:
+    """A worker gets SIGTERM (and stops as on any SIGTERM) when the parent dies, even by SIGKILL.
+    A parent already gone before this ran (the signal would never come) ends the worker here."""
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
     PR_SET_PDEATHSIG = 1
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:
+        raise SystemExit("the parent process ended before this worker started")
 
 
-def _worker(cfg: configmod.Config, kind: str, where: Any, number: int) -> typing.NoReturn:
+def _worker(cfg: configmod.Config, kind: str, where: Any, number: int, parent: int) -> typing.NoReturn:
     """One forked worker: a runtime of its own (store connections, DNS cache, keys), libmilter's
     accept loop on the socket the parent opened. Never returns."""
     import milter as libmilter  # pymilter's C extension
 
     status = 1
     try:
-        _die_with_parent()
+        _die_with_parent(parent)
         for h in logging.getLogger().handlers:  # syslog lines carry the worker's own pid
             if isinstance(h, logging.handlers.SysLogHandler):
                 h.ident = f"{PROG}[{os.getpid()}]: "
@@ -260,10 +263,11 @@ def _prefork(cfg: configmod.Config, conn: str, kind: str, where: Any) -> int:
     on its own ends the group (status 1, for systemd to restart), as a crashed milter would."""
     _prepare_libmilter(conn, cfg.milter.timeout)
     workers: dict[int, int] = {}
+    parent = os.getpid()
     for number in range(1, cfg.milter.workers + 1):
         pid = os.fork()
         if pid == 0:
-            _worker(cfg, kind, where, number)
+            _worker(cfg, kind, where, number, parent)
         workers[pid] = number
     pending: list[int] = []
     for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):

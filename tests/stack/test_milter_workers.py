@@ -52,7 +52,9 @@ def two_workers(stack) -> Iterator[int]:
         stack.stack.start_milter()
         parent = pid(stack, "milter")
         wait_for(lambda: len(_workers(parent)) == 2, 30, "two milter workers")
-        wait_for(lambda: lines(stack, "milter", "of 2 serving") >= 2, 30, "both workers serving")
+        log = stack.stack.logs / "milter.log"
+        wait_for(lambda: all(re.search(rf"mattermail-milter\[{w}\]: worker [12] of 2 serving", log.read_text())
+                             for w in _workers(parent)), 30, "both workers serving")
         yield parent
     finally:
         path.write_text(original)
