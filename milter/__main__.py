@@ -200,29 +200,6 @@ def _serve(cfg: configmod.Config, sessions: Sessions, kind: str, where: Any, sta
     return 0
 
 
-def _prepare_libmilter(conn: str, timeout: int) -> None:
-    """What ``Milter.runmilter`` does before it serves (callbacks, connection, registration, the
-    listening socket), so that worker processes forked afterwards all accept on that one socket."""
-    import milter as libmilter  # pymilter's C extension
-
-    libmilter.set_connect_callback(Milter.connect_callback)
-    libmilter.set_helo_callback(lambda ctx, host: ctx.getpriv().hello(host))
-    libmilter.set_envfrom_callback(lambda ctx, *b: ctx.getpriv().envfrom_bytes(*b))
-    libmilter.set_envrcpt_callback(lambda ctx, *b: ctx.getpriv().envrcpt_bytes(*b))
-    libmilter.set_header_callback(lambda ctx, f, v: ctx.getpriv().header_bytes(f, v))
-    libmilter.set_eoh_callback(lambda ctx: ctx.getpriv().eoh())
-    libmilter.set_body_callback(lambda ctx, chunk: ctx.getpriv().body(chunk))
-    libmilter.set_eom_callback(lambda ctx: ctx.getpriv().eom())
-    libmilter.set_abort_callback(lambda ctx: ctx.getpriv().abort())
-    libmilter.set_close_callback(Milter.close_callback)
-    libmilter.setconn(conn)
-    if timeout > 0:
-        libmilter.settimeout(timeout)
-    libmilter.register("mattermail", data=lambda ctx: ctx.getpriv().data(),
-                       unknown=lambda ctx, cmd: ctx.getpriv().unknown(cmd), negotiate=Milter.negotiate_callback)
-    libmilter.opensocket(True)
-
-
 def _die_with_parent(parent: int) -> None:
     """A worker gets SIGTERM (and stops as on any SIGTERM) when the parent dies, even by SIGKILL.
     A parent already gone before this ran (the signal would never come) ends the worker here."""
@@ -235,11 +212,10 @@ def _die_with_parent(parent: int) -> None:
         raise SystemExit("the parent process ended before this worker started")
 
 
-def _worker(cfg: configmod.Config, kind: str, where: Any, number: int, parent: int) -> typing.NoReturn:
+def _worker(cfg: configmod.Config, kind: str, where: Any, number: int, parent: int,
+            accept_loop: Callable[[], None]) -> typing.NoReturn:
     """One forked worker: a runtime of its own (store connections, DNS cache, keys), libmilter's
     accept loop on the socket the parent opened. Never returns."""
-    import milter as libmilter  # pymilter's C extension
-
     status = 1
     try:
         _die_with_parent(parent)
@@ -249,7 +225,7 @@ def _worker(cfg: configmod.Config, kind: str, where: Any, number: int, parent: i
         sessions = Sessions(load_runtime(cfg))
         Milter.factory = sessions.new
         log.info("worker %d of %d serving", number, cfg.milter.workers)
-        status = _serve(cfg, sessions, kind, where, libmilter.main)
+        status = _serve(cfg, sessions, kind, where, accept_loop)
     except BaseException:  # noqa: BLE001 - logged; the parent sees the status
         log.exception("worker %d failed", number)
     finally:
@@ -259,15 +235,30 @@ def _worker(cfg: configmod.Config, kind: str, where: Any, number: int, parent: i
 
 def _prefork(cfg: configmod.Config, conn: str, kind: str, where: Any) -> int:
     """``milter.workers`` processes accepting on one listening socket, each with its own Python
-    interpreter lock. The parent forwards SIGHUP and SIGTERM/SIGINT to them; a worker that exits
-    on its own ends the group (status 1, for systemd to restart), as a crashed milter would."""
-    _prepare_libmilter(conn, cfg.milter.timeout)
+    interpreter lock: ``Milter.runmilter`` sets libmilter up and opens the socket as for one
+    process, and where it would enter libmilter's accept loop, the workers are forked instead."""
+    import milter as libmilter  # pymilter's C extension
+
+    accept_loop = libmilter.main  # (with TCP_NODELAY first on inet: _nodelay_on_listener)
+    status = [1]
+
+    def fork_workers() -> None:
+        status[0] = _supervise(cfg, kind, where, accept_loop)
+
+    libmilter.main = fork_workers
+    Milter.runmilter("mattermail", conn, timeout=cfg.milter.timeout)
+    return status[0]
+
+
+def _supervise(cfg: configmod.Config, kind: str, where: Any, accept_loop: Callable[[], None]) -> int:
+    """Fork the workers, then forward SIGHUP and SIGTERM/SIGINT to them; a worker that exits on its
+    own ends the group (status 1, for systemd to restart), as a crashed milter would."""
     workers: dict[int, int] = {}
     parent = os.getpid()
     for number in range(1, cfg.milter.workers + 1):
         pid = os.fork()
         if pid == 0:
-            _worker(cfg, kind, where, number, parent)
+            _worker(cfg, kind, where, number, parent, accept_loop)
         workers[pid] = number
     pending: list[int] = []
     for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):

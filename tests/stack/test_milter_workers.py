@@ -11,21 +11,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from mattermail_dev.devstack import _pid_alive
+
 from .conftest import wait_for
 from .test_outbound import dkim_results
 from .test_reload import lines, pid
-
-
-def _alive(p: int) -> bool:
-    try:
-        os.kill(p, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie (ours, not yet reaped) is gone for this purpose
-        with open(f"/proc/{p}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def _workers(parent: int) -> list[int]:
@@ -95,7 +85,7 @@ def test_two_workers_serve_mail_reload_and_stop(stack, two_workers):
     assert _workers(parent) == workers  # reloaded in place, not restarted
 
     os.kill(parent, signal.SIGTERM)
-    wait_for(lambda: not _alive(parent) and not any(_alive(w) for w in workers), 30, "parent and workers gone")
+    wait_for(lambda: not _pid_alive(parent) and not any(_pid_alive(w) for w in workers), 30, "parent and workers gone")
     assert f"mattermail-milter[{parent}]: stopping 2 worker(s)" in since()
 
 
@@ -104,6 +94,6 @@ def test_a_parent_killed_outright_takes_its_workers_along(stack, two_workers):
     workers = _workers(parent)
     os.kill(parent, signal.SIGKILL)
     deadline = time.monotonic() + 30
-    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+    while any(_pid_alive(w) for w in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not any(_alive(w) for w in workers), "workers outlived their parent"
+    assert not any(_pid_alive(w) for w in workers), "workers outlived their parent"
