@@ -13,7 +13,7 @@ import contextvars
 import socket
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -41,6 +41,8 @@ def _qname(name: str) -> dns.name.Name:
 
 
 _IN, _ANY, _NXDOMAIN = dns.rdataclass.IN, dns.rdatatype.ANY, dns.rcode.NXDOMAIN
+#: At most this many prefetched queries wait for their readers at once (one socket each).
+MAX_PENDING = 256
 _rdtype = lru_cache(maxsize=64)(dns.rdatatype.from_text)
 
 #: Inside :meth:`Resolver.derived`: the earliest expiration of the answers used so far (0: one
@@ -53,6 +55,15 @@ def _note(expiration: float) -> None:
     used = _used.get()
     if used is not None and expiration < used[0]:
         used[0] = expiration
+
+
+@dataclass(eq=False)
+class Pending:
+    """A query :meth:`Resolver.prefetch` sent, whose reply waits in its socket for :meth:`Resolver.query`."""
+
+    key: tuple[dns.name.Name, dns.rdatatype.RdataType]
+    sock: socket.socket
+    query: dns.message.Message
 
 
 @dataclass
@@ -74,10 +85,14 @@ class Resolver:
         # lookups message after message (bench/inbound: half the milter's time was DNS).
         r.cache = dns.resolver.LRUCache(self.cfg.cache_size) if self.cfg.cache_size else None
         self._r = r
-        # One nameserver and no cache (cache_size = 0): each query is one UDP exchange (_exchange).
+        # One nameserver: queries can be sent ahead (prefetch); without a cache (cache_size = 0),
+        # each query is one UDP exchange (_exchange).
         ns = self.cfg.nameservers
-        self._direct = (ns[0], self.cfg.port) if len(ns) == 1 and r.cache is None else None
-        self._family = dns.inet.af_for_address(ns[0]) if self._direct else socket.AF_INET
+        self._server = (ns[0], self.cfg.port) if len(ns) == 1 else None
+        self._direct = self._server if r.cache is None else None
+        self._family = dns.inet.af_for_address(ns[0]) if self._server else socket.AF_INET
+        self._pending: dict[tuple[dns.name.Name, dns.rdatatype.RdataType], Pending] = {}
+        self._pending_lock = threading.Lock()
         # Results computed from cached answers only (an SPF verdict): kept until the first of
         # those answers expires, so they are exactly what recomputing would give. None: no cache.
         self._derived: dict[Hashable, tuple[float, Any]] | None = {} if r.cache is not None else None
@@ -118,6 +133,13 @@ class Resolver:
             if negative is not None and negative.response.rcode() == _NXDOMAIN:
                 _note(negative.expiration)
                 return []
+        if self._pending:
+            with self._pending_lock:
+                sent = self._pending.pop((qname, _rdtype(rdtype)), None)
+            if sent is not None:
+                answer = self._collect(sent)
+                if answer is not None:
+                    return answer
         if self._direct is not None:
             _note(0.0)
             answer = self._exchange(qname, dns.rdatatype.from_text(rdtype))
@@ -138,6 +160,67 @@ class Resolver:
         """TXT records for ``name``, each record's strings joined."""
         return [b"".join(r.strings).decode("utf-8", "replace") for r in self.query(name, "TXT")]
 
+    def prefetch(self, lookups: Iterable[tuple[str, str]]) -> list[Pending]:
+        """Send the queries for ``lookups`` ((name, type) pairs) now and return without waiting:
+        a later :meth:`query` for one of them reads the reply that has come in meanwhile, so the
+        wait overlaps the rest of the SMTP transaction instead of following it.
+
+        Only with one nameserver; a question already cached, already sent by someone else and not
+        yet read, or not a valid DNS name is skipped, as is everything once ``MAX_PENDING``
+        queries wait. Queries are sent as :meth:`_exchange` sends them; a reply that is anything
+        but a plain answer, or a socket error, leaves the question to the usual path. The caller
+        gives the returned list to :meth:`release` when it is done (read or not).
+        """
+        if self._server is None:
+            return []
+        cache = self._r.cache
+        sent: list[Pending] = []
+        for name, rdtype in lookups:
+            try:
+                key = (_qname(name), _rdtype(rdtype))
+            except (dns.exception.DNSException, ValueError, UnicodeError):
+                continue
+            if key in self._pending or (cache is not None and (
+                    cache.get((key[0], key[1], _IN)) is not None or cache.get((key[0], _ANY, _IN)) is not None)):
+                continue
+            query = dns.message.make_query(key[0], key[1])
+            try:
+                sock = self._send(query)
+            except OSError:
+                continue
+            pending = Pending(key, sock, query)
+            with self._pending_lock:
+                if key in self._pending or len(self._pending) >= MAX_PENDING:
+                    sock.close()
+                    continue
+                self._pending[key] = pending
+            sent.append(pending)
+        return sent
+
+    def release(self, sent: Iterable[Pending]) -> None:
+        """Close the queries from :meth:`prefetch` that no :meth:`query` has read."""
+        for pending in sent:
+            with self._pending_lock:
+                if self._pending.get(pending.key) is pending:
+                    del self._pending[pending.key]
+            pending.sock.close()
+
+    def _collect(self, sent: Pending) -> list[dns.rdata.Rdata] | None:
+        """The answer to a prefetched query (kept in the cache, if any), as :meth:`query` returns it;
+        None: leave it to the usual path (see :meth:`_answer`). Waits at most the timeout from now."""
+        qname, rdtype = sent.key
+        try:
+            with sent.sock:
+                sent.sock.settimeout(self.cfg.timeout)
+                response = self._receive(sent.sock, sent.query, time.monotonic() + self.cfg.timeout)
+        except TimeoutError:
+            _note(0.0)
+            raise TempError(f"{dns.rdatatype.to_text(rdtype)} {qname}: "
+                            f"the DNS operation timed out after {self.cfg.timeout} seconds") from None
+        except (OSError, dns.exception.DNSException):
+            return None
+        return self._answer(qname, rdtype, response)
+
     def _exchange(self, qname: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> list[dns.rdata.Rdata] | None:
         """What ``resolve()`` answers for one nameserver without a cache, minus its per-query
         machinery (a third of its CPU): one UDP exchange (:meth:`_udp`), the reply read by
@@ -156,16 +239,31 @@ class Resolver:
                             f"the DNS operation timed out after {self.cfg.timeout} seconds") from None
         except (OSError, dns.exception.DNSException):  # truncated, refused: resolve() decides
             return None
+        return self._answer(qname, rdtype, response)
+
+    def _answer(self, qname: dns.name.Name, rdtype: dns.rdatatype.RdataType,
+                response: dns.message.Message) -> list[dns.rdata.Rdata] | None:
+        """The records of a NOERROR or NXDOMAIN ``response`` as ``resolve()`` reads them, kept in the
+        cache as it keeps them (NXDOMAIN under type ANY); None for anything else, or a reply Answer refuses."""
+        assert self._server is not None
         rcode = response.rcode()
         if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
             return None
+        cache = self._r.cache
         try:
             if rcode == dns.rcode.NXDOMAIN:
-                dns.resolver.Answer(qname, dns.rdatatype.ANY, dns.rdataclass.IN, response)  # as resolve() checks it
+                answer = dns.resolver.Answer(qname, _ANY, _IN, response)  # as resolve() checks it
+                if cache is not None:
+                    cache.put((qname, _ANY, _IN), answer)
+                _note(0.0)
                 return []
-            return list(dns.resolver.Answer(qname, rdtype, dns.rdataclass.IN, response, self._direct[0], self._direct[1]))
+            answer = dns.resolver.Answer(qname, rdtype, _IN, response, self._server[0], self._server[1])
         except Exception:  # noqa: BLE001 - resolve() drops such a server and reports why
             return None
+        if cache is not None:
+            cache.put((qname, rdtype, _IN), answer)
+        _note(answer.expiration if cache is not None else 0.0)
+        return list(answer)
 
     def _udp(self, query: dns.message.Message) -> dns.message.Message:
         """The first reply to ``query`` from the nameserver, as ``dns.query.udp(ignore_unexpected=True,
@@ -175,27 +273,41 @@ class Resolver:
         ignore_unexpected filters), and waits with its own timeout: dns.query creates and closes an
         epoll selector for each wait, twice per query, which made up half of the exchange's
         system calls (each one a release of the GIL the other sessions' callbacks wait for).
-        A datagram that is not a reply to this query (another id or question, or not DNS) is
-        skipped. TimeoutError at the deadline; dns.message.Truncated for a truncated reply.
+        TimeoutError at the deadline; dns.message.Truncated for a truncated reply.
         """
         deadline = time.monotonic() + self.cfg.timeout
-        with socket.socket(self._family, socket.SOCK_DGRAM) as s:
+        with self._send(query) as s:
+            return self._receive(s, query, deadline)
+
+    def _send(self, query: dns.message.Message) -> socket.socket:
+        """A fresh UDP socket connected to the nameserver, ``query`` sent on it."""
+        assert self._server is not None
+        s = socket.socket(self._family, socket.SOCK_DGRAM)
+        try:
             s.settimeout(self.cfg.timeout)
-            s.connect(self._direct)
+            s.connect(self._server)
             s.send(query.to_wire())
-            while True:
-                data = s.recv(65535)
-                try:
-                    response = dns.message.from_wire(data, raise_on_truncation=True)
-                except dns.message.Truncated as e:
-                    if query.is_response(e.message()):
-                        raise
-                    response = None
-                except Exception:  # noqa: BLE001 - not DNS: not our reply
-                    response = None
-                if response is not None and query.is_response(response):
-                    return response
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError("the DNS operation timed out")
-                s.settimeout(left)
+        except BaseException:
+            s.close()
+            raise
+        return s
+
+    def _receive(self, s: socket.socket, query: dns.message.Message, deadline: float) -> dns.message.Message:
+        """The first reply to ``query`` on ``s`` before ``deadline``. A datagram that is not a reply
+        to it (another id or question, or not DNS) is skipped."""
+        while True:
+            data = s.recv(65535)
+            try:
+                response = dns.message.from_wire(data, raise_on_truncation=True)
+            except dns.message.Truncated as e:
+                if query.is_response(e.message()):
+                    raise
+                response = None
+            except Exception:  # noqa: BLE001 - not DNS: not our reply
+                response = None
+            if response is not None and query.is_response(response):
+                return response
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the DNS operation timed out")
+            s.settimeout(left)

@@ -31,7 +31,7 @@ from typing import Any, Callable
 import Milter
 
 from mattermail.logs import QueueIdAdapter
-from mattermail.milter import inbound, outbound, twoway
+from mattermail.milter import inbound, outbound, prefetch, twoway
 from mattermail.milter import sender as senderpolicy
 from mattermail.milter.direction import Direction, direction
 from mattermail.milter.longlines import LineScan
@@ -58,7 +58,8 @@ class Message:
     queue_id: str = ""
     failed: bool = False
     way: Direction = Direction.INBOUND
-    spf: inbound.SPFResult | None = None
+    # inbound: DNS questions sent ahead (milter.prefetch), read by the checks at end of message
+    prefetched: list[Any] = field(default_factory=list)
     # The header fields in order; values arrive as bytes (header_bytes) and are decoded together, once,
     # when the body starts or at end of message (decode_headers); str from header().
     headers: list[tuple[str, Any]] = field(default_factory=list)
@@ -223,9 +224,8 @@ class MatterMilter(Milter.Base):
             self.msg = msg = Message(mail_from=mail_from.decode("utf-8", "surrogateescape").strip("<>"),
                                      auth_authen=self.getsymval("{auth_authen}"))
             msg.way = direction(msg.auth_authen, self.client_ip, self.runtime.trusted)
-            if msg.way is Direction.INBOUND:  # SPF at MAIL FROM time; acted on at end of message
-                msg.spf = inbound.check_spf(self.runtime.resolver, self.client_ip or "", msg.mail_from, self.helo,
-                                            self.runtime.config.inbound.spf_timeout)
+            if msg.way is Direction.INBOUND:  # SPF's question asked now, checked at end of message
+                msg.prefetched = self.runtime.resolver.prefetch(prefetch.spf_lookups(msg.mail_from, self.helo))
         except Exception:
             self._passive_failed("envfrom")
         return _NOREPLY if self._protocol & Milter.P_NR_MAIL else _CONTINUE
@@ -285,6 +285,8 @@ class MatterMilter(Milter.Base):
             try:
                 if msg.body_offset < 0:
                     msg.start_body()
+                    if msg.way is Direction.INBOUND:  # the keys' and DMARC's questions, now the header is in
+                        msg.prefetched += self.runtime.resolver.prefetch(prefetch.header_lookups(msg.headers))
                 msg.spool.write(chunk)
                 if msg.way is Direction.OUTBOUND:
                     msg.lines.feed(chunk)
@@ -317,10 +319,15 @@ class MatterMilter(Milter.Base):
         virtual alias forwards the message off-site, :mod:`~mattermail.milter.arcseal`), held if
         quarantined."""
         rt = self.runtime
-        assert msg.spf is not None
-        verdict = inbound.evaluate(inbound.InboundMessage(
-            client_ip=self.client_ip or "", helo=self.helo, mail_from=msg.mail_from, headers=msg.headers,
-            raw=msg.read_all, trusted_forwarder=self._from_trusted_forwarder()), msg.spf, rt.inbound, rt.resolver)
+        try:
+            spf = inbound.check_spf(rt.resolver, self.client_ip or "", msg.mail_from, self.helo,
+                                    rt.config.inbound.spf_timeout)
+            verdict = inbound.evaluate(inbound.InboundMessage(
+                client_ip=self.client_ip or "", helo=self.helo, mail_from=msg.mail_from, headers=msg.headers,
+                raw=msg.read_all, trusted_forwarder=self._from_trusted_forwarder()), spf, rt.inbound, rt.resolver)
+        finally:  # questions sent ahead that no check asked (a wrong guess) are closed now
+            rt.resolver.release(msg.prefetched)
+            msg.prefetched = []
         decision = verdict.decision
         if verdict.refused:
             _log_line(logging.INFO, msg.queue_id, f"{summary} {verdict.log_fields}")
@@ -395,6 +402,8 @@ class MatterMilter(Milter.Base):
     def _discard(self) -> None:
         if self.msg is not None:
             self.msg.spool.close()
+            if self.msg.prefetched:
+                self.runtime.resolver.release(self.msg.prefetched)
             self.msg = None
 
     def abort(self) -> int:

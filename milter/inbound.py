@@ -294,7 +294,7 @@ class InboundVerdict:
 
 
 def evaluate(msg: InboundMessage, spf: SPFResult, settings: InboundSettings, resolver: Resolver) -> InboundVerdict:
-    """The verdict on one inbound message; ``spf`` was checked at MAIL FROM (:func:`check_spf`).
+    """The verdict on one inbound message; ``spf`` is :func:`check_spf`'s result for it.
 
     1. The From fields (:func:`check_author`): several, or no usable author
        address, are refused here, before any DNS work.
