@@ -168,19 +168,21 @@ def _serve(cfg: configmod.Config, sessions: Sessions, kind: str, where: Any, sta
         except BaseException as e:  # reported by the main thread
             failure.append(e)
 
-    hup, stop = threading.Event(), threading.Event()
-    signal.signal(signal.SIGHUP, lambda *_: hup.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    # The handlers only set a flag, which takes no lock: a handler that took one (Event.set) would
+    # deadlock when the next signal of a burst interrupted it, holding that lock, in the same thread.
+    got = {"hup": False, "stop": False}
+    signal.signal(signal.SIGHUP, lambda *_: got.__setitem__("hup", True))
+    signal.signal(signal.SIGTERM, lambda *_: got.__setitem__("stop", True))
+    signal.signal(signal.SIGINT, lambda *_: got.__setitem__("stop", True))
     server = threading.Thread(target=serve, name="libmilter")
     server.start()
     stopping = False
     while server.is_alive():
         server.join(0.2)
-        if hup.is_set():
-            hup.clear()
+        if got["hup"]:
+            got["hup"] = False  # a SIGHUP from now on asks for one more reload
             sessions.reload(cfg.source)
-        if stop.is_set() and not stopping:
+        if got["stop"] and not stopping:
             stopping = True
             log.info("stopping")
             # smfi_stop() waits for the listener's lock, which libmilter holds through its select()
