@@ -206,8 +206,9 @@ class Resolver:
             pending.sock.close()
 
     def _collect(self, sent: Pending) -> list[dns.rdata.Rdata] | None:
-        """The answer to a prefetched query (kept in the cache, if any), as :meth:`query` returns it;
-        None: leave it to the usual path (see :meth:`_answer`). Waits at most the timeout from now."""
+        """The answer to a query sent (by :meth:`prefetch` or :meth:`_exchange`), kept in the cache if
+        any, as :meth:`query` returns it; None: leave it to the usual path (see :meth:`_answer`).
+        Waits at most the timeout from now."""
         qname, rdtype = sent.key
         try:
             with sent.sock:
@@ -223,8 +224,8 @@ class Resolver:
 
     def _exchange(self, qname: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> list[dns.rdata.Rdata] | None:
         """What ``resolve()`` answers for one nameserver without a cache, minus its per-query
-        machinery (a third of its CPU): one UDP exchange (:meth:`_udp`), the reply read by
-        dnspython's own ``Answer`` (CNAME chains, checks).
+        machinery (a third of its CPU): one UDP exchange (:meth:`_send`, then :meth:`_collect` as
+        for a prefetched query), the reply read by dnspython's own ``Answer`` (CNAME chains, checks).
 
         None: leave it to ``resolve()`` (a truncated reply, an rcode other than NOERROR and
         NXDOMAIN, a reply Answer refuses, a malformed reply, a socket error such as a refused port).
@@ -233,13 +234,10 @@ class Resolver:
         assert self._direct is not None
         query = dns.message.make_query(qname, rdtype)
         try:
-            response = self._udp(query)
-        except TimeoutError:
-            raise TempError(f"{dns.rdatatype.to_text(rdtype)} {qname}: "
-                            f"the DNS operation timed out after {self.cfg.timeout} seconds") from None
-        except (OSError, dns.exception.DNSException):  # truncated, refused: resolve() decides
+            sock = self._send(query)
+        except OSError:
             return None
-        return self._answer(qname, rdtype, response)
+        return self._collect(Pending((qname, rdtype), sock, query))
 
     def _answer(self, qname: dns.name.Name, rdtype: dns.rdatatype.RdataType,
                 response: dns.message.Message) -> list[dns.rdata.Rdata] | None:
@@ -265,22 +263,12 @@ class Resolver:
         _note(answer.expiration if cache is not None else 0.0)
         return list(answer)
 
-    def _udp(self, query: dns.message.Message) -> dns.message.Message:
-        """The first reply to ``query`` from the nameserver, as ``dns.query.udp(ignore_unexpected=True,
-        raise_on_truncation=True)`` returns it, on a fresh socket (a random source port per query).
-
-        The socket is connected, so the kernel drops datagrams from any other address (what
-        ignore_unexpected filters), and waits with its own timeout: dns.query creates and closes an
-        epoll selector for each wait, twice per query, which made up half of the exchange's
-        system calls (each one a release of the GIL the other sessions' callbacks wait for).
-        TimeoutError at the deadline; dns.message.Truncated for a truncated reply.
-        """
-        deadline = time.monotonic() + self.cfg.timeout
-        with self._send(query) as s:
-            return self._receive(s, query, deadline)
-
     def _send(self, query: dns.message.Message) -> socket.socket:
-        """A fresh UDP socket connected to the nameserver, ``query`` sent on it."""
+        """A fresh UDP socket (a random source port per query) connected to the nameserver, ``query``
+        sent on it. Connected, so the kernel drops datagrams from any other address (what
+        ``dns.query.udp``'s ignore_unexpected filters); :meth:`_receive` waits on it with the socket's own
+        timeout, where dns.query creates and closes an epoll selector for each wait, twice per query
+        (half of the exchange's system calls, each a release of the GIL other sessions wait for)."""
         assert self._server is not None
         s = socket.socket(self._family, socket.SOCK_DGRAM)
         try:
@@ -293,8 +281,10 @@ class Resolver:
         return s
 
     def _receive(self, s: socket.socket, query: dns.message.Message, deadline: float) -> dns.message.Message:
-        """The first reply to ``query`` on ``s`` before ``deadline``. A datagram that is not a reply
-        to it (another id or question, or not DNS) is skipped."""
+        """The first reply to ``query`` on ``s`` before ``deadline``, as ``dns.query.udp(ignore_unexpected=True,
+        raise_on_truncation=True)`` returns it. A datagram that is not a reply to it (another id or
+        question, or not DNS) is skipped. TimeoutError at the deadline; dns.message.Truncated for a
+        truncated reply."""
         while True:
             data = s.recv(65535)
             try:

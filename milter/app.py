@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 import Milter
 
+from mattermail.dns import Pending
 from mattermail.logs import QueueIdAdapter
 from mattermail.milter import inbound, outbound, prefetch, twoway
 from mattermail.milter import sender as senderpolicy
@@ -59,7 +60,7 @@ class Message:
     failed: bool = False
     way: Direction = Direction.INBOUND
     # inbound: DNS questions sent ahead (milter.prefetch), read by the checks at end of message
-    prefetched: list[Any] = field(default_factory=list)
+    prefetched: list[Pending] = field(default_factory=list)
     # The header fields in order; values arrive as bytes (header_bytes) and are decoded together, once,
     # when the body starts or at end of message (decode_headers); str from header().
     headers: list[tuple[str, Any]] = field(default_factory=list)

@@ -101,8 +101,11 @@ class Fake:
                 data, peer = self.sock.recvfrom(65535)
             except OSError:
                 return
-            for wire in self.replies(dns.message.from_wire(data)):
-                self.sock.sendto(wire, peer)
+            try:
+                for wire in self.replies(dns.message.from_wire(data)):
+                    self.sock.sendto(wire, peer)
+            except OSError:  # closed meanwhile
+                return
 
     def close(self) -> None:
         self.sock.close()

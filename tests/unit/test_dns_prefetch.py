@@ -4,8 +4,6 @@ one query each, nothing left open, and every failure still a temperror or resolv
 from __future__ import annotations
 
 import io
-import socket
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -28,18 +26,23 @@ from mattermail.milter.dkim_sign import sign
 from mattermail.milter.runtime import Runtime
 from mattermail_dev.devdns import ZoneDirResolver, free_port, serve
 
+from .test_dns_direct import Fake
 
-class Counting:
-    """A UDP server answering every TXT question with one record, counting the questions by name;
-    ``reply(query)`` may replace the answer (wire datagrams, in order; [] for none)."""
+
+class Counting(Fake):
+    """test_dns_direct's Fake on a port of its own, answering every TXT question with one record and
+    counting the questions by name; ``reply(query)`` may replace the answer (wire datagrams, [] for none)."""
 
     def __init__(self, reply=None) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
         self.asked: Counter[str] = Counter()
-        self.reply = reply or self.answer
-        threading.Thread(target=self.run, daemon=True).start()
+        answer = reply or self.answer
+
+        def counted(q: dns.message.Message) -> list[bytes]:
+            self.asked[q.question[0].name.to_text().lower()] += 1
+            return answer(q)
+
+        super().__init__(0, counted)
+        self.port = self.sock.getsockname()[1]
 
     @staticmethod
     def answer(q: dns.message.Message) -> list[bytes]:
@@ -47,28 +50,11 @@ class Counting:
         r.answer.append(dns.rrset.from_text(q.question[0].name, 300, "IN", "TXT", f'"for {q.question[0].name}"'))
         return [r.to_wire()]
 
-    def run(self) -> None:
-        while True:
-            try:
-                data, peer = self.sock.recvfrom(65535)
-            except OSError:
-                return
-            q = dns.message.from_wire(data)
-            self.asked[q.question[0].name.to_text().lower()] += 1
-            try:
-                for wire in self.reply(q):
-                    self.sock.sendto(wire, peer)
-            except OSError:  # closed meanwhile
-                return
-
     def wait_for(self, n: int) -> None:
         deadline = time.monotonic() + 5
         while sum(self.asked.values()) < n:
             assert time.monotonic() < deadline, f"the server saw {dict(self.asked)}, not {n} questions"
             time.sleep(0.01)
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.fixture
@@ -90,7 +76,7 @@ def test_a_prefetched_question_is_answered_by_its_one_query(server: Counting, ca
     assert len(sent) == 2
     server.wait_for(2)  # both on their way before anyone asks
     monkeypatch.setattr(dns.resolver.Resolver, "resolve", lambda *a, **k: pytest.fail("resolve() used"))
-    monkeypatch.setattr(Resolver, "_udp", lambda *a: pytest.fail("asked again instead of reading the reply"))
+    monkeypatch.setattr(Resolver, "_exchange", lambda *a: pytest.fail("asked again instead of reading the reply"))
     assert r.txt("b.pre.test") == ["for B.Pre.Test."]  # names compare without case or the final dot
     assert r.txt("A.PRE.TEST") == ["for a.pre.test."]
     r.release(sent)
@@ -143,7 +129,7 @@ def test_a_prefetched_question_nobody_answers_is_a_temperror_within_the_timeout(
         silent.close()
 
 
-def test_a_truncated_or_servfail_reply_to_a_prefetch_goes_the_usual_way(tmp_path: Path) -> None:
+def test_a_truncated_or_servfail_reply_to_a_prefetch_goes_the_usual_way(monkeypatch: pytest.MonkeyPatch) -> None:
     def unusual(q: dns.message.Message) -> list[bytes]:
         r = dns.message.make_response(q)
         if q.question[0].name.labels[0] == b"tc":
@@ -158,20 +144,12 @@ def test_a_truncated_or_servfail_reply_to_a_prefetch_goes_the_usual_way(tmp_path
         r.prefetch([("tc.pre.test", "TXT"), ("sf.pre.test", "TXT")])
         asked: list[str] = []
         real = dns.resolver.Resolver.resolve
-        original = real
-
-        def resolve(self, qname, *a, **k):
-            asked.append(str(qname))
-            return original(self, qname, *a, **k)
-
-        dns.resolver.Resolver.resolve = resolve
-        try:
-            with pytest.raises(TempError):  # resolve(): TCP finds no server, then its own temperror
-                r.txt("tc.pre.test")
-            with pytest.raises(TempError):
-                r.txt("sf.pre.test")
-        finally:
-            dns.resolver.Resolver.resolve = real
+        monkeypatch.setattr(dns.resolver.Resolver, "resolve",
+                            lambda self, qname, *a, **k: asked.append(str(qname)) or real(self, qname, *a, **k))
+        with pytest.raises(TempError):  # resolve(): TCP finds no server, then its own temperror
+            r.txt("tc.pre.test")
+        with pytest.raises(TempError):
+            r.txt("sf.pre.test")
         assert asked == ["tc.pre.test.", "sf.pre.test."]
     finally:
         fake.close()
@@ -242,7 +220,7 @@ def signed_mail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tup
 
 def test_the_milter_asks_each_question_once_and_ahead(signed_mail, monkeypatch: pytest.MonkeyPatch) -> None:
     raw, asked = signed_mail
-    monkeypatch.setattr(Resolver, "_udp", lambda *a: pytest.fail("a question asked at end of message, not ahead"))
+    monkeypatch.setattr(Resolver, "_exchange", lambda *a: pytest.fail("a question asked at end of message, not ahead"))
     for n in range(2):
         ctx = testctx.TestCtx()
         ctx._setsymval("i", f"4QPRE{n}")
