@@ -3,7 +3,10 @@
 libmilter runs in its own thread; the main thread only handles signals.
 (libmilter's own signal thread would treat SIGHUP as "stop"; started from a
 non-main thread it blocks the signals in its threads only, and the kernel
-hands a process signal to the main thread, which does not block them.)
+hands a process signal to the main thread, which does not block them -- as a
+rule: with a signal already pending there, it may pick libmilter's thread,
+which then stops. With workers, the supervisor therefore passes signals on
+thread-directed, to each worker's main thread: see signal_main_thread.)
 
 * SIGHUP: load the config again, with keys and the capture secret. New SMTP
   sessions get the new runtime; sessions in flight finish on the one they
@@ -202,6 +205,26 @@ def _serve(cfg: configmod.Config, sessions: Sessions, kind: str, where: Any, sta
     return 0
 
 
+def signal_main_thread(pid: int, sig: int) -> None:
+    """Send ``sig`` to the main thread of process ``pid`` (thread-directed, glibc's tgkill).
+
+    A worker's libmilter runs a thread of its own that sigwait()s on SIGHUP, SIGTERM and SIGINT
+    and takes any of them as "stop". A process-directed signal (kill) goes to whichever thread
+    the kernel picks: the main thread as a rule, but libmilter's thread when the main thread
+    already has a signal pending (a burst), and a SIGHUP meant as "reload" then stopped the
+    worker. A thread-directed signal can only be taken by the thread it names.
+    """
+    import ctypes
+
+    tgkill = getattr(ctypes.CDLL(None, use_errno=True), "tgkill", None)  # glibc >= 2.30
+    if tgkill is None:
+        os.kill(pid, sig)
+        return
+    if tgkill(pid, pid, sig) != 0:  # a process's main thread has the process's id
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
 def _die_with_parent(parent: int) -> None:
     """A worker gets SIGTERM (and stops as on any SIGTERM) when the parent dies, even by SIGKILL.
     A parent already gone before this ran (the signal would never come) ends the worker here."""
@@ -252,8 +275,16 @@ def _prefork(cfg: configmod.Config, conn: str, kind: str, where: Any) -> int:
     return status[0]
 
 
+def _pass_on(pid: int, sig: int) -> None:
+    """``sig`` to a worker's main thread; a worker already gone is reaped by the loop."""
+    try:
+        signal_main_thread(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
 def _supervise(cfg: configmod.Config, kind: str, where: Any, accept_loop: Callable[[], None]) -> int:
-    """Fork the workers, then forward SIGHUP and SIGTERM/SIGINT to them; a worker that exits on its
+    """Fork the workers, then forward SIGHUP and SIGTERM/SIGINT to their main threads; a worker that exits on its
     own ends the group (status 1, for systemd to restart), as a crashed milter would."""
     workers: dict[int, int] = {}
     parent = os.getpid()
@@ -275,7 +306,7 @@ def _supervise(cfg: configmod.Config, kind: str, where: Any, accept_loop: Callab
                 stopping = True
                 log.info("stopping %d worker(s)", len(workers))
             for pid in workers:
-                os.kill(pid, signal.SIGHUP if sig == signal.SIGHUP else signal.SIGTERM)
+                _pass_on(pid, signal.SIGHUP if sig == signal.SIGHUP else signal.SIGTERM)
         try:
             pid, wstatus = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
@@ -289,7 +320,7 @@ def _supervise(cfg: configmod.Config, kind: str, where: Any, accept_loop: Callab
             log.error("worker %d (pid %d) ended with status %d; stopping the others", number, pid, code)
             status, stopping = 1, True
             for other in workers:
-                os.kill(other, signal.SIGTERM)
+                _pass_on(other, signal.SIGTERM)
         elif code != 0:
             status = 1
     log.info("stopped")
