@@ -55,6 +55,13 @@ def listening(port: int) -> bool:
         return False
 
 
+def workers_text(workers: int) -> str:
+    """mattermail's milter.workers as the run used it: ``0 (one per CPU: 2 processes)``."""
+    if workers == 0:
+        return f"0 (one per CPU: {min(len(os.sched_getaffinity(0)), 64)} processes)"
+    return f"{workers} (process{'' if workers == 1 else 'es'})"
+
+
 def _stat(pid: int) -> list[str]:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

@@ -78,15 +78,16 @@ class Milter:
     socket: str = "unix:/run/mattermail/milter.sock"
     timeout: int = 60
     # Processes accepting Postfix's connections on the one socket, each with its own Python
-    # interpreter (so its own GIL, DNS cache and store connections); 1: no worker processes.
-    workers: int = 1
+    # interpreter (so its own GIL, DNS cache and store connections); 0: one per CPU the process
+    # may run on; 1: no worker processes.
+    workers: int = 0
     trusted_networks: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
     # Submission: a From/Sender/Resent-* display name naming an address the login does not own
     # ("ceo@firm" <alice@firm>): "refuse" (553 5.7.1) or "off".
     display_name_check: str = "refuse"
 
     _validators = {"socket": _socket_spec, "trusted_networks": _network,
-                   "workers": lambda v: v if 1 <= v <= 64 else _bad("1 to 64 processes"),
+                   "workers": lambda v: v if 0 <= v <= 64 else _bad("0 (one per CPU) to 64 processes"),
                    "display_name_check": lambda v: v if v in ("refuse", "off") else _bad("refuse or off")}
 
 

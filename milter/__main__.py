@@ -225,6 +225,15 @@ def signal_main_thread(pid: int, sig: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
+MAX_WORKERS = 64
+
+
+def worker_count(cfg: configmod.Config) -> int:
+    """How many processes serve: ``milter.workers``, or with 0 one per CPU this process may run on
+    (its affinity, as systemd's CPUAffinity= or a container's cpuset leave it), at most 64."""
+    return cfg.milter.workers or max(1, min(len(os.sched_getaffinity(0)), MAX_WORKERS))
+
+
 def _die_with_parent(parent: int) -> None:
     """A worker gets SIGTERM (and stops as on any SIGTERM) when the parent dies, even by SIGKILL.
     A parent already gone before this ran (the signal would never come) ends the worker here."""
@@ -237,7 +246,7 @@ def _die_with_parent(parent: int) -> None:
         raise SystemExit("the parent process ended before this worker started")
 
 
-def _worker(cfg: configmod.Config, kind: str, where: Any, number: int, parent: int,
+def _worker(cfg: configmod.Config, kind: str, where: Any, number: int, count: int, parent: int,
             accept_loop: Callable[[], None]) -> typing.NoReturn:
     """One forked worker: a runtime of its own (store connections, DNS cache, keys), libmilter's
     accept loop on the socket the parent opened. Never returns."""
@@ -249,7 +258,7 @@ def _worker(cfg: configmod.Config, kind: str, where: Any, number: int, parent: i
                 h.ident = f"{PROG}[{os.getpid()}]: "
         sessions = Sessions(load_runtime(cfg))
         Milter.factory = sessions.new
-        log.info("worker %d of %d serving", number, cfg.milter.workers)
+        log.info("worker %d of %d serving", number, count)
         status = _serve(cfg, sessions, kind, where, accept_loop)
     except BaseException:  # noqa: BLE001 - logged; the parent sees the status
         log.exception("worker %d failed", number)
@@ -258,8 +267,8 @@ def _worker(cfg: configmod.Config, kind: str, where: Any, number: int, parent: i
         os._exit(status)
 
 
-def _prefork(cfg: configmod.Config, conn: str, kind: str, where: Any) -> int:
-    """``milter.workers`` processes accepting on one listening socket, each with its own Python
+def _prefork(cfg: configmod.Config, conn: str, kind: str, where: Any, count: int) -> int:
+    """``count`` processes accepting on one listening socket, each with its own Python
     interpreter lock: ``Milter.runmilter`` sets libmilter up and opens the socket as for one
     process, and where it would enter libmilter's accept loop, the workers are forked instead."""
     import milter as libmilter  # pymilter's C extension
@@ -268,7 +277,7 @@ def _prefork(cfg: configmod.Config, conn: str, kind: str, where: Any) -> int:
     status = [1]
 
     def fork_workers() -> None:
-        status[0] = _supervise(cfg, kind, where, accept_loop)
+        status[0] = _supervise(cfg, kind, where, count, accept_loop)
 
     libmilter.main = fork_workers
     Milter.runmilter("mattermail", conn, timeout=cfg.milter.timeout)
@@ -283,15 +292,16 @@ def _pass_on(pid: int, sig: int) -> None:
         pass
 
 
-def _supervise(cfg: configmod.Config, kind: str, where: Any, accept_loop: Callable[[], None]) -> int:
+def _supervise(cfg: configmod.Config, kind: str, where: Any, count: int,
+               accept_loop: Callable[[], None]) -> int:
     """Fork the workers, then forward SIGHUP and SIGTERM/SIGINT to their main threads; a worker that exits on its
     own ends the group (status 1, for systemd to restart), as a crashed milter would."""
     workers: dict[int, int] = {}
     parent = os.getpid()
-    for number in range(1, cfg.milter.workers + 1):
+    for number in range(1, count + 1):
         pid = os.fork()
         if pid == 0:
-            _worker(cfg, kind, where, number, parent, accept_loop)
+            _worker(cfg, kind, where, number, count, parent, accept_loop)
         workers[pid] = number
     pending: list[int] = []
     for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
@@ -338,9 +348,11 @@ def main(argv: list[str] | None = None) -> None:
     conn, kind, where = _listener(cfg)
     if kind == "inet":
         _nodelay_on_listener(where)  # type: ignore[arg-type]
-    log.info("listening on %s", cfg.milter.socket)
-    if cfg.milter.workers > 1:  # each worker loads its own runtime; this one only checked the config
-        sys.exit(_prefork(cfg, conn, kind, where))
+    count = worker_count(cfg)
+    how = "one per CPU" if cfg.milter.workers == 0 else "milter.workers"
+    log.info("listening on %s with %d process%s (%s)", cfg.milter.socket, count, "" if count == 1 else "es", how)
+    if count > 1:  # each worker loads its own runtime; this one only checked the config
+        sys.exit(_prefork(cfg, conn, kind, where, count))
     sessions = Sessions(runtime)
     Milter.factory = sessions.new
     sys.exit(_serve(cfg, sessions, kind, where,

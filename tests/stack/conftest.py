@@ -116,6 +116,20 @@ class StackClient:
         return wait_for(find, timeout, f"{needles} in {path}")  # type: ignore[return-value]
 
 
+def children(parent: int) -> list[int]:
+    """The pids of the processes whose parent is ``parent`` (a milter's workers), sorted."""
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == parent:
+                        out.append(int(name))
+            except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+                pass
+    return sorted(out)
+
+
 @pytest.fixture(scope="session")
 def stack():
     if os.geteuid() != 0:

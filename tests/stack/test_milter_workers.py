@@ -13,22 +13,9 @@ import pytest
 
 from mattermail_dev.devstack import _pid_alive
 
-from .conftest import wait_for
+from .conftest import children, wait_for
 from .test_outbound import dkim_results
 from .test_reload import lines, pid
-
-
-def _workers(parent: int) -> list[int]:
-    out = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == parent:
-                        out.append(int(name))
-            except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
-                pass
-    return sorted(out)
 
 
 @pytest.fixture
@@ -41,10 +28,10 @@ def two_workers(stack) -> Iterator[int]:
         stack.stack.stop_milter()
         stack.stack.start_milter()
         parent = pid(stack, "milter")
-        wait_for(lambda: len(_workers(parent)) == 2, 30, "two milter workers")
+        wait_for(lambda: len(children(parent)) == 2, 30, "two milter workers")
         log = stack.stack.logs / "milter.log"
         wait_for(lambda: all(re.search(rf"mattermail-milter\[{w}\]: worker [12] of 2 serving", log.read_text())
-                             for w in _workers(parent)), 30, "both workers serving")
+                             for w in children(parent)), 30, "both workers serving")
         yield parent
     finally:
         path.write_text(original)
@@ -54,7 +41,7 @@ def two_workers(stack) -> Iterator[int]:
 
 def test_two_workers_serve_mail_reload_and_stop(stack, two_workers):
     parent = two_workers
-    workers = _workers(parent)
+    workers = children(parent)
     log = stack.stack.logs / "milter.log"
     start = log.stat().st_size
 
@@ -82,7 +69,7 @@ def test_two_workers_serve_mail_reload_and_stop(stack, two_workers):
     wait_for(lambda: lines(stack, "milter", "reloaded") >= before + 2, 30, "each worker reloaded")
     reloaded = set(int(p) for p in re.findall(r"mattermail-milter\[(\d+)\]: reloaded", since()))
     assert set(workers) <= reloaded
-    assert _workers(parent) == workers  # reloaded in place, not restarted
+    assert children(parent) == workers  # reloaded in place, not restarted
 
     os.kill(parent, signal.SIGTERM)
     wait_for(lambda: not _pid_alive(parent) and not any(_pid_alive(w) for w in workers), 30, "parent and workers gone")
@@ -91,9 +78,19 @@ def test_two_workers_serve_mail_reload_and_stop(stack, two_workers):
 
 def test_a_parent_killed_outright_takes_its_workers_along(stack, two_workers):
     parent = two_workers
-    workers = _workers(parent)
+    workers = children(parent)
     os.kill(parent, signal.SIGKILL)
     deadline = time.monotonic() + 30
     while any(_pid_alive(w) for w in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(_pid_alive(w) for w in workers), "workers outlived their parent"
+
+
+def test_the_default_is_one_process_per_cpu(stack):
+    """No ``workers`` key (the dev stack's config, as the packaged one): one per CPU the milter may use."""
+    assert "workers" not in stack.stack.config.read_text()
+    cpus = min(len(os.sched_getaffinity(0)), 64)
+    milter = pid(stack, "milter")
+    plural = "" if cpus == 1 else "es"
+    stack.log_line("milter", f"mattermail-milter[{milter}]: listening on ", f"with {cpus} process{plural} (one per CPU)")
+    wait_for(lambda: len(children(milter)) == (cpus if cpus > 1 else 0), 30, f"{cpus} worker(s)")

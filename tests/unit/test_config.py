@@ -49,6 +49,9 @@ def test_defaults_and_values(tmp_path):
         ("[inbound]\narc_seal = 'yes'\n", ["inbound.arc_seal", "true or false"]),
         ("[inbound]\narc_domain = 'not a domain'\n", ["inbound.arc_domain", "a domain name"]),
         ("[inbound]\narc_domain = 'lawfirm'\n", ["inbound.arc_domain", "a domain name"]),
+        ("[milter]\nworkers = 65\n", ["milter.workers", "0 (one per CPU) to 64"]),
+        ("[milter]\nworkers = -1\n", ["milter.workers", "negative"]),
+        ("[milter]\nworkers = 'auto'\n", ["milter.workers", "integer"]),
         ("[milter\n", ["not valid TOML"]),
     ],
 )
@@ -84,3 +87,13 @@ def test_daemon_with_broken_config_exits_78_with_one_line(tmp_path, daemon):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr
     assert "router.listen" in lines[0] and str(p) in lines[0]
+
+
+def test_milter_workers_default_to_one_per_cpu_the_process_may_run_on():
+    from mattermail.milter.__main__ import worker_count
+
+    cpus = len(__import__("os").sched_getaffinity(0))
+    assert config.from_dict({}).milter.workers == 0
+    assert worker_count(config.from_dict({})) == min(cpus, 64)
+    assert worker_count(config.from_dict({"milter": {"workers": 1}})) == 1
+    assert worker_count(config.from_dict({"milter": {"workers": 3}})) == 3
