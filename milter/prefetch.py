@@ -16,13 +16,15 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from mattermail.milter import author
+
 __all__ = ["spf_lookups", "header_lookups"]
 
 MAX_SIGNATURES = 3  # keys fetched ahead for at most this many DKIM-Signature fields
+MAX_AUTHOR_DOMAINS = 3  # DMARC records fetched ahead for at most this many author domains
 
 _TAG_RES = {name: re.compile(r"(?:^|;)\s*" + name + r"\s*=\s*([^;]*)") for name in ("d", "s")}
 _SPACES = re.compile(r"\s+")
-_AT_DOMAIN = re.compile(r"@([^\s<>@,;:\"()\[\]\\]+)")
 
 
 def _name(text: str) -> str:
@@ -46,19 +48,20 @@ def _tag(value: str, tag: str) -> str:
 
 def header_lookups(headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
     """The key of each DKIM-Signature (``s._domainkey.d``, the first ``MAX_SIGNATURES``) and the
-    DMARC record of the first From field's domain (``_dmarc.<domain>``, RFC 7489 §6.6.3's first
-    question), in that order."""
+    DMARC record of each author domain (``_dmarc.<domain>``, RFC 7489 §6.6.3's first question; the
+    first ``MAX_AUTHOR_DOMAINS``), in that order. The authors are read as the checks read them
+    (:func:`~mattermail.milter.author.authors`, cached: the checks reuse this parse): From fields
+    the checks refuse (several fields, no usable address) get no DMARC question."""
     keys: list[tuple[str, str]] = []
-    dmarc: list[tuple[str, str]] = []
+    authors: list[str] = []
     for name, value in headers:
         lname = name.lower().rstrip()
         if lname == "dkim-signature" and len(keys) < MAX_SIGNATURES:
             d, s = _name(_tag(value, "d")), _tag(value, "s")
             if d and s:
                 keys.append((f"{s}._domainkey.{d}", "TXT"))
-        elif lname == "from" and not dmarc:
-            found = _AT_DOMAIN.findall(value)
-            domain = _name(found[-1]) if found else ""
-            if domain:
-                dmarc.append((f"_dmarc.{domain.lower()}", "TXT"))
+        elif lname == "from":
+            authors.append(value)
+    who = author.authors(authors)
+    dmarc = [(f"_dmarc.{d}", "TXT") for d in who.domains[:MAX_AUTHOR_DOMAINS] if _name(d)] if who.valid else []
     return keys + dmarc

@@ -163,16 +163,21 @@ def test_spf_lookups_name_the_mail_from_domain_or_the_helo_name() -> None:
     assert prefetch.spf_lookups("", "[192.0.2.1]") == [] and prefetch.spf_lookups("root@localhost", "h") == []
 
 
-def test_header_lookups_name_each_key_and_the_from_domains_dmarc_record() -> None:
-    headers = [("Received", " from x"),
-               ("DKIM-Signature", " v=1; a=ed25519-sha256; c=relaxed/relaxed;\r\n\td=Sender.example;"
-                                  " s = s2 ; h=from; bh=x; b=y"),
-               ("DKIM-Signature", " v=1; a=rsa-sha256; d=sender.example; s=s1; h=from; bh=x; b=y"),
-               ("DKIM-Signature", " v=1; a=rsa-sha256; b=no-domain"),
-               ("From", ' "a@b.test" <News@Sender.Example>'), ("From", " other@else.test")]
-    assert prefetch.header_lookups(headers) == [("s2._domainkey.Sender.example", "TXT"),
-                                                ("s1._domainkey.sender.example", "TXT"),
-                                                ("_dmarc.sender.example", "TXT")]
+def test_header_lookups_name_each_key_and_each_author_domains_dmarc_record() -> None:
+    keys = [("Received", " from x"),
+            ("DKIM-Signature", " v=1; a=ed25519-sha256; c=relaxed/relaxed;\r\n\td=Sender.example;"
+                               " s = s2 ; h=from; bh=x; b=y"),
+            ("DKIM-Signature", " v=1; a=rsa-sha256; d=sender.example; s=s1; h=from; bh=x; b=y"),
+            ("DKIM-Signature", " v=1; a=rsa-sha256; b=no-domain")]
+    assert prefetch.header_lookups([*keys, ("From", ' "a@b.test" <News@Sender.Example>')]) == [
+        ("s2._domainkey.Sender.example", "TXT"), ("s1._domainkey.sender.example", "TXT"),
+        ("_dmarc.sender.example", "TXT")]  # the address's domain, not the display name's
+    # every author domain (the checks evaluate DMARC for each), as the checks spell them (A-labels)
+    assert prefetch.header_lookups([("From", " a@one.test, B <b@Mächine.example>")]) == [
+        ("_dmarc.one.test", "TXT"), ("_dmarc.xn--mchine-bua.example", "TXT")]
+    # From fields the checks refuse before any DNS work get no DMARC question
+    assert prefetch.header_lookups([*keys, ("From", " a@one.test"), ("From", " b@two.test")]) == [
+        ("s2._domainkey.Sender.example", "TXT"), ("s1._domainkey.sender.example", "TXT")]
     assert prefetch.header_lookups([("From", " Undisclosed <MAILER-DAEMON>")]) == []
 
 
