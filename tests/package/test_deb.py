@@ -531,6 +531,8 @@ def test_units_verify_clean(machine):
             str(UNITS / "mattermail-router.service"), str(UNITS / "mattermail-srs.service"),
             str(UNITS / "mattermail-web.service"), check=False)
     assert r.returncode == 0 and not r.stderr.strip() and not r.stdout.strip(), r.stdout + r.stderr
+    # the milter's supervisor passes SIGTERM on to its workers' main threads itself (milter/__main__.py)
+    assert "\nKillMode=mixed\n" in (UNITS / "mattermail-milter.service").read_text()
 
 
 def test_installed_layout(machine):
