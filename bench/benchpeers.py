@@ -57,9 +57,11 @@ def listening(port: int) -> bool:
 
 def workers_text(workers: int) -> str:
     """mattermail's milter.workers as the run used it: ``0 (one per CPU: 2 processes)``."""
-    if workers == 0:
-        return f"0 (one per CPU: {min(len(os.sched_getaffinity(0)), 64)} processes)"
-    return f"{workers} (process{'' if workers == 1 else 'es'})"
+    from mattermail import config
+    from mattermail.milter.__main__ import worker_count
+
+    n = worker_count(config.from_dict({"milter": {"workers": workers}}))
+    return f"{workers} ({'one per CPU: ' if workers == 0 else ''}{n} process{'' if n == 1 else 'es'})"
 
 
 def _stat(pid: int) -> list[str]:

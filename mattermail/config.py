@@ -73,6 +73,9 @@ class General:
                    else _bad("a user name")}
 
 
+MAX_MILTER_WORKERS = 64
+
+
 @dataclass(frozen=True)
 class Milter:
     socket: str = "unix:/run/mattermail/milter.sock"
@@ -87,7 +90,8 @@ class Milter:
     display_name_check: str = "refuse"
 
     _validators = {"socket": _socket_spec, "trusted_networks": _network,
-                   "workers": lambda v: v if 0 <= v <= 64 else _bad("0 (one per CPU) to 64 processes"),
+                   "workers": lambda v: v if 0 <= v <= MAX_MILTER_WORKERS
+                   else _bad(f"0 (one per CPU) to {MAX_MILTER_WORKERS} processes"),
                    "display_name_check": lambda v: v if v in ("refuse", "off") else _bad("refuse or off")}
 
 

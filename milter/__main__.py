@@ -225,13 +225,11 @@ def signal_main_thread(pid: int, sig: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
-MAX_WORKERS = 64
-
-
 def worker_count(cfg: configmod.Config) -> int:
     """How many processes serve: ``milter.workers``, or with 0 one per CPU this process may run on
-    (its affinity, as systemd's CPUAffinity= or a container's cpuset leave it), at most 64."""
-    return cfg.milter.workers or max(1, min(len(os.sched_getaffinity(0)), MAX_WORKERS))
+    (its affinity, as systemd's CPUAffinity= or a container's cpuset leave it), at most
+    ``MAX_MILTER_WORKERS``."""
+    return cfg.milter.workers or max(1, min(len(os.sched_getaffinity(0)), configmod.MAX_MILTER_WORKERS))
 
 
 def _die_with_parent(parent: int) -> None:

@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -92,7 +93,7 @@ def test_daemon_with_broken_config_exits_78_with_one_line(tmp_path, daemon):
 def test_milter_workers_default_to_one_per_cpu_the_process_may_run_on():
     from mattermail.milter.__main__ import worker_count
 
-    cpus = len(__import__("os").sched_getaffinity(0))
+    cpus = len(os.sched_getaffinity(0))
     assert config.from_dict({}).milter.workers == 0
     assert worker_count(config.from_dict({})) == min(cpus, 64)
     assert worker_count(config.from_dict({"milter": {"workers": 1}})) == 1
