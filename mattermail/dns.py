@@ -58,6 +58,15 @@ def _note(expiration: float) -> None:
 
 
 @dataclass(eq=False)
+class _Front:
+    """An answer of dnspython's cache (Resolver.query), with its TXT strings once decoded."""
+
+    expiration: float
+    records: tuple[dns.rdata.Rdata, ...]
+    text: tuple[str, ...] | None = None
+
+
+@dataclass(eq=False)
 class Pending:
     """A query :meth:`Resolver.prefetch` sent, whose reply waits in its socket for :meth:`Resolver.query`."""
 
@@ -69,6 +78,7 @@ class Pending:
 @dataclass
 class Resolver:
     cfg: DNSConfig
+    _front = None  # set in __post_init__ (a subclass that skips it, such as a test's stub, has none)
 
     def __post_init__(self) -> None:
         if self.cfg.nameservers:
@@ -97,6 +107,9 @@ class Resolver:
         # those answers expires, so they are exactly what recomputing would give. None: no cache.
         self._derived: dict[Hashable, tuple[float, Any]] | None = {} if r.cache is not None else None
         self._derived_lock = threading.Lock()
+        # In front of dnspython's cache: what it answered for (name as asked, type), until the same
+        # expiration, without its Name objects, hashing and lock per question; TXT strings decoded once.
+        self._front: dict[tuple[str, str], _Front] | None = {} if r.cache is not None else None
 
     def derived(self, key: Hashable, compute: Callable[[], Any], keep: Callable[[Any], bool]) -> Any:
         """``compute()``, or its earlier result for ``key`` while every DNS answer it used is
@@ -120,18 +133,43 @@ class Resolver:
                 self._derived[key] = (used[0], result)
         return result
 
+    def _fresh(self, name: str, rdtype: str, note: bool = True) -> _Front | None:
+        """The front cache's entry for this question while it has not expired (its expiration noted
+        for :meth:`derived` unless ``note`` is False)."""
+        front = self._front
+        if front is None:
+            return None
+        hit = front.get((name, rdtype))
+        if hit is None or hit.expiration <= time.time():
+            return None
+        if note:
+            _note(hit.expiration)
+        return hit
+
+    def _keep(self, name: str, rdtype: str, expiration: float, records: Iterable[dns.rdata.Rdata]) -> None:
+        front = self._front
+        assert front is not None
+        if len(front) >= self.cfg.cache_size:  # as many questions as dnspython's cache keeps
+            front.clear()
+        front[name, rdtype] = _Front(expiration, tuple(records))
+
     def query(self, name: str, rdtype: str) -> list[dns.rdata.Rdata]:
         """Answer records for ``name``; [] for NXDOMAIN or no data; TempError otherwise."""
+        hit = self._fresh(name, rdtype)
+        if hit is not None:
+            return list(hit.records)
         qname = _qname(name)
         cache = self._r.cache
         if cache is not None:  # what resolve() answers from its cache, without its per-query machinery
             answer = cache.get((qname, _rdtype(rdtype), _IN))
             if answer is not None:
                 _note(answer.expiration)
+                self._keep(name, rdtype, answer.expiration, answer)
                 return list(answer)  # [] for a cached "no data"
             negative = cache.get((qname, _ANY, _IN))
             if negative is not None and negative.response.rcode() == _NXDOMAIN:
                 _note(negative.expiration)
+                self._keep(name, rdtype, negative.expiration, ())
                 return []
         if self._pending:
             with self._pending_lock:
@@ -158,7 +196,12 @@ class Resolver:
 
     def txt(self, name: str) -> list[str]:
         """TXT records for ``name``, each record's strings joined."""
-        return [b"".join(r.strings).decode("utf-8", "replace") for r in self.query(name, "TXT")]
+        hit = self._fresh(name, "TXT")
+        if hit is None:
+            return [b"".join(r.strings).decode("utf-8", "replace") for r in self.query(name, "TXT")]
+        if hit.text is None:
+            hit.text = tuple(b"".join(r.strings).decode("utf-8", "replace") for r in hit.records)
+        return list(hit.text)
 
     def prefetch(self, lookups: Iterable[tuple[str, str]]) -> list[Pending]:
         """Send the queries for ``lookups`` ((name, type) pairs) now and return without waiting:
@@ -180,7 +223,7 @@ class Resolver:
                 key = (_qname(name), _rdtype(rdtype))
             except (dns.exception.DNSException, ValueError, UnicodeError):
                 continue
-            if key in self._pending or (cache is not None and (
+            if key in self._pending or self._fresh(name, rdtype, False) is not None or (cache is not None and (
                     cache.get((key[0], key[1], _IN)) is not None or cache.get((key[0], _ANY, _IN)) is not None)):
                 continue
             query = dns.message.make_query(key[0], key[1])

@@ -46,6 +46,7 @@ class _KeyTempError(Exception):
     """A key lookup failed temporarily (raised through dkimpy, which lets it pass)."""
 
 
+_END_OF_HEADERS = re.compile(rb"\r?\n\r?\n")
 _SIG_HEADER_RE = re.compile(rb"^DKIM-Signature[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
 
 
@@ -140,22 +141,34 @@ _END_OF_HEADER = re.compile(rb"\n\r?\n")
 _FIELD_NAME = re.compile(rb"([\x21-\x7e]+?):")
 
 
+# A whole header field of a header block with CRLF line ends only: the name up to its first colon
+# (printable, no space), the value with its folded lines and each line's CRLF, as dkimpy keeps it.
+_FIELD = re.compile(rb"([\x21-\x39\x3b-\x7e]+):([^\n]*\n(?:[ \t][^\n]*\n)*)")
+
+
 def _parse(message: bytes) -> tuple[list[list[bytes]], bytes]:
-    """``dkim.rfc822_parse(message)``, faster: only the header block is cut into lines, and the
-    body is rebuilt only when it has a bare LF (dkimpy joins its lines with CRLF)."""
+    """``dkim.rfc822_parse(message)``, faster: only the header block is cut into fields (in one
+    regex pass when every line ends in CRLF: the fields are then slices of it), and the body is
+    rebuilt only when it has a bare LF (dkimpy joins its lines with CRLF)."""
     end = _END_OF_HEADER.search(message)
     if end is None or message.startswith((b"\n", b"\r\n")):  # no body, or no header: dkimpy's own walk
         return dkim.rfc822_parse(message)
+    block = message[: end.start() + 1]
     headers: list[list[bytes]] = []
-    for line in _LINE_END.split(message[: end.start() + 1])[:-1]:  # no empty line before ``end``
-        if line[0] in (0x09, 0x20):
-            headers[-1][1] += line + b"\r\n"  # IndexError on a leading folded line, as in dkimpy
-            continue
-        name = _FIELD_NAME.match(line)
-        if name is not None:
-            headers.append([name.group(1), line[name.end(0):] + b"\r\n"])
-        elif not line.startswith(b"From "):
-            raise dkim.MessageFormatError("Unexpected characters in RFC822 header")
+    if block.count(b"\n") == block.count(b"\r\n"):
+        headers = [[n, v] for n, v in _FIELD.findall(block)]
+        if sum(len(n) + len(v) + 1 for n, v in headers) != len(block):  # a line that is no field: walk it
+            headers = []
+    if not headers:
+        for line in _LINE_END.split(block)[:-1]:  # no empty line before ``end``
+            if line[0] in (0x09, 0x20):
+                headers[-1][1] += line + b"\r\n"  # IndexError on a leading folded line, as in dkimpy
+                continue
+            name = _FIELD_NAME.match(line)
+            if name is not None:
+                headers.append([name.group(1), line[name.end(0):] + b"\r\n"])
+            elif not line.startswith(b"From "):
+                raise dkim.MessageFormatError("Unexpected characters in RFC822 header")
     body = message[end.end():]
     if body.count(b"\n") != body.count(b"\r\n"):
         body = b"\r\n".join(_LINE_END.split(body))
@@ -260,17 +273,18 @@ def verify_dkim(raw: bytes, resolver: Resolver, min_rsa_bits: int = 1024) -> lis
     Every ``reason`` is a phrase of our own (``_SIG_ERRORS``, ``_KEY_ERRORS``):
     never text from the signature, which the sender wrote.
     """
-    headers_end = re.search(rb"\r?\n\r?\n", raw)
+    headers_end = _END_OF_HEADERS.search(raw)
     header_block = raw[: headers_end.start() + 1] if headers_end else raw
-    found = [m.group(1) for m in _SIG_HEADER_RE.finditer(header_block)]
-    if not found:
+    if b"dkim-signature" not in header_block.lower():  # no field can be one: nothing to check
         return []
     try:
         headers, body = _parse(raw)  # as dkimpy's DKIM(raw) parses it
     except (dkim.DKIMException, IndexError, ValueError):  # dkimpy's parser trips on a leading folded line
         return [DKIMResult("permerror", *_sig_tags(v)[:2], "message header cannot be parsed", _sig_tags(v)[2])
-                for v in found]
+                for v in (m.group(1) for m in _SIG_HEADER_RE.finditer(header_block))]
     sig_headers = [(n, v) for n, v in headers if n.lower() == b"dkim-signature"]
+    if not sig_headers:
+        return []
     fetched: dict[str, bytes | None] = {}
     answers: dict[bytes, bytes | None | str] = {}  # key name -> record, or why the lookup failed: one query each
 

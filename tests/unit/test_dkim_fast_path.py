@@ -121,6 +121,9 @@ def test_each_equivalent_matches_dkimpy_on_random_input() -> None:
         return b"".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, n)))
 
     message = [b"a", b"B", b":", b" ", b"\t", b"\r", b"\n", b"\r\n", b"From ", b"X-H:", b"\r\n\r\n", b"\n\n"]
+    # header blocks with CRLF line ends only, where the parse takes whole fields in one pass
+    crlf = [b"X-H:", b"DKIM-Signature:", b"a", b":", b" ", b"\t", b"\r", b"\r\n", b"\r\n ", b"\r\n\t", b"From ", b"\x7f"]
+    one_pass = 0
     value = [b"a", b" ", b"\t", b"\r", b"\n", b"\r\n", b"  ", b"\x0b", b"\xff", b";", b"b", b"=", b"b=", b"; b=", b"+"]
 
     def outcome(f, m):
@@ -132,9 +135,15 @@ def test_each_equivalent_matches_dkimpy_on_random_input() -> None:
     for _ in range(20000):
         m = text(message, 30)
         assert outcome(dkim.rfc822_parse, m) == outcome(dkim_verify._parse, m), m
+        m = rnd.choice([b"", b"X-H:"]) + text(crlf, 20) + b"\r\n\r\nbody\r\n"
+        assert outcome(dkim.rfc822_parse, m) == outcome(dkim_verify._parse, m), m
+        block = m[: m.index(b"\n\r\n") + 1]
+        one_pass += b"\n" not in block.replace(b"\r\n", b"") and sum(
+            len(n) + len(v) + 1 for n, v in dkim_verify._FIELD.findall(block)) == len(block)
         v = text(value, 25)
         assert dkim.RE_BTAG.sub(b"\\1", v) == dkim_verify._BTAG.sub(b"\\1", v), v
         assert dkim.canonicalization.Relaxed.canonicalize_headers([(b"Sub-J", v)])[0] == \
             dkim_verify._relaxed_header(b"Sub-J", v), v
         body = b"\r\n".join(re.split(b"\r?\n", v))  # as the parse hands a body over
         assert dkim.canonicalization.Relaxed.canonicalize_body(body) == dkim_verify._relaxed_body(body), v
+    assert one_pass > 2000, one_pass  # the one-pass parse was compared, not only its fallback
