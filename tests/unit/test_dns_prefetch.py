@@ -86,6 +86,20 @@ def test_a_prefetched_question_is_answered_by_its_one_query(server: Counting, ca
         assert sum(server.asked.values()) == 2
 
 
+def test_a_cached_answer_lasts_its_ttl_and_no_longer(server: Counting, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Asked again and again, a cached question is answered without the network until its TTL (300 s)
+    has passed, then asked again; neither sent ahead while it is cached nor once that has passed."""
+    r = resolver(server.port, cache_size=100)
+    assert [r.txt("ttl.pre.test") for _ in range(3)] == [["for ttl.pre.test."]] * 3
+    assert [x.to_text() for x in r.query("ttl.pre.test", "TXT")] == ['"for ttl.pre.test."']
+    assert r.prefetch([("ttl.pre.test", "TXT")]) == [] and server.asked == {"ttl.pre.test.": 1}
+    now = time.time()
+    monkeypatch.setattr(time, "time", lambda: now + 301)
+    assert r.txt("ttl.pre.test") == ["for ttl.pre.test."]
+    assert server.asked == {"ttl.pre.test.": 2}
+    assert r.txt("ttl.pre.test") == ["for ttl.pre.test."] and server.asked == {"ttl.pre.test.": 2}
+
+
 def test_what_no_one_read_is_closed_and_asked_again_later(server: Counting) -> None:
     r = resolver(server.port)
     mine = r.prefetch([("unread.pre.test", "TXT")])
