@@ -219,13 +219,21 @@ class Resolver:
         cache = self._r.cache
         sent: list[Pending] = []
         for name, rdtype in lookups:
+            if self._fresh(name, rdtype, False) is not None:
+                continue
             try:
                 key = (_qname(name), _rdtype(rdtype))
             except (dns.exception.DNSException, ValueError, UnicodeError):
                 continue
-            if key in self._pending or self._fresh(name, rdtype, False) is not None or (cache is not None and (
-                    cache.get((key[0], key[1], _IN)) is not None or cache.get((key[0], _ANY, _IN)) is not None)):
+            if key in self._pending:
                 continue
+            if cache is not None:
+                answer = cache.get((key[0], key[1], _IN))
+                if answer is not None:  # the next prefetch of it stops at the front cache
+                    self._keep(name, rdtype, answer.expiration, answer)
+                    continue
+                if cache.get((key[0], _ANY, _IN)) is not None:
+                    continue
             query = dns.message.make_query(key[0], key[1])
             try:
                 sock = self._send(query)
