@@ -132,7 +132,6 @@ def _temp_reason(e: TempError) -> str:
 _PKCS1 = padding.PKCS1v15()
 _PREHASHED_SHA256 = Prehashed(hashes.SHA256())
 _FAST_ALGORITHMS = (b"rsa-sha256", b"ed25519-sha256")
-_WS = re.compile(rb"\s+")
 _WSP_RUN = re.compile(rb" [ \t]+|\t[ \t]*")  # what [\t ]+ -> " " changes (a lone space stays)
 # dkim.RE_BTAG (b= and its value, emptied before hashing the signature field) with its value part,
 # (FWS base64-char)*, written as the same language without nested groups: FWS is any run of \s.
@@ -197,7 +196,9 @@ def _relaxed_body(body: bytes) -> bytes:
 def _relaxed_header(name: bytes, value: bytes) -> tuple[bytes, bytes]:
     """dkimpy's relaxed header canonicalization (unfold, compress WSP, strip), without re per call."""
     value = value.replace(b"\r\n", b"").replace(b"\n", b"")  # = re.sub(b"\r?\n", b"", value)
-    return name.lower().rstrip(), _WSP_RUN.sub(b" ", value).strip() + b"\r\n"
+    if b"\t" in value or b"  " in value:  # a run _WSP_RUN changes
+        value = _WSP_RUN.sub(b" ", value)
+    return name.lower().rstrip(), value.strip() + b"\r\n"
 
 
 def _header_digest(relaxed: bool, headers: Sequence[Sequence[bytes]], include: list[bytes],
@@ -226,10 +227,15 @@ _D_SPECIALS = b"()<>[]:;@\\,"
 _CLOCK_SLOP = 36000  # dkimpy's leeway for t= and x= (10 hours)
 
 
+def _packed(value: bytes) -> bytes:
+    """``value`` without whitespace (``re.sub(rb"\\s+", b"", value)``: bytes.split() splits on the same six)."""
+    return b"".join(value.split())
+
+
 def _base64_ok(value: bytes) -> bool:
     """What dkimpy's check of b= (and bh=) accepts, or less: base64 characters, then padding, with
     whitespace anywhere, a multiple of four characters without it."""
-    packed = _WS.sub(b"", value)
+    packed = _packed(value)
     data = packed.rstrip(b"=")
     return bool(data) and not data.translate(None, _BASE64) and len(packed) % 4 == 0
 
@@ -237,7 +243,15 @@ def _base64_ok(value: bytes) -> bool:
 def _fast_tags(value: bytes) -> dict[bytes, bytes] | None:
     """``dkim.util.parse_tag_value(value)`` when ``dkim.validate_signature_fields`` accepts it, without
     their regular expressions; None for anything it would refuse and for anything unusual (a tag
-    dkimpy may accept but the fast path leaves to it: cv=, l=, a non-ASCII d=, a doubtful i=)."""
+    dkimpy may accept but the fast path leaves to it: cv=, l=, a non-ASCII d=, a doubtful i=), and
+    for anything that raises (a t= too long for int())."""
+    try:
+        return _read_tags(value)
+    except Exception:  # dkimpy's path says what is wrong
+        return None
+
+
+def _read_tags(value: bytes) -> dict[bytes, bytes] | None:
     tags: dict[bytes, bytes] = {}
     specs = value.strip().split(b";")
     if not specs[-1]:  # trailing semicolons are valid
@@ -269,11 +283,16 @@ def _fast_tags(value: bytes) -> dict[bytes, bytes] | None:
     return tags
 
 
-def _passes(value: bytes, sig_header: tuple[bytes, bytes], headers: Sequence[Sequence[bytes]], body: bytes,
+def _text(tags: dict[bytes, bytes], name: bytes) -> str:
+    """A tag as :func:`_tag` reads it from the signature (the value without any whitespace)."""
+    return _SPACES.sub("", tags[name].decode("ascii", "replace"))
+
+
+def _passes(sig: dict[bytes, bytes] | None, sig_header: tuple[bytes, bytes], headers: Sequence[Sequence[bytes]], body: bytes,
             body_hashes: dict[bytes, bytes], lookup: Callable[[bytes], bytes | None], min_rsa_bits: int) -> bool:
-    """True when the signature verifies exactly as dkimpy's ``verify()`` would say True; False: ask dkimpy."""
+    """True when the signature (its tags read by :func:`_fast_tags`) verifies exactly as dkimpy's
+    ``verify()`` would say True; False: ask dkimpy."""
     try:
-        sig = _fast_tags(value)
         if sig is None:
             return False
         policy = dkim.CanonicalizationPolicy.from_c_value(sig.get(b"c", b"simple/simple"))
@@ -288,13 +307,13 @@ def _passes(value: bytes, sig_header: tuple[bytes, bytes], headers: Sequence[Seq
         if algorithm not in body_hashes:
             canonical = _relaxed_body(body) if algorithm == b"relaxed" else policy.canonicalize_body(body)
             body_hashes[algorithm] = hashlib.sha256(canonical).digest()
-        if body_hashes[algorithm] != base64.b64decode(_WS.sub(b"", sig[b"bh"])):
+        if body_hashes[algorithm] != base64.b64decode(_packed(sig[b"bh"])):
             return False
         include = [x.lower() for x in re.split(rb"\s*:\s*", sig[b"h"])]
         if b"from" in include:  # as dkimpy does (its bug#644046): any extra From is signed too
             include.append(b"from")
         digest = _header_digest(policy.header_algorithm.name == b"relaxed", headers, include, sig_header)
-        signature = base64.b64decode(_WS.sub(b"", sig[b"b"]))
+        signature = base64.b64decode(_packed(sig[b"b"]))
         if ktag == b"rsa":
             ossl.verify(signature, digest, _PKCS1, _PREHASHED_SHA256)
         elif ktag == b"ed25519":
@@ -360,10 +379,12 @@ def verify_dkim(raw: bytes, resolver: Resolver, min_rsa_bits: int = 1024) -> lis
     verifier: dkim.DKIM | None = None
     results = []
     for i, (name, value) in enumerate(sig_headers):
-        d, s, a = _sig_tags(value)
-        if _passes(value, (name, value), headers, body, body_hashes, lookup, min_rsa_bits):
-            results.append(DKIMResult("pass", d, s, "", a))
+        tags = _fast_tags(value)
+        if _passes(tags, (name, value), headers, body, body_hashes, lookup, min_rsa_bits):
+            assert tags is not None
+            results.append(DKIMResult("pass", _text(tags, b"d"), _text(tags, b"s"), "", _text(tags, b"a")))
             continue
+        d, s, a = _sig_tags(value)
         fetched.clear()
         try:
             verifier = verifier or dkim.DKIM(raw, minkey=min_rsa_bits)

@@ -160,7 +160,7 @@ def test_fast_tags_accept_only_what_dkimpy_accepts() -> None:
               b"t=99999999999", b"t=17e8", b"x=1", b"x=99999999999", b"x=1600000000", b"q=dns/txt", b"q=dns",
               b"l=5", b"cv=pass", b"z=x", b"c=relaxed/relaxed", b"a=ed25519-sha256", b"a=rsa-sha1", b"v=2",
               b"d=fp(.test", "d=fé.test".encode(), b"b=AB=C", b"bh=ABC", f"b= {b64[:4]} {b64[4:]}".encode(),
-              b"bh=====", b"1x=2", b"x-y=1", b"=1", b"novalue", b"b=", b"d="]
+              b"bh=====", b"1x=2", b"x-y=1", b"=1", b"novalue", b"b=", b"d=", b"t=" + b"9" * 5000]
     junk = [b" ", b"\t", b"\r\n ", b";", b"=", b"\x0b", b"\xff"]
     accepted = 0
     for _ in range(20000):
@@ -174,4 +174,17 @@ def test_fast_tags_accept_only_what_dkimpy_accepts() -> None:
         accepted += 1
         assert dkim.util.parse_tag_value(value) == fast, value
         dkim.validate_signature_fields(fast)  # raises if dkimpy refuses what the fast path took
+        assert [dkim_verify._text(fast, t) for t in (b"d", b"s", b"a")] == list(dkim_verify._sig_tags(value))
     assert accepted > 2000, accepted
+
+
+def test_a_timestamp_too_long_for_int_is_neutral_not_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A signature's t= of 5,000 digits (past Python's int() limit) is refused as dkimpy refuses it."""
+    key = dkimkeys.generate("rsa", 2048)
+    resolver = Keys()
+    owner, resolver.records[owner] = dkimkeys.dns_record(key, "r", DOMAIN)
+    msg = HEADS[0] + b"\r\n" + BODIES[0]
+    sig = dkim.sign(msg, b"r", DOMAIN.encode(), _pem(key), include_headers=[b"from", b"subject"])
+    raw = re.sub(rb"t=\d+", b"t=" + b"9" * 5000, sig) + msg
+    fast, slow = both(raw, resolver, monkeypatch)
+    assert fast == slow and [r.result for r in fast] == ["neutral"]
