@@ -132,6 +132,7 @@ def _temp_reason(e: TempError) -> str:
 _PKCS1 = padding.PKCS1v15()
 _PREHASHED_SHA256 = Prehashed(hashes.SHA256())
 _FAST_ALGORITHMS = (b"rsa-sha256", b"ed25519-sha256")
+_H_SEPARATOR = re.compile(rb"\s*:\s*")  # between h= names, as dkimpy splits them
 _WSP_RUN = re.compile(rb" [ \t]+|\t[ \t]*")  # what [\t ]+ -> " " changes (a lone space stays)
 # dkim.RE_BTAG (b= and its value, emptied before hashing the signature field) with its value part,
 # (FWS base64-char)*, written as the same language without nested groups: FWS is any run of \s.
@@ -196,8 +197,11 @@ def _relaxed_body(body: bytes) -> bytes:
 def _relaxed_header(name: bytes, value: bytes) -> tuple[bytes, bytes]:
     """dkimpy's relaxed header canonicalization (unfold, compress WSP, strip), without re per call."""
     value = value.replace(b"\r\n", b"").replace(b"\n", b"")  # = re.sub(b"\r?\n", b"", value)
-    if b"\t" in value or b"  " in value:  # a run _WSP_RUN changes
-        value = _WSP_RUN.sub(b" ", value)
+    if b"\t" in value or b"  " in value:  # a run of WSP to compress
+        if b"\r" in value or b"\x0b" in value or b"\x0c" in value:  # whitespace that is no WSP: as dkimpy
+            value = _WSP_RUN.sub(b" ", value)
+        else:  # only spaces and tabs are whitespace here: compressing their runs and stripping is split/join
+            return name.lower().rstrip(), b" ".join(value.split()) + b"\r\n"
     return name.lower().rstrip(), value.strip() + b"\r\n"
 
 
@@ -309,7 +313,7 @@ def _passes(sig: dict[bytes, bytes] | None, sig_header: tuple[bytes, bytes], hea
             body_hashes[algorithm] = hashlib.sha256(canonical).digest()
         if body_hashes[algorithm] != base64.b64decode(_packed(sig[b"bh"])):
             return False
-        include = [x.lower() for x in re.split(rb"\s*:\s*", sig[b"h"])]
+        include = [x.lower() for x in _H_SEPARATOR.split(sig[b"h"])]
         if b"from" in include:  # as dkimpy does (its bug#644046): any extra From is signed too
             include.append(b"from")
         digest = _header_digest(policy.header_algorithm.name == b"relaxed", headers, include, sig_header)
