@@ -5,10 +5,10 @@ a lock (libmilter runs each SMTP session in its own thread); capture envelopes
 are written on a second one (milter/envelopes.py: concurrent sessions' records
 in one commit). On SQLite the
 disclaimers and the users' addresses (the sender check, two-way capture) are
-kept in memory and re-read when the store changes (SQLite's ``data_version``),
-so ``mattermailctl disclaimer set`` or ``user add`` takes effect without a
-restart; on PostgreSQL, whose stand-in for data_version moves with every
-transaction (our own envelope records included), they are read per look-up.
+kept in memory and re-read when one of them changes (the store's lookup
+generation, moved by triggers in the changing transaction), so ``mattermailctl
+disclaimer set`` or ``user add`` takes effect at the next message without a
+restart; on PostgreSQL they are read per look-up.
 DKIM keys are re-read when a file in the keys directory changes.
 
 A store that fails (damaged, locked, unreadable; a PostgreSQL server that is
@@ -89,7 +89,7 @@ class Runtime:
         self._lock = threading.Lock()
         self._store: storemod.Store | None = None
         self.envelopes = EnvelopeWriter(self._open_store, cfg.store.where)
-        # SQLite: what is kept in memory, by name, with the data_version it was read at (see _kept_now)
+        # SQLite: what is kept in memory, by name, with the lookup generation it was read at (see _kept_now)
         self._kept: dict[str, tuple[int, object]] = {}
         self._keys: dict[str, list[dkimkeys.SigningKey]] = {}
         self._keys_stamp: tuple | None = None
@@ -125,7 +125,7 @@ class Runtime:
     def _forget_store(self) -> None:
         """Close the store and drop what was read from it (called with the lock held)."""
         store, self._store = self._store, None
-        # data_version counts per connection: a new one may repeat the old value, so the cache goes too
+        # a replaced file may repeat the old generation with other rows, so the cache goes too
         self._kept = {}
         if store is not None:
             try:
@@ -156,10 +156,10 @@ class Runtime:
 
     def _kept_now(self, store: storemod.Store, name: str, load: Callable[[storemod.Store], T],
                   version: int | None = None) -> T:
-        """SQLite: ``load(store)``, kept in memory and re-read only when ``data_version`` moved (another
-        connection committed); ``version`` when the caller already read it."""
+        """SQLite: ``load(store)``, kept in memory and re-read only when the lookup generation moved (a change
+        to the users, their addresses or the disclaimers); ``version`` when the caller already read it."""
         if version is None:
-            version = storemod.data_version(store)
+            version = storemod.lookup_generation(store)
         kept = self._kept.get(name)
         if kept is None or kept[0] != version:
             kept = self._kept[name] = (version, load(store))
@@ -167,7 +167,7 @@ class Runtime:
 
     def _users(self, store: storemod.Store, version: int | None = None) -> _Users | None:
         """The users' addresses from memory on SQLite; None on PostgreSQL, where the caller asks the database
-        (its stand-in for data_version moves with every transaction, our own envelope records included)."""
+        (one query, as checking whether to reload would be)."""
         return self._kept_now(store, "users", _Users.load, version) if store.engine == "sqlite" else None
 
     def _owned(self, store: storemod.Store, login: str, version: int | None = None) -> set[str]:
@@ -177,8 +177,8 @@ class Runtime:
         return set(users.by_login.get(storemod.normalise_address(login), ()))
 
     def _disclaimers_now(self, store: storemod.Store, version: int | None = None) -> list[storemod.DisclaimerRow]:
-        """The disclaimers; on SQLite re-read only when ``data_version`` moved. On PostgreSQL they are
-        read per look-up: checking its stand-in for data_version first would cost a round trip more."""
+        """The disclaimers; on SQLite re-read only when the lookup generation moved. On PostgreSQL they are
+        read per look-up: checking the generation first would cost a round trip more."""
         if store.engine != "sqlite":
             return storemod.list_disclaimers(store)
         return self._kept_now(store, "disclaimers", storemod.list_disclaimers, version)
@@ -205,9 +205,9 @@ class Runtime:
 
     def sender_lookups(self, login: str, author: str) -> tuple[set[str], storemod.DisclaimerRow | None]:
         """:meth:`owned_addresses` and :meth:`disclaimer_for` in one look-up (one store check, one
-        ``data_version``): an authenticated submission needs both."""
+        generation check): an authenticated submission needs both."""
         def both(store: storemod.Store) -> tuple[set[str], list[storemod.DisclaimerRow]]:
-            version = storemod.data_version(store) if store.engine == "sqlite" else None
+            version = storemod.lookup_generation(store) if store.engine == "sqlite" else None
             return self._owned(store, login, version), self._disclaimers_now(store, version)
 
         owned, rows = self._locked("sender look-up", both)

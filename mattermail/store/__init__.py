@@ -21,7 +21,7 @@ is FTS5 or tsvector (fulltext.py). Raw message files stay on the local disk with
 from mattermail.store.disclaimers import (DISCLAIMER_SCOPES, DisclaimerRow, disclaimer_for, list_disclaimers,
                                           remove_disclaimer, set_disclaimer)
 from mattermail.store.errors import StoreError, describe_error
-from mattermail.store.engine import (BlobWriter, Spooled, Store, UserError, data_version,
+from mattermail.store.engine import (BlobWriter, Spooled, Store, UserError, lookup_generation,
                                      normalise_address,
                                      recover_stale_tmp, transaction)
 from mattermail.store.envelopes import (EnvelopeRecord, get_envelope, record_capture, record_envelope,
@@ -49,7 +49,7 @@ __all__ = [
     "BlobWriter", "ForwardRecord", "Spooled", "forward_failed", "mark_forwarded", "next_forward_due",
     "pending_forwards", "queue_forward", "queued_recipients",
     "CAPTURE_STATES", "DISCLAIMER_SCOPES", "DisclaimerRow", "EnvelopeRecord", "MIGRATIONS", "Store", "StoreError", "User",
-    "UserError", "add_user", "data_version", "describe_error", "disclaimer_for", "find_message", "get_envelope", "insert_message",
+    "UserError", "add_user", "lookup_generation", "describe_error", "disclaimer_for", "find_message", "get_envelope", "insert_message",
     "list_disclaimers", "list_users", "login_addresses", "normalise_address", "owned_addresses", "password_hashes", "record_capture",
     "record_deliveries", "record_envelope", "record_envelopes", "recover_stale_tmp", "remove_disclaimer", "remove_user",
     "set_disclaimer", "set_password", "transaction",

@@ -297,15 +297,10 @@ def _identity(path: Path | str) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def data_version(store: Store) -> int:
-    """Changes whenever another connection commits: a cheap "reload?" check for the milter.
-
-    PostgreSQL: the snapshot's ``xmax`` (the next transaction id to be assigned), which moves past every
-    transaction that wrote anything, this connection's own and other databases' included: it may say
-    "changed" when nothing the caller reads did (a needless reload), never the reverse."""
-    if store.db.engine == SQLITE:
-        return store.db.execute("PRAGMA data_version").fetchone()[0]
-    return int(store.db.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint").fetchone()[0])
+def lookup_generation(store: Store) -> int:
+    """Moves with every committed change to the users, their addresses or the disclaimers (triggers, schema
+    migration 13), and with nothing else: the milter's "reload what I keep?" check."""
+    return int(store.db.execute("SELECT n FROM lookup_generation").fetchone()[0])
 
 
 # -- start-up recovery ------------------------------------------------------------------

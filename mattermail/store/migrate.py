@@ -93,10 +93,11 @@ TABLES: tuple[Table, ...] = (
     Table("web_sessions", ("session_hash",)),
 )
 
-# Source tables not copied: the search index and its queue (rebuilt from the rows on the target), and
-# SQLite's own bookkeeping (sqlite_sequence is read for the outbox's sequence).
+# Source tables not copied: the search index and its queue (rebuilt from the rows on the target), the
+# lookup generation (the target's own triggers move it as the rows go in), and SQLite's own bookkeeping
+# (sqlite_sequence is read for the outbox's sequence).
 DERIVED = ("messages_fts", "messages_fts_data", "messages_fts_idx", "messages_fts_docsize", "messages_fts_config",
-           "fts_pending", "sqlite_sequence")
+           "fts_pending", "lookup_generation", "sqlite_sequence")
 
 # the tables whose ``id`` is an identity column on PostgreSQL (schema_pg.ID)
 IDENTITY = ("messages", "deliveries", "persons", "filings", "events", "outbox", "api_tokens", "access_log",

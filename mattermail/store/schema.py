@@ -345,3 +345,21 @@ def sort_times_of_stored_messages(db: Any) -> None:
 
 
 CAPTURE_STATES = ("", "verified", "unverified")
+
+
+#: The tables the milter keeps in memory (milter/runtime.py): a change to any of them moves the lookup generation.
+LOOKUP_TABLES = ("users", "user_addresses", "disclaimers")
+
+
+@migration
+def _m013_lookup_generation(db: sqlite_utils.Database) -> None:
+    """``lookup_generation``: one number that triggers move with every change to the users, their addresses or
+    the disclaimers, in the changing transaction. The milter keeps those in memory and re-reads them when it
+    moves; SQLite's ``data_version`` moved with every commit of another connection (the milter's own envelope
+    records, the router's filings), so they were re-read for nearly every submission."""
+    db.execute("CREATE TABLE lookup_generation (id INTEGER PRIMARY KEY CHECK (id = 1), n INTEGER NOT NULL)")
+    db.execute("INSERT INTO lookup_generation (id, n) VALUES (1, 0)")
+    for table in LOOKUP_TABLES:
+        for event in ("INSERT", "UPDATE", "DELETE"):
+            db.execute(f"CREATE TRIGGER {table}_{event.lower()}_generation AFTER {event} ON {table} BEGIN "
+                       "UPDATE lookup_generation SET n = n + 1; END")

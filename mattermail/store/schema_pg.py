@@ -273,3 +273,18 @@ def _m012_sort_time(db: Any) -> None:
 
     db.execute(f"ALTER TABLE messages ADD COLUMN sort_time {T} NOT NULL DEFAULT ''")
     sort_times_of_stored_messages(db)
+
+
+@migration
+def _m013_lookup_generation(db: Any) -> None:
+    """As SQLite's migration 13: ``lookup_generation``, moved by a statement trigger on each table the milter
+    keeps in memory (schema.LOOKUP_TABLES)."""
+    from mattermail.store.schema import LOOKUP_TABLES
+
+    _run(db,
+         "CREATE TABLE lookup_generation (id INTEGER PRIMARY KEY CHECK (id = 1), n BIGINT NOT NULL)",
+         "INSERT INTO lookup_generation (id, n) VALUES (1, 0)",
+         "CREATE FUNCTION lookup_generation_bump() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+         "UPDATE lookup_generation SET n = n + 1; RETURN NULL; END $$",
+         *(f"CREATE TRIGGER {table}_generation AFTER INSERT OR UPDATE OR DELETE ON {table} "
+           "FOR EACH STATEMENT EXECUTE FUNCTION lookup_generation_bump()" for table in LOOKUP_TABLES))

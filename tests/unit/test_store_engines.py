@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from mattermail.config import ConfigError, from_dict
-from mattermail.store import Store, StoreError, UserError, data_version, describe_error, list_disclaimers
+from mattermail.store import (EnvelopeRecord, Store, StoreError, UserError, add_user, describe_error,
+                              lookup_generation, record_envelopes, remove_disclaimer, remove_user,
+                              set_password)
 from mattermail.store import backup, schema, schema_pg, set_disclaimer, status
 from mattermail.store import directory as d
 from mattermail.store.connection import PgConnection, pg_sql, redact
@@ -40,16 +42,31 @@ def test_both_engines_make_the_same_tables_and_columns(pg_cluster, tmp_path):
     pg_cluster.drop_database("mm_columns")
 
 
-def test_another_connections_commit_changes_data_version(store_location, tmp_path):
-    """The milter re-reads disclaimers when data_version moves: it must move for another process's commit."""
+def test_the_lookup_generation_moves_with_users_and_disclaimers_only(store_location, tmp_path):
+    """The milter re-reads users and disclaimers when the lookup generation moves: it must move with every
+    change to them, made by any connection, and not with the envelope records and filings of every message."""
     milter = Store(store_location, tmp_path / "m", durable=False)
     ctl = Store(store_location, tmp_path / "m")
-    before = data_version(milter)
-    assert list_disclaimers(milter) == []
+    seen = [lookup_generation(milter)]
+
+    def moved() -> bool:
+        seen.append(lookup_generation(milter))
+        return seen[-1] != seen[-2]
+
+    record_envelopes(ctl, [EnvelopeRecord("r1", "Q1", "a@x.test", ("b@y.test",), "", "local", 1.0)])
+    assert not moved()
+    add_user(ctl, "alice@lawfirm.test", "{ARGON2ID}x")
+    assert moved()
+    set_password(ctl, "alice@lawfirm.test", "{ARGON2ID}y")
+    assert moved()
     set_disclaimer(ctl, "default", "", "Confidential.", None)
-    assert data_version(milter) != before
-    assert [r.text for r in list_disclaimers(milter)] == ["Confidential."]
-    assert not milter.replaced()
+    assert moved()
+    set_disclaimer(ctl, "default", "", "Privileged.", None)
+    assert moved()
+    remove_disclaimer(ctl, "default", "")
+    assert moved()
+    remove_user(ctl, "alice@lawfirm.test")
+    assert moved() and not moved()
     milter.close()
     ctl.close()
 
@@ -188,6 +205,28 @@ def test_the_milter_runtime_sees_ctl_changes_and_records_envelopes(store_locatio
                          "127.0.0.1", 1.5)
     rt.record_envelope(env)
     assert get_envelope(ctl, "0123456789ab") == env
+    ctl.close()
+
+
+def test_the_milter_keeps_users_and_disclaimers_across_envelope_records(tmp_path, monkeypatch):
+    """SQLite: the milter's own envelope records (and any other commit) leave what it keeps in memory alone;
+    a user added by mattermailctl is seen at the next look-up."""
+    import mattermail.store as storemod
+    from mattermail.store import EnvelopeRecord
+
+    rt = _milter_runtime(tmp_path / "s.sqlite", tmp_path)
+    ctl = Store(tmp_path / "s.sqlite", tmp_path / "m")
+    add_user(ctl, "alice@lawfirm.test", "{ARGON2ID}x")
+    loads = []
+    real = storemod.list_users
+    monkeypatch.setattr(storemod, "list_users", lambda store: loads.append(1) or real(store))
+    for i in range(5):
+        assert rt.sender_lookups("alice@lawfirm.test", "alice@lawfirm.test")[0] == {"alice@lawfirm.test"}
+        rt.record_envelope(EnvelopeRecord(f"ref{i}", f"Q{i}", "alice@lawfirm.test", ("b@example.test",),
+                                          "alice@lawfirm.test", "127.0.0.1", 1.0))
+    assert len(loads) == 1
+    add_user(ctl, "bob@lawfirm.test", "{ARGON2ID}x")
+    assert rt.any_user_address(["bob@lawfirm.test"]) and len(loads) == 2
     ctl.close()
 
 
