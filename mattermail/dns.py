@@ -111,15 +111,20 @@ class Resolver:
         # expiration, without its Name objects, hashing and lock per question; TXT strings decoded once.
         self._front: dict[tuple[str, str], _Front] | None = {} if r.cache is not None else None
 
-    def derived(self, key: Hashable, compute: Callable[[], Any], keep: Callable[[Any], bool]) -> Any:
+    def derived(self, key: Hashable, compute: Callable[[], Any], keep: Callable[[Any], bool],
+                general: Hashable | None = None, applies_generally: Callable[[], bool] | None = None) -> Any:
         """``compute()``, or its earlier result for ``key`` while every DNS answer it used is
         still in the cache (their TTLs). ``keep(result)`` False: not kept (a temporary error).
-        Without a cache (``cache_size = 0``) this is just ``compute()``."""
+        ``general``: a wider key (the same question for a whole class of keys), looked up first;
+        a result is kept under it instead when ``applies_generally()``, asked after computing, says
+        it holds for the whole class. Without a cache (``cache_size = 0``) this is just ``compute()``."""
         if self._derived is None:
             return compute()
-        hit = self._derived.get(key)
-        if hit is not None and hit[0] > time.time():
-            return hit[1]
+        now = time.time()
+        for k in (general, key) if general is not None else (key,):
+            hit = self._derived.get(k)
+            if hit is not None and hit[0] > now:
+                return hit[1]
         used = [float("inf")]
         token = _used.set(used)
         try:
@@ -127,6 +132,8 @@ class Resolver:
         finally:
             _used.reset(token)
         if keep(result) and used[0] > time.time() and used[0] != float("inf"):
+            if general is not None and applies_generally is not None and applies_generally():
+                key = general
             with self._derived_lock:
                 if len(self._derived) >= DERIVED_ENTRIES:
                     self._derived.clear()

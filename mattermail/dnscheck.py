@@ -74,6 +74,7 @@ def _temp(check: Check, e: Exception) -> Finding:
 # --- pyspf hook -----------------------------------------------------------------
 
 _active: contextvars.ContextVar[Resolver | None] = contextvars.ContextVar("mattermail_spf_resolver", default=None)
+_seen: contextvars.ContextVar[list[bytes] | None] = contextvars.ContextVar("mattermail_spf_seen", default=None)
 _fallback: Callable[..., Any] | None = None
 _install_lock = threading.Lock()
 #: rdata -> the value pyspf's dnspython driver gives for each query type it asks.
@@ -96,20 +97,26 @@ def _spf_lookup(name: str, qtype: str, strict: Any = True, timeout: float = 20) 
         rdatas = resolver.query(name, qtype) if convert else []
     except TempError as e:
         raise spf.TempError(f"DNS {e}") from e
+    records = _seen.get()
+    if records is not None and qtype in ("TXT", "SPF"):
+        records.extend(b"".join(r.strings) for r in rdatas)
     return [((name, qtype), convert(r)) for r in rdatas] if convert else []
 
 
 @contextmanager
-def spf_resolver(resolver: Resolver) -> Iterator[None]:
-    """Make pyspf, in this thread/context, do its DNS through ``resolver``."""
+def spf_resolver(resolver: Resolver, records: list[bytes] | None = None) -> Iterator[None]:
+    """Make pyspf, in this thread/context, do its DNS through ``resolver``; each TXT (or SPF) record
+    it reads is added to ``records`` when given (its strings joined)."""
     global _fallback
     with _install_lock:
         if spf.DNSLookup is not _spf_lookup:
             _fallback, spf.DNSLookup = spf.DNSLookup, _spf_lookup
     token = _active.set(resolver)
+    seen = _seen.set(records)
     try:
         yield
     finally:
+        _seen.reset(seen)
         _active.reset(token)
 
 
