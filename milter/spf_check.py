@@ -28,22 +28,25 @@ def check_spf(resolver: Resolver, client_ip: str, mail_from: str, helo: str, tim
     those TTLs runs out, without pyspf's evaluation (which, run cold between
     Postfix's processes, cost ~0.3 ms CPU per message). A temperror is never kept.
 
-    The local part of the sender changes a result only through the macros ``%{s}`` and ``%{l}``
-    (RFC 7208 §7): when no record pyspf read has one, the result is kept for the domain, so the
-    next sender at that domain (mail from a firm's many correspondents) gets it without pyspf.
+    For the MAIL FROM identity, the local part of the sender and the HELO name change a result
+    only through the macros ``%{s}``, ``%{l}`` and ``%{h}`` (RFC 7208 §7): when no record pyspf
+    read has one, the result is kept for the client and the domain, so the next sender at that
+    domain (mail from a firm's many correspondents), from whichever of the sending host's names,
+    gets it without pyspf.
     """
     sender = mail_from.strip().strip("<>").strip()
     local, at, domain = sender.partition("@")  # as pyspf splits it (split_email: at the first "@")
     records: list[bytes] = []
-    general = ("spf@", client_ip, domain, helo) if at and "@" not in domain else None
+    general = ("spf@", client_ip, domain) if at and "@" not in domain else None
     return resolver.derived(("spf", client_ip, mail_from, helo),
                             lambda: _check(resolver, client_ip, mail_from, helo, timeout, records),
                             lambda r: r.result != "temperror", general,
-                            lambda: not any(_LOCAL_PART_MACRO.search(r) for r in records))
+                            lambda: not any(_SENDER_MACRO.search(r) for r in records))
 
 
-#: A macro that expands to the sender or its local part (RFC 7208 §7.2: s, l; upper case URL-escaped).
-_LOCAL_PART_MACRO = re.compile(rb"%\{[slSL]")
+#: A macro that expands to the sender, its local part or the HELO name (RFC 7208 §7.2: s, l, h;
+#: upper case URL-escaped).
+_SENDER_MACRO = re.compile(rb"%\{[slhSLH]")
 
 
 def _check(resolver: Resolver, client_ip: str, mail_from: str, helo: str, timeout: float,

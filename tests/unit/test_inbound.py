@@ -185,14 +185,16 @@ def test_spf_result_is_kept_while_its_dns_answers_are_cached(env: Env, monkeypat
     assert check_spf(cached, CLIENT, "a@spfkeep.test", "h.test", 5) == first and asked
 
 
-def test_spf_result_is_kept_for_the_domain_unless_a_record_reads_the_local_part(
+def test_spf_result_is_kept_for_the_domain_unless_a_record_reads_the_sender_or_helo(
         env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Another sender at the same domain gets the kept result (no DNS, no pyspf) unless a record the
-    evaluation read has a macro of the sender or its local part (%{s}, %{l}): then each sender is its own."""
+    """Another sender at the same domain, with any HELO name, gets the kept result (no DNS, no pyspf)
+    unless a record the evaluation read has a macro of the sender, its local part or the HELO name
+    (%{s}, %{l}, %{h}): then each sender and HELO is its own."""
     env.zone("spfdom.test", f'@ IN TXT "v=spf1 include:inc.spfdom.test -all"\ninc IN TXT "v=spf1 ip4:{CLIENT} -all"')
     env.zone("spfmacro.test", '@ IN TXT "v=spf1 exists:%{l}.ok.spfmacro.test -all"\nalice.ok IN A 127.0.0.2')
     env.zone("spfexp.test", f'@ IN TXT "v=spf1 ip4:{CLIENT} -all exp=why.spfexp.test"\n'
                             'why IN TXT "%{S} may not send from %{i}"')
+    env.zone("spfhelo2.test", '@ IN TXT "v=spf1 exists:%{h}.ok.spfhelo2.test -all"\ngood.ok IN A 127.0.0.2')
     cached = Resolver(DNS(nameservers=("127.0.0.1",), port=env.resolver.cfg.port, timeout=2.0, cache_size=100))
     asked = _counting(monkeypatch, cached)
     first = check_spf(cached, CLIENT, "alice@spfdom.test", "h.test", 5)
@@ -200,11 +202,16 @@ def test_spf_result_is_kept_for_the_domain_unless_a_record_reads_the_local_part(
     asked.clear()
     assert check_spf(cached, CLIENT, "bob@spfdom.test", "h.test", 5) == first and not asked
     assert check_spf(cached, CLIENT, "<carol@spfdom.test>", "h.test", 5) == first and not asked
+    assert check_spf(cached, CLIENT, "dave@spfdom.test", "other.h.test", 5) == first and not asked
     assert check_spf(cached, OTHER, "bob@spfdom.test", "h.test", 5).result == "fail" and asked  # another client
     # %{l} decides: alice passes, bob fails, each evaluated
     assert check_spf(cached, CLIENT, "alice@spfmacro.test", "h.test", 5).result == "pass"
     asked.clear()
     assert check_spf(cached, CLIENT, "bob@spfmacro.test", "h.test", 5).result == "fail" and asked
+    # %{h} decides: each HELO evaluated
+    assert check_spf(cached, CLIENT, "alice@spfhelo2.test", "good", 5).result == "pass"
+    asked.clear()
+    assert check_spf(cached, CLIENT, "bob@spfhelo2.test", "bad", 5).result == "fail" and asked
     # %{S} in the explanation: each sender's own text
     alice = check_spf(cached, OTHER, "alice@spfexp.test", "h.test", 5)
     bob = check_spf(cached, OTHER, "bob@spfexp.test", "h.test", 5)
