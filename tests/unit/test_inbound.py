@@ -9,7 +9,6 @@ mattermail.milter.dkim_sign.  Third-party material from the corpus (the
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections import Counter
