@@ -47,7 +47,6 @@ class _KeyTempError(Exception):
     """A key lookup failed temporarily (raised through dkimpy, which lets it pass)."""
 
 
-_END_OF_HEADERS = re.compile(rb"\r?\n\r?\n")
 _SIG_HEADER_RE = re.compile(rb"^DKIM-Signature[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
 
 
@@ -345,7 +344,7 @@ def verify_dkim(raw: bytes, resolver: Resolver, min_rsa_bits: int = 1024) -> lis
     Every ``reason`` is a phrase of our own (``_SIG_ERRORS``, ``_KEY_ERRORS``):
     never text from the signature, which the sender wrote.
     """
-    headers_end = _END_OF_HEADERS.search(raw)
+    headers_end = _END_OF_HEADER.search(raw)  # where _parse ends the header block
     header_block = raw[: headers_end.start() + 1] if headers_end else raw
     if b"dkim-signature" not in header_block.lower():  # no field can be one: nothing to check
         return []
