@@ -160,6 +160,11 @@ def test_spf_dns_failure_is_temperror(dead: Env) -> None:
     assert check_spf(dead.resolver, CLIENT, "", "mail.spfhelo.test", 3).result == "temperror"
 
 
+def _cached(env: Env, timeout: float = 2.0) -> Resolver:
+    """A resolver with its cache on, asking ``env``'s DNS server."""
+    return Resolver(DNS(nameservers=("127.0.0.1",), port=env.resolver.cfg.port, timeout=timeout, cache_size=100))
+
+
 def _counting(monkeypatch: pytest.MonkeyPatch, cached: Resolver) -> list[tuple[str, str]]:
     asked: list[tuple[str, str]] = []
     real = Resolver.query
@@ -171,7 +176,7 @@ def test_spf_result_is_kept_while_its_dns_answers_are_cached(env: Env, monkeypat
     """With the cache on, the same client, sender and HELO get the kept result without DNS or pyspf,
     until the first answer it was computed from expires (its TTL, 300 s here)."""
     env.zone("spfkeep.test", f'@ IN TXT "v=spf1 include:inc.spfkeep.test -all"\ninc IN TXT "v=spf1 ip4:{CLIENT} -all"')
-    cached = Resolver(DNS(nameservers=("127.0.0.1",), port=env.resolver.cfg.port, timeout=2.0, cache_size=100))
+    cached = _cached(env)
     asked = _counting(monkeypatch, cached)
     first = check_spf(cached, CLIENT, "a@spfkeep.test", "h.test", 5)
     assert first.result == "pass" and asked
@@ -194,7 +199,7 @@ def test_spf_result_is_kept_for_the_domain_unless_a_record_reads_the_sender_or_h
     env.zone("spfexp.test", f'@ IN TXT "v=spf1 ip4:{CLIENT} -all exp=why.spfexp.test"\n'
                             'why IN TXT "%{S} may not send from %{i}"')
     env.zone("spfhelo2.test", '@ IN TXT "v=spf1 exists:%{h}.ok.spfhelo2.test -all"\ngood.ok IN A 127.0.0.2')
-    cached = Resolver(DNS(nameservers=("127.0.0.1",), port=env.resolver.cfg.port, timeout=2.0, cache_size=100))
+    cached = _cached(env)
     asked = _counting(monkeypatch, cached)
     first = check_spf(cached, CLIENT, "alice@spfdom.test", "h.test", 5)
     assert first.result == "pass" and asked
@@ -218,7 +223,7 @@ def test_spf_result_is_kept_for_the_domain_unless_a_record_reads_the_sender_or_h
 
 
 def test_spf_temperror_is_not_kept(dead: Env, monkeypatch: pytest.MonkeyPatch) -> None:
-    cached = Resolver(DNS(nameservers=("127.0.0.1",), port=dead.resolver.cfg.port, timeout=0.3, cache_size=100))
+    cached = _cached(dead, timeout=0.3)
     asked = _counting(monkeypatch, cached)
     for _ in range(2):
         asked.clear()
