@@ -125,11 +125,41 @@ _SIMPLE = re.compile(r"([A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=
                      r"@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)")
 
 
+# One item of the usual list: ``local@domain``, ``<local@domain>`` or ``Name Words <local@domain>`` with
+# plain atoms only (no quotes, comments, dots or groups in the name): getaddresses gives the name's atoms
+# joined by one space (text_of has made every run of blanks one space) and the address as written.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_ITEM = re.compile(rf"(?:({_ATOM}(?: {_ATOM})*) ?)?<{_SIMPLE.pattern}>|{_SIMPLE.pattern}")
+
+
+def _plain_mailboxes(texts: list[str]) -> tuple[Mailbox, ...] | None:
+    """:func:`mailboxes` of clean texts whose every comma-separated item is a plain one (see _PLAIN_ITEM),
+    without getaddresses' character-by-character parse; None when an item is anything else (a test
+    compares the two on random lists)."""
+    out: list[Mailbox] = []
+    for text in texts:
+        if not text:
+            continue
+        for piece in text.split(","):
+            m = _PLAIN_ITEM.fullmatch(piece.strip(" "))
+            if m is None:
+                return None
+            local, domain = (m.group(2), m.group(3)) if m.group(2) else (m.group(4), m.group(5))
+            out.append(Mailbox(m.group(1) or "", f"{local}@{domain.lower()}", True))
+    return tuple(out)
+
+
 def mailboxes(values: Sequence[object]) -> tuple[Mailbox, ...]:
     """Every mailbox in the given address-list header values, in order (groups flattened)."""
+    texts = [text_of(v) for v in values]
+    plain = _plain_mailboxes(texts)
+    return plain if plain is not None else _parsed_mailboxes(texts)
+
+
+def _parsed_mailboxes(texts: list[str]) -> tuple[Mailbox, ...]:
     out: list[Mailbox] = []
     try:
-        pairs = getaddresses([text_of(v) for v in values])
+        pairs = getaddresses(texts)
     except Exception:  # pragma: no cover - getaddresses does not raise on text; never let a header do it
         return ()
     for name, raw in pairs:

@@ -109,3 +109,36 @@ def test_hostile_values_are_cheap_and_never_raise() -> None:
     assert addr_spec("a" + "(" * 3000 + ")" * 3000 + "@b.test") is None
     assert len(mailboxes(["a@b.test, " * 20000])) == 20000
     assert time.monotonic() - start < 10
+
+
+def test_plain_lists_read_as_getaddresses_reads_them() -> None:
+    """The fast path for plain address lists (``mailboxes``) gives what the full parse gives: random lists
+    of plain items, mangled at random (quotes, comments, groups, dots, blanks, stray brackets); more than a
+    thousand of them must take the fast path for the comparison to mean anything."""
+    import random
+
+    from mattermail.addresses import _parsed_mailboxes, _plain_mailboxes, text_of
+
+    rng = random.Random(2026)
+    atoms = ["alice", "Bob", "o'neil", "x-y", "J", "=?utf-8?q?J=C3=B6rg?=", "a_b", "{x}", "1", "Smith"]
+    domains = ["lawfirm.test", "Client.Example", "a-b.c", "x", "d.e.f"]
+    noise = ['"', "(", ")", ":", ";", ".", "<", ">", "@", ",", " ", "  ", "\t", "\\", "[", "]", "é", ""]
+
+    def item() -> str:
+        addr = f"{rng.choice(atoms)}{rng.choice(['', '.' + rng.choice(atoms)])}@{rng.choice(domains)}"
+        name = " ".join(rng.choice(atoms) for _ in range(rng.randint(1, 3)))
+        return rng.choice([addr, f"<{addr}>", f"{name} <{addr}>", f"{name}<{addr}>", f"  {name}   <{addr}> "])
+
+    fast = 0
+    for _ in range(20000):
+        values = [rng.choice([",", ", ", " , "]).join(item() for _ in range(rng.randint(1, 3)))
+                  for _ in range(rng.randint(1, 2))]
+        if rng.random() < 0.5:  # mangle one value at a random place
+            i = rng.randrange(len(values))
+            k = rng.randint(0, len(values[i]))
+            values[i] = values[i][:k] + rng.choice(noise) + values[i][k + rng.randint(0, 2):]
+        texts = [text_of(v) for v in values]
+        if _plain_mailboxes(texts) is not None:
+            fast += 1
+        assert mailboxes(values) == _parsed_mailboxes(texts), values
+    assert fast > 1000
