@@ -116,3 +116,39 @@ def test_whitespace_is_tidied_as_the_two_regular_expressions_define_it():
     mail = "Dear Bob,  \r\n\r\n \tthe contract\u00a0is attached. \r\n \r\n\r\n> quoted \r\nKind regards\r\n \r\n"
     assert _tidy(mail * 50) == defined(mail * 50)
     assert _tidy(mail) == "Dear Bob,\n\n the contract is attached.\n\n> quoted \nKind regards"
+
+
+
+def test_header_blocks_read_as_the_parser_reads_them() -> None:
+    """``parse_headers`` cuts the usual header block in one pass; on random blocks, mangled at random (a lone
+    CR or LF, a line that is no field, a first line folded or ``From ``, 8-bit bytes, no blank line at the
+    end, a multipart type) it gives what ``BytesHeaderParser`` gives: fields, payload, defects. More than a
+    thousand blocks must take the one-pass branch for the comparison to mean anything."""
+    import random
+    from email import policy
+    from email.parser import BytesHeaderParser
+
+    from mattermail.router.message import _one_pass, parse_headers
+
+    rng = random.Random(2026)
+    names = ["From", "To", "Subject", "X-A", "DKIM-Signature", "Content-Type", "a.b", "X~", "Received"]
+    values = ["", " ", "x", "  two  words ", "\t<a@b>", "multipart/mixed; boundary=x", "a: b", ":"]
+    noise = [b"\r", b"\n", b"\r\n", b" ", b"\t", b":", b"From ", b"\xc3\xa9", b"\r\n\r\n", b"", b"x"]
+    fast = 0
+    for _ in range(20000):
+        lines = []
+        for _ in range(rng.randint(1, 6)):
+            lines.append(f"{rng.choice(names)}:{rng.choice(values)}\r\n")
+            for _ in range(rng.choice([0, 0, 1, 2])):
+                lines.append(rng.choice([" ", "\t"]) + rng.choice(values) + "\r\n")
+        head = ("".join(lines) + "\r\n").encode()
+        if rng.random() < 0.5:
+            k = rng.randint(0, len(head))
+            head = head[:k] + rng.choice(noise) + head[k + rng.randint(0, 2):]
+        fast += _one_pass(head) is not None
+        got, want = parse_headers(head), BytesHeaderParser(policy=policy.compat32).parsebytes(head)
+        assert got._headers == want._headers, head
+        assert (got._payload, got._unixfrom, got.preamble, got.epilogue, got._default_type) == (
+            want._payload, want._unixfrom, want.preamble, want.epilogue, want._default_type), head
+        assert [type(d) for d in got.defects] == [type(d) for d in want.defects], head
+    assert fast > 1000
