@@ -42,6 +42,7 @@ _PLAIN_ADDR = re.compile(rf"<(({_ATOM}(?:\.{_ATOM})*)@[A-Za-z0-9-]+(?:\.[A-Za-z0
 
 MAX_MESSAGE_SIZE = 64 * 1024 * 1024
 MAX_HEAD = 4 * 1024 * 1024  # header bytes kept in memory (and read by the rules); the rest is only on disk
+KEEP_BODY = 64 * 1024  # a body up to this size is kept in memory too: its text is read without reopening the file
 _CHUNK = 64 * 1024  # DATA is read in chunks of at most this
 
 
@@ -92,6 +93,7 @@ class Received:
 
     spooled: Spooled
     head: bytes
+    body: bytes | None = None  # the whole body too when it is at most KEEP_BODY bytes (else read from the file)
 
 
 class MatterLMTP(LMTP):
@@ -138,7 +140,7 @@ class MatterLMTP(LMTP):
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         try:
-            refusal, head = await self._receive(spool)
+            refusal, head, body = await self._receive(spool)
         except BaseException:
             spool.discard()
             raise
@@ -148,7 +150,8 @@ class MatterLMTP(LMTP):
             self._set_post_data_state()
             return
         try:
-            self.envelope.received = Received(spool.finish(), bytes(head))  # type: ignore[attr-defined]
+            self.envelope.received = Received(spool.finish(), bytes(head),  # type: ignore[attr-defined]
+                                              None if body is None else bytes(body))
         except OSError as e:
             log.error("writing the spool file failed: %s", e)
             reply = "\r\n".join(f"451 4.3.0 <{r}> temporary failure storing message, try again later"
@@ -160,9 +163,10 @@ class MatterLMTP(LMTP):
         self._set_post_data_state()
         await self.push(status)
 
-    async def _receive(self, spool: BlobWriter) -> tuple[str | None, bytearray]:
+    async def _receive(self, spool: BlobWriter) -> tuple[str | None, bytearray, bytearray | None]:
         """Read DATA up to the lone dot into ``spool``: (None, or the refusal to answer once the data is
-        drained, as aiosmtpd's own smtp_DATA; the header block, at most ``MAX_HEAD`` bytes of it).
+        drained, as aiosmtpd's own smtp_DATA; the header block, at most ``MAX_HEAD`` bytes of it; the bytes
+        after it when they are at most ``KEEP_BODY``, else None).
 
         Reads in chunks, not lines: each chunk's complete lines are checked (length), dot-unstuffed and
         written in one go; a line cut by the chunk's end waits for the next. Bytes after the lone dot (a
@@ -171,6 +175,7 @@ class MatterLMTP(LMTP):
         reader = self._reader
         num_bytes, refusal = 0, None
         head = bytearray()
+        body: bytearray | None = bytearray()
         in_head = True
         pending = b""  # the bytes after the last CRLF seen: an incomplete line
         at_line_start = True  # whether pending starts a line (False after an over-long line was dropped)
@@ -210,10 +215,14 @@ class MatterLMTP(LMTP):
                     block = block.replace(b"\r\n.", b"\r\n")
                     spool.write(block)
                     if in_head:
+                        taken = len(head)
                         in_head = _take_head(head, block)
+                        block = block[len(head) - taken:]  # what follows the header block
+                    if body is not None and block:
+                        body = body + block if len(body) + len(block) <= KEEP_BODY else None
                 at_line_start = True
             if end >= 0:
-                return refusal, head
+                return refusal, head, body
             if len(pending) > line_limit:  # a line longer than any allowed: refuse, keep only its tail
                 refusal = refusal or "500 Line too long (see RFC5321 4.5.3.1.6)"
                 num_bytes += len(pending) - 4
@@ -326,7 +335,7 @@ class DeliveryHandler:
         sender = "" if sender.strip() == "<>" else sender  # the null sender, as aiosmtpd gives it
         received: Received | None = getattr(envelope, "received", None)
         if received is not None:
-            data = MessageData.from_file(received.spooled.path, received.head, received.spooled.size)
+            data = MessageData.from_file(received.spooled.path, received.head, received.spooled.size, received.body)
             return Item(data, sender, rcpts, queue_id_from(data.headers), received.spooled)
         data = MessageData.from_bytes(envelope.original_content or b"")
         return Item(data, sender, rcpts, queue_id_from(data.headers))

@@ -18,7 +18,6 @@ import hashlib
 import itertools
 import os
 import sqlite3
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +53,7 @@ class Store:
         self.actor = "router"
         self.messages_dir = Path(messages_dir)
         self._dirs: set[Path] = set()  # hash directories known to exist
+        self._spool_dir: str | None = None  # the spool directory once made (spool())
         self._durable = durable
         self.db: Connection
         if is_url(location):
@@ -166,13 +166,14 @@ class Store:
     def spool(self) -> BlobWriter:
         """A temp file in the store for a message being received (see :class:`BlobWriter`). The spool
         directory is made once per process (an mkdir per message costs a system call), again if removed."""
-        if self.spool_dir not in self._dirs:
+        spool_dir = self._spool_dir
+        if spool_dir is None:
             self.spool_dir.mkdir(parents=True, exist_ok=True)
-            self._dirs.add(self.spool_dir)
+            spool_dir = self._spool_dir = str(self.spool_dir)
         try:
-            return BlobWriter(self.spool_dir, make_dir=False)
+            return BlobWriter(spool_dir, make_dir=False)
         except FileNotFoundError:  # the directory was removed since
-            return BlobWriter(self.spool_dir)
+            return BlobWriter(spool_dir)
 
     def adopt(self, spooled: Spooled, sync_file: bool = True) -> Path:
         """Make a finished :class:`BlobWriter` file the durable blob of its SHA-256 (fsync, rename; the
@@ -248,19 +249,34 @@ class Spooled:
 class BlobWriter:
     """A message streamed to ``<messages_dir>/.spool/.tmp-*.eml`` while its SHA-256 is computed, so the
     receiver never holds it in memory. :meth:`finish` closes it (a :class:`Spooled`); :meth:`discard`
-    removes it. A process killed meanwhile leaves a ``.tmp-*`` file that :func:`recover_stale_tmp` removes."""
+    removes it. A process killed meanwhile leaves a ``.tmp-*`` file that :func:`recover_stale_tmp` removes.
+    Written with os.write from its own buffer (no file object): the name is the process id, a counter and a
+    random part, created with O_EXCL (another name is tried if it exists)."""
 
     _FLUSH = 256 * 1024
+    _count = itertools.count()
 
-    def __init__(self, spool_dir: Path, make_dir: bool = True) -> None:
+    def __init__(self, spool_dir: Path | str, make_dir: bool = True) -> None:
         if make_dir:
-            spool_dir.mkdir(parents=True, exist_ok=True)
-        fd, path = tempfile.mkstemp(dir=spool_dir, prefix=".tmp-", suffix=".eml")
-        self.path = Path(path)
-        self._file = os.fdopen(fd, "wb")
+            os.makedirs(spool_dir, exist_ok=True)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+        for _ in range(100):
+            path = f"{spool_dir}/.tmp-{os.getpid()}-{next(self._count)}-{os.urandom(4).hex()}.eml"
+            try:
+                self._fd = os.open(path, flags, 0o600)
+                break
+            except FileExistsError:
+                continue
+        else:  # pragma: no cover - a hundred names taken
+            raise FileExistsError(f"no free spool file name in {spool_dir}")
+        self._path = path
         self._hash = hashlib.sha256()
         self._buf = bytearray()
         self.size = 0
+
+    @property
+    def path(self) -> Path:
+        return Path(self._path)
 
     def write(self, data: bytes | bytearray) -> None:
         self._buf += data
@@ -270,23 +286,30 @@ class BlobWriter:
 
     def _flush(self) -> None:
         self._hash.update(self._buf)
-        self._file.write(self._buf)
+        view, done = memoryview(self._buf), 0
+        try:
+            while done < len(view):
+                done += os.write(self._fd, view[done:])
+        finally:
+            view.release()
         self._buf.clear()
 
     def finish(self) -> Spooled:
         try:
             self._flush()
-            self._file.close()
+            fd, self._fd = self._fd, -1
+            os.close(fd)
         except BaseException:
             self.discard()
             raise
-        return Spooled(self.path, self._hash.hexdigest(), self.size)
+        return Spooled(Path(self._path), self._hash.hexdigest(), self.size)
 
     def discard(self) -> None:
         self._buf.clear()
-        if not self._file.closed:
-            self._file.close()
-        self.path.unlink(missing_ok=True)
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+        Path(self._path).unlink(missing_ok=True)
 
 
 def _identity(path: Path | str) -> tuple[int, int] | None:

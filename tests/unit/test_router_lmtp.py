@@ -357,15 +357,28 @@ def _receive(pieces: list[bytes], line_limit: int = 1001, size_limit: int = 0):
             reader.feed_eof()
 
         feeder = asyncio.ensure_future(feed())
-        refusal, head = await lmtp.MatterLMTP._receive(proto, spool)
+        refusal, head, body = await lmtp.MatterLMTP._receive(proto, spool)
         await feeder
         spooled = spool.finish()
-        return refusal, spooled.path.read_bytes(), bytes(head), await reader.read()
+        data = spooled.path.read_bytes()
+        if refusal is None:  # the body kept in memory is the file's rest, when it is small enough
+            kept = data[len(head):]
+            assert body == kept if len(kept) <= lmtp.KEEP_BODY else body is None, (len(kept), body is None)
+        return refusal, data, bytes(head), await reader.read()
 
     import tempfile
     from pathlib import Path
     with tempfile.TemporaryDirectory() as tmp:
         return asyncio.run(go(Path(tmp)))
+
+
+@pytest.mark.parametrize("size", [lmtp.KEEP_BODY - 7, lmtp.KEEP_BODY, lmtp.KEEP_BODY + 1, 3 * lmtp.KEEP_BODY])
+def test_a_small_body_is_kept_in_memory_a_large_one_only_on_disk(size):
+    """(_receive checks the kept body against the file: the same bytes up to KEEP_BODY, None above it.)"""
+    body = (b"x" * 70 + b"\r\n") * (size // 72) + b"y" * (size % 72 - 2) + b"\r\n"  # (every size % 72 >= 2)
+    wire = b"Subject: big\r\n\r\n" + body + b".\r\n"
+    refusal, spooled, head, _ = _receive([wire[i:i + 4096] for i in range(0, len(wire), 4096)])
+    assert refusal is None and len(spooled) - len(head) == len(body) == size
 
 
 @pytest.mark.parametrize("cut", [1, 2, 3, 5, 7, 64, 4096])
