@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiosmtpd.smtp
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import Envelope, Session
 
@@ -39,6 +40,22 @@ log = logging.getLogger("mattermail.router.lmtp")
 # <local@domain>: dot-atoms of RFC 5322 atext (domain: letters, digits, hyphens), then the end or [ \t]
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _PLAIN_ADDR = re.compile(rf"<(({_ATOM}(?:\.{_ATOM})*)@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>(?=[ \t]|\Z)")
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO}
+_sanitized_log = aiosmtpd.smtp.sanitized_log
+
+
+def _sanitized_log_if_enabled(func, msg, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    """aiosmtpd's ``sanitized_log`` (two calls per command: the line at DEBUG and at INFO), but nothing at all
+    when its logger would drop the line anyway (mattermail/logs.py keeps ``mail.log`` at WARNING): no
+    sanitized copy of the arguments, no logging call."""
+    logger, level = getattr(func, "__self__", None), _LEVELS.get(getattr(func, "__name__", ""))
+    if level is not None and isinstance(logger, logging.Logger) and not logger.isEnabledFor(level):
+        return
+    _sanitized_log(func, msg, *args, **kwargs)
+
+
+aiosmtpd.smtp.sanitized_log = _sanitized_log_if_enabled  # (a module global, looked up at each call)
 
 MAX_MESSAGE_SIZE = 64 * 1024 * 1024
 MAX_HEAD = 4 * 1024 * 1024  # header bytes kept in memory (and read by the rules); the rest is only on disk

@@ -576,3 +576,20 @@ def test_replies_to_a_pipelined_group_leave_together_and_an_incomplete_line_hold
         s.sendall(b"NOOP\r\nQUIT\r\n")
         assert [reply()[:3] for _ in range(2)] == [b"250", b"221"]
     assert store.count("messages") == 1
+
+
+def test_aiosmtpd_command_lines_are_logged_sanitized_when_enabled_and_skipped_when_not(caplog):
+    import logging
+
+    import aiosmtpd.smtp
+
+    assert aiosmtpd.smtp.sanitized_log is lmtp._sanitized_log_if_enabled
+    mail_log = logging.getLogger("mail.log")
+    with caplog.at_level(logging.INFO, logger="mail.log"):
+        aiosmtpd.smtp.sanitized_log(mail_log.info, "%r >> %r", "peer", b"AUTH PLAIN c2VjcmV0\r\n")
+        aiosmtpd.smtp.sanitized_log(mail_log.debug, "readline: %r", b"MAIL FROM:<a@b>")
+    assert [r.getMessage() for r in caplog.records] == ["'peer' >> b'AUTH PLAIN ********\\r\\n'"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mail.log"):
+        aiosmtpd.smtp.sanitized_log(mail_log.info, "%r >> %r", "peer", b"RSET")
+    assert caplog.records == []
