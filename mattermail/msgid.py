@@ -26,6 +26,7 @@ MAX_IDS = 100  # ids of one References header looked at (the most recent ones: t
 _BRACKETED = re.compile(r"<\s*([^<>\s]+?)\s*>")
 _BARE = re.compile(r"[^<>\s()\"]+@[^<>\s()\"]+")
 _COMMENT = re.compile(r"\([^()]*\)")
+_SPACE = re.compile(r"\s")  # what str.isspace() calls a space (re's \s for str patterns is the same test)
 _PREFIX = re.compile(r"^\s*(?:(?:re|fwd?|aw|wg|sv|vs|antw|tr|rif|ref)\s*(?:\[\d+\]|\(\d+\))?\s*[:：]\s*"
                      r"|\[fwd?:?[^\]]*\]\s*)+", re.IGNORECASE)
 MIN_SUBJECT = 4  # a shorter subject key ("Hi", "?") would thread unrelated mail
@@ -34,7 +35,7 @@ MIN_SUBJECT = 4  # a shorter subject key ("Hi", "?") would thread unrelated mail
 def _norm(token: str) -> str | None:
     token = token.strip().strip("<>").strip()
     left, at, right = token.rpartition("@")
-    if not at or not left or not right or len(token) > MAX_ID or any(c.isspace() for c in token):
+    if not at or not left or not right or len(token) > MAX_ID or _SPACE.search(token):
         return None
     return f"{left}@{right.rstrip('.').lower()}"
 

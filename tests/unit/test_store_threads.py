@@ -170,3 +170,15 @@ def test_import_threads_in_file_order_and_route_explain_names_the_reference(writ
     assert any(": thread: References <c@lawfirm.test> → message 3, filed to matter 1234" in t for t in out["trace"])
     text = CliRunner().invoke(cli, ["--config", str(cfg), "route", "explain", str(reply)]).stdout
     assert "References <c@lawfirm.test>" in text and "rule thread" in text
+
+
+def test_an_id_with_any_unicode_space_in_it_is_none() -> None:
+    """The id test behind msgid (one regex search for a space) refuses exactly what str.isspace() calls a
+    space, at every code point, and takes every other character."""
+    import sys
+
+    from mattermail.msgid import _norm
+
+    spaces = [c for c in map(chr, range(sys.maxunicode + 1)) if c.isspace()]
+    assert len(spaces) > 20 and all(_norm(f"a{c}b@x.test") is None for c in spaces)
+    assert all(_norm(f"a{c}b@x.test") == f"a{c}b@x.test" for c in "!#%&'*+-/=?^_`{|}~é€\u200b\ufeff")
