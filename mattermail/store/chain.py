@@ -13,8 +13,8 @@ filings removed; the entry keeps its SHA-256), ``hold`` / ``release`` (a matter'
 Entries are written in the transaction of the change they record (:func:`append`); one writer at a time
 reads the head and appends ``seq + 1`` (SQLite: inside ``BEGIN IMMEDIATE``; PostgreSQL: after taking the
 transaction-level advisory lock :data:`PG_CHAIN_LOCK` (once per transaction), held to the commit, so the
-next writer reads the head this one committed; while it holds the lock a transaction keeps the head it
-appended last, ``db.chain_head``, and reads it from the table only once). ``seq`` is the primary key: two writers can never both append the same number. Triggers refuse UPDATE and DELETE on the table; someone
+next writer reads the head this one committed). A transaction keeps the head it appended last,
+``db.chain_head``, and reads it from the table only once (forgotten when a savepoint is rolled back). ``seq`` is the primary key: two writers can never both append the same number. Triggers refuse UPDATE and DELETE on the table; someone
 with the file can drop them, which is what :func:`mattermail.store.verify.verify` finds.
 
 This module only needs a connection (``db``, connection.py), so the migration that builds the chain of an
@@ -103,15 +103,15 @@ def append_db(db: Any, kind: str, actor: str, message: int | None = None, sha256
     if pg and not db.chain_locked:
         db.defer("SELECT pg_advisory_xact_lock(?)", [PG_CHAIN_LOCK])  # granted before the head is read
         db.chain_locked, db.chain_head = db.in_transaction, None  # held to the commit (or the savepoint's rollback)
-    # PostgreSQL: the head this transaction left (it holds the lock: nobody else appended since), else read
-    seq, prev = (db.chain_head if pg else None) or head_of(db)
+    # the head this transaction left (it holds the lock: nobody else appended since), else read
+    seq, prev = (db.chain_head if pg or db.in_transaction else None) or head_of(db)
     seq += 1
     text = canonical(detail)
     t = _time.time() if when is None else float(when)
     h = entry_hash(prev, seq, kind, actor, message, sha256, text, t)
     db.defer("INSERT INTO chain (seq, prev_hash, hash, kind, actor, message, sha256, detail, time) "
              "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [seq, prev, h, kind, actor, message, sha256, text, t], merge=True)
-    if pg and db.chain_locked:
+    if db.chain_locked if pg else db.in_transaction:
         db.chain_head = (seq, h)
     return ChainEntry(seq, prev, h, kind, actor, message, sha256, text, t)
 

@@ -86,6 +86,12 @@ class SqliteConnection:
     def in_transaction(self) -> bool:
         return self.conn.in_transaction
 
+    # The records chain's head as this connection's write transaction left it (``chain_head``: (seq, hash) of
+    # its last append, so the next append needs no SELECT: nobody else can append while it holds the write
+    # lock). Forgotten when a transaction begins and when a savepoint is rolled back (engine._Tx); read only
+    # inside a transaction.
+    chain_head: tuple[int, str] | None = None
+
     def begin(self) -> None:
         """``BEGIN IMMEDIATE``: the write lock now (one writer at a time), waiting up to ``busy_timeout``.
 
@@ -95,6 +101,7 @@ class SqliteConnection:
         envelope records took a median 10-25 ms, 0.3 ms without the router writing). Here the tries are
         0.1 ms apart at first, growing to 1 ms; the connection's busy timeout is 0 for the ``BEGIN`` only."""
         conn = self.conn
+        self.chain_head = None
         conn.execute("PRAGMA busy_timeout = 0")
         try:
             deadline, pause = 0.0, 0.0001
@@ -115,6 +122,7 @@ class SqliteConnection:
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
 
     def begin_snapshot(self) -> None:
+        self.chain_head = None
         self.conn.execute("BEGIN")  # deferred: the first read fixes the WAL snapshot
 
     def close(self) -> None:

@@ -413,6 +413,8 @@ class _Tx:
                 self._full()
         if exc_type and self.db.in_transaction:
             self.db.execute(f"ROLLBACK TO {self.savepoint}")
+            if self.db.engine == SQLITE:
+                self.db.chain_head = None  # an append of this savepoint may be undone (PostgreSQL: in execute)
         if self.db.in_transaction:
             try:
                 self.db.execute(f"RELEASE {self.savepoint}")
@@ -421,6 +423,8 @@ class _Tx:
                     raise
                 self.db.execute(f"ROLLBACK TO {self.savepoint}")
                 self.db.execute(f"RELEASE {self.savepoint}")
+                if self.db.engine == SQLITE:
+                    self.db.chain_head = None
                 raise
 
     def _rollback(self) -> None:

@@ -45,18 +45,13 @@ def insert_message(store: Store, raw: bytes | None, sha256: str, direction: str 
     :data:`CAPTURE_STATES`; only a "verified" capture copy may be "outbound". A new row appends its
     ``stored`` chain entry.
 
-    PostgreSQL, where several routers may store the same message at once: no look-up first, the insert
-    itself says whether the row is new (``ON CONFLICT DO NOTHING RETURNING id``), one round trip fewer and no
+    No look-up first: the insert itself says whether the row is new (``ON CONFLICT DO NOTHING RETURNING id``),
+    one statement fewer; on PostgreSQL, where several routers may store the same message at once, also no
     duplicate-key error for the second router."""
     if capture not in CAPTURE_STATES:
         raise ValueError(f"capture: {capture!r}")
     if direction == "outbound" and capture != "verified":
         raise ValueError("only a verified capture copy is recorded as outbound")
-    pg = store.db.engine == "postgresql"
-    if not pg:
-        existing = find_message(store, sha256)
-        if existing is not None:
-            return existing, False
     if headers is None or size is None:
         if raw is None:
             raise ValueError("insert_message: raw, or headers and size")
@@ -72,16 +67,13 @@ def insert_message(store: Store, raw: bytes | None, sha256: str, direction: str 
     values = [sha256, size, h("Message-ID"), h("Subject"), h("From"), date, received, direction, body_text,
               int(system), capture, sort_time(date, received)]
     with chain.atomic(store):
-        if pg:
-            row = store.db.execute(sql + " ON CONFLICT (sha256) DO NOTHING RETURNING id", values).fetchone()
-            if row is None:  # stored already (by another router, or before)
-                existing = find_message(store, sha256)
-                if existing is None:  # cannot be: DO NOTHING reports a conflict with a committed row only
-                    raise RuntimeError(f"message {sha256}: neither inserted nor found")
-                return existing, False
-            mid = int(row[0])
-        else:
-            mid = store.db.insert(sql, values)
+        rows = store.db.execute(sql + " ON CONFLICT (sha256) DO NOTHING RETURNING id", values).fetchall()
+        if not rows:  # stored already (by another router, or before)
+            existing = find_message(store, sha256)
+            if existing is None:  # cannot be: DO NOTHING reports a conflict with a committed row only
+                raise RuntimeError(f"message {sha256}: neither inserted nor found")
+            return existing, False
+        mid = int(rows[0][0])
         chain.append(store, "stored", mid, sha256)
     return mid, True
 

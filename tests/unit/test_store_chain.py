@@ -290,3 +290,30 @@ def test_verify_reads_one_snapshot_while_others_write_and_delete(store, tmp_path
     assert rep.ok and rep.messages == 5 and rep.length == 10, (rep.messages, rep.length, lines(rep))
     after = verify(store)
     assert after.ok and after.messages == 5 and after.length == 13, (after.messages, after.length, lines(after))
+
+
+def test_sqlite_reads_the_chain_head_once_per_transaction_and_again_after_a_rollback(tmp_path):
+    """SQLite: a write transaction keeps the head it appended last (one SELECT for many appends); a savepoint
+    rolled back after its append forgets it, and the next transaction reads what another writer appended."""
+    a, b = Store(tmp_path / "s.sqlite", tmp_path / "m"), Store(tmp_path / "s.sqlite", tmp_path / "m")
+    heads: list[str] = []
+    a.db.conn.set_trace_callback(lambda sql: heads.append(sql) if sql.startswith("SELECT seq, hash FROM chain")
+                                 else None)
+    with transaction(a):
+        for n in range(3):
+            chain.append(a, "hold", None, "", {"matter": f"m{n}"})
+    assert len(heads) == 1
+    with transaction(a):
+        with pytest.raises(RuntimeError):
+            with transaction(a):  # a message of a batch that fails after its entry
+                chain.append(a, "hold", None, "", {"matter": "undone"})
+                raise RuntimeError("filing failed")
+        chain.append(a, "release", None, "", {"matter": "m0"})
+    assert len(heads) == 3  # the new transaction's first append, and the one after the rollback
+    chain.append(b, "release", None, "", {"matter": "m1"})  # another writer in between
+    chain.append(a, "release", None, "", {"matter": "m2"})
+    assert [(e.seq, e.kind, e.detail) for e in chain.entries(a.db)][3:] == [
+        (4, "release", '{"matter":"m0"}'), (5, "release", '{"matter":"m1"}'), (6, "release", '{"matter":"m2"}')]
+    assert verify(a).ok
+    a.close()
+    b.close()
