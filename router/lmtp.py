@@ -1,7 +1,9 @@
 """The LMTP front of the router: aiosmtpd's LMTP server, DATA streamed to the store, replies per recipient.
 
-LMTP answers once per recipient after DATA. DATA is written to a spool file in the store as it arrives
-(:class:`MatterLMTP`; only the header block stays in memory), queued for the writer thread, filed with its
+LMTP answers once per recipient after DATA. DATA is kept in a buffer as it arrives and, once it outgrows it
+(256 KB), written to a spool file in the store (:class:`MatterLMTP`, :class:`~mattermail.store.BlobWriter`:
+the header block and at most the buffer stay in memory; a smaller message's file is written by the writer
+thread, which also makes a spool file durable under its hash), queued for the writer thread, filed with its
 batch (router/batch.py) and answered ``250`` only after its file and rows are committed; any failure
 answers ``451 4.3.0`` so Postfix keeps the message queued and retries (nothing lost, nothing filed twice).
 Notices for unfiled mail are queued in the same commit and sent by the forwarder (router/forwarder.py),
@@ -58,8 +60,8 @@ def _sanitized_log_if_enabled(func, msg, *args, **kwargs) -> None:  # type: igno
 aiosmtpd.smtp.sanitized_log = _sanitized_log_if_enabled  # (a module global, looked up at each call)
 
 MAX_MESSAGE_SIZE = 64 * 1024 * 1024
+_WRITE_FAILED = "451 4.3.0 Error: writing the message failed, try again later"  # one per recipient
 MAX_HEAD = 4 * 1024 * 1024  # header bytes kept in memory (and read by the rules); the rest is only on disk
-KEEP_BODY = 64 * 1024  # a body up to this size is kept in memory too: its text is read without reopening the file
 _CHUNK = 64 * 1024  # DATA is read in chunks of at most this
 
 
@@ -110,7 +112,6 @@ class Received:
 
     spooled: Spooled
     head: bytes
-    body: bytes | None = None  # the whole body too when it is at most KEEP_BODY bytes (else read from the file)
 
 
 class MatterLMTP(LMTP):
@@ -121,7 +122,7 @@ class MatterLMTP(LMTP):
     other recipients until it times out.
     """
 
-    _DATA_REFUSALS = ("500 Line too long", "552 Error: Too much mail data")
+    _DATA_REFUSALS = ("500 Line too long", "552 Error: Too much mail data", "451 4.3.0 Error: writing")
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """aiosmtpd's MAIL FROM / RCPT TO address parse, with a fast path for the usual ``<local@domain>``
@@ -137,9 +138,10 @@ class MatterLMTP(LMTP):
         return m.group(1), rest
 
     async def smtp_DATA(self, arg: str) -> None:
-        """aiosmtpd's DATA (same checks, limits and replies), but each line goes to a spool file in the store
-        as it arrives instead of a list joined at the end: memory holds the header block, not the message.
-        The handler gets ``envelope.received`` (a :class:`Received`); ``content`` stays None."""
+        """aiosmtpd's DATA (same checks, limits and replies), but the data goes to a :class:`BlobWriter` as it
+        arrives instead of a list joined at the end: memory holds the header block and at most the writer's
+        buffer, not the message. The handler gets ``envelope.received`` (a :class:`Received`); ``content``
+        stays None."""
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
             return
         assert self.envelope is not None
@@ -149,15 +151,10 @@ class MatterLMTP(LMTP):
         if arg:
             await self.push("501 Syntax: DATA")
             return
-        try:
-            spool: BlobWriter = self.event_handler.spool()
-        except OSError as e:
-            log.error("cannot create a spool file in the store: %s", e)
-            await self.push("451 4.3.0 Error: cannot store the message now, try again later")
-            return
+        spool: BlobWriter = self.event_handler.spool()  # (no file yet: made once the data outgrows its buffer)
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         try:
-            refusal, head, body = await self._receive(spool)
+            refusal, head = await self._receive(spool)
         except BaseException:
             spool.discard()
             raise
@@ -167,8 +164,7 @@ class MatterLMTP(LMTP):
             self._set_post_data_state()
             return
         try:
-            self.envelope.received = Received(spool.finish(), bytes(head),  # type: ignore[attr-defined]
-                                              None if body is None else bytes(body))
+            self.envelope.received = Received(spool.finish(), bytes(head))  # type: ignore[attr-defined]
         except OSError as e:
             log.error("writing the spool file failed: %s", e)
             reply = "\r\n".join(f"451 4.3.0 <{r}> temporary failure storing message, try again later"
@@ -180,10 +176,10 @@ class MatterLMTP(LMTP):
         self._set_post_data_state()
         await self.push(status)
 
-    async def _receive(self, spool: BlobWriter) -> tuple[str | None, bytearray, bytearray | None]:
+    async def _receive(self, spool: BlobWriter) -> tuple[str | None, bytearray]:
         """Read DATA up to the lone dot into ``spool``: (None, or the refusal to answer once the data is
-        drained, as aiosmtpd's own smtp_DATA; the header block, at most ``MAX_HEAD`` bytes of it; the bytes
-        after it when they are at most ``KEEP_BODY``, else None).
+        drained, as aiosmtpd's own smtp_DATA or ``451`` when writing the spool file failed; the header
+        block, at most ``MAX_HEAD`` bytes of it).
 
         Reads in chunks, not lines: each chunk's complete lines are checked (length), dot-unstuffed and
         written in one go; a line cut by the chunk's end waits for the next. Bytes after the lone dot (a
@@ -192,7 +188,6 @@ class MatterLMTP(LMTP):
         reader = self._reader
         num_bytes, refusal = 0, None
         head = bytearray()
-        body: bytearray | None = bytearray()
         in_head = True
         pending = b""  # the bytes after the last CRLF seen: an incomplete line
         at_line_start = True  # whether pending starts a line (False after an over-long line was dropped)
@@ -230,16 +225,16 @@ class MatterLMTP(LMTP):
                     if at_line_start and block.startswith(b"."):
                         block = block[1:]
                     block = block.replace(b"\r\n.", b"\r\n")
-                    spool.write(block)
+                    try:
+                        spool.write(block)
+                    except OSError as e:  # (disk full): deferred once the data is drained, nothing kept
+                        log.error("writing the spool file failed: %s", e)
+                        refusal = _WRITE_FAILED
                     if in_head:
-                        taken = len(head)
                         in_head = _take_head(head, block)
-                        block = block[len(head) - taken:]  # what follows the header block
-                    if body is not None and block:
-                        body = body + block if len(body) + len(block) <= KEEP_BODY else None
                 at_line_start = True
             if end >= 0:
-                return refusal, head, body
+                return refusal, head
             if len(pending) > line_limit:  # a line longer than any allowed: refuse, keep only its tail
                 refusal = refusal or "500 Line too long (see RFC5321 4.5.3.1.6)"
                 num_bytes += len(pending) - 4
@@ -352,7 +347,12 @@ class DeliveryHandler:
         sender = "" if sender.strip() == "<>" else sender  # the null sender, as aiosmtpd gives it
         received: Received | None = getattr(envelope, "received", None)
         if received is not None:
-            data = MessageData.from_file(received.spooled.path, received.head, received.spooled.size, received.body)
+            spooled = received.spooled
+            if spooled.path is None:  # smaller than the spool buffer: in memory, stored by the writer thread
+                assert spooled.data is not None
+                data = MessageData(parse_headers(received.head), spooled.size, len(received.head), raw=spooled.data)
+                return Item(data, sender, rcpts, queue_id_from(data.headers))
+            data = MessageData.from_file(spooled.path, received.head, spooled.size)
             return Item(data, sender, rcpts, queue_id_from(data.headers), received.spooled)
         data = MessageData.from_bytes(envelope.original_content or b"")
         return Item(data, sender, rcpts, queue_id_from(data.headers))

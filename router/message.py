@@ -81,7 +81,6 @@ class MessageData:
     head_len: int
     raw: bytes | None = None
     path: Path | None = None
-    body: bytes | None = None  # the file's bytes after the header block, when the receiver kept them
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> MessageData:
@@ -89,11 +88,8 @@ class MessageData:
         return cls(parse_headers(raw[:n]), len(raw), n, raw=raw)
 
     @classmethod
-    def from_file(cls, path: Path, head: bytes, size: int, body: bytes | None = None) -> MessageData:
-        """``body``: every byte after ``head`` (``size`` in all), when the caller has them."""
-        if body is not None and len(head) + len(body) != size:
-            body = None
-        return cls(parse_headers(head), size, len(head), path=Path(path), body=body)
+    def from_file(cls, path: Path, head: bytes, size: int) -> MessageData:
+        return cls(parse_headers(head), size, len(head), path=Path(path))
 
     def open(self) -> BinaryIO:
         """The whole message, from its first byte."""
@@ -103,8 +99,6 @@ class MessageData:
         """At most ``limit`` bytes of the body (after the header block)."""
         if self.raw is not None:
             return self.raw[self.head_len:self.head_len + limit]
-        if self.body is not None:
-            return self.body[:limit]
         with open(self.path, "rb") as f:  # type: ignore[arg-type]
             f.seek(self.head_len)
             return f.read(limit)

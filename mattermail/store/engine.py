@@ -53,7 +53,7 @@ class Store:
         self.actor = "router"
         self.messages_dir = Path(messages_dir)
         self._dirs: set[Path] = set()  # hash directories known to exist
-        self._spool_dir: str | None = None  # the spool directory once made (spool())
+        self._spool_dir: str | None = None  # spool_dir as text (spool())
         self._durable = durable
         self.db: Connection
         if is_url(location):
@@ -164,22 +164,18 @@ class Store:
         return self.messages_dir / SPOOL_DIR
 
     def spool(self) -> BlobWriter:
-        """A temp file in the store for a message being received (see :class:`BlobWriter`). The spool
-        directory is made once per process (an mkdir per message costs a system call), again if removed."""
-        spool_dir = self._spool_dir
-        if spool_dir is None:
-            self.spool_dir.mkdir(parents=True, exist_ok=True)
-            spool_dir = self._spool_dir = str(self.spool_dir)
-        try:
-            return BlobWriter(spool_dir, make_dir=False)
-        except FileNotFoundError:  # the directory was removed since
-            return BlobWriter(spool_dir)
+        """A writer for a message being received (see :class:`BlobWriter`): a temp file in the spool
+        directory once the message outgrows its buffer (the directory made then if it is missing)."""
+        if self._spool_dir is None:
+            self._spool_dir = str(self.spool_dir)
+        return BlobWriter(self._spool_dir, make_dir=False)
 
     def adopt(self, spooled: Spooled, sync_file: bool = True) -> Path:
         """Make a finished :class:`BlobWriter` file the durable blob of its SHA-256 (fsync, rename; the
         caller syncs with :meth:`sync_blobs` before its commit, as after ``write_blob(sync_dir=False)``;
         ``sync_file=False`` leaves the file's fsync to that too). When that blob exists already, the temp
         file is removed."""
+        assert spooled.path is not None, "a message received in memory is stored with write_blob"
         dest = self.blob_path(spooled.sha256)
         if dest.exists():
             Path(spooled.path).unlink(missing_ok=True)
@@ -239,44 +235,59 @@ SPOOL_DIR = ".spool"  # under messages_dir: messages being received (``.tmp-*`` 
 
 @dataclass(frozen=True)
 class Spooled:
-    """A message received into a temp file by :class:`BlobWriter`: not durable until :meth:`Store.adopt`."""
+    """A message received by :class:`BlobWriter`: in a temp file (``path``), not durable until
+    :meth:`Store.adopt`; or, when it was smaller than the writer's buffer, in memory (``data``, ``path`` None),
+    for :meth:`Store.write_blob`."""
 
-    path: Path
+    path: Path | None
     sha256: str
     size: int
+    data: bytes | None = None
 
 
 class BlobWriter:
-    """A message streamed to ``<messages_dir>/.spool/.tmp-*.eml`` while its SHA-256 is computed, so the
-    receiver never holds it in memory. :meth:`finish` closes it (a :class:`Spooled`); :meth:`discard`
-    removes it. A process killed meanwhile leaves a ``.tmp-*`` file that :func:`recover_stale_tmp` removes.
-    Written with os.write from its own buffer (no file object): the name is the process id, a counter and a
-    random part, created with O_EXCL (another name is tried if it exists)."""
+    """A message received while its SHA-256 is computed, so the receiver never holds more than ``_FLUSH``
+    bytes of it: buffered, and once the buffer reaches ``_FLUSH``, streamed to
+    ``<messages_dir>/.spool/.tmp-*.eml``. A message that never fills the buffer never makes a file here
+    (:meth:`finish` gives its bytes); the one that does is written with os.write from the buffer, its name
+    the process id, a counter and a random part, created with O_EXCL (another name is tried if it exists).
+    :meth:`finish` closes it (a :class:`Spooled`); :meth:`discard` removes it. A process killed meanwhile
+    leaves a ``.tmp-*`` file that :func:`recover_stale_tmp` removes."""
 
     _FLUSH = 256 * 1024
     _count = itertools.count()
 
     def __init__(self, spool_dir: Path | str, make_dir: bool = True) -> None:
-        if make_dir:
-            os.makedirs(spool_dir, exist_ok=True)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
-        for _ in range(100):
-            path = f"{spool_dir}/.tmp-{os.getpid()}-{next(self._count)}-{os.urandom(4).hex()}.eml"
-            try:
-                self._fd = os.open(path, flags, 0o600)
-                break
-            except FileExistsError:
-                continue
-        else:  # pragma: no cover - a hundred names taken
-            raise FileExistsError(f"no free spool file name in {spool_dir}")
-        self._path = path
+        self._dir, self._make_dir = str(spool_dir), make_dir
+        self._fd, self._path = -1, ""
         self._hash = hashlib.sha256()
         self._buf = bytearray()
         self.size = 0
 
     @property
-    def path(self) -> Path:
-        return Path(self._path)
+    def path(self) -> Path | None:
+        """The temp file, once the message outgrew the buffer (else None)."""
+        return Path(self._path) if self._path else None
+
+    def _open(self) -> None:
+        if self._make_dir:
+            os.makedirs(self._dir, exist_ok=True)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+        for _ in range(100):
+            path = f"{self._dir}/.tmp-{os.getpid()}-{next(self._count)}-{os.urandom(4).hex()}.eml"
+            try:
+                self._fd = os.open(path, flags, 0o600)
+            except FileExistsError:
+                continue
+            except FileNotFoundError:  # the directory was removed since: make it again, once
+                if self._make_dir:
+                    raise
+                self._make_dir = True
+                os.makedirs(self._dir, exist_ok=True)
+                continue
+            self._path = path
+            return
+        raise FileExistsError(f"no free spool file name in {self._dir}")  # pragma: no cover
 
     def write(self, data: bytes | bytearray) -> None:
         self._buf += data
@@ -285,16 +296,20 @@ class BlobWriter:
             self._flush()
 
     def _flush(self) -> None:
+        if self._fd < 0:
+            self._open()
         self._hash.update(self._buf)
-        view, done = memoryview(self._buf), 0
-        try:
-            while done < len(view):
-                done += os.write(self._fd, view[done:])
-        finally:
-            view.release()
+        done = os.write(self._fd, self._buf)  # (no memoryview: an error must leave the buffer resizable)
+        while done < len(self._buf):
+            done += os.write(self._fd, self._buf[done:])
         self._buf.clear()
 
     def finish(self) -> Spooled:
+        if not self._path:  # never outgrew the buffer: no file
+            data = bytes(self._buf)
+            self._buf.clear()
+            self._hash.update(data)
+            return Spooled(None, self._hash.hexdigest(), self.size, data)
         try:
             self._flush()
             fd, self._fd = self._fd, -1
@@ -309,7 +324,8 @@ class BlobWriter:
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
             os.close(fd)
-        Path(self._path).unlink(missing_ok=True)
+        if self._path:
+            Path(self._path).unlink(missing_ok=True)
 
 
 def _identity(path: Path | str) -> tuple[int, int] | None:

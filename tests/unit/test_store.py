@@ -210,14 +210,19 @@ def test_spool_directory_removed_under_a_running_store(store):
     again, and the message is stored."""
     import shutil
 
+    big = b"Subject: one\r\n\r\n" + b"x" * store.spool()._FLUSH  # outgrows the buffer: a spool file
     first = store.spool()
-    first.write(b"Subject: one\r\n\r\nfirst\r\n")
+    first.write(big)
     store.adopt(first.finish())
     shutil.rmtree(store.spool_dir)
     second = store.spool()
-    second.write(b"Subject: two\r\n\r\nsecond\r\n")
+    second.write(big + b"2")
     spooled = second.finish()
-    assert store.adopt(spooled).read_bytes() == b"Subject: two\r\n\r\nsecond\r\n"
+    assert spooled.path is not None and store.adopt(spooled).read_bytes() == big + b"2"
+    small = store.spool()  # a message that stays in its buffer makes no file at all
+    small.write(b"Subject: two\r\n\r\nsecond\r\n")
+    kept = small.finish()
+    assert kept.path is None and kept.data == b"Subject: two\r\n\r\nsecond\r\n" and not list(store.spool_dir.iterdir())
 
 
 def test_migration_5_marks_planted_outbound_records_unverified(tmp_path, monkeypatch):
