@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +48,7 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO}
 _sanitized_log = aiosmtpd.smtp.sanitized_log
 
 
-def _sanitized_log_if_enabled(func, msg, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+def _sanitized_log_if_enabled(func: Callable[..., None], msg: str, *args: object, **kwargs: object) -> None:
     """aiosmtpd's ``sanitized_log`` (two calls per command: the line at DEBUG and at INFO), but nothing at all
     when its logger would drop the line anyway (mattermail/logs.py keeps ``mail.log`` at WARNING): no
     sanitized copy of the arguments, no logging call."""
@@ -60,9 +61,9 @@ def _sanitized_log_if_enabled(func, msg, *args, **kwargs) -> None:  # type: igno
 aiosmtpd.smtp.sanitized_log = _sanitized_log_if_enabled  # (a module global, looked up at each call)
 
 MAX_MESSAGE_SIZE = 64 * 1024 * 1024
-_WRITE_FAILED = "451 4.3.0 Error: writing the message failed, try again later"  # one per recipient
 MAX_HEAD = 4 * 1024 * 1024  # header bytes kept in memory (and read by the rules); the rest is only on disk
 _CHUNK = 64 * 1024  # DATA is read in chunks of at most this
+_WRITE_FAILED = "451 4.3.0 Error: writing the message failed, try again later"  # after DATA, one per recipient
 
 
 def _take_head(head: bytearray, block: bytes) -> bool:
@@ -122,7 +123,7 @@ class MatterLMTP(LMTP):
     other recipients until it times out.
     """
 
-    _DATA_REFUSALS = ("500 Line too long", "552 Error: Too much mail data", "451 4.3.0 Error: writing")
+    _DATA_REFUSALS = ("500 Line too long", "552 Error: Too much mail data", _WRITE_FAILED)
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """aiosmtpd's MAIL FROM / RCPT TO address parse, with a fast path for the usual ``<local@domain>``
