@@ -64,6 +64,7 @@ MAX_MESSAGE_SIZE = 64 * 1024 * 1024
 MAX_HEAD = 4 * 1024 * 1024  # header bytes kept in memory (and read by the rules); the rest is only on disk
 _CHUNK = 64 * 1024  # DATA is read in chunks of at most this
 _WRITE_FAILED = "451 4.3.0 Error: writing the message failed, try again later"  # after DATA, one per recipient
+_TEMPORARY = "451 4.3.0 Error: temporary failure, try again later"  # an unexpected error in a command
 
 
 def _take_head(head: bytearray, block: bytes) -> bool:
@@ -155,6 +156,15 @@ class MatterLMTP(LMTP):
         spool: BlobWriter = self.event_handler.spool()  # (no file yet: made once the data outgrows its buffer)
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         try:
+            await self._data(spool)
+        except Exception:
+            self._failed_in_data = True  # for handle_exception: close, do not answer
+            raise
+
+    async def _data(self, spool: BlobWriter) -> None:
+        """DATA after its 354: the data read into ``spool``, then the replies (smtp_DATA)."""
+        assert self.envelope is not None
+        try:
             refusal, head = await self._receive(spool)
         except BaseException:
             spool.discard()
@@ -242,8 +252,25 @@ class MatterLMTP(LMTP):
                 pending, at_line_start = pending[-4:], False
 
     _held: bytearray | None = None  # replies not sent yet: another command was already received
+    _failed_in_data = False  # an unexpected error was raised after DATA's 354
+
+    async def handle_exception(self, error: Exception) -> str:
+        """An unexpected error in a command (aiosmtpd would answer ``500``, and Postfix bounce the message):
+        logged, and never a 5xx. After DATA's 354 the connection is closed instead of answered (the data
+        may be half read, and LMTP owes a reply per recipient): Postfix keeps the message queued for a lost
+        connection and retries. Otherwise one ``451`` for the command, and the session goes on."""
+        in_data, self._failed_in_data = self._failed_in_data, False
+        if in_data:
+            log.exception("delivery failed during DATA: closing the connection, the message stays queued")
+            if self.transport is not None:
+                self.transport.close()
+        else:
+            log.exception("LMTP command failed: answering 451")
+        return _TEMPORARY
 
     async def push(self, status: str) -> None:
+        if self.transport is None or self.transport.is_closing():  # (closed by handle_exception)
+            return
         rcpts = self.envelope.rcpt_tos if self.envelope is not None else []
         if status.startswith(self._DATA_REFUSALS) and len(rcpts) > 1:
             for _ in rcpts:

@@ -636,3 +636,30 @@ def test_aiosmtpd_command_lines_are_logged_sanitized_when_enabled_and_skipped_wh
     with caplog.at_level(logging.WARNING, logger="mail.log"):
         aiosmtpd.smtp.sanitized_log(mail_log.info, "%r >> %r", "peer", b"RSET")
     assert caplog.records == []
+
+
+def test_an_unexpected_error_is_never_a_5xx(server, monkeypatch, caplog):
+    """A bug in a command is logged and answered 451 (aiosmtpd's own answer is a 500, which makes Postfix
+    bounce the mail); after DATA's 354 the connection is closed instead, so Postfix keeps the message queued
+    and retries, and nothing is stored."""
+    store, port = server
+
+    def broken(*a, **k):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(lmtp.MatterLMTP, "_getaddr", broken)
+    with smtplib.LMTP("127.0.0.1", port) as c:
+        c.ehlo()
+        code, text = c.mail("bob@example.test")
+        assert code == 451 and b"try again later" in text
+        assert c.noop()[0] == 250  # the session goes on
+    monkeypatch.undo()
+    monkeypatch.setattr(lmtp.DeliveryHandler, "item", broken)
+    with caplog.at_level(logging.ERROR, logger="mattermail.router.lmtp"), \
+            pytest.raises(smtplib.SMTPServerDisconnected):
+        lmtp_send(port, ["a@matters.lawfirm.test", "b@matters.lawfirm.test"])
+    assert "delivery failed during DATA: closing the connection, the message stays queued" in caplog.text
+    assert "RuntimeError: a bug" in caplog.text
+    monkeypatch.undo()
+    assert [r[0] for r in lmtp_send(port, ["a@matters.lawfirm.test"])] == [250]  # the server goes on
+    assert store.count("messages") == 1 and not spool_files(store.messages_dir)
