@@ -48,6 +48,7 @@ class Item:
     rcpts: list[str]
     queue_id: str = ""
     spooled: Spooled | None = None
+    sha256: str = ""  # of ``data.raw``, when the receiver computed it (a message kept in memory)
 
     @property
     def log(self) -> QueueIdAdapter:
@@ -84,7 +85,8 @@ def file_batch(store: Store, cfg: Config, rules: RouterRules, capture: CaptureSe
                 it.data.path, o.sha256 = path, it.spooled.sha256
             else:
                 assert it.data.raw is not None
-                o.sha256, path = store.write_blob(it.data.raw, sync_dir=False, sync_file=not whole_fs)
+                o.sha256, path = store.write_blob(it.data.raw, sync_dir=False, sync_file=not whole_fs,
+                                                  sha256=it.sha256 or None)
         except Exception:
             it.log.exception("storing or filing failed, deferring %d recipient(s)", len(it.rcpts))
             it.discard()

@@ -134,12 +134,14 @@ class Store:
     def blob_path(self, sha256: str) -> Path:
         return self.messages_dir / sha256[:2] / f"{sha256}.eml"
 
-    def write_blob(self, raw: bytes, sync_dir: bool = True, sync_file: bool = True) -> tuple[str, Path]:
+    def write_blob(self, raw: bytes, sync_dir: bool = True, sync_file: bool = True,
+                   sha256: str | None = None) -> tuple[str, Path]:
         """Write ``raw`` durably under its SHA-256 (tmp, fsync, rename, fsync dir).
 
         ``sync_dir=False`` leaves the directory fsync to the caller (:meth:`sync_blobs` before the
-        commit): the router's batches sync once per batch. ``sync_file=False`` leaves the file's too."""
-        sha = hashlib.sha256(raw).hexdigest()
+        commit): the router's batches sync once per batch. ``sync_file=False`` leaves the file's too.
+        ``sha256``: ``raw``'s, when the caller computed it as it received the bytes (a BlobWriter's)."""
+        sha = sha256 or hashlib.sha256(raw).hexdigest()
         dest = self.blob_path(sha)
         if dest.exists():
             return sha, dest

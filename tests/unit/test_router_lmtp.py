@@ -125,8 +125,9 @@ def test_a_small_message_makes_no_spool_file_a_large_one_is_streamed_to_one(serv
     for msg in (MSG, large):
         assert [r[0] for r in lmtp_send(port, ["1234@matters.lawfirm.test"], msg)] == [250]
     assert seen == [False, True]
-    stored = sorted(store.blob_path(r[0]).read_bytes() for r in store.db.execute("SELECT sha256 FROM messages"))
-    assert stored == sorted([MSG, large]) and not spool_files(store.messages_dir)
+    stored = {r[0]: store.blob_path(r[0]).read_bytes() for r in store.db.execute("SELECT sha256 FROM messages")}
+    assert sorted(stored.values()) == sorted([MSG, large]) and not spool_files(store.messages_dir)
+    assert all(hashlib.sha256(raw).hexdigest() == sha for sha, raw in stored.items())  # each under its own hash
 
 
 def test_a_failed_write_of_the_spool_file_defers_every_recipient_once_the_data_is_in(server, monkeypatch):
