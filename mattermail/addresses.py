@@ -121,14 +121,13 @@ def addr_spec(text: object) -> str | None:
     return addr if addr is not None and not rest.strip() else None
 
 
-_SIMPLE = re.compile(r"([A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*)"
-                     r"@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)")
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"  # RFC 5322 atext, ASCII
+_SIMPLE = re.compile(rf"({_ATOM}(?:\.{_ATOM})*)@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)")
 
 
 # One item of the usual list: ``local@domain``, ``<local@domain>`` or ``Name Words <local@domain>`` with
 # plain atoms only (no quotes, comments, dots or groups in the name): getaddresses gives the name's atoms
 # joined by one space (text_of has made every run of blanks one space) and the address as written.
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _PLAIN_ITEM = re.compile(rf"(?:({_ATOM}(?: {_ATOM})*) ?)?<{_SIMPLE.pattern}>|{_SIMPLE.pattern}")
 
 
