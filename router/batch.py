@@ -41,14 +41,14 @@ class CaptureSettings:
 @dataclass
 class Item:
     """One received message to file: its data, envelope sender and recipients, Postfix's queue id.
-    ``spooled``: the temp file the LMTP server streamed it to (``data.path`` until it is made durable)."""
+    ``spooled``: what the LMTP server received, with its SHA-256: the temp file it streamed the message to
+    (``data.path`` until it is made durable), or no file (``path`` None) for one it kept in ``data.raw``."""
 
     data: MessageData
     sender: str
     rcpts: list[str]
     queue_id: str = ""
     spooled: Spooled | None = None
-    sha256: str = ""  # of ``data.raw``, when the receiver computed it (a message kept in memory)
 
     @property
     def log(self) -> QueueIdAdapter:
@@ -56,7 +56,7 @@ class Item:
 
     def discard(self) -> None:
         """Remove the spool file if it was never made durable (a batch that did not run)."""
-        if self.spooled is not None and self.data.path == self.spooled.path:
+        if self.spooled is not None and self.spooled.path is not None and self.data.path == self.spooled.path:
             Path(self.spooled.path).unlink(missing_ok=True)
 
 
@@ -80,13 +80,13 @@ def file_batch(store: Store, cfg: Config, rules: RouterRules, capture: CaptureSe
     for o in outcomes:
         it = o.item
         try:
-            if it.spooled is not None:
+            if it.spooled is not None and it.spooled.path is not None:
                 path = store.adopt(it.spooled, sync_file=not whole_fs)  # renamed into place
                 it.data.path, o.sha256 = path, it.spooled.sha256
             else:
                 assert it.data.raw is not None
                 o.sha256, path = store.write_blob(it.data.raw, sync_dir=False, sync_file=not whole_fs,
-                                                  sha256=it.sha256 or None)
+                                                  sha256=it.spooled.sha256 if it.spooled else None)
         except Exception:
             it.log.exception("storing or filing failed, deferring %d recipient(s)", len(it.rcpts))
             it.discard()

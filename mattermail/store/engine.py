@@ -170,7 +170,7 @@ class Store:
         directory once the message outgrows its buffer (the directory made then if it is missing)."""
         if self._spool_dir is None:
             self._spool_dir = str(self.spool_dir)
-        return BlobWriter(self._spool_dir, make_dir=False)
+        return BlobWriter(self._spool_dir)
 
     def adopt(self, spooled: Spooled, sync_file: bool = True) -> Path:
         """Make a finished :class:`BlobWriter` file the durable blob of its SHA-256 (fsync, rename; the
@@ -259,8 +259,8 @@ class BlobWriter:
     _FLUSH = 256 * 1024
     _count = itertools.count()
 
-    def __init__(self, spool_dir: Path | str, make_dir: bool = True) -> None:
-        self._dir, self._make_dir = str(spool_dir), make_dir
+    def __init__(self, spool_dir: Path | str) -> None:
+        self._dir = str(spool_dir)  # made when the first file finds it missing
         self._fd, self._path = -1, ""
         self._hash = hashlib.sha256()
         self._buf = bytearray()
@@ -272,8 +272,7 @@ class BlobWriter:
         return Path(self._path) if self._path else None
 
     def _open(self) -> None:
-        if self._make_dir:
-            os.makedirs(self._dir, exist_ok=True)
+        made = False
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
         for _ in range(100):
             path = f"{self._dir}/.tmp-{os.getpid()}-{next(self._count)}-{os.urandom(4).hex()}.eml"
@@ -281,10 +280,10 @@ class BlobWriter:
                 self._fd = os.open(path, flags, 0o600)
             except FileExistsError:
                 continue
-            except FileNotFoundError:  # the directory was removed since: make it again, once
-                if self._make_dir:
+            except FileNotFoundError:  # no directory (yet, or removed since): make it, once
+                if made:
                     raise
-                self._make_dir = True
+                made = True
                 os.makedirs(self._dir, exist_ok=True)
                 continue
             self._path = path
@@ -431,8 +430,7 @@ class _Tx:
                 self._full()
         if exc_type and self.db.in_transaction:
             self.db.execute(f"ROLLBACK TO {self.savepoint}")
-            if self.db.engine == SQLITE:
-                self.db.chain_head = None  # an append of this savepoint may be undone (PostgreSQL: in execute)
+            self.db.chain_head = None  # an append of this savepoint may be undone
         if self.db.in_transaction:
             try:
                 self.db.execute(f"RELEASE {self.savepoint}")
@@ -441,8 +439,7 @@ class _Tx:
                     raise
                 self.db.execute(f"ROLLBACK TO {self.savepoint}")
                 self.db.execute(f"RELEASE {self.savepoint}")
-                if self.db.engine == SQLITE:
-                    self.db.chain_head = None
+                self.db.chain_head = None
                 raise
 
     def _rollback(self) -> None:
