@@ -232,6 +232,32 @@ def worker_count(cfg: configmod.Config) -> int:
     return cfg.milter.workers or max(1, min(len(os.sched_getaffinity(0)), configmod.MAX_MILTER_WORKERS))
 
 
+def worker_cpu(cfg: configmod.Config, number: int) -> int | None:
+    """The one CPU worker ``number`` (from 1) keeps to with ``milter.workers = 0`` (one per CPU): the
+    ``number``-th CPU this process may run on. A worker runs Python under its own interpreter lock, so it
+    uses about one CPU at most; kept to one, its session threads hand the lock to each other on that
+    CPU, with their caches, instead of being woken across CPUs (bench/outbound end to end: 1.04-1.05 ms
+    of milter CPU per message against 1.10-1.16). None with a count set by hand (fewer workers than CPUs:
+    the scheduler places them) or a single CPU."""
+    if cfg.milter.workers:
+        return None
+    cpus = sorted(os.sched_getaffinity(0))
+    return cpus[(number - 1) % len(cpus)] if len(cpus) > 1 else None
+
+
+def _keep_to(cpu: int | None, number: int) -> int | None:
+    """Keep this process (its one thread now; the threads it starts inherit it) to ``cpu``; the CPU, or None
+    when there is none or the kernel refuses (said in the log: the scheduler places the worker)."""
+    if cpu is None:
+        return None
+    try:
+        os.sched_setaffinity(0, {cpu})
+    except OSError as e:
+        log.warning("worker %d: cannot keep to CPU %d (%s); the scheduler places it", number, cpu, e)
+        return None
+    return cpu
+
+
 def _die_with_parent(parent: int) -> None:
     """A worker gets SIGTERM (and stops as on any SIGTERM) when the parent dies, even by SIGKILL.
     A parent already gone before this ran (the signal would never come) ends the worker here."""
@@ -251,12 +277,13 @@ def _worker(cfg: configmod.Config, kind: str, where: Any, number: int, count: in
     status = 1
     try:
         _die_with_parent(parent)
+        cpu = _keep_to(worker_cpu(cfg, number), number)  # before any thread starts
         for h in logging.getLogger().handlers:  # syslog lines carry the worker's own pid
             if isinstance(h, logging.handlers.SysLogHandler):
                 h.ident = f"{PROG}[{os.getpid()}]: "
         sessions = Sessions(load_runtime(cfg))
         Milter.factory = sessions.new
-        log.info("worker %d of %d serving", number, count)
+        log.info("worker %d of %d serving%s", number, count, "" if cpu is None else f" on CPU {cpu}")
         status = _serve(cfg, sessions, kind, where, accept_loop)
     except BaseException:  # noqa: BLE001 - logged; the parent sees the status
         log.exception("worker %d failed", number)
@@ -347,7 +374,7 @@ def main(argv: list[str] | None = None) -> None:
     if kind == "inet":
         _nodelay_on_listener(where)  # type: ignore[arg-type]
     count = worker_count(cfg)
-    how = "one per CPU" if cfg.milter.workers == 0 else "milter.workers"
+    how = "milter.workers" if cfg.milter.workers else "one per CPU, each kept to its own" if count > 1 else "one per CPU"
     log.info("listening on %s with %d process%s (%s)", cfg.milter.socket, count, "" if count == 1 else "es", how)
     if count > 1:  # each worker loads its own runtime; this one only checked the config
         sys.exit(_prefork(cfg, conn, kind, where, count))

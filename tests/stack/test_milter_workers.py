@@ -52,6 +52,7 @@ def test_two_workers_serve_mail_reload_and_stop(stack, two_workers):
 
     for w in workers:
         assert re.search(rf"mattermail-milter\[{w}\]: worker [12] of 2 serving", log.read_text()), w
+        assert os.sched_getaffinity(w) == os.sched_getaffinity(parent)  # set by hand: the scheduler places them
     sent = []
     for i in range(6):
         msg = stack.message("alice@lawfirm.test", ["someone@example.test"], subject=f"workers {i}")
@@ -92,5 +93,19 @@ def test_the_default_is_one_process_per_cpu(stack):
     cpus = min(len(os.sched_getaffinity(0)), 64)
     milter = pid(stack, "milter")
     plural = "" if cpus == 1 else "es"
-    stack.log_line("milter", f"mattermail-milter[{milter}]: listening on ", f"with {cpus} process{plural} (one per CPU)")
+    kept = ", each kept to its own" if cpus > 1 else ""
+    stack.log_line("milter", f"mattermail-milter[{milter}]: listening on ",
+                   f"with {cpus} process{plural} (one per CPU{kept})")
     wait_for(lambda: len(children(milter)) == (cpus if cpus > 1 else 0), 30, f"{cpus} worker(s)")
+    if cpus == 1:
+        return  # one process, no workers: nothing to keep anywhere
+    # Each worker, every thread of it (libmilter's session threads inherit), on a CPU of its own, as it says.
+    own = sorted(os.sched_getaffinity(0))
+    seen = []
+    for w in children(milter):
+        masks = {frozenset(os.sched_getaffinity(int(t))) for t in os.listdir(f"/proc/{w}/task")}
+        assert len(masks) == 1 and len(next(iter(masks))) == 1, (w, masks)
+        cpu = next(iter(next(iter(masks))))
+        stack.log_line("milter", f"mattermail-milter[{w}]: worker ", f"serving on CPU {cpu}")
+        seen.append(cpu)
+    assert sorted(seen) == own[:cpus]

@@ -90,6 +90,17 @@ def test_daemon_with_broken_config_exits_78_with_one_line(tmp_path, daemon):
     assert "router.listen" in lines[0] and str(p) in lines[0]
 
 
+def test_workers_one_per_cpu_each_keep_to_a_cpu_of_their_own(monkeypatch):
+    from mattermail.milter.__main__ import worker_cpu
+
+    default, by_hand = config.from_dict({}), config.from_dict({"milter": {"workers": 2}})
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {5, 3})  # systemd's CPUAffinity=3 5, say
+    assert [worker_cpu(default, n) for n in (1, 2, 3)] == [3, 5, 3]
+    assert worker_cpu(by_hand, 1) is None  # a count set by hand: the scheduler places them
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {2})
+    assert worker_cpu(default, 1) is None  # one CPU: one process, nothing to keep
+
+
 def test_milter_workers_default_to_one_per_cpu_the_process_may_run_on():
     from mattermail.milter.__main__ import worker_count
 
