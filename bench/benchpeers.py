@@ -171,13 +171,18 @@ def journaled_scratch(bench: str, in_place: bool, keep: bool, size_gb: int = 8) 
     written now, not by a background thread during the runs; removed afterwards (kept mounted with
     ``keep``). ``in_place`` (or no loop device): the temp folder as it is, said in the line."""
     base = Path(tempfile.gettempdir())
-    if in_place or not Path("/dev/loop-control").exists() or not shutil.which("losetup"):
-        why = "--in-place" if in_place else "no loop device here"
+
+    def as_it_is(why: str) -> tuple[Path, str]:
         j = _has_journal(base)
         kind = "ext4 with a journal" if j else "ext4 WITHOUT a journal" if j is False else "not ext4"
-        yield base, f"file system: {base} as it is ({why}): {kind}"
+        return base, f"file system: {base} as it is ({why}): {kind}"
+
+    if in_place or not Path("/dev/loop-control").exists() or not shutil.which("losetup"):
+        yield as_it_is("--in-place" if in_place else "no loop device here")
         return
-    image = Path(tempfile.mkstemp(prefix=f"mattermail-{bench}-fs-", suffix=".img", dir=base)[1])
+    fd, name = tempfile.mkstemp(prefix=f"mattermail-{bench}-fs-", suffix=".img", dir=base)
+    os.close(fd)
+    image = Path(name)
     mnt = Path(tempfile.mkdtemp(prefix="mmfs-", dir=base))  # short: Dovecot's unix sockets live below it
     dev = ""
     mounted = False
@@ -193,9 +198,16 @@ def journaled_scratch(bench: str, in_place: bool, keep: bool, size_gb: int = 8) 
         _run("mount", dev, str(mnt))
         mounted = True
         os.chmod(mnt, 0o755)
-        yield mnt, (f"file system: ext4 with a journal (mkfs.ext4 defaults, data=ordered) on {dev}, {dio}, "
-                    f"over a sparse {size_gb} GB image in {base}: every configuration's queue, store and "
-                    "Maildir on it (the machine's own may lack a journal; see bench/README)")
+        made = (mnt, f"file system: ext4 with a journal (mkfs.ext4 defaults, data=ordered) on {dev}, {dio}, "
+                     f"over a sparse {size_gb} GB image in {base}: every configuration's queue, store and "
+                     "Maildir on it (the machine's own may lack a journal; see bench/README)")
+    except (OSError, RuntimeError) as e:  # no room, no permission to mount (a container): run in place, say so
+        log(f"{bench}: cannot make a journaled file system for the stack ({e}); running in {base} as it is")
+        _remove_scratch(bench, image, mnt, dev, mounted)
+        yield as_it_is(f"no journaled file system of its own: {e}")
+        return
+    try:
+        yield made
     finally:
         if keep and mounted:
             log(f"{bench}: the stack's file system stays mounted at {mnt}: "
