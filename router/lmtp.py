@@ -379,9 +379,9 @@ class DeliveryHandler:
             if spooled.path is None:  # smaller than the spool buffer: in memory, stored by the writer thread
                 assert spooled.data is not None
                 data = MessageData(parse_headers(received.head), spooled.size, len(received.head), raw=spooled.data)
-                return Item(data, sender, rcpts, queue_id_from(data.headers), spooled)
-            data = MessageData.from_file(spooled.path, received.head, spooled.size)
-            return Item(data, sender, rcpts, queue_id_from(data.headers), received.spooled)
+            else:
+                data = MessageData.from_file(spooled.path, received.head, spooled.size)
+            return Item(data, sender, rcpts, queue_id_from(data.headers), spooled)
         data = MessageData.from_bytes(envelope.original_content or b"")
         return Item(data, sender, rcpts, queue_id_from(data.headers))
 

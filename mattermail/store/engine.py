@@ -53,7 +53,7 @@ class Store:
         self.actor = "router"
         self.messages_dir = Path(messages_dir)
         self._dirs: set[Path] = set()  # hash directories known to exist
-        self._spool_dir: str | None = None  # spool_dir as text (spool())
+        self._spool_dir = str(self.messages_dir / SPOOL_DIR)  # spool_dir as text, for each BlobWriter
         self._durable = durable
         self.db: Connection
         if is_url(location):
@@ -168,8 +168,6 @@ class Store:
     def spool(self) -> BlobWriter:
         """A writer for a message being received (see :class:`BlobWriter`): a temp file in the spool
         directory once the message outgrows its buffer (the directory made then if it is missing)."""
-        if self._spool_dir is None:
-            self._spool_dir = str(self.spool_dir)
         return BlobWriter(self._spool_dir)
 
     def adopt(self, spooled: Spooled, sync_file: bool = True) -> Path:
