@@ -33,7 +33,7 @@ PROG = "mattermail-router"
 
 async def _run(cfg) -> None:
     try:
-        store = Store(cfg.store.location, cfg.store.messages_dir)
+        store = Store(cfg.store.location, cfg.store.messages_dir, batches=True)
     except StoreError as e:  # one line, and exit 75: restarted by systemd; Postfix defers meanwhile
         kind, text = describe_error(e)
         log.error("cannot open the store %s (%s: %s): catch-all mail waits in Postfix's queue; run "
