@@ -7,10 +7,11 @@ eventually complete and the store is never inconsistent:
 
 * Start-up: everything a previous run left queued (a crash between a ``250`` and the indexing) is indexed
   first, without waiting for ``router.index_delay``.
-* Woken after each commit that stored mail; waits ``settle`` seconds (0.1; or ``router.index_delay`` when
-  longer) so that a burst's commits are indexed in one transaction (fewer, larger FTS5 segments, and the
-  writer thread meets the indexer's write lock less often); also looks every ``idle`` seconds, for mail
-  another process queued.
+* Woken after each commit that stored mail; waits ``settle`` seconds (0.1) so that a burst's commits are
+  indexed in one transaction (fewer, larger FTS5 segments, and the writer thread meets the indexer's write
+  lock less often), but no longer than the burst: a commit after which no delivery waits for the writer
+  wakes it ``now`` (then search finds the last of a burst at once, not 0.1 s later). ``router.index_delay``,
+  when set, is waited in full. Also looks every ``idle`` seconds, for mail another process queued.
 * Failure (the database locked past its timeout, disk full): logged with the message ids, retried after
   ``retry`` seconds; the entries stay queued. Nothing is lost.
 
@@ -54,6 +55,7 @@ class Indexer:
         self.indexed = 0  # messages indexed by this thread (tests, logs)
         self.started = threading.Event()  # set when the start-up catch-up is over
         self._wake = threading.Event()
+        self._now = threading.Event()  # the deliveries paused: end the settle wait
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -62,12 +64,17 @@ class Indexer:
             self._thread = threading.Thread(target=self._run, name="router-index", daemon=True)
             self._thread.start()
 
-    def wake(self) -> None:
+    def wake(self, now: bool = False) -> None:
+        """After a commit that stored mail; ``now``: no delivery is waiting for the writer (the burst is over),
+        so index without the settle wait."""
+        if now:
+            self._now.set()
         self._wake.set()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop after the batch being indexed (a batch cut short stays queued for the next start)."""
         self._stop.set()
+        self._now.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
@@ -82,8 +89,7 @@ class Indexer:
             woken = False  # the first round is the start-up catch-up: no delay
             while not self._stop.is_set():
                 self._wake.clear()
-                delay = max(self._delay(), self.settle) if woken else 0.0
-                if delay > 0 and self._stop.wait(delay):
+                if woken and self._pause():
                     break
                 wait = self.idle if self._catch_up(store) else self.retry
                 if not self.started.is_set():
@@ -93,6 +99,16 @@ class Indexer:
                 woken = self._wake.wait(wait)
         finally:
             store.close()
+
+    def _pause(self) -> bool:
+        """Before indexing what a wake announced: ``router.index_delay`` when set, else up to ``settle``
+        seconds, ended by a wake ``now``. True when stopping."""
+        delay = self._delay()
+        if delay > 0:
+            return self._stop.wait(max(delay, self.settle))
+        self._now.wait(self.settle)
+        self._now.clear()
+        return self._stop.is_set()
 
     def _catch_up(self, store: Store) -> bool:
         """Index until the queue is empty (or stopping); False after a failure (logged)."""

@@ -347,6 +347,45 @@ def test_the_indexer_catches_up_after_each_commit_and_logs_it(store_location, tm
     store.close()
 
 
+def test_the_last_commit_of_a_burst_is_indexed_without_waiting_for_more(store_location, tmp_path):
+    """After a commit the indexer waits ``settle`` seconds for more of a burst's commits; when no delivery is
+    waiting for the writer (the burst is over) it indexes at once. Here settle is 30 s: a message found by
+    search within the 10 s bound was indexed without it."""
+    store = Store(store_location, tmp_path / "m")
+    handler = lmtp.DeliveryHandler(store)
+    handler.indexer.settle = 30.0
+    with running(store, handler) as port:
+        assert handler.indexer.started.wait(10)
+        assert lmtp_send(port, ["1234@matters.lawfirm.test"])[0][0] == 250
+        assert _until(lambda: pending_count(store) == 0), pending_count(store)
+        assert len(search(store, "filing")) == 1
+    store.close()
+
+
+def test_the_indexer_lets_a_bursts_commits_gather_unless_woken_now(store_location, tmp_path):
+    from mattermail.router import indexer
+    from mattermail.store import insert_message, transaction
+
+    store = Store(store_location, tmp_path / "m")
+    idx = indexer.Indexer(store, settle=1.0)
+    idx.start()
+    try:
+        assert idx.started.wait(10)
+        waited = []
+        for n, now in enumerate((False, True)):
+            raw = MSG.replace(b"Subject:", f"X-N: {n}\r\nSubject:".encode())
+            with transaction(store):
+                insert_message(store, raw, hashlib.sha256(raw).hexdigest(), body_text="body")
+            t0 = time.monotonic()
+            idx.wake(now=now)
+            assert _until(lambda: pending_count(store) == 0), pending_count(store)
+            waited.append(time.monotonic() - t0)
+        assert waited[0] >= 1.0 and waited[1] < 1.0, waited  # a plain wake waits settle; now does not
+    finally:
+        idx.stop()
+    store.close()
+
+
 def test_an_indexing_failure_is_logged_with_the_message_ids_and_retried(store_location, tmp_path, monkeypatch, caplog):
     import hashlib
 
