@@ -49,6 +49,8 @@ from mattermail.config import Config
 
 DEFAULT_SPOOL = "/var/spool/postfix"
 TRANSPORT_FILE = "mattermail-transport"
+SRS_SENDERS_FILE = "mattermail-srs-senders"  # regexp: tables in the SRS pipemaps (srs_filters)
+SRS_RECIPIENTS_FILE = "mattermail-srs-recipients"
 
 CONNECT_MACROS = "j {daemon_name} {daemon_addr} {daemon_port} {client_addr} v _"
 MAIL_MACROS = "i {auth_type} {auth_authen} {auth_author} {mail_addr} {mail_host} {mail_mailer}"
@@ -279,11 +281,14 @@ def desired_settings(
 
     if cfg.srs.listen:
         sock = _endpoint(cfg.srs.listen, "srs.listen", spool, flags("smtpd", "cleanup"), "127.0.0.1:10001")
-        main["sender_canonical_maps"] = f"socketmap:{sock}:srs_forward"
+        senders, recipients = conf_dir / SRS_SENDERS_FILE, conf_dir / SRS_RECIPIENTS_FILE
+        files[senders], files[recipients] = srs_filters(cfg)
+        main["sender_canonical_maps"] = srs_map(senders, f"socketmap:{sock}:srs_forward")
         main["sender_canonical_classes"] = "envelope_sender"
-        main["recipient_canonical_maps"] = f"socketmap:{sock}:srs_reverse"
+        main["recipient_canonical_maps"] = srs_map(recipients, f"socketmap:{sock}:srs_reverse")
         main["recipient_canonical_classes"] = "envelope_recipient"
-        main["smtpd_recipient_restrictions"] = f"check_recipient_access socketmap:{sock}:srs_check"
+        main["smtpd_recipient_restrictions"] = \
+            f"check_recipient_access {srs_map(recipients, f'socketmap:{sock}:srs_check')}"
 
     main["smtpd_sasl_type"] = "dovecot"
     main["smtpd_sasl_path"] = "private/auth"
@@ -329,6 +334,54 @@ def split_list(value: str) -> list[str]:
     return items
 
 
+def _ere_domain(domain: str) -> str:
+    """A domain as a POSIX extended regular expression matching it literally (dots escaped); "" for a name
+    with anything but letters, digits, hyphens and dots (nothing to match: config validation refuses those)."""
+    d = domain.strip().lower().rstrip(".")
+    return d.replace(".", "\\.") if re.fullmatch(r"[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?", d) else ""
+
+
+def srs_map(filter_table: Path, socketmap: str) -> str:
+    """One of our SRS socketmaps behind its filter: ``pipemap:{regexp:FILTER, socketmap:...}``. Postfix asks
+    the filter first; only an address it passes on reaches mattermail-srs, and one it does not pass is
+    simply not found, as the daemon would answer (so smtpd's unknown-recipient check is unchanged)."""
+    return f"pipemap:{{regexp:{filter_table}, {socketmap}}}"
+
+
+def srs_filters(cfg: Config) -> tuple[str, str]:
+    """The two ``regexp:`` tables of :func:`srs_map` (sender; recipient, also for ``srs_check``).
+
+    Each passes on, unchanged, only the addresses mattermail-srs may answer with something other than
+    NOTFOUND: a sender outside the firm's domains (``srs_forward`` rewrites foreign senders only), a
+    recipient in ``srs.domain`` (``srs_reverse`` and ``srs_check`` concern SRS addresses of it only). So the
+    firm's own outbound mail and mail to its users cost the daemon no lookup and do not wait on it.
+    Regexp tables match without regard to case, as the daemon compares domains. Written from
+    ``general.sending_domains``, ``general.catchall_domains`` and ``srs.domain``: run ``postfix configure``
+    again after changing them (a domain added meanwhile is only asked about needlessly)."""
+    head = "# Written by `mattermailctl postfix configure`; edits here are overwritten.\n"
+    local = sorted({_ere_domain(d) for d in (*cfg.general.sending_domains, *cfg.general.catchall_domains,
+                                             cfg.srs.domain) if d.strip()} - {""})
+    senders = head + "# Senders outside the firm's domains go on to mattermail-srs (srs_forward rewrites them).\n"
+    pass_on = "/^(.+@.+)$/\t${1}\n"
+    senders += f"if !/@({'|'.join(local)})$/\n{pass_on}endif\n" if local else pass_on
+    srs_domain = _ere_domain(cfg.srs.domain)
+    recipients = head + "# Recipients in srs.domain go on to mattermail-srs (srs_reverse, srs_check).\n"
+    recipients += f"/^(.+@{srs_domain})$/\t${{1}}\n" if srs_domain else pass_on  # (no domain: all, as before)
+    return senders, recipients
+
+
+def _older_srs_forms(current: str, ours: list[str]) -> str:
+    """``current`` with a bare SRS socketmap of ours (as an older mattermail wired it, or an admin) replaced
+    in place by our pipemap around it, the rest of the text as it was: the daemon is then asked through the
+    filter only, once."""
+    for o in ours:
+        m = re.fullmatch(r"pipemap:\{regexp:[^,{}]+,\s*(socketmap:[^{}]+)\}", o)
+        if m:
+            bare = re.escape(m.group(1).strip())
+            current = re.sub(rf"(?<![^\s,]){bare}(?![^\s,])", lambda _: o, current, flags=re.IGNORECASE)
+    return current
+
+
 def _contains(items: list[str], ours: list[str]) -> bool:
     low = [i.lower() for i in items]
     want = [o.lower() for o in ours]
@@ -342,6 +395,7 @@ def merge_value(name: str, current: str, ours: str, milter: str = "") -> str:
     ``milter`` is our smtpd_milters entry (for non_smtpd_milters).
     """
     rule = MERGE.get(name)
+    current = _older_srs_forms(current, split_list(ours))
     cur_items = split_list(current)
     if rule == APPEND:
         missing = [o for o in split_list(ours) if not _contains(cur_items, [o])]

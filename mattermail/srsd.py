@@ -1,9 +1,12 @@
 """mattermail-srs: the SRS socketmap daemon Postfix asks about every envelope sender and recipient.
 
-Postfix's cleanup looks up ``srs_forward`` / ``srs_reverse`` for every
-message and smtpd ``srs_check`` for every inbound recipient: while nobody
-answers, Postfix defers all mail (4xx). So SRS has this small process of its
-own, apart from the router: a router outage defers only catch-all mail.
+Postfix asks it through a regexp filter in a pipemap (ctl/postfixconf.py
+``srs_map``): ``srs_forward`` for every sender outside the firm's domains,
+``srs_reverse`` (cleanup) and ``srs_check`` (smtpd, at RCPT) for every
+recipient in ``srs.domain``. While nobody answers, Postfix defers that mail
+(4xx); the firm's own outbound mail and mail to its users from its own domains
+never wait on it. So SRS has this small process of its own, apart from the
+router: a router outage defers only catch-all mail.
 
 It listens on ``srs.listen`` and answers with the codec of mattermail.srs.
 SIGHUP loads the config and the SRS secret again; one that does not load is

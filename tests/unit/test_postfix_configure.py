@@ -72,6 +72,7 @@ def write_cfg(tmp_path: Path, etc: Path, milter: str | None = None, extra: str =
     p = tmp_path / "mattermail.toml"
     p.write_text(f"""
 [general]
+sending_domains = ["firm.example"]
 catchall_domains = ["matters.firm.example"]
 [milter]
 socket = "{milter}"
@@ -79,6 +80,7 @@ socket = "{milter}"
 listen = ["unix:/run/mattermail/lmtp.sock", "127.0.0.1:2424"]
 [srs]
 listen = "127.0.0.1:10001"
+domain = "firm.example"
 [auth]
 sender_login_map = "{tmp_path}/sender-login-map"
 [postfix]
@@ -123,10 +125,29 @@ def test_configure_twice_second_run_changes_nothing(pf: Path, tmp_path: Path):
     assert main["transport_maps"] == f"texthash:{pf}/mattermail-transport"
     # the first router listener is a unix socket outside the spool: the TCP one is used
     assert (pf / "mattermail-transport").read_text().splitlines()[-1] == "matters.firm.example\tlmtp:inet:127.0.0.1:2424"
-    assert main["sender_canonical_maps"] == "socketmap:inet:127.0.0.1:10001:srs_forward"
-    assert main["recipient_canonical_maps"] == "socketmap:inet:127.0.0.1:10001:srs_reverse"
-    assert main["smtpd_recipient_restrictions"] == "check_recipient_access socketmap:inet:127.0.0.1:10001:srs_check"
+    senders, recipients = f"regexp:{pf}/mattermail-srs-senders", f"regexp:{pf}/mattermail-srs-recipients"
+    assert main["sender_canonical_maps"] == f"pipemap:{{{senders}, socketmap:inet:127.0.0.1:10001:srs_forward}}"
+    assert main["recipient_canonical_maps"] == f"pipemap:{{{recipients}, socketmap:inet:127.0.0.1:10001:srs_reverse}}"
+    assert main["smtpd_recipient_restrictions"] == \
+        f"check_recipient_access pipemap:{{{recipients}, socketmap:inet:127.0.0.1:10001:srs_check}}"
     assert main["smtpd_sasl_type"] == "dovecot" and main["smtpd_sasl_path"] == "private/auth"
+
+    # Postfix's own postmap reads the filters: what mattermail-srs may change goes on to it (the filter passes
+    # the address on unchanged); the rest is not found, as the daemon would answer, without asking it.
+    def passed(table: str, key: str) -> str | None:
+        r = subprocess.run(["postmap", "-c", str(pf), "-q", key, f"regexp:{pf}/{table}"],
+                           capture_output=True, text=True, check=False)
+        assert r.returncode in (0, 1), r.stderr
+        return r.stdout.strip() if r.returncode == 0 else None
+
+    for foreign in ("bob@example.test", "Bob@Sub.Firm.Example", "bob@firmXexample", "x@firm.example.evil"):
+        assert passed("mattermail-srs-senders", foreign) == foreign
+    for own in ("alice@firm.example", "Alice@FIRM.EXAMPLE", "x+y@matters.firm.example", "@example.test", "bob"):
+        assert passed("mattermail-srs-senders", own) is None
+    for srs in ("SRS0=h=TT=example.test=bob@firm.example", "srs0=h=tt=example.test=bob@FIRM.example"):
+        assert passed("mattermail-srs-recipients", srs) == srs
+    for other in ("dave@example.test", "capture+r@matters.firm.example", "firm.example", "@firm.example"):
+        assert passed("mattermail-srs-recipients", other) is None
     # the admin's settings and comments are still there
     assert main["smtpd_relay_restrictions"] == "permit_mynetworks permit_sasl_authenticated defer_unauth_destination"
     assert "# See http://www.postfix.org/COMPATIBILITY_README.html" in (pf / "main.cf").read_text()
@@ -211,8 +232,9 @@ def test_existing_lists_are_kept_and_ours_added(pf: Path, tmp_path: Path):
     assert main["relay_domains"] == "old.example, $mydestination, matters.firm.example"
     assert main["transport_maps"] == f"texthash:{pf}/mattermail-transport, hash:/etc/postfix/transport"
     assert main["smtpd_milters"] == "inet:127.0.0.1:11332, unix:/mattermail/milter.sock"
-    assert main["smtpd_recipient_restrictions"] == (
-        "check_recipient_access socketmap:inet:127.0.0.1:10001:srs_check, reject_unauth_pipelining")
+    assert main["smtpd_recipient_restrictions"] == (f"check_recipient_access pipemap:{{regexp:{pf}/mattermail-srs-"
+                                                    "recipients, socketmap:inet:127.0.0.1:10001:srs_check}, "
+                                                    "reject_unauth_pipelining")
     assert main["milter_connect_macros"] == postfixconf.CONNECT_MACROS + " {if_name}"
     # a second run, and one with a second catch-all domain, merge again without duplicates
     assert "no change" in run(cfg).output
@@ -289,7 +311,7 @@ def edge_cfg(tmp_path: Path, etc: Path, store_url: str = "postgresql://mm@db.fir
     """An edge's config: no router here (router.listen is this host's default unix socket), no SRS."""
     cfg = write_cfg(tmp_path, etc, extra=f'[store]\nurl = "{store_url}"\n' if store_url else "")
     text = cfg.read_text().replace('listen = ["unix:/run/mattermail/lmtp.sock", "127.0.0.1:2424"]\n', "")
-    cfg.write_text(text.replace('[srs]\nlisten = "127.0.0.1:10001"\n', ""))
+    cfg.write_text(text.replace('[srs]\nlisten = "127.0.0.1:10001"\ndomain = "firm.example"\n', ""))
     return cfg
 
 
@@ -413,9 +435,11 @@ def test_inet_specs_and_wildcard_listeners():
                    router={"listen": ["0.0.0.0:2424"]}, srs={"listen": "inet:127.0.0.1:10001"})
     s = postfixconf.desired_settings(cfg, config_dir="/etc/postfix")
     assert s.main["smtpd_milters"] == "inet:127.0.0.1:8894"
-    assert s.files == {Path("/etc/postfix/mattermail-transport"): s.files[Path("/etc/postfix/mattermail-transport")]}
+    assert set(s.files) == {Path("/etc/postfix/mattermail-transport"), Path("/etc/postfix/mattermail-srs-senders"),
+                            Path("/etc/postfix/mattermail-srs-recipients")}
     assert "m.example\tlmtp:inet:127.0.0.1:2424\n" in s.files[Path("/etc/postfix/mattermail-transport")]
-    assert s.main["sender_canonical_maps"] == "socketmap:inet:127.0.0.1:10001:srs_forward"
+    assert s.main["sender_canonical_maps"] == \
+        "pipemap:{regexp:/etc/postfix/mattermail-srs-senders, socketmap:inet:127.0.0.1:10001:srs_forward}"
 
 
 def test_router_nexthop_in_postfix_notation():
@@ -452,6 +476,20 @@ def test_edge_settings_ignore_router_listen_and_need_catchall_domains():
         ("non_smtpd_milters", "", "$smtpd_milters", "$smtpd_milters"),
         ("non_smtpd_milters", "${smtpd_milters}", "$smtpd_milters", "${smtpd_milters}"),
         ("milter_default_action", "accept", "tempfail", "tempfail"),
+        # the SRS socketmaps behind their filters: an older wiring's bare socketmap is replaced in place
+        ("sender_canonical_maps", "", "pipemap:{regexp:/f, socketmap:inet:h:1:srs_forward}",
+         "pipemap:{regexp:/f, socketmap:inet:h:1:srs_forward}"),
+        ("sender_canonical_maps", "hash:/a, socketmap:inet:h:1:srs_forward, hash:/b",
+         "pipemap:{regexp:/f, socketmap:inet:h:1:srs_forward}",
+         "hash:/a, pipemap:{regexp:/f, socketmap:inet:h:1:srs_forward}, hash:/b"),
+        ("recipient_canonical_maps", "hash:/a pipemap:{regexp:/f, socketmap:inet:h:1:srs_reverse}",
+         "pipemap:{regexp:/f, socketmap:inet:h:1:srs_reverse}",
+         "hash:/a pipemap:{regexp:/f, socketmap:inet:h:1:srs_reverse}"),
+        ("smtpd_recipient_restrictions",
+         "permit_mynetworks, check_recipient_access SOCKETMAP:inet:h:1:srs_check reject_unauth_pipelining",
+         "check_recipient_access pipemap:{regexp:/f, socketmap:inet:h:1:srs_check}",
+         "permit_mynetworks, check_recipient_access pipemap:{regexp:/f, socketmap:inet:h:1:srs_check} "
+         "reject_unauth_pipelining"),
     ],
 )
 def test_merge_value(name, current, ours, expected):

@@ -236,6 +236,16 @@ class Stack:
                     dns_port=self.ports.dns, srs_port=self.ports.srs, web_port=self.ports.web,
                     store_url=self.pg_url() if self.store == "postgresql" else "")
 
+    def _write_srs_filters(self) -> None:
+        """The regexp filters main.cf puts in front of the SRS socketmaps, as `mattermailctl postfix
+        configure` writes them (the same function), from this stack's config."""
+        from mattermail import config as configmod
+        from mattermail.ctl.postfixconf import SRS_RECIPIENTS_FILE, SRS_SENDERS_FILE, srs_filters
+
+        senders, recipients = srs_filters(configmod.load(self.config))
+        (self.etc / SRS_SENDERS_FILE).write_text(senders)
+        (self.etc / SRS_RECIPIENTS_FILE).write_text(recipients)
+
     def pg_url(self) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.pg_port}/{PG_DATABASE}"
 
@@ -270,6 +280,7 @@ class Stack:
             self._migrate_submission()
             self._set_store()
             self._migrate_web()
+        self._write_srs_filters()
         for zone in (TEMPLATES / "zones").glob("*.zone"):
             if not (self.dns_dir / zone.name).exists():
                 shutil.copy(zone, self.dns_dir / zone.name)
