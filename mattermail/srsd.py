@@ -1,4 +1,4 @@
-"""mattermail-srs: the SRS socketmap daemon Postfix asks about every envelope sender and recipient.
+"""mattermail-srs: the SRS socketmap daemon Postfix asks about foreign senders and SRS recipients.
 
 Postfix asks it through a regexp filter in a pipemap (ctl/postfixconf.py
 ``srs_map``): ``srs_forward`` for every sender outside the firm's domains,
