@@ -220,6 +220,26 @@ def test_config_already_broken_is_refused_with_postfix_message(pf: Path, tmp_pat
     assert snapshot(pf) == before
 
 
+def test_unwire_takes_out_the_srs_pipemaps_and_their_filters(pf: Path, tmp_path: Path):
+    """packaging/unwire-postfix after `postfix configure` with SRS: the pipemaps (with the braces and the
+    blank inside them), the srs_check restriction and both filter files go; the admin's items stay."""
+    postconf(pf, "-e", "smtpd_recipient_restrictions=reject_unauth_pipelining", "sender_canonical_maps=hash:/a")
+    cfg = write_cfg(tmp_path, pf)
+    assert run(cfg).exit_code == 0
+    assert (pf / "mattermail-srs-senders").exists() and (pf / "mattermail-srs-recipients").exists()
+    unwire = Path(__file__).resolve().parents[2] / "packaging" / "unwire-postfix"
+    r = subprocess.run(["sh", str(unwire), "--config-dir", str(pf)], capture_output=True, text=True, check=False,
+                       env={**os.environ, "MATTERMAIL_CONFIG": str(cfg)})
+    assert r.returncode == 0, r.stdout + r.stderr
+    main = dict(line.split(" = ", 1) for line in postconf(pf, "-n").splitlines() if " = " in line)
+    assert main["sender_canonical_maps"] == "hash:/a"
+    assert "recipient_canonical_maps" not in main
+    assert main["smtpd_recipient_restrictions"] == "reject_unauth_pipelining"
+    assert not (pf / "mattermail-srs-senders").exists() and not (pf / "mattermail-srs-recipients").exists()
+    left = postconf(pf, "-n")
+    assert "socketmap" not in left and "pipemap" not in left and "mattermail-srs" not in left, left
+
+
 def test_existing_lists_are_kept_and_ours_added(pf: Path, tmp_path: Path):
     postconf(pf, "-e", "relay_domains=old.example, $mydestination", "transport_maps=hash:/etc/postfix/transport",
              "smtpd_milters=inet:127.0.0.1:11332", "smtpd_recipient_restrictions=reject_unauth_pipelining",
