@@ -46,6 +46,7 @@ from pathlib import Path, PurePosixPath
 
 from mattermail.atomicfile import write_atomic
 from mattermail.config import Config
+from mattermail.srs import local_domains as srs_local_domains
 
 DEFAULT_SPOOL = "/var/spool/postfix"
 TRANSPORT_FILE = "mattermail-transport"
@@ -336,8 +337,9 @@ def split_list(value: str) -> list[str]:
 
 def _ere_domain(domain: str) -> str:
     """A domain as a POSIX extended regular expression matching it literally (dots escaped); "" for a name
-    with anything but letters, digits, hyphens and dots (nothing to match: config validation refuses those)."""
-    d = domain.strip().lower().rstrip(".")
+    with anything but letters, digits, hyphens and inner dots: the filter leaves such a domain out, so its
+    addresses go on to the daemon, which decides (a lookup more, never a different answer)."""
+    d = domain.lower()
     return d.replace(".", "\\.") if re.fullmatch(r"[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?", d) else ""
 
 
@@ -359,8 +361,7 @@ def srs_filters(cfg: Config) -> tuple[str, str]:
     ``general.sending_domains``, ``general.catchall_domains`` and ``srs.domain``: run ``postfix configure``
     again after changing them (a domain added meanwhile is only asked about needlessly)."""
     head = "# Written by `mattermailctl postfix configure`; edits here are overwritten.\n"
-    local = sorted({_ere_domain(d) for d in (*cfg.general.sending_domains, *cfg.general.catchall_domains,
-                                             cfg.srs.domain) if d.strip()} - {""})
+    local = sorted({_ere_domain(d) for d in srs_local_domains(cfg)} - {""})  # the daemon's own set
     senders = head + "# Senders outside the firm's domains go on to mattermail-srs (srs_forward rewrites them).\n"
     pass_on = "/^(.+@.+)$/\t${1}\n"
     senders += f"if !/@({'|'.join(local)})$/\n{pass_on}endif\n" if local else pass_on

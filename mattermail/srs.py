@@ -94,6 +94,13 @@ class SRSCodec:
             return address
 
 
+def local_domains(cfg) -> set[str]:
+    """The domains whose senders ``srs_forward`` leaves alone (the firm's sending and catch-all domains and
+    ``srs.domain``), lower-cased: the codec's, and what ``postfix configure``'s sender filter keeps from the
+    daemon (ctl/postfixconf.py ``srs_filters``), so the two cannot disagree."""
+    return {d.lower() for d in (*cfg.general.sending_domains, *cfg.general.catchall_domains, cfg.srs.domain) if d}
+
+
 class SRSConfigError(Exception):
     """SRS is switched on but cannot work; the message names the key."""
 
@@ -108,5 +115,4 @@ def load_codec(cfg) -> SRSCodec | None:
         secret = secretfile.load(cfg.srs.secret_file, "SRS secret")
     except secretfile.SecretError as e:
         raise SRSConfigError(f"srs.secret_file: {e}") from None
-    local = [*cfg.general.sending_domains, *cfg.general.catchall_domains]
-    return SRSCodec(secret, cfg.srs.domain, local, cfg.srs.validity_days)
+    return SRSCodec(secret, cfg.srs.domain, local_domains(cfg), cfg.srs.validity_days)
