@@ -46,7 +46,7 @@ from mattermail.ctl.base import (
 )
 from mattermail.ctl.terminal import echo, echo_json, safe, write_raw
 from mattermail.store import directory, indexer, listing
-from mattermail.store import FilingView, MessageDetail, MessageSummary, Names, Store
+from mattermail.store import FilingView, MessageDetail, MessageSummary, Names, Store, inline_raw
 
 DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"]
 
@@ -253,9 +253,10 @@ def messages_show(ctx: Context, ident: str, raw: bool, as_json: bool) -> None:
     store = ctx.store
     row = _find(store, ident)
     path = store.blob_path(row.sha256)
+    inline = inline_raw(store, row.sha256)  # a small message is kept in its row, not a file
     if raw:
         try:
-            data = path.read_bytes()
+            data = inline if inline is not None else path.read_bytes()
         except OSError as e:
             raise UserFacingError(
                 f"ID: the stored file of message {row.id} cannot be read: {e.strerror or e}") from None
@@ -263,9 +264,10 @@ def messages_show(ctx: Context, ident: str, raw: bool, as_json: bool) -> None:
         return
     detail = listing.message_detail(store, row)
     d = message_dict(detail)
+    d["inline"] = inline is not None
     try:
-        headers = _header_summary(path.read_bytes())
-        d["file"] = str(path)
+        headers = _header_summary(inline if inline is not None else path.read_bytes())
+        d["file"] = None if inline is not None else str(path)
     except OSError as e:
         headers = []
         d["file"] = None
@@ -281,7 +283,8 @@ def messages_show(ctx: Context, ident: str, raw: bool, as_json: bool) -> None:
         echo_json(d)
         return
     echo(f"message {d['id']}  sha256 {d['sha256']}  {d['size']} bytes")
-    echo(f"  file:       {d['file'] or d['file_error'] + ' (missing)'}")
+    echo("  file:       in the database (messages.raw)" if d["inline"]
+         else f"  file:       {d['file'] or d['file_error'] + ' (missing)'}")
     echo(f"  stored:     {d['stored']}")
     echo(f"  direction:  {d['direction']}")
     if d["capture"] == "unverified":
@@ -425,7 +428,11 @@ def messages_export(ctx: Context, matter: str | None, person: str | None, force:
     for r in rows:
         fname = f"{r.when.strftime('%Y%m%d-%H%M%S')}-{r.sha256[:12]}.eml"
         try:
-            shutil.copyfile(store.blob_path(r.sha256), out_dir / fname)
+            inline = inline_raw(store, r.sha256)
+            if inline is not None:
+                (out_dir / fname).write_bytes(inline)
+            else:
+                shutil.copyfile(store.blob_path(r.sha256), out_dir / fname)
         except OSError as e:
             missing.append(f"message {r.id}: {e.strerror or e}")
             fname = ""

@@ -276,7 +276,8 @@ def _dir_size(d: Path) -> tuple[int, int]:
 
 
 def store_stats(cfg: configmod.Store) -> dict[str, Any]:
-    out: dict[str, Any] = {"path": cfg.where, "messages_dir": str(cfg.messages_dir), "error": ""}
+    out: dict[str, Any] = {"path": cfg.where, "messages_dir": str(cfg.messages_dir), "error": "",
+                           "inline_max": cfg.inline_max}
     wal = Path(str(cfg.path) + "-wal")
     local = out["local"] = not cfg.url  # a PostgreSQL database's files are the server's: not counted here
     out["db_bytes"] = cfg.path.stat().st_size if local and cfg.path.is_file() else 0
@@ -355,8 +356,11 @@ def status(ctx: Context, log_lines: int, show_errors: int, as_json: bool) -> Non
             echo(f"  {safe(logs['note'])}")
         echo("store:")
         sizes = f": {_size(store['db_bytes'])} + WAL {_size(store['wal_bytes'])}" if store["local"] else ""
+        inline = (f" (messages up to {_size(store['inline_max'])} are kept in the database)"
+                  if store["inline_max"] else "")
         echo(f"  {safe(store['path'])}{sizes}; "
-             f"{safe(store['messages_dir'])}: {_size(store['messages_dir_bytes'])} in {store['message_files']} file(s)")
+             f"{safe(store['messages_dir'])}: {_size(store['messages_dir_bytes'])} in {store['message_files']} "
+             f"file(s){inline}")
         if store["counts"]:
             echo("  " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in store["counts"].items()))
         if store["error"]:

@@ -167,8 +167,9 @@ def _is_capture(recipient: str, base: str) -> bool:
     return domain.lower() == base_domain.lower() and local.partition("+")[0].lower() == base_local.lower()
 
 
-def _find_capture(store: configmod.Store, capture_address: str, message_id: str) -> tuple[int, Path] | None:
-    """(message row id, raw file) of the stored copy with ``message_id`` that came in as a capture copy."""
+def _find_capture(store: configmod.Store, capture_address: str, message_id: str) -> tuple[int, bytes | Path] | None:
+    """(message row id, its raw bytes or file) of the stored copy with ``message_id`` that came in as a capture
+    copy."""
     return store_status.find_capture_copy(store.location, store.messages_dir, message_id,
                                           lambda r: _is_capture(r, capture_address))
 
@@ -209,12 +210,12 @@ def _check_stored(cfg: configmod.Config, message_id: str, wait: float) -> None:
     if not found:
         why = f" (last store error: {last_error})" if last_error else ""
         raise StepFailed("captured", f"no capture copy of {message_id} in the store after {wait:g}s{why}")
-    row, path = found
+    row, raw = found
     _report("captured", True, f"stored as message {row} (to {cfg.capture.address})")
     try:
-        hdr = BytesHeaderParser(policy=policy.compat32).parsebytes(path.read_bytes())
+        hdr = BytesHeaderParser(policy=policy.compat32).parsebytes(raw if isinstance(raw, bytes) else raw.read_bytes())
     except OSError as e:
-        raise StepFailed("signed", f"cannot read the stored copy {path}: {e}") from None
+        raise StepFailed("signed", f"cannot read the stored copy {raw}: {e}") from None
     sigs = [_dkim_tags(str(v)) for v in hdr.get_all("DKIM-Signature") or []]
     if not sigs:
         raise StepFailed("signed", "the stored copy has no DKIM-Signature header")

@@ -154,10 +154,15 @@ class Store:
     # "postgresql://user:password@host:port/dbname": the database on a PostgreSQL server instead of the
     # SQLite file at ``path`` (ignored then). Raw message files stay in messages_dir on this host.
     url: str = ""
+    # A message of at most this many bytes is kept inside the database (its row), not in a file of its own
+    # under messages_dir: no file to create and flush per message. 0: every message in a file. At most 256 KiB
+    # (what the router keeps in memory while it receives a message; a larger one is spooled to a file).
+    inline_max: int = 32768
 
     _validators = {
         "url": lambda v: v if v == "" or v.startswith(("postgresql://", "postgres://"))
         else _bad("empty (the SQLite file at store.path) or a postgresql:// URL"),
+        "inline_max": lambda v: v if 0 <= v <= 1 << 18 else _bad("a number of bytes from 0 to 262144"),
     }
 
     @property

@@ -1,17 +1,20 @@
 """Group commit: a batch of received messages filed with one COMMIT, one outcome per message.
 
-:func:`file_batch` is the whole durability order of a delivery (see DESIGN.md "Store"): it writes and
-syncs the batch's message files (``router.sync``: one syncfs(2) of the store's file system for the whole
-batch, or an fsync of each file and each hash directory), plans every message's filing (router/filing.py
-``plan_filing``: reads and rules, before the write lock), then writes each plan in its own savepoint of
-ONE transaction (``write_filing``: its rows and, for unfiled mail, its outbox record) and commits once
-(on SQLite the commit's WAL is fsynced just after the write lock is released, before anything returns). A message whose filing fails is rolled back to
-its savepoint and comes back without a result (the LMTP edge defers it); if the commit fails, every
-message does. A result means: its file and its rows are durable. Nothing here speaks a protocol.
+:func:`file_batch` is the whole durability order of a delivery (see DESIGN.md "Store"). A message of at
+most ``store.inline_max`` bytes has no file: its raw bytes go into its row and are durable with the commit.
+A larger one's file is written and synced first (``router.sync``: one syncfs(2) of the store's file system
+for the whole batch, or an fsync of each file and each hash directory). Then every message's filing is
+planned (router/filing.py ``plan_filing``: reads and rules, before the write lock), each plan written in
+its own savepoint of ONE transaction (``write_filing``: its rows and, for unfiled mail, its outbox record),
+and the batch committed once (on SQLite the commit's WAL is fsynced just after the write lock is released,
+before anything returns). A message whose filing fails is rolled back to its savepoint and comes back
+without a result (the LMTP edge defers it); if the commit fails, every message does. A result means: its
+raw bytes (row or file) and its rows are durable. Nothing here speaks a protocol.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -77,12 +80,18 @@ def file_batch(store: Store, cfg: Config, rules: RouterRules, capture: CaptureSe
     written: list[Outcome] = []
     dirs: dict[Path, None] = {}
     whole_fs = cfg.router.sync == "syncfs"  # one flush for the batch, else an fsync per file and directory
+    inline: set[int] = set()  # ids of the outcomes whose raw message goes into its row: no file
     for o in outcomes:
         it = o.item
         try:
             if it.spooled is not None and it.spooled.path is not None:
                 path = store.adopt(it.spooled, sync_file=not whole_fs)  # renamed into place
                 it.data.path, o.sha256 = path, it.spooled.sha256
+            elif it.data.raw is not None and len(it.data.raw) <= cfg.store.inline_max:
+                o.sha256 = it.spooled.sha256 if it.spooled else hashlib.sha256(it.data.raw).hexdigest()
+                inline.add(id(o))
+                written.append(o)
+                continue
             else:
                 assert it.data.raw is not None
                 o.sha256, path = store.write_blob(it.data.raw, sync_dir=False, sync_file=not whole_fs,
@@ -103,15 +112,18 @@ def file_batch(store: Store, cfg: Config, rules: RouterRules, capture: CaptureSe
         it = o.item
         try:
             caps = inspect_captures(it.rcpts, capture.address, capture.secret, store, it.log)
-            plans.append((o, plan_filing(it.data, o.sha256, it.sender, it.rcpts, store, cfg, it.queue_id, caps,
-                                         rules=rules, lookups=lookups)))
+            plan = plan_filing(it.data, o.sha256, it.sender, it.rcpts, store, cfg, it.queue_id, caps, rules=rules,
+                               lookups=lookups)
+            plan.inline = id(o) in inline
+            plans.append((o, plan))
         except Exception:
             it.log.exception("storing or filing failed, deferring %d recipient(s)", len(it.rcpts))
     if not plans:
         return outcomes
     deferred: set[int] = set()  # ids of the items already deferred (and logged) in their savepoint
     try:
-        store.sync_blobs(dirs, whole_fs)  # the files and their renames durable before the commit
+        if dirs:  # the files and their renames durable before the commit (none: every message is inline)
+            store.sync_blobs(dirs, whole_fs)
         # one commit for the batch; SQLite: its WAL fsynced after the write lock is released (engine._Tx)
         with transaction(store, sync_after_unlock=True):
             for o, plan in plans:

@@ -219,10 +219,15 @@ def file_message(raw: bytes, envelope_from: str | None, recipients: list[str], s
     ``envelope_from`` None and no ``recipients`` = no envelope (imports): the recipients come from the
     headers. ``capture_info`` (from :func:`inspect_captures`; computed here when None) maps capture
     recipients to their envelopes. ``forward=False`` never forwards (bulk imports). Raises on any store
-    failure, with nothing committed; ``forward_error`` set on an outcome: its notice is still queued."""
-    sha, _ = store.write_blob(raw)  # durable before the commit
+    failure, with nothing committed; ``forward_error`` set on an outcome: its notice is still queued.
+    A message of at most ``store.inline_max`` bytes goes into its row, a larger one into its file first."""
+    inline = len(raw) <= cfg.store.inline_max
+    if inline:
+        sha = hashlib.sha256(raw).hexdigest()
+    else:
+        sha, _ = store.write_blob(raw)  # durable before the commit
     result = file_stored(MessageData.from_bytes(raw), sha, envelope_from, recipients, store, cfg, queue_id,
-                         capture_info, rules=rules, source=source, forward=forward)
+                         capture_info, rules=rules, source=source, forward=forward, inline=inline)
     after_commit(result, store, cfg, queue_id, send=forward)
     return result
 
@@ -247,6 +252,7 @@ class FilingPlan:
     text: str
     forward_to: str  # the failed-mail address for the notice of unfiled recipients ("" none)
     source: str
+    inline: bool = False  # the raw message goes into its row (data.raw), not a file written before
 
 
 def plan_filing(data: MessageData | bytes, sha: str, envelope_from: str | None, recipients: list[str],
@@ -307,7 +313,7 @@ def write_filing(plan: FilingPlan, store: Store) -> FileResult:
     outbox: list[int] = []
     with transaction(store):
         mid, new = insert_message(store, plan.data.raw, sha, plan.direction, plan.text, plan.loop is not None,
-                                  headers=msg, capture=plan.capture, size=plan.data.size)
+                                  headers=msg, capture=plan.capture, size=plan.data.size, inline=plan.inline)
         record_deliveries(store, mid, plan.envelope_from or "", plan.recipients, queue_id)
         record_thread_keys(store, mid, thread_keys(msg, plan.capture_info), fresh=new)
         for info in plan.capture_info.values():
@@ -331,16 +337,19 @@ def write_filing(plan: FilingPlan, store: Store) -> FileResult:
 def file_stored(data: MessageData | bytes, sha: str, envelope_from: str | None, recipients: list[str],
                 store: Store, cfg: Config, queue_id: str = "", capture_info: dict[str, CaptureInfo] | None = None,
                 *, rules: RouterRules | None = None, source: str = "lmtp", forward: bool = True,
-                lookups: directory.Lookups | None = None) -> FileResult:
-    """The filing part of :func:`file_message`, for a message already written (``sha``, its durable file):
+                lookups: directory.Lookups | None = None, inline: bool = False) -> FileResult:
+    """The filing part of :func:`file_message`, for a message already written (``sha``, its durable file),
+    or, with ``inline``, one whose raw bytes (``data.raw``) go into its row:
     the rows in one transaction — a savepoint when the caller has one open, which then commits before
     answering — and, with ``forward``, the outbox record of its unfiled recipients. Call
     :func:`after_commit` once committed. ``data``'s parsed header block serves the rules, the messages row
     and the body text (of which at most ``MAX_SCAN`` bytes are read). ``lookups``: the directory's answers
     (shared by the messages of a batch). :func:`plan_filing` then :func:`write_filing`; the router's batches
     call them apart, planning the whole batch before the write transaction."""
-    return write_filing(plan_filing(data, sha, envelope_from, recipients, store, cfg, queue_id, capture_info,
-                                    rules=rules, source=source, forward=forward, lookups=lookups), store)
+    plan = plan_filing(data, sha, envelope_from, recipients, store, cfg, queue_id, capture_info, rules=rules,
+                       source=source, forward=forward, lookups=lookups)
+    plan.inline = inline
+    return write_filing(plan, store)
 
 
 def _drop(outcomes: list[RecipientOutcome], capture_info: dict[str, CaptureInfo], cfg: Config) -> bool:

@@ -94,17 +94,18 @@ def unfiled_notice(raw: bytes, reasons: Sequence[tuple[str, str]], to: str, host
     return out.getvalue()
 
 
-def send_notice(original: Path, reasons: Sequence[tuple[str, str]], to: str, cfg: Config, queue_id: str = "",
+def send_notice(original: Path | bytes, reasons: Sequence[tuple[str, str]], to: str, cfg: Config, queue_id: str = "",
                 subject: str = "", sender: str = "", message_id: str = "", timeout: float = 60.0,
                 spool: Path | None = None) -> None:
-    """Hand the notice about the stored message at ``original`` to Postfix
-    (``sendmail -C <config_dir> -f <> -- <to>``), through an unnamed temp file in ``spool`` (default: the
-    system's temp directory), never the whole message in memory."""
+    """Hand the notice about the stored message at ``original`` (its file, or its bytes when the store keeps
+    it in its row) to Postfix (``sendmail -C <config_dir> -f <> -- <to>``), through an unnamed temp file in
+    ``spool`` (default: the system's temp directory), never a whole message file in memory."""
     cmd = [SENDMAIL, "-C", str(cfg.postfix.config_dir), "-i", "-f", "<>", "--", to]
     spool = Path(spool or tempfile.gettempdir())
     try:
         spool.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=spool, prefix=".notice-") as tmp, open(original, "rb") as src:
+        with tempfile.TemporaryFile(dir=spool, prefix=".notice-") as tmp, \
+                (io.BytesIO(original) if isinstance(original, bytes) else open(original, "rb")) as src:
             write_notice(tmp, src, reasons, to, cfg.general.hostname, queue_id, subject, sender, message_id)
             tmp.seek(0)
             r = subprocess.run(cmd, stdin=tmp, capture_output=True, timeout=timeout, check=False)

@@ -28,8 +28,8 @@ from collections.abc import Callable, Sequence
 from mattermail.config import Config
 from mattermail.logs import QueueIdAdapter
 from mattermail.router import forward as fwd
-from mattermail.store import (ForwardRecord, Store, StoreError, forward_failed, mark_forwarded, next_forward_due,
-                              pending_forwards)
+from mattermail.store import (ForwardRecord, Store, StoreError, forward_failed, inline_raw, mark_forwarded,
+                              next_forward_due, pending_forwards)
 
 __all__ = ["Forwarder", "send_pending", "send_record"]
 
@@ -41,7 +41,8 @@ def send_record(store: Store, cfg: Config, rec: ForwardRecord, base_delay: float
     """Send one record's notice, then mark it sent; on failure record the retry. The error, or None."""
     qlog = QueueIdAdapter(log, {"queue_id": rec.queue_id})
     try:
-        fwd.send_notice(store.blob_path(rec.sha256), rec.reasons, rec.to, cfg, rec.queue_id, rec.subject,
+        inline = inline_raw(store, rec.sha256)  # (a small message is in its row, not a file)
+        fwd.send_notice(inline if inline is not None else store.blob_path(rec.sha256), rec.reasons, rec.to, cfg, rec.queue_id, rec.subject,
                         rec.envelope_from, fwd.notice_message_id(rec.id, rec.sha256, cfg.general.hostname),
                         spool=store.spool_dir)
     except fwd.ForwardError as e:

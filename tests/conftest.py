@@ -159,8 +159,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 def write_config(tmp_path: Path):
     """Write a TOML config (store and passwd file under tmp_path) and return its path."""
 
-    def write(extra: str = "", store: Path | str | None = None) -> Path:
-        """``store``: a ``store_location`` (a PostgreSQL URL becomes store.url; default: the SQLite file)."""
+    def write(extra: str = "", store: Path | str | None = None, inline_max: int | None = None) -> Path:
+        """``store``: a ``store_location`` (a PostgreSQL URL becomes store.url; default: the SQLite file).
+        ``inline_max``: store.inline_max (default: the config's own)."""
         (tmp_path / "postfix").mkdir(exist_ok=True)
         (tmp_path / "postfix" / "main.cf").write_text("")  # for postmap -c
         p = tmp_path / "mattermail.toml"
@@ -172,6 +173,7 @@ def write_config(tmp_path: Path):
 path = "{path}"
 messages_dir = "{tmp_path}/messages"
 {url}
+{"" if inline_max is None else f"inline_max = {inline_max}"}
 [auth]
 passwd_file = "{tmp_path}/dovecot-users"
 sender_login_map = "{tmp_path}/sender-login-map"

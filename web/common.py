@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from mattermail import config as configmod
-from mattermail.store import Store, access, webview
+from mattermail.store import Store, access, raw_where, read_raw, webview
 from mattermail.store.listing import FilingView, MessageSummary, filings_of
 from mattermail.web import mail
 
@@ -81,9 +81,9 @@ def load_message(st: State, v: access.Viewer, message_id: int) -> tuple[MessageS
     if m is None:
         raise not_found(f"message {message_id}")
     try:
-        raw = st.store.blob_path(m.sha256).read_bytes()
+        raw = read_raw(st.store, m.sha256)  # its row (a small message) or its file
     except OSError as e:
-        log.error("message %d: cannot read %s: %s", m.id, st.store.blob_path(m.sha256), e.strerror or e)
+        log.error("message %d: cannot read %s: %s", m.id, raw_where(st.store, m.sha256), e.strerror or e)
         raise ApiError(503, "unavailable", f"message {m.id}: its stored file cannot be read") from None
     return m, mail.parse(raw), raw
 

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from mattermail.store import UserError, access, sessions, webview
+from mattermail.store import UserError, access, inline_raw, sessions, webview
 from mattermail.web import mail
 from mattermail.web.api import attachment_download, audit_listing, audit_search, raw_download
 from mattermail.web.auth import COOKIE, LOGIN_COOKIE, check_csrf, check_password, web_session
@@ -118,8 +118,10 @@ def _timeline_entry(st, m) -> dict[str, Any]:
     recipients: list[str] = []
     attachments: list[mail.Attachment] | None = None
     try:
-        if m.size <= TIMELINE_PARSE_LIMIT:
-            senders, recipients, attachments = mail.timeline_summary(path.read_bytes())
+        inline = inline_raw(st.store, m.sha256)  # (store.inline_max, at most 256 KiB, is below TIMELINE_PARSE_LIMIT)
+        if inline is not None or m.size <= TIMELINE_PARSE_LIMIT:
+            senders, recipients, attachments = mail.timeline_summary(inline if inline is not None
+                                                                     else path.read_bytes())
         else:
             senders, recipients = mail.header_correspondents(mail.read_header_block(path))
     except OSError:

@@ -35,6 +35,7 @@ from pathlib import Path
 from mattermail.atomicfile import sync_dir, write_atomic
 from mattermail.store import chain
 from mattermail.store.engine import Store, UserError
+from mattermail.store.messages import inline_raw, raw_where
 
 MANIFEST = "manifest.json"
 DB_NAME = "store.sqlite"
@@ -167,7 +168,7 @@ def backup(store: Store, dest: Path, wrap: Wrap | None = None, previous: Path | 
     files: dict[str, int] = {}
     total = linked = 0
     for mid, sha in (wrap(rows) if wrap else rows):
-        src = store.blob_path(sha)
+        src: Path | str = store.blob_path(sha)
         out = dest / "messages" / sha[:2] / f"{sha}.eml"
         out.parent.mkdir(parents=True, exist_ok=True)
         if _link(before.get(sha), out):
@@ -176,14 +177,19 @@ def backup(store: Store, dest: Path, wrap: Wrap | None = None, previous: Path | 
             else:  # the earlier backup's copy is damaged: take the store's
                 out.unlink()
         if not out.exists():
+            inline = inline_raw(store, sha)  # a small message is kept in its row: written out as a file here too
             try:
-                shutil.copyfile(src, out)
+                if inline is not None:
+                    src = raw_where(store, sha, inline=True)
+                    out.write_bytes(inline)
+                else:
+                    shutil.copyfile(src, out)
             except FileNotFoundError:
                 raise UserError(f"message {mid}: its raw file {src} is missing (deleted since the snapshot, or lost: "
                                 f"run `mattermailctl store verify`); the backup in {dest} is incomplete") from None
         got = _sha_file(out)
         if got != sha:
-            raise UserError(f"message {mid}: its raw file {src} does not hash to its SHA-256 (it is {got}): "
+            raise UserError(f"message {mid}: its raw message ({src}) does not hash to its SHA-256 (it is {got}): "
                             f"run `mattermailctl store verify`; the backup in {dest} is incomplete")
         files[sha] = out.stat().st_size
         total += files[sha]
@@ -193,6 +199,18 @@ def backup(store: Store, dest: Path, wrap: Wrap | None = None, previous: Path | 
                 "files": {f"messages/{s[:2]}/{s}.eml": {"sha256": s, "size": n} for s, n in sorted(files.items())}}
     write_atomic(dest / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n", mode=0o600)
     return BackupResult(dest, length, head, len(rows), filings, len(files), total, linked)
+
+
+def _inline_in_copy(db_file: Path) -> set[str]:
+    """The SHA-256 of each message a SQLite backup's database copy keeps in its row (``messages.raw``)."""
+    conn = sqlite3.connect(f"file:{db_file}?mode=ro", uri=True)
+    try:
+        cols = {r[1] for r in conn.execute("PRAGMA table_info(messages)")}
+        if "raw" not in cols:  # a backup made before migration 14
+            return set()
+        return {sha for (sha,) in conn.execute("SELECT sha256 FROM messages WHERE raw IS NOT NULL")}
+    finally:
+        conn.close()
 
 
 def _link(old: Path | None, out: Path) -> bool:
@@ -254,8 +272,11 @@ def restore(store: Store, src: Path, wrap: Wrap | None = None) -> dict:
         raise UserError(f"the store {store.path} is not empty ({store.count('messages')} messages, chain length "
                         f"{chain.head_of(store.db)[0]}): restore goes onto an empty store only")
     dirs: set[Path] = set()
+    inline = _inline_in_copy(src / manifest["database"]["file"]) if engine == "sqlite" else set()
     for name, info in sorted(manifest["files"].items()):
         sha = info["sha256"]
+        if sha in inline:  # kept in its row in the database copy: no file of its own in the store
+            continue
         dest = store.blob_path(sha)
         dest.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(dest, (src / name).read_bytes(), mode=0o600, sync_directory=False)

@@ -3,7 +3,8 @@
 Every reader and writer goes through this package (mattermail.store), so the database can be
 replaced later without touching the router, the milter or the CLI.
 
-Durability order for a delivery (see DESIGN.md "Store"): the raw message is
+Durability order for a delivery (see DESIGN.md "Store"): a message of at most ``store.inline_max`` bytes
+goes into its database row (``messages.raw``) and is durable with the commit. A larger raw message is
 written to a temp file and renamed to ``<sha256[:2]>/<sha256>.eml``; the file and
 its rename are made durable (the router's batches: one syncfs(2) of the store's
 file system, :meth:`Store.sync_blobs`; otherwise an fsync of the file and its

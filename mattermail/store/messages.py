@@ -37,10 +37,11 @@ def find_message(store: Store, sha256: str) -> int | None:
 
 def insert_message(store: Store, raw: bytes | None, sha256: str, direction: str = "inbound", body_text: str = "",
                    system: bool = False, headers: Message | None = None, capture: str = "",
-                   size: int | None = None) -> tuple[int, bool]:
+                   size: int | None = None, inline: bool = False) -> tuple[int, bool]:
     """(id, new) of the messages row for ``raw``, inserted when new; call inside a transaction,
-    after :meth:`Store.write_blob` made the file durable. ``headers``: ``raw``'s header-only parse
-    (compat32), when the caller has it already; with ``headers`` and ``size`` given, ``raw`` may be None
+    after :meth:`Store.write_blob` made the file durable — or, with ``inline``, with ``raw`` itself in the
+    row (``messages.raw``) and no file at all: the commit makes it durable (see :func:`read_raw`).
+    ``headers``: ``raw``'s header-only parse (compat32), when the caller has it already; with ``headers`` and ``size`` given, ``raw`` may be None
     (the router streams messages to their file and never holds them). ``capture``: one of
     :data:`CAPTURE_STATES`; only a "verified" capture copy may be "outbound". A new row appends its
     ``stored`` chain entry.
@@ -62,10 +63,12 @@ def insert_message(store: Store, raw: bytes | None, sha256: str, direction: str 
         return header_text(hdr.get(name, ""))[:998]
 
     date, received = h("Date"), time.time()
+    if inline and raw is None:
+        raise ValueError("insert_message: inline needs raw")
     sql = ("INSERT INTO messages (sha256, size, message_id, subject, header_from, date, received, direction,"
-           " body_text, system, capture, sort_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+           " body_text, system, capture, sort_time, raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
     values = [sha256, size, h("Message-ID"), h("Subject"), h("From"), date, received, direction, body_text,
-              int(system), capture, sort_time(date, received)]
+              int(system), capture, sort_time(date, received), raw if inline else None]
     with chain.atomic(store):
         rows = store.db.execute(sql + " ON CONFLICT (sha256) DO NOTHING RETURNING id", values).fetchall()
         if not rows:  # stored already (by another router, or before)
@@ -76,6 +79,31 @@ def insert_message(store: Store, raw: bytes | None, sha256: str, direction: str 
         mid = int(rows[0][0])
         chain.append(store, "stored", mid, sha256)
     return mid, True
+
+
+# -- raw messages: in the row (``messages.raw``, small ones) or in their file (Store.blob_path) -----------
+
+
+def inline_raw(store: Store, sha256: str) -> bytes | None:
+    """The raw message kept in its row, or None when it is in its file (or not stored)."""
+    row = store.db.execute("SELECT raw FROM messages WHERE sha256 = ? AND raw IS NOT NULL", [sha256]).fetchone()
+    return bytes(row[0]) if row is not None else None
+
+
+def read_raw(store: Store, sha256: str) -> bytes:
+    """The raw message with this SHA-256, from its row or else its file; OSError (FileNotFoundError when
+    neither has it) as reading the file raises."""
+    raw = inline_raw(store, sha256)
+    return raw if raw is not None else store.blob_path(sha256).read_bytes()
+
+
+def raw_where(store: Store, sha256: str, inline: bool | None = None) -> str:
+    """Where a message's raw bytes are, for messages to people: its file, or its row in the database.
+    ``inline``: whether it is in its row, when the caller knows."""
+    if inline is None:
+        inline = store.db.execute("SELECT 1 FROM messages WHERE sha256 = ? AND raw IS NOT NULL",
+                                  [sha256]).fetchone() is not None
+    return f"messages.raw ({sha256[:16]}) in {store.path}" if inline else str(store.blob_path(sha256))
 
 
 def record_deliveries(store: Store, message: int, envelope_from: str, recipients: Iterable[str],

@@ -523,7 +523,8 @@ def _run(source: Store, target: Store | PgConnection, tdb: Any, result: Result, 
             result.tables = list(plan.tables.values())
             return
         assert isinstance(target, Store)
-        live = src.execute("SELECT id, sha256 FROM messages ORDER BY id").fetchall()
+        # (a message kept in its row, messages.raw, has no file: it moves with the rows)
+        live = src.execute("SELECT id, sha256 FROM messages WHERE raw IS NULL ORDER BY id").fetchall()
         if result.files_dir != source.messages_dir:
             with progress("copying raw messages", len(live)) as bar:
                 result.files_copied = _copy_files(source, target.messages_dir, live, bar)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mattermail.store import chain
+from mattermail.store.connection import SQLITE
 from mattermail.store.engine import Store, UserError, transaction
 
 
@@ -80,16 +81,25 @@ def refile_message(store: Store, message: int, matter: str, person: int | None, 
 def delete_message(store: Store, message: int, reason: str) -> tuple[chain.ChainEntry, Path, str | None]:
     """Remove the message, its filings, deliveries and capture links; the chain entry keeps its SHA-256.
 
-    Returns (entry, raw file, error removing the file or None): the file goes after the commit."""
+    Returns (entry, raw file, error removing the file or None): the file goes after the commit. A message kept
+    in its row goes with the row; on SQLite the freed pages are overwritten with zeros (``secure_delete`` for
+    this transaction), so its bytes do not linger in the database file."""
     reason = _reason(reason)
-    with transaction(store):
-        sha = _message_sha(store, message)
-        old = _filings(store, message)
-        _held(store, [f["matter"] for f in old if f["matter"]], "deleting it", message)
-        for table in ("filings", "deliveries", "captures", "thread_keys"):
-            store.db.execute(f"DELETE FROM {table} WHERE message = ?", [message])
-        store.db.execute("DELETE FROM messages WHERE id = ?", [message])
-        entry = chain.append(store, "deleted", message, sha, {"reason": reason, "filings": old})
+    sqlite = store.engine == SQLITE and not store.db.in_transaction
+    if sqlite:
+        store.db.execute("PRAGMA secure_delete = ON")
+    try:
+        with transaction(store):
+            sha = _message_sha(store, message)
+            old = _filings(store, message)
+            _held(store, [f["matter"] for f in old if f["matter"]], "deleting it", message)
+            for table in ("filings", "deliveries", "captures", "thread_keys"):
+                store.db.execute(f"DELETE FROM {table} WHERE message = ?", [message])
+            store.db.execute("DELETE FROM messages WHERE id = ?", [message])
+            entry = chain.append(store, "deleted", message, sha, {"reason": reason, "filings": old})
+    finally:
+        if sqlite:
+            store.db.execute("PRAGMA secure_delete = OFF")
     path = store.blob_path(sha)
     try:
         path.unlink()

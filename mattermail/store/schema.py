@@ -363,3 +363,11 @@ def _m013_lookup_generation(db: sqlite_utils.Database) -> None:
         for event in ("INSERT", "UPDATE", "DELETE"):
             db.execute(f"CREATE TRIGGER {table}_{event.lower()}_generation AFTER {event} ON {table} BEGIN "
                        "UPDATE lookup_generation SET n = n + 1; END")
+
+
+@migration
+def _m014_inline_raw(db: sqlite_utils.Database) -> None:
+    """``messages.raw``: the raw message itself for one of at most ``store.inline_max`` bytes (the router's
+    and import's choice as they store it), NULL for one kept in its file under ``messages_dir``. The last
+    column of the row, so reading the others never reads it. Existing messages keep their files."""
+    db.execute("ALTER TABLE messages ADD COLUMN raw BLOB")

@@ -288,3 +288,10 @@ def _m013_lookup_generation(db: Any) -> None:
          "UPDATE lookup_generation SET n = n + 1; RETURN NULL; END $$",
          *(f"CREATE TRIGGER {table}_generation AFTER INSERT OR UPDATE OR DELETE ON {table} "
            "FOR EACH STATEMENT EXECUTE FUNCTION lookup_generation_bump()" for table in LOOKUP_TABLES))
+
+
+@migration
+def _m014_inline_raw(db: Any) -> None:
+    """As SQLite's migration 14: ``messages.raw`` (``bytea``), the raw message of a small one, NULL for one kept
+    in its file."""
+    db.execute("ALTER TABLE messages ADD COLUMN raw bytea")

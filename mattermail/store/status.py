@@ -70,9 +70,10 @@ def counts(path: Path | str) -> dict[str, int]:
 
 
 def find_capture_copy(path: Path | str, messages_dir: Path, message_id: str,
-                      is_capture: Callable[[str], bool]) -> tuple[int, Path] | None:
-    """(id, raw file) of the stored message with this Message-ID that came in as a capture copy: linked to
-    an envelope, or delivered to an address ``is_capture`` recognises. None when there is none (yet)."""
+                      is_capture: Callable[[str], bool]) -> tuple[int, bytes | Path] | None:
+    """(id, raw message) of the stored message with this Message-ID that came in as a capture copy: linked to
+    an envelope, or delivered to an address ``is_capture`` recognises. The raw message: its bytes when it is
+    kept in its row, else its file. None when there is none (yet)."""
     with _readonly(path) as db:
         for mid, sha in db.execute("SELECT id, sha256 FROM messages WHERE message_id = ?", [message_id]).fetchall():
             captured = db.execute("SELECT 1 FROM captures WHERE message = ?", [mid]).fetchone() is not None
@@ -80,5 +81,6 @@ def find_capture_copy(path: Path | str, messages_dir: Path, message_id: str,
                 captured = any(is_capture(r) for (r,) in
                                db.execute("SELECT recipient FROM deliveries WHERE message = ?", [mid]))
             if captured:
-                return mid, messages_dir / sha[:2] / f"{sha}.eml"
+                row = db.execute("SELECT raw FROM messages WHERE id = ?", [mid]).fetchone()
+                return mid, (bytes(row[0]) if row and row[0] is not None else messages_dir / sha[:2] / f"{sha}.eml")
     return None

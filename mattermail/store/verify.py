@@ -1,10 +1,11 @@
-"""``mattermailctl store verify``: walk the records chain and re-hash every raw message file.
+"""``mattermailctl store verify``: walk the records chain and re-hash every raw message (its file, or its row).
 
 One read transaction (a WAL snapshot) sees the chain and the tables as of one commit, so it runs while
 the router writes. The chain is replayed (which messages are live with which SHA-256, which filings and
-holds they have) and compared with the messages, filings and holds tables; then each live message's file
-is re-hashed. Raw files are named by their SHA-256 and never rewritten: a file missing because a message
-was deleted after the snapshot is re-checked and not reported.
+holds they have) and compared with the messages, filings and holds tables; then each live message's raw
+bytes are re-hashed: its row's (``messages.raw``, a small message) or its file's. Raw files are named by
+their SHA-256 and never rewritten: a file missing because a message was deleted after the snapshot is
+re-checked and not reported.
 
 Every problem names the chain entry (seq), the message, its file and the event; they come sorted by
 entry, so the first is the first place the record diverges.
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 
 from mattermail.store import chain
 from mattermail.store.engine import Store
+from mattermail.store.messages import raw_where
 
 
 @dataclass(frozen=True)
@@ -124,13 +126,15 @@ def verify(store: Store, wrap: Wrap | None = None, expect: Iterable[tuple[int, s
             db.execute("COMMIT")
     missing: list[tuple[int, str]] = []
     for mid, sha in (wrap(todo) if wrap else todo):
-        got = _hash_file(str(store.blob_path(sha)))
+        inline = _inline_raw(store, mid)  # a small message is kept in its row (messages.raw), not a file
+        got = hashlib.sha256(inline).hexdigest() if inline is not None else _hash_file(str(store.blob_path(sha)))
         rep.files += 1
         if got is None:
             missing.append((mid, sha))
         elif got != sha:
-            problems.append(Problem(live[mid][1], mid, str(store.blob_path(sha)), "stored",
-                                    f"raw file altered (its SHA-256 is now {got}, the chain has {sha})"))
+            problems.append(Problem(live[mid][1], mid, raw_where(store, sha, inline is not None), "stored",
+                                    f"raw {'message' if inline is not None else 'file'} altered (its SHA-256 is "
+                                    f"now {got}, the chain has {sha})"))
     for mid, sha in missing:  # deleted since the snapshot? (files are removed only after the chain says so)
         if store.db.execute("SELECT 1 FROM messages WHERE id = ? AND sha256 = ?", [mid, sha]).fetchone() is None \
                 and store.db.execute("SELECT 1 FROM chain WHERE message = ? AND kind = 'deleted'",
@@ -139,6 +143,11 @@ def verify(store: Store, wrap: Wrap | None = None, expect: Iterable[tuple[int, s
         problems.append(Problem(live[mid][1], mid, str(store.blob_path(sha)), "stored", "raw file missing"))
     problems.sort(key=lambda p: (p.seq if p.seq is not None else 1 << 62))
     return rep
+
+
+def _inline_raw(store: Store, message: int) -> bytes | None:
+    row = store.db.execute("SELECT raw FROM messages WHERE id = ? AND raw IS NOT NULL", [message]).fetchone()
+    return bytes(row[0]) if row is not None else None
 
 
 def _replay(e: chain.ChainEntry, live: dict, filings: dict, holds: dict) -> None:
@@ -161,10 +170,10 @@ def _replay(e: chain.ChainEntry, live: dict, filings: dict, holds: dict) -> None
 def _compare(store: Store, rep: Report, live: dict, filings: dict, holds: dict) -> None:
     db, problems = store.db, rep.problems
     seen: set[int] = set()
-    for mid, sha in db.execute("SELECT id, sha256 FROM messages ORDER BY id"):
+    for mid, sha, inline in db.execute("SELECT id, sha256, raw IS NOT NULL FROM messages ORDER BY id").fetchall():
         rep.messages += 1
         seen.add(mid)
-        path = str(store.blob_path(sha))
+        path = raw_where(store, sha, bool(inline))
         if mid not in live:
             problems.append(Problem(None, mid, path, None,
                                     "in the messages table but in no chain entry (planted, or its entry removed)"))

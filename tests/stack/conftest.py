@@ -101,6 +101,10 @@ class StackClient:
     def sink_files(self) -> list[Path]:
         return sorted(self.stack.sink_dir.glob("*.eml"))
 
+    def stored_raw(self, sha256: str) -> bytes:
+        """A stored message's raw bytes as the store keeps them: in its row (store.inline_max) or its file."""
+        return stored_raw(self.stack.var, sha256)
+
     def sink_with(self, needle: bytes, timeout: float = 20.0) -> Path:
         return wait_for(lambda: next((p for p in self.sink_files() if needle in p.read_bytes()), None),
                         timeout, f"{needle!r} in the sink")  # type: ignore[return-value]
@@ -114,6 +118,18 @@ class StackClient:
             return next((l for l in path.read_text(errors="replace").splitlines() if all(n in l for n in needles)), None)
 
         return wait_for(find, timeout, f"{needles} in {path}")  # type: ignore[return-value]
+
+
+def stored_raw(var: Path, sha256: str) -> bytes:
+    """The raw bytes of the message with ``sha256`` in the store under ``var`` (store.sqlite, messages/), read
+    through the store layer: its row or its file."""
+    from mattermail.store import Store, read_raw
+
+    store = Store(var / "store.sqlite", var / "messages")
+    try:
+        return read_raw(store, sha256)
+    finally:
+        store.close()
 
 
 def children(parent: int) -> list[int]:

@@ -79,7 +79,7 @@ def stored(stack, message_id: str) -> list[tuple[int, str, str]]:
 
 
 def blob(stack, sha256: str) -> bytes:
-    return (stack.stack.var / "messages" / sha256[:2] / f"{sha256}.eml").read_bytes()
+    return stack.stored_raw(sha256)
 
 
 def pid_of(stack, name: str) -> int:

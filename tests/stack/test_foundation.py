@@ -28,8 +28,7 @@ def test_inbound_catchall_mail_is_stored_by_the_router(stack):
     row = db.execute("SELECT m.sha256, d.recipient FROM deliveries d JOIN messages m ON m.id = d.message"
                      " WHERE d.queue_id = ?", [qid]).fetchone()
     assert row is not None and row[1] == "anything@matters.lawfirm.test"
-    blob = stack.stack.var / "messages" / row[0][:2] / f"{row[0]}.eml"
-    assert b"foundation inbound" in blob.read_bytes()
+    assert b"foundation inbound" in stack.stored_raw(row[0])
 
 
 def test_auth_before_starttls_is_refused(stack):

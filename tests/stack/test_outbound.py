@@ -120,7 +120,7 @@ def test_to_cc_bcc_each_get_one_signed_copy_with_one_disclaimer_and_capture_has_
     assert env[2] == "alice@lawfirm.test" and env[3] == qid
     # The capture copy in the store carries the same disclaimer and signatures as what left.
     sha = db.execute("SELECT sha256 FROM messages WHERE message_id = ?", [msg["Message-ID"]]).fetchone()[0]
-    stored = (stack.stack.var / "messages" / sha[:2] / f"{sha}.eml").read_bytes()
+    stored = stack.stored_raw(sha)
     assert DISCLAIMER.encode() in stored and b"partner-bcc" not in stored.split(b"\r\n\r\n")[0]
 
 

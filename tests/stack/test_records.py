@@ -38,20 +38,28 @@ def test_router_mail_verifies_and_a_flipped_byte_is_named(stack, matter):
     assert r.returncode == 0 and report["ok"], (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
     assert report["messages"] >= 3 and report["files"] == report["messages"], report
 
+    # A small message is kept in its row (store.inline_max): a byte flipped there, as someone with the database
+    # file could, is found and named as the raw message of that row.
     mid, sha = rows[1]
-    path = stack.stack.var / "messages" / sha[:2] / f"{sha}.eml"
-    original = path.read_bytes()
-    flipped = bytearray(original)
-    flipped[len(flipped) // 2] ^= 0x01
-    path.write_bytes(bytes(flipped))
+    db = sqlite3.connect(stack.stack.var / "store.sqlite", isolation_level=None)
     try:
-        r = stack.ctl("store", "verify")
-        assert r.returncode == 1, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
-        assert f"message {mid}, file {path}: raw file altered" in r.stdout, r.stdout[-2000:]
-        assert "first: entry" in r.stderr and f"message {mid}" in r.stderr, r.stderr[-2000:]
-        assert "Traceback" not in r.stderr
+        original = db.execute("SELECT raw FROM messages WHERE id = ?", [mid]).fetchone()[0]
+        assert original is not None and stack.stored_raw(sha) == original
+        assert not (stack.stack.var / "messages" / sha[:2] / f"{sha}.eml").exists()
+        flipped = bytearray(original)
+        flipped[len(flipped) // 2] ^= 0x01
+        db.execute("UPDATE messages SET raw = ? WHERE id = ?", [bytes(flipped), mid])
+        try:
+            r = stack.ctl("store", "verify")
+            assert r.returncode == 1, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
+            where = f"messages.raw ({sha[:16]}) in {stack.stack.var / 'store.sqlite'}"
+            assert f"message {mid}, file {where}: raw message altered" in r.stdout, r.stdout[-2000:]
+            assert "first: entry" in r.stderr and f"message {mid}" in r.stderr, r.stderr[-2000:]
+            assert "Traceback" not in r.stderr
+        finally:
+            db.execute("UPDATE messages SET raw = ? WHERE id = ?", [original, mid])
     finally:
-        path.write_bytes(original)
+        db.close()
     r = stack.ctl("store", "verify", "--head")
     assert r.returncode == 0 and r.stdout.startswith("chain length "), (r.stdout, r.stderr)
 

@@ -126,16 +126,17 @@ def drain(stack, qids: set[str], timeout: float = 120.0) -> None:
 
 
 def blob_problems(stack, rows) -> list[str]:
-    """Each (sha256, size) row: its file exists, is named by and hashes to its SHA-256, and has its size."""
+    """Each (sha256, size) row: its raw message (in its row, or its file) exists, hashes to its SHA-256 and has
+    its size."""
     problems = []
     for sha, size in rows:
-        path = messages_dir(stack) / sha[:2] / f"{sha}.eml"
-        if not path.exists():
-            problems.append(f"{sha}: no file")
+        try:
+            data = stack.stored_raw(sha)
+        except FileNotFoundError:
+            problems.append(f"{sha}: neither in its row nor in a file")
             continue
-        data = path.read_bytes()
         if hashlib.sha256(data).hexdigest() != sha or len(data) != size:
-            problems.append(f"{sha}: file hashes to {hashlib.sha256(data).hexdigest()}, {len(data)} bytes "
+            problems.append(f"{sha}: raw message hashes to {hashlib.sha256(data).hexdigest()}, {len(data)} bytes "
                             f"(row says {size})")
     return problems
 
@@ -441,14 +442,14 @@ def test_message_without_any_header(stack, matter):
     code, text = via_postfix(stack, raw)
     row = assert_postfix_path_clean(stack, code, text)
     if row is not None:
-        assert marker.encode() in (messages_dir(stack) / row[1][:2] / f"{row[1]}.eml").read_bytes()
+        assert marker.encode() in stack.stored_raw(row[1])
 
     raw2 = raw.replace(b"at all", b"at all, straight to the router")
     assert [c for c, _ in via_lmtp(stack, raw2)] == [250]
     with db(stack) as conn:
         row2 = stored_row(conn, sha(raw2))
     assert row2 is not None and matter_filings(stack, row2[0]) == [(MATTER, "matter-address", RCPT)]
-    assert (messages_dir(stack) / sha(raw2)[:2] / f"{sha(raw2)}.eml").read_bytes() == raw2
+    assert stack.stored_raw(sha(raw2)) == raw2
     assert_router_healthy(stack, pid)
 
 
@@ -476,7 +477,7 @@ def test_binary_junk(stack, matter):
     with db(stack) as conn:
         row = stored_row(conn, sha(junk))
     assert row is not None and matter_filings(stack, row[0]) == [(MATTER, "matter-address", RCPT)]
-    assert (messages_dir(stack) / sha(junk)[:2] / f"{sha(junk)}.eml").read_bytes() == junk
+    assert stack.stored_raw(sha(junk)) == junk
 
     # Junk with no line breaks at all (over RFC 5321's 1000-byte line limit): a clear 5xx, nothing stored.
     blob = bytes(rng.getrandbits(8) for _ in range(64 * 1024)).replace(b"\r", b"") + b"\r\n"
@@ -524,7 +525,7 @@ def test_ten_thousand_addresses_in_to(stack, matter):
     with db(stack) as conn:
         row2 = stored_row(conn, sha(raw2))
     assert row2 is not None and matter_filings(stack, row2[0]) == [(MATTER, "matter-address", RCPT)]
-    assert (messages_dir(stack) / sha(raw2)[:2] / f"{sha(raw2)}.eml").read_bytes() == raw2
+    assert stack.stored_raw(sha(raw2)) == raw2
 
     # As a capture copy every one of the 10,000 is a correspondent: the last one is a known person.
     store = Store(stack.stack.var / "store.sqlite", messages_dir(stack))
@@ -570,7 +571,7 @@ def test_twenty_mb_attachment(stack, matter):
     assert code == 250, text
     row = assert_postfix_path_clean(stack, code, text)
     assert row is not None and time.monotonic() - t0 < 60
-    stored = (messages_dir(stack) / row[1][:2] / f"{row[1]}.eml").read_bytes()
+    stored = (messages_dir(stack) / row[1][:2] / f"{row[1]}.eml").read_bytes()  # (20 MB: a file)
     assert sha(stored) == row[1] and len(stored) == row[2]
     # What Postfix delivered is what was sent, after the trace headers Postfix and the milter put on top.
     assert stored.endswith(sent) and stored[: len(stored) - len(sent)].startswith(b"Authentication-Results:")

@@ -33,8 +33,10 @@ class Env:
         return CliRunner().invoke(cli, ["--config", str(self.cfg), *map(str, args)], input=input)
 
     def counts(self) -> dict[str, int]:
-        blobs = len(list((self.tmp / "messages").rglob("*.eml"))) if (self.tmp / "messages").exists() else 0
-        return {**{t: self.store.count(t) for t in TABLES}, "blobs": blobs}
+        """Rows per table; ``blobs``: raw messages stored, as files or in their rows (store.inline_max)."""
+        files = len(list((self.tmp / "messages").rglob("*.eml"))) if (self.tmp / "messages").exists() else 0
+        rows = self.store.db.execute("SELECT COUNT(*) FROM messages WHERE raw IS NOT NULL").fetchone()[0]
+        return {**{t: self.store.count(t) for t in TABLES}, "blobs": files + rows}
 
 
 @pytest.fixture

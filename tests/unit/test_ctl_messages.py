@@ -220,9 +220,15 @@ def test_show_bad_ids(env):
     one_line_error(env.run("messages", "show", "999999"), "ID", "no message")
     one_line_error(env.run("messages", "show", "latest"), "ID")
     assert env.run("messages", "show", "1", "--raw", "--json").exit_code == 2
+    # a small message is kept in its row (store.inline_max): shown as such
+    assert env.json("messages", "show", env.ids["plus"])["inline"] is True
+    assert "file:       in the database (messages.raw)" in env.run("messages", "show", env.ids["plus"]).stdout
+    # one kept in a file (stored before store.inline_max, or larger) whose file is gone
     sha = hashlib.sha256(env.files["plus"].read_bytes()).hexdigest()
-    env.store.blob_path(sha).unlink()
+    env.store.db.execute("UPDATE messages SET raw = NULL WHERE sha256 = ?", [sha])
+    assert not env.store.blob_path(sha).exists()
     one_line_error(env.run("messages", "show", env.ids["plus"], "--raw"), "ID", "cannot be read")
+    assert "(missing)" in env.run("messages", "show", env.ids["plus"]).stdout
 
 
 # -- export ----------------------------------------------------------------------------------------------

@@ -63,8 +63,10 @@ class Env:
         return self.tmp / "messages" / sha[:2] / f"{sha}.eml"
 
 
-def _env(write_config, tmp_path, location):
-    cfg = write_config(f'[general]\ncatchall_domains = ["{CA}"]\n', store=location)
+def _env(write_config, tmp_path, location, inline_max: int | None = 0):
+    """Three imported messages, each in a file of its own (inline_max 0); ``inline_max`` None: the default,
+    small messages kept in their rows."""
+    cfg = write_config(f'[general]\ncatchall_domains = ["{CA}"]\n', store=location, inline_max=inline_max)
     e = Env(cfg, tmp_path, location)
     s = Store(location, tmp_path / "messages")
     s.close()
@@ -197,11 +199,7 @@ def test_errors_name_the_field(env):
 _restore_dbs = itertools.count(1)
 
 
-@pytest.fixture
-def fresh_env(request, env):
-    """``fresh_env(name)``: a second, empty store of ``env``'s engine (its own config) to restore into."""
-    made: list[str] = []
-
+def _fresh(request, env, made: list[str]):
     def make(name):
         base = env.tmp / name
         base.mkdir()
@@ -214,7 +212,14 @@ def fresh_env(request, env):
         cfg.write_text(env_config_text(base, location))
         return Env(cfg, base, location)
 
-    yield make
+    return make
+
+
+@pytest.fixture
+def fresh_env(request, env):
+    """``fresh_env(name)``: a second, empty store of ``env``'s engine (its own config) to restore into."""
+    made: list[str] = []
+    yield _fresh(request, env, made)
     for dbname in made:
         request.getfixturevalue("pg_cluster").drop_database(dbname)
 
@@ -247,6 +252,49 @@ def test_backup_then_restore_onto_an_empty_store_verifies(env, fresh_env, tmp_pa
     # once restored, it is not empty any more
     r = other.run("restore", tmp_path / "bk")
     assert r.exit_code == 1 and "is not empty (2 messages" in r.output, r.output
+
+
+def test_messages_kept_in_their_rows_verify_back_up_restore_and_delete(write_config, tmp_path, store_location,
+                                                                      request):
+    """store.inline_max (the default): imported messages are kept in their rows, no files. verify re-hashes the
+    rows and names an altered one; a backup writes each out as a file (manifest as ever); a restore puts them
+    back in their rows (no files made) and verifies; delete takes the row's bytes with it."""
+    e = _env(write_config, tmp_path, store_location, inline_max=None)
+    assert not list((tmp_path / "messages").rglob("*.eml"))
+    assert e.json("messages", "show", 2)["inline"] is True
+    original = e.run("messages", "show", 2, "--raw").stdout_bytes
+    assert original == eml(f"5678@{CA}", "Inventory", 2)
+    j = e.json("store", "verify")
+    assert j["ok"] and (j["messages"], j["files"]) == (3, 3), j
+
+    flipped = original.replace(b"body 2", b"bodY 2")
+    literal = (f"X'{flipped.hex()}'" if not isinstance(store_location, str) else f"decode('{flipped.hex()}', 'hex')")
+    e.sql(f"UPDATE messages SET raw = {literal} WHERE id = 2")
+    r = e.run("store", "verify")
+    sha = hashlib.sha256(original).hexdigest()
+    assert r.exit_code == 1 and f"message 2, file messages.raw ({sha[:16]}) in " in r.output \
+        and "raw message altered" in r.output, r.output
+    literal = (f"X'{original.hex()}'" if not isinstance(store_location, str) else f"decode('{original.hex()}', 'hex')")
+    e.sql(f"UPDATE messages SET raw = {literal} WHERE id = 2")
+    e.ok("messages", "delete", 3, "--reason", "gone before the backup")
+    assert e.run("messages", "show", 3).exit_code == 1
+
+    r = e.ok("backup", tmp_path / "bk")
+    assert "2 messages, 2 filings, 2 raw files" in r.stdout, r.stdout
+    manifest = json.loads((tmp_path / "bk" / "manifest.json").read_text())
+    assert (tmp_path / "bk" / f"messages/{sha[:2]}/{sha}.eml").read_bytes() == original
+    assert len(manifest["files"]) == 2
+    made: list[str] = []
+    try:
+        other = _fresh(request, e, made)("other")
+        r = other.ok("restore", tmp_path / "bk")
+        assert "restored 2 messages" in r.stdout and "store verify: OK" in r.stdout, r.stdout
+        assert other.run("messages", "show", 2, "--raw").stdout_bytes == original
+        if not isinstance(store_location, str):  # (a pg_dump backup's rows cannot be read before it is restored)
+            assert not list((other.tmp / "messages").rglob("*.eml"))
+    finally:
+        for dbname in made:
+            request.getfixturevalue("pg_cluster").drop_database(dbname)
 
 
 def test_restore_refuses_an_altered_backup_naming_the_file(env, fresh_env, tmp_path):

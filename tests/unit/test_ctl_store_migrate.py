@@ -249,7 +249,21 @@ def test_a_row_changed_on_a_chainless_target_is_refused(write_config, tmp_path, 
     assert r.exit_code == 1 and "table matters, id '1234': differs from the source's row" in r.output, r.output
 
 
-def test_raw_files_copied_to_a_new_messages_dir_and_rehashed(env, pg_url, tmp_path):
+def test_messages_kept_in_their_rows_move_with_the_rows(env, pg_url, tmp_path):
+    """store.inline_max (the default): the imported messages are in their rows; no file to copy, and the
+    PostgreSQL store verifies by re-hashing the rows it was given."""
+    assert not list((tmp_path / "messages").rglob("*.eml"))
+    dest = tmp_path / "pg-messages"
+    r = env.ok("store", "migrate", "--to", pg_url, "--messages-dir", dest)
+    assert "raw files: 0 copied to" in r.stdout, r.stdout
+    pg = pg_config(env, pg_url, dest)
+    assert pg.json("store", "verify")["files"] == 5
+    assert pg.run("messages", "show", "1", "--raw").stdout_bytes == env.run("messages", "show", "1", "--raw").stdout_bytes
+
+
+def test_raw_files_copied_to_a_new_messages_dir_and_rehashed(write_config, pg_url, tmp_path):
+    env = Env(tmp_path, write_config(f'[general]\ncatchall_domains = ["{CA}"]\n', inline_max=0))  # files
+    _populate(env)
     dest = tmp_path / "pg-messages"
     r = env.ok("store", "migrate", "--to", pg_url, "--messages-dir", dest)
     assert "raw files: 5 copied to" in r.stdout and f'messages_dir = "{dest}"' in r.stdout, r.stdout

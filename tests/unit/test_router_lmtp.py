@@ -17,7 +17,7 @@ from mattermail.config import from_dict
 from mattermail.router import batch, forward, lmtp
 from mattermail.router.message import MessageData
 from mattermail.router.rules import RouterRules
-from mattermail.store import Store, directory, pending_count, pending_forwards, search
+from mattermail.store import Store, directory, pending_count, pending_forwards, read_raw, search
 
 MSG = (b"Received: from mx.lawfirm.test by mx.lawfirm.test (Postfix) with ESMTP id 4ABCDEF12\r\n"
        b"\tfor <1234@matters.lawfirm.test>; Mon, 23 Nov 2026 12:00:00 +0000\r\n"
@@ -89,17 +89,22 @@ def test_one_reply_per_recipient_after_commit(server):
     assert rows == [("1234@matters.lawfirm.test", "4ABCDEF12"), ("alice+5@matters.lawfirm.test", "4ABCDEF12")]
 
 
-@pytest.mark.parametrize("size", ["small", "large"])
+@pytest.mark.parametrize("size", ["inline", "small", "large"])
 def test_store_failure_defers_every_recipient(server, monkeypatch, size):
     store, port = server
 
     def fail(*a, **k):
         raise OSError("disk full")
 
-    # A small message's file is written by the writer thread (Store.write_blob); a large one was streamed to a
-    # spool file, which the writer thread makes durable (Store.adopt); then it is filed.
-    monkeypatch.setattr(store, "write_blob" if size == "small" else "adopt", fail)
-    msg = MSG if size == "small" else MSG + (b"x" * 70 + b"\r\n") * 5000
+    # A message of at most store.inline_max bytes goes into its row (messages.raw: no file); a larger one still in
+    # memory gets its file from the writer thread (Store.write_blob); a large one was streamed to a spool file,
+    # which the writer thread makes durable (Store.adopt); then it is filed.
+    if size == "inline":
+        monkeypatch.setattr(batch, "write_filing", fail)
+    else:
+        monkeypatch.setattr(store, "write_blob" if size == "small" else "adopt", fail)
+    msg = {"inline": MSG, "small": MSG + (b"x" * 70 + b"\r\n") * 500,
+           "large": MSG + (b"x" * 70 + b"\r\n") * 5000}[size]
     replies = lmtp_send(port, ["a@matters.lawfirm.test", "b@matters.lawfirm.test"], msg)
     assert [r[0] for r in replies] == [451, 451]
     assert b"try again later" in replies[0][1]
@@ -125,7 +130,7 @@ def test_a_small_message_makes_no_spool_file_a_large_one_is_streamed_to_one(serv
     for msg in (MSG, large):
         assert [r[0] for r in lmtp_send(port, ["1234@matters.lawfirm.test"], msg)] == [250]
     assert seen == [False, True]
-    stored = {r[0]: store.blob_path(r[0]).read_bytes() for r in store.db.execute("SELECT sha256 FROM messages")}
+    stored = {r[0]: read_raw(store, r[0]) for r in store.db.execute("SELECT sha256 FROM messages").fetchall()}
     assert sorted(stored.values()) == sorted([MSG, large]) and not spool_files(store.messages_dir)
     assert all(hashlib.sha256(raw).hexdigest() == sha for sha, raw in stored.items())  # each under its own hash
 
@@ -166,7 +171,7 @@ def test_data_is_streamed_to_the_store_not_kept_in_memory(server, monkeypatch):
     head = MSG.split(b"\r\n\r\n")[0] + b"\r\n\r\n"
     assert seen == [(None, None, head)]
     [sha] = [r[0] for r in store.db.execute("SELECT sha256 FROM messages")]
-    assert store.blob_path(sha).read_bytes() == MSG
+    assert read_raw(store, sha) == MSG
 
 
 def test_queue_id_from_received():

@@ -27,9 +27,10 @@ def store(store_location, tmp_path):
     s.close()
 
 
-def deliver(store, *messages: tuple[bytes, list[str]], sync: str = "syncfs") -> list[str]:
-    """One router batch (one transaction, a savepoint per message), as the LMTP server runs it."""
-    cfg = from_dict({"router": {"sync": sync}})
+def deliver(store, *messages: tuple[bytes, list[str]], sync: str = "syncfs", inline_max: int = 0) -> list[str]:
+    """One router batch (one transaction, a savepoint per message), as the LMTP server runs it. Every message
+    in a file of its own unless ``inline_max`` (store.inline_max) keeps the small ones in their rows."""
+    cfg = from_dict({"router": {"sync": sync}, "store": {"inline_max": inline_max}})
     items = [batch.Item(MessageData.from_bytes(raw), "a@example.test", rcpts, lmtp.queue_id_of(raw))
              for raw, rcpts in messages]
     outcomes = batch.file_batch(store, cfg, RouterRules.from_config(cfg), batch.CaptureSettings(), items)
@@ -79,6 +80,31 @@ def test_delivery_writes_the_file_then_commits_the_rows(store, monkeypatch, sync
     assert row == (sha, len(RAW), "<m1@example.test>", "Hello")
     assert store.db.execute("SELECT recipient, queue_id FROM deliveries").fetchall() == [
         ("1234@matters.lawfirm.test", "4ABC123")]
+
+
+def test_a_small_message_is_kept_in_its_row_without_a_file_or_a_file_system_flush(store, monkeypatch):
+    """store.inline_max: a message at most that long goes into its row (messages.raw) in the batch's commit:
+    no file, no syncfs (only the commit's own flush); a longer one in the same batch still gets its file,
+    synced before the commit. Both read back the same through read_raw."""
+    synced = []
+    real_sync = store.sync_blobs
+    monkeypatch.setattr(store, "sync_blobs", lambda dirs, whole: (synced.append(sorted(dirs)), real_sync(dirs, whole)))
+    sha = hashlib.sha256(RAW).hexdigest()
+    assert deliver(store, (RAW, ["1234@matters.lawfirm.test"]), inline_max=len(RAW))[0].startswith("250 ")
+    assert synced == [] and not store.blob_path(sha).parent.exists()
+    assert storemod.inline_raw(store, sha) == RAW and storemod.read_raw(store, sha) == RAW
+
+    small, big = RAW.replace(b"body", b"tiny"), RAW.replace(b"body", b"x" * 4096)
+    replies = deliver(store, (small, ["1234@matters.lawfirm.test"]), (big, ["1234@matters.lawfirm.test"]),
+                      inline_max=len(RAW))
+    assert [r[:3] for r in replies] == ["250", "250"], replies
+    s_sha, b_sha = hashlib.sha256(small).hexdigest(), hashlib.sha256(big).hexdigest()
+    assert synced == [[store.blob_path(b_sha).parent]]  # the one file, flushed before the commit
+    assert not store.blob_path(s_sha).exists() and store.blob_path(b_sha).read_bytes() == big
+    assert storemod.inline_raw(store, b_sha) is None
+    assert storemod.read_raw(store, s_sha) == small and storemod.read_raw(store, b_sha) == big
+    with pytest.raises(FileNotFoundError):
+        storemod.read_raw(store, "0" * 64)
 
 
 def test_a_failed_sync_defers_the_batch_and_commits_nothing(store, monkeypatch):

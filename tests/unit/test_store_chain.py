@@ -274,6 +274,47 @@ def test_a_message_whose_entry_cannot_be_written_is_not_stored(store, monkeypatc
     assert verify(store).ok
 
 
+def store_inline(s: Store, n: int) -> tuple[int, str]:
+    """A message kept in its row (messages.raw, store.inline_max), filed to matter 1234: (id, sha256)."""
+    data = raw(n)
+    sha = hashlib.sha256(data).hexdigest()
+    with transaction(s):
+        mid, _ = insert_message(s, data, sha, inline=True)
+        d.record_filing(s, d.Filing(mid, "1234", None, "matter-address", "1234@m.test", ""))
+    return mid, sha
+
+
+def test_a_message_kept_in_its_row_is_re_hashed_and_an_altered_one_named(store):
+    mid, sha = store_inline(store, 6)
+    assert not store.blob_path(sha).exists()
+    rep = verify(store)
+    assert rep.ok and rep.files == 6, lines(rep)  # five files and the one in its row
+    literal = f"X'{raw(7).hex()}'" if store.engine == "sqlite" else f"decode('{raw(7).hex()}', 'hex')"
+    tamper(store, f"UPDATE messages SET raw = {literal} WHERE id = {mid}")
+    rep = verify(store)
+    assert len(rep.problems) == 1, lines(rep)
+    p = rep.problems[0]
+    assert (p.message, p.event) == (mid, "stored") and p.file.startswith("messages.raw"), p
+    assert f"raw message altered (its SHA-256 is now {hashlib.sha256(raw(7)).hexdigest()}" in p.what, p
+
+
+def test_deleting_a_message_kept_in_its_row_leaves_no_copy_of_it_in_the_database_file(store):
+    """secure_delete for the deletion: the row's pages are overwritten, not just freed."""
+    if store.engine != "sqlite":
+        pytest.skip("SQLite only: PostgreSQL keeps a deleted row until VACUUM, as the file system keeps a file's blocks")
+    marker = b"unmistakable-marker-" + b"q" * 3000  # (past one page: in an overflow page too)
+    data = raw(8).replace(b"body 8", marker)
+    sha = hashlib.sha256(data).hexdigest()
+    with transaction(store):
+        mid, _ = insert_message(store, data, sha, inline=True)
+    store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert marker in store.path.read_bytes()
+    records.delete_message(store, mid, "sent to the wrong client")
+    store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert b"unmistakable-marker" not in store.path.read_bytes()
+    assert verify(store).ok
+
+
 def test_verify_reads_one_snapshot_while_others_write_and_delete(store, tmp_path):
     """Between the snapshot and the re-hashing, another process stores a message and deletes one: no problem."""
     other = Store(store.location, store.messages_dir)

@@ -171,15 +171,17 @@ def test_personal_inbound_mail_is_dropped_unstored_with_known(store, tmp_path, c
     raw, res = deliver(store, router_cfg(tmp_path), "friend@else.example", "aaaaaaaaaaa3")
     assert res.dropped and [o.kind for o in res.outcomes] == ["dropped"]
     assert {t: store.count(t) for t in before} == before
-    assert not store.blob_path(res.sha256).exists()  # the file went too
+    assert not store.blob_path(res.sha256).exists()  # no file either
+    with pytest.raises(FileNotFoundError):
+        storemod.read_raw(store, res.sha256)
     assert storemod.get_envelope(store, "aaaaaaaaaaa3") is None  # and the envelope the milter recorded
     assert "dropped=personal" in res.outcomes[0].summary
 
 
 def test_personal_inbound_mail_is_kept_as_personal_with_all(store, tmp_path):
-    _, res = deliver(store, router_cfg(tmp_path, "all"), "friend@else.example", "aaaaaaaaaaa4")
+    raw, res = deliver(store, router_cfg(tmp_path, "all"), "friend@else.example", "aaaaaaaaaaa4")
     assert not res.dropped and [o.kind for o in res.outcomes] == ["personal"]
-    assert store.blob_path(res.sha256).exists()
+    assert storemod.read_raw(store, res.sha256) == raw
 
 
 def test_route_explain_says_an_inbound_copy_would_be_dropped(store, tmp_path):
