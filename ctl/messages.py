@@ -520,7 +520,9 @@ def messages_delete(ctx: Context, message_id: int, reason: str) -> None:
     """Delete a message and its filings; its raw file is removed after the chain records it.
 
     The chain keeps the message's SHA-256, who deleted it and why. A
-    message filed to a matter under legal hold cannot be deleted.
+    message kept in its row (store.inline_max) goes with the row (on
+    SQLite its bytes are overwritten in the database file). A message
+    filed to a matter under legal hold cannot be deleted.
 
     \b
     Example:

@@ -1,7 +1,8 @@
-"""mattermailctl store verify: is the record intact? (the records chain and every raw message file)
+"""mattermailctl store verify: is the record intact? (the records chain and every raw message, file or row)
 
 Exit status 0: every chain entry follows the one before and hashes to what it says, the messages,
-filings and legal holds are exactly what the chain records, and every raw file hashes to its SHA-256.
+filings and legal holds are exactly what the chain records, and every raw message (its file, or its row
+for one kept in the database) hashes to its SHA-256.
 Exit status 1: the first problem is named (chain entry, message id, file, event), then the others.
 ``--head`` prints the chain's current length and digest, for an admin to keep outside the server.
 The checks and the queries are mattermail.store.verify's.
@@ -77,7 +78,7 @@ def store_verify(ctx: Context, head_only: bool, expect: tuple[str, ...], as_json
         for p in rep.problems:
             echo(f"PROBLEM: {safe(p.line())}")
         echo(f"chain length {rep.length} head {rep.head}; {rep.messages} messages, {rep.filings} filings, "
-             f"{rep.files} raw files re-hashed")
+             f"{rep.files} raw messages re-hashed")
     if not rep.ok:
         first = rep.problems[0]
         raise UserFacingError(f"store verify: {len(rep.problems)} problem{'s' if len(rep.problems) > 1 else ''}; "
@@ -267,7 +268,7 @@ def store_migrate(ctx: Context, url: str, source: str | None, messages_dir: str 
     A database holding another store's data (its records chain is not a
     prefix of this one's) is refused, naming the table and row, before
     anything is written. Afterwards every table's count, the chain's head
-    and `store verify` (chain, tables, every raw file re-hashed) must agree,
+    and `store verify` (chain, tables, every raw message re-hashed) must agree,
     else exit 1. Raw files stay in messages_dir unless --messages-dir copies
     them (content-addressed: a file already there is kept and re-hashed).
     Progress bars go to standard error when that is a terminal. To keep the
