@@ -49,11 +49,14 @@ def test_delivery_writes_the_file_then_commits_the_rows(store, monkeypatch, sync
     seen = []  # at each COMMIT: is the file there, and was it synced (syncfs, or its directory) before?
     synced = []
     fsynced_files = []
-    real_execute, real_sync, real_fsync = store.db.execute, store.sync_blobs, storemod.engine.os.fsync
+    real_execute, real_sync = store.db.execute, store.sync_blobs
+    real_fsync, real_fdatasync = storemod.engine.os.fsync, storemod.engine.os.fdatasync
     monkeypatch.setattr(store, "sync_blobs", lambda dirs, whole: (synced.append("fs" if whole else "dirs"),
                                                                    synced.extend(dirs), real_sync(dirs, whole)))
     monkeypatch.setattr(storemod.engine.os, "fsync",
                         lambda fd: (fsynced_files.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd)))
+    monkeypatch.setattr(storemod.engine.os, "fdatasync",  # (the WAL: its data and size)
+                        lambda fd: (fsynced_files.append(os.readlink(f"/proc/self/fd/{fd}")), real_fdatasync(fd)))
     sqlite = store.engine == "sqlite"
 
     def execute(sql, *a, **k):
