@@ -53,6 +53,9 @@ def test_defaults_and_values(tmp_path):
         ("[milter]\nworkers = 65\n", ["milter.workers", "0 (one per CPU) to 64"]),
         ("[milter]\nworkers = -1\n", ["milter.workers", "negative"]),
         ("[milter]\nworkers = 'auto'\n", ["milter.workers", "integer"]),
+        ("[store]\ninline_max = 300000\n", ["store.inline_max", "0 to 262144"]),
+        ("[store]\ninline_max = -1\n", ["store.inline_max", "negative"]),
+        ("[store]\ninline_max = '32k'\n", ["store.inline_max", "integer"]),
         ("[milter\n", ["not valid TOML"]),
     ],
 )
