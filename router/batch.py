@@ -112,10 +112,8 @@ def file_batch(store: Store, cfg: Config, rules: RouterRules, capture: CaptureSe
         it = o.item
         try:
             caps = inspect_captures(it.rcpts, capture.address, capture.secret, store, it.log)
-            plan = plan_filing(it.data, o.sha256, it.sender, it.rcpts, store, cfg, it.queue_id, caps, rules=rules,
-                               lookups=lookups)
-            plan.inline = id(o) in inline
-            plans.append((o, plan))
+            plans.append((o, plan_filing(it.data, o.sha256, it.sender, it.rcpts, store, cfg, it.queue_id, caps,
+                                         rules=rules, lookups=lookups, inline=id(o) in inline)))
         except Exception:
             it.log.exception("storing or filing failed, deferring %d recipient(s)", len(it.rcpts))
     if not plans:

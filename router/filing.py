@@ -258,9 +258,9 @@ class FilingPlan:
 def plan_filing(data: MessageData | bytes, sha: str, envelope_from: str | None, recipients: list[str],
                 store: Store, cfg: Config, queue_id: str = "", capture_info: dict[str, CaptureInfo] | None = None,
                 *, rules: RouterRules | None = None, source: str = "lmtp", forward: bool = True,
-                lookups: directory.Lookups | None = None) -> FilingPlan:
+                lookups: directory.Lookups | None = None, inline: bool = False) -> FilingPlan:
     """The reading half of :func:`file_stored`: the recipients, their captures and the rules' decisions; no
-    write. Logs a capture copy that does not verify."""
+    write. Logs a capture copy that does not verify. ``inline``: the raw message goes into its row."""
     if isinstance(data, bytes):
         data = MessageData.from_bytes(data)
     qlog = QueueIdAdapter(log, {"queue_id": queue_id})
@@ -295,7 +295,8 @@ def plan_filing(data: MessageData | bytes, sha: str, envelope_from: str | None, 
     # the body text is unused when the message is stored already (a redelivery)
     text = "" if drop else text_of(msg, data.body_prefix(MAX_SCAN))
     return FilingPlan(data, sha, envelope_from, recipients, queue_id, capture_info, outcomes, loop, direction,
-                      capture, drop, text, cfg.router.failed_mail_address if forward and loop is None else "", source)
+                      capture, drop, text, cfg.router.failed_mail_address if forward and loop is None else "", source,
+                      inline)
 
 
 def write_filing(plan: FilingPlan, store: Store) -> FileResult:
@@ -346,10 +347,9 @@ def file_stored(data: MessageData | bytes, sha: str, envelope_from: str | None, 
     and the body text (of which at most ``MAX_SCAN`` bytes are read). ``lookups``: the directory's answers
     (shared by the messages of a batch). :func:`plan_filing` then :func:`write_filing`; the router's batches
     call them apart, planning the whole batch before the write transaction."""
-    plan = plan_filing(data, sha, envelope_from, recipients, store, cfg, queue_id, capture_info, rules=rules,
-                       source=source, forward=forward, lookups=lookups)
-    plan.inline = inline
-    return write_filing(plan, store)
+    return write_filing(plan_filing(data, sha, envelope_from, recipients, store, cfg, queue_id, capture_info,
+                                    rules=rules, source=source, forward=forward, lookups=lookups, inline=inline),
+                        store)
 
 
 def _drop(outcomes: list[RecipientOutcome], capture_info: dict[str, CaptureInfo], cfg: Config) -> bool:

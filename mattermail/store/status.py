@@ -75,12 +75,12 @@ def find_capture_copy(path: Path | str, messages_dir: Path, message_id: str,
     an envelope, or delivered to an address ``is_capture`` recognises. The raw message: its bytes when it is
     kept in its row, else its file. None when there is none (yet)."""
     with _readonly(path) as db:
-        for mid, sha in db.execute("SELECT id, sha256 FROM messages WHERE message_id = ?", [message_id]).fetchall():
+        for mid, sha, raw in db.execute("SELECT id, sha256, raw FROM messages WHERE message_id = ?",
+                                        [message_id]).fetchall():
             captured = db.execute("SELECT 1 FROM captures WHERE message = ?", [mid]).fetchone() is not None
             if not captured:
                 captured = any(is_capture(r) for (r,) in
                                db.execute("SELECT recipient FROM deliveries WHERE message = ?", [mid]))
             if captured:
-                row = db.execute("SELECT raw FROM messages WHERE id = ?", [mid]).fetchone()
-                return mid, (bytes(row[0]) if row and row[0] is not None else messages_dir / sha[:2] / f"{sha}.eml")
+                return mid, (bytes(raw) if raw is not None else messages_dir / sha[:2] / f"{sha}.eml")
     return None
