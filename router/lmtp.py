@@ -453,8 +453,9 @@ class DeliveryHandler:
             if any(o.result is not None and o.result.outbox for o in outcomes):
                 self.forwarder.wake()
             if any(o.result is not None and o.result.new for o in outcomes):
-                # after the commit; the replies below do not wait for it. No delivery queued: the burst
-                # is over, index it now (else the indexer lets a few more commits gather first)
+                # after the commit; the replies below do not wait for it. No delivery queued: the burst may
+                # be over, the indexer indexes once no other commit follows for its quiet time (else it lets
+                # a few more commits gather first)
                 self.indexer.wake(now=self._queue.empty())
             for j, o in zip(batch, outcomes):
                 if not j.future.done():  # the client may have gone (its task cancelled)

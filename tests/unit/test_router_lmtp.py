@@ -391,6 +391,33 @@ def test_the_indexer_lets_a_bursts_commits_gather_unless_woken_now(store_locatio
     store.close()
 
 
+def test_a_steady_stream_of_commits_is_indexed_together_and_the_last_once_they_stop(store_location, tmp_path):
+    """Commits that keep coming are one stream even when each leaves the writer's queue empty (each wake is
+    ``now``): indexed together, in one transaction, once no commit follows for ``quiet`` seconds (well before
+    ``settle``), not one transaction per commit."""
+    from mattermail.router import indexer
+    from mattermail.store import insert_message, transaction
+
+    store = Store(store_location, tmp_path / "m")
+    idx = indexer.Indexer(store, settle=30.0, quiet=1.0)
+    idx.start()
+    try:
+        assert idx.started.wait(10)
+        t0 = time.monotonic()
+        for n in range(5):
+            raw = MSG.replace(b"Subject:", f"X-N: {n}\r\nSubject:".encode())
+            with transaction(store):
+                insert_message(store, raw, hashlib.sha256(raw).hexdigest(), body_text="body")
+            idx.wake(now=True)
+            assert pending_count(store) == n + 1  # (each commit well within quiet of the one before)
+        assert _until(lambda: pending_count(store) == 0), pending_count(store)
+        assert time.monotonic() - t0 < 30.0
+        assert (idx.indexed, idx.transactions) == (5, 1), (idx.indexed, idx.transactions)
+    finally:
+        idx.stop()
+    store.close()
+
+
 def test_an_indexing_failure_is_logged_with_the_message_ids_and_retried(store_location, tmp_path, monkeypatch, caplog):
     import hashlib
 
