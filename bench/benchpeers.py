@@ -310,6 +310,13 @@ service lmtp {{
         if r.returncode:
             raise RuntimeError(f"dovecot ({self.name}) failed to start (exit {r.returncode}): {self.tail()}")
         wait_for(lambda: listening(self.port), 20, f"dovecot ({self.name}) LMTP on 127.0.0.1:{self.port}")
+        wait_for(self.socket.exists, 20, f"dovecot ({self.name}) LMTP on {self.socket}")
+
+    @property
+    def socket(self) -> Path:
+        """Its LMTP unix socket: Dovecot's own ``service lmtp`` listener (``unix_listener lmtp``, mode 0666, in
+        base_dir), the one Postfix usually delivers to (``lmtp:unix:private/dovecot-lmtp`` in its docs)."""
+        return self.dir / "run" / "lmtp"
 
     def pid(self) -> int | None:
         try:
