@@ -168,6 +168,14 @@ class Daemon:
     def hup(self) -> None:
         os.kill(self.pid, signal.SIGHUP)
 
+    def hup_milter(self) -> None:
+        """SIGHUP the milter and wait for each worker's "reloaded" line: the parent passes the signal on and
+        every worker reloads on its own (one process, without workers, logs the one line itself)."""
+        before = self.text().count("reloaded")
+        n = max(1, len(Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()))
+        self.hup()
+        wait_for(lambda: self.text().count("reloaded") >= before + n, 30, f"{n} milter process(es) reloaded")
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -602,8 +610,7 @@ def test_sighup_new_disclaimer(machine):
     (machine.tmp / "disclaimer2.txt").write_text(DISCLAIMER_2 + "\n")
     machine.ctl("disclaimer", "set", "--text", str(machine.tmp / "disclaimer2.txt"))
     milter = machine.daemons["milter"]
-    milter.hup()
-    time.sleep(1)
+    milter.hup_milter()
     assert milter.alive()
     msg = machine.message("package test 2", ["bob@example.test"])
     machine.submit(msg, ["bob@example.test"])

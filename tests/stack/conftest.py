@@ -146,6 +146,14 @@ def children(parent: int) -> list[int]:
     return sorted(out)
 
 
+def reload_lines(stack, name: str) -> int:
+    """How many lines one SIGHUP makes ``name`` log ("reloaded", "reload refused"): one per milter worker
+    (each reloads on its own, passed the signal by the milter's parent), one for any other daemon. Waiting
+    for fewer lets a test send mail that a worker not reloaded yet still serves."""
+    pid = stack.stack._running(name)
+    return max(1, len(children(pid))) if name == "milter" and pid else 1
+
+
 @pytest.fixture(scope="session")
 def stack():
     if os.geteuid() != 0:

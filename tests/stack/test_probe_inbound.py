@@ -18,7 +18,7 @@ from contextlib import contextmanager
 import authres
 import pytest
 
-from .conftest import PASSWORD, wait_for
+from .conftest import PASSWORD, reload_lines, wait_for
 from .test_outbound import dkim_results
 
 OURS = "mx.lawfirm.test"
@@ -187,11 +187,12 @@ def milter_config(stack, section: str, setting: str) -> Iterator[None]:
     changed = (original.replace(header, header + setting + "\n", 1) if header in original
                else original + "\n" + header + setting + "\n")
 
-    def hup() -> None:
+    def hup() -> None:  # (every worker reloads on its own: wait for each one's line)
         logfile = stack.stack.logs / "milter.log"
-        before = logfile.read_text(errors="replace").count("reloaded")
+        before, n = logfile.read_text(errors="replace").count("reloaded"), reload_lines(stack, "milter")
         os.kill(stack.stack._running("milter"), signal.SIGHUP)
-        wait_for(lambda: logfile.read_text(errors="replace").count("reloaded") > before, 30, "milter reload")
+        wait_for(lambda: logfile.read_text(errors="replace").count("reloaded") >= before + n, 30,
+                 f"{n} milter process(es) reloaded")
 
     path.write_text(changed)
     hup()

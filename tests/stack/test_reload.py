@@ -14,7 +14,7 @@ import pytest
 from mattermail.store import directory as d
 from mattermail.store import Store, UserError
 
-from .conftest import children, wait_for
+from .conftest import children, reload_lines, wait_for
 from .test_outbound import dkim_results
 
 CA = "matters.lawfirm.test"
@@ -32,10 +32,11 @@ def lines(stack, name: str, needle: str) -> int:
 
 
 def hup(stack, name: str, expect: str) -> None:
-    """SIGHUP ``name`` and wait for one more log line containing ``expect``."""
-    before = lines(stack, name, expect)
+    """SIGHUP ``name`` and wait for a log line containing ``expect`` from each of its processes (every
+    milter worker reloads on its own)."""
+    before, n = lines(stack, name, expect), reload_lines(stack, name)
     os.kill(pid(stack, name), signal.SIGHUP)
-    wait_for(lambda: lines(stack, name, expect) > before, 30, f"{expect!r} in {name}.log")
+    wait_for(lambda: lines(stack, name, expect) >= before + n, 30, f"{n} x {expect!r} in {name}.log")
 
 
 @contextmanager

@@ -399,7 +399,7 @@ def test_a_steady_stream_of_commits_is_indexed_together_and_the_last_once_they_s
     from mattermail.store import insert_message, transaction
 
     store = Store(store_location, tmp_path / "m")
-    idx = indexer.Indexer(store, settle=30.0, quiet=1.0)
+    idx = indexer.Indexer(store, settle=30.0, quiet=3.0)
     idx.start()
     try:
         assert idx.started.wait(10)
