@@ -119,14 +119,15 @@ def verify(store: Store, wrap: Wrap | None = None, expect: Iterable[tuple[int, s
         for length in sorted(wanted):
             problems.append(Problem(length, None, None, None, f"the chain has no entry {length}, but a head of "
                                                               f"that length was recorded (entries removed)"))
-        _compare(store, rep, live, filings, holds)
+        in_rows = _compare(store, rep, live, filings, holds)
         todo = sorted((mid, sha) for mid, (sha, _) in live.items())
     finally:
         if db.in_transaction:
             db.execute("COMMIT")
     missing: list[tuple[int, str]] = []
     for mid, sha in (wrap(todo) if wrap else todo):
-        inline = _inline_raw(store, mid)  # a small message is kept in its row (messages.raw), not a file
+        # a small message is kept in its row (messages.raw), not a file: read only for those the snapshot saw so
+        inline = _inline_raw(store, mid) if mid in in_rows else None
         got = hashlib.sha256(inline).hexdigest() if inline is not None else _hash_file(str(store.blob_path(sha)))
         rep.files += 1
         if got is None:
@@ -167,12 +168,17 @@ def _replay(e: chain.ChainEntry, live: dict, filings: dict, holds: dict) -> None
         holds.pop(str(d.get("matter")), None)
 
 
-def _compare(store: Store, rep: Report, live: dict, filings: dict, holds: dict) -> None:
+def _compare(store: Store, rep: Report, live: dict, filings: dict, holds: dict) -> set[int]:
+    """Compare the tables with the replayed chain (problems into ``rep``); the ids of the messages kept in
+    their rows."""
     db, problems = store.db, rep.problems
     seen: set[int] = set()
+    in_rows: set[int] = set()
     for mid, sha, inline in db.execute("SELECT id, sha256, raw IS NOT NULL FROM messages ORDER BY id").fetchall():
         rep.messages += 1
         seen.add(mid)
+        if inline:
+            in_rows.add(mid)
         path = raw_where(store, sha, bool(inline))
         if mid not in live:
             problems.append(Problem(None, mid, path, None,
@@ -208,6 +214,7 @@ def _compare(store: Store, rep: Report, live: dict, filings: dict, holds: dict) 
                                                              "release entry"))
     for m in now - set(holds):
         problems.append(Problem(None, None, None, None, f"a legal hold on matter {m} has no chain entry"))
+    return in_rows
 
 
 def iter_problems(rep: Report) -> Iterator[str]:
