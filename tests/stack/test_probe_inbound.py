@@ -8,9 +8,7 @@ authres and say exactly what the milter decided.
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import smtplib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,8 +16,9 @@ from contextlib import contextmanager
 import authres
 import pytest
 
-from .conftest import PASSWORD, reload_lines, wait_for
+from .conftest import PASSWORD
 from .test_outbound import dkim_results
+from .test_reload import hup
 
 OURS = "mx.lawfirm.test"
 BODY = b"To: alice@lawfirm.test\r\nSubject: {subject}\r\nMessage-ID: <{subject}@probe.test>\r\n\r\nhi\r\n"
@@ -187,20 +186,13 @@ def milter_config(stack, section: str, setting: str) -> Iterator[None]:
     changed = (original.replace(header, header + setting + "\n", 1) if header in original
                else original + "\n" + header + setting + "\n")
 
-    def hup() -> None:  # (every worker reloads on its own: wait for each one's line)
-        logfile = stack.stack.logs / "milter.log"
-        before, n = logfile.read_text(errors="replace").count("reloaded"), reload_lines(stack, "milter")
-        os.kill(stack.stack._running("milter"), signal.SIGHUP)
-        wait_for(lambda: logfile.read_text(errors="replace").count("reloaded") >= before + n, 30,
-                 f"{n} milter process(es) reloaded")
-
     path.write_text(changed)
-    hup()
+    hup(stack, "milter", "reloaded")  # (every worker's line)
     try:
         yield
     finally:
         path.write_text(original)
-        hup()
+        hup(stack, "milter", "reloaded")
 
 
 def test_display_name_spoof_is_refused_when_configured(stack):
